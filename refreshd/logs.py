@@ -1,0 +1,108 @@
+"""structlog set-up: one JSON object per line on stdout, redacted as a last line of defence."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+from refreshd.vicidial import redact
+
+__all__ = ["Redactor", "configure", "get_logger", "redactor"]
+
+
+class Redactor:
+    """A structlog processor masking known secrets and VICIdial's echoed password in every
+    string of an event. The code never logs a secret on purpose; this catches mistakes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """Replace the known secrets (at start-up and on every config reload)."""
+        with self._lock:
+            self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        secrets = self._secrets
+        for key, value in event_dict.items():
+            event_dict[key] = self._clean(value, secrets)
+        return event_dict
+
+    def _clean(self, value: Any, secrets: tuple[str, ...]) -> Any:
+        if isinstance(value, str):
+            return redact(value, secrets)
+        if isinstance(value, list | tuple):
+            return [self._clean(v, secrets) for v in value]
+        if isinstance(value, dict):
+            return {k: self._clean(v, secrets) for k, v in value.items()}
+        return value
+
+
+# One per process: the daemon and the CLI share it, and a reload updates its secrets.
+redactor = Redactor()
+
+
+def _timestamp(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["timestamp"] = (
+        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+    return event_dict
+
+
+def _iso_datetimes(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, datetime):
+            event_dict[key] = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return event_dict
+
+
+def _leading_keys(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`timestamp`, `level`, `event` first: what a person scanning the journal reads."""
+    ordered = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def configure(stream: TextIO | None = None, level: str = "info") -> None:
+    """Configure structlog once, in `main`: JSON lines on `stream` (stdout by default)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _timestamp,
+            structlog.processors.format_exc_info,
+            _iso_datetimes,
+            redactor,
+            _leading_keys,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    """A bound logger; `Any` because structlog's bound loggers are dynamically typed."""
+    return structlog.get_logger(**context)

@@ -1,0 +1,231 @@
+"""Classifying VICIdial's answers: every real answer, its variants, and anything else."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refreshd.vicidial import (
+    MAX_DETAIL,
+    Outcome,
+    Transport,
+    classify,
+    classify_probe,
+    parse_version,
+    probe_params,
+    redact,
+    refresh_params,
+)
+
+PASSWORD = "s3cretPass_9"
+
+# (body, outcome): every row of VICIDIAL_API.md's table, as the 2024 PHP and the tutorial send it.
+REAL_ANSWERS = [
+    ("SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - apiuser|3", Outcome.OK),
+    ("SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - apiuser|0", Outcome.OK),
+    ("SUCCESS: server_refresh Server 192.168.1.10 Refreshed Successfully", Outcome.OK),
+    (f"ERROR: Login incorrect, please try again: |apiuser|{PASSWORD}|BAD|", Outcome.AUTH_FAILED),
+    ("ERROR: INVALID USERNAME OR PASSWORD", Outcome.AUTH_FAILED),
+    (
+        "ERROR: Too many login attempts, try again in 15 minutes: |apiuser|LOCK|",
+        Outcome.LOCKED_OUT,
+    ),
+    ("ERROR: Your IP Address is not allowed: 10.1.2.3: |apiuser|IPBLOCK|", Outcome.IP_BLOCKED),
+    (
+        "ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION: |apiuser|server_refresh|",
+        Outcome.PERMISSION_DENIED,
+    ),
+    (
+        "ERROR: server_refresh USER DOES NOT HAVE PERMISSION TO REFRESH SERVERS: |apiuser|0",
+        Outcome.PERMISSION_DENIED,
+    ),
+    ("ERROR: USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION", Outcome.PERMISSION_DENIED),
+    ("ERROR: SERVER IP NOT FOUND", Outcome.NOT_FOUND),
+    (
+        "ERROR: server_refresh YOU MUST USE ALL REQUIRED FIELDS: |apiuser|REFRESHX|",
+        Outcome.BAD_REQUEST,
+    ),
+    ("ERROR: Invalid Source - x\nERROR: Invalid Source: |x|", Outcome.BAD_REQUEST),
+    ("ERROR: NO FUNCTION SPECIFIED", Outcome.BAD_REQUEST),
+]
+
+
+def _variants(body: str) -> list[str]:
+    return [
+        body,
+        body + "\n",
+        body + "\r\n",
+        body.replace("\n", "\r\n"),
+        body.lower(),
+        body.upper(),
+        body.replace(" ", "  "),
+        body.replace(": ", ":"),
+        "\n\n  " + body + "  \n",
+    ]
+
+
+@pytest.mark.parametrize(("body", "outcome"), REAL_ANSWERS)
+def test_every_real_answer_and_its_case_and_spacing_variants_classify(
+    body: str, outcome: Outcome
+) -> None:
+    for variant in _variants(body):
+        assert classify(200, variant).outcome is outcome, variant
+
+
+@pytest.mark.parametrize(("body", "outcome"), REAL_ANSWERS)
+def test_php_warnings_before_the_answer_do_not_hide_it(body: str, outcome: Outcome) -> None:
+    warning = (
+        "<br />\n<b>Warning</b>:  mysqli_query(): MySQL server has gone away in "
+        "<b>/srv/www/htdocs/vicidial/non_agent_api.php</b> on line <b>212</b><br />\n"
+    )
+    assert classify(200, warning + body).outcome is outcome
+    # Same physical line: PHP often omits the newline after the <br />.
+    assert classify(200, warning.rstrip("\n") + body).outcome is outcome
+
+
+def test_success_reports_the_number_of_servers_flagged() -> None:
+    answer = classify(200, "SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - u|7\n")
+    assert answer.servers_flagged == 7
+    assert classify(200, "SUCCESS: server_refresh ... TRIGGERED - u|0").servers_flagged == 0
+
+
+def test_tutorial_success_has_no_count() -> None:
+    answer = classify(200, "SUCCESS: Server 192.168.1.10 Refreshed Successfully")
+    assert answer.outcome is Outcome.OK
+    assert answer.servers_flagged is None
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (404, Outcome.NOT_FOUND),
+        (429, Outcome.TRANSIENT),
+        (500, Outcome.TRANSIENT),
+        (502, Outcome.TRANSIENT),
+        (503, Outcome.TRANSIENT),
+        (504, Outcome.TRANSIENT),
+        (401, Outcome.UNEXPECTED),
+        (403, Outcome.UNEXPECTED),
+        (302, Outcome.UNEXPECTED),
+        (418, Outcome.UNEXPECTED),
+    ],
+)
+def test_http_status_outside_2xx_decides_before_the_body(status: int, outcome: Outcome) -> None:
+    answer = classify(status, "SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - u|1")
+    assert answer.outcome is outcome
+    assert answer.http_status == status
+
+
+@pytest.mark.parametrize("kind", list(Transport))
+def test_every_transport_failure_is_transient(kind: Transport) -> None:
+    answer = classify(None, None, kind)
+    assert answer.outcome is Outcome.TRANSIENT
+    assert answer.detail
+
+
+@pytest.mark.parametrize("body", ["", "   ", "\n\r\n", None])
+def test_empty_body_is_transient(body: str | None) -> None:
+    assert classify(200, body).outcome is Outcome.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html><head><title>503 Service Unavailable</title></head><body>down</body></html>",
+        "<html><body><h1>Error: the proxy could not reach the backend</h1></body></html>",
+        "<form action=/login.php><input name=user><input type=password name=pass></form>",
+        "VERSION: 2.14-917a|BUILD: 240101-1200|DATE: 2026-11-27 12:00:00|EPOCH: 1|",
+        "SUCCESS: add_lead LEAD HAS BEEN ADDED",
+        "ERROR: something nobody has seen before",
+        "Fatal error: Allowed memory size exhausted",
+    ],
+)
+def test_anything_else_is_unexpected(body: str) -> None:
+    assert classify(200, body).outcome is Outcome.UNEXPECTED
+
+
+def test_unexpected_detail_is_capped() -> None:
+    answer = classify(200, "x" * 10_000)
+    assert answer.outcome is Outcome.UNEXPECTED
+    assert len(answer.detail) <= MAX_DETAIL
+
+
+def test_echoed_password_is_redacted_even_when_the_secret_is_not_known() -> None:
+    body = f"ERROR: Login incorrect, please try again: |apiuser|{PASSWORD}|BAD|"
+    answer = classify(200, body)
+    assert PASSWORD not in answer.detail
+    assert "|apiuser|***|BAD|" in answer.detail
+
+
+def test_known_secret_is_redacted_in_any_form() -> None:
+    text = f"pass={PASSWORD}&x=1 and raw {PASSWORD} and encoded s3cretPass_9"
+    out = redact(text, [PASSWORD, "p@ss word"])
+    assert PASSWORD not in out
+    assert redact("got p%40ss+word here", ["p@ss word"]) == "got *** here"
+
+
+def test_query_string_password_is_redacted() -> None:
+    out = redact("GET /vicidial/non_agent_api.php?function=x&user=u&pass=abc123&source=y")
+    assert "abc123" not in out
+    assert "pass=***&source=y" in out
+
+
+def test_probe_passes_on_required_fields_answer() -> None:
+    result = classify_probe(200, "ERROR: server_refresh YOU MUST USE ALL REQUIRED FIELDS: |u||")
+    assert result.ok
+    assert result.outcome is Outcome.OK
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        ("ERROR: Login incorrect, please try again: |u|p|BAD|", Outcome.AUTH_FAILED),
+        (
+            "ERROR: server_refresh USER DOES NOT HAVE PERMISSION TO REFRESH SERVERS: |u|0",
+            Outcome.PERMISSION_DENIED,
+        ),
+        ("ERROR: NO FUNCTION SPECIFIED", Outcome.BAD_REQUEST),
+        ("ERROR: Invalid Source - x", Outcome.BAD_REQUEST),
+    ],
+)
+def test_probe_fails_on_anything_but_required_fields(body: str, outcome: Outcome) -> None:
+    result = classify_probe(200, body)
+    assert not result.ok
+    assert result.outcome is outcome
+
+
+def test_refresh_params_carry_stage_and_server_ip_only_when_set() -> None:
+    assert refresh_params("u", "p", "refreshd") == {
+        "function": "server_refresh",
+        "stage": "REFRESH",
+        "user": "u",
+        "pass": "p",
+        "source": "refreshd",
+    }
+    assert refresh_params("u", "p", "refreshd", "10.0.0.11")["server_ip"] == "10.0.0.11"
+
+
+def test_probe_params_have_no_stage() -> None:
+    assert "stage" not in probe_params("u", "p", "refreshd")
+
+
+def test_version_is_parsed() -> None:
+    body = "VERSION: 2.14-917a|BUILD: 240101-1200|DATE: 2026-11-27 12:00:00|EPOCH: 1|DST: 0|"
+    assert parse_version(body) == "2.14-917a build 240101-1200"
+    assert parse_version("<html>nope</html>") is None
+
+
+@given(
+    status=st.one_of(st.none(), st.integers(min_value=0, max_value=999)),
+    body=st.one_of(st.none(), st.text(), st.binary().map(lambda b: b.decode("latin-1"))),
+    transport=st.one_of(st.none(), st.sampled_from(list(Transport))),
+    secrets=st.lists(st.text(max_size=12), max_size=3),
+)
+def test_classification_never_raises_and_yields_one_outcome(
+    status: int | None, body: str | None, transport: Transport | None, secrets: list[str]
+) -> None:
+    answer = classify(status, body, transport, secrets=secrets)
+    assert isinstance(answer.outcome, Outcome)
+    assert len(answer.detail) <= MAX_DETAIL
+    assert isinstance(classify_probe(status, body, transport, secrets=secrets).ok, bool)
