@@ -1,0 +1,92 @@
+"""One call to VICIdial, start to outcome: a refresh, a login probe, a reachability check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from refreshd.client import Client
+from refreshd.vicidial import (
+    Answer,
+    ProbeResult,
+    classify,
+    classify_probe,
+    parse_version,
+    probe_params,
+    redact,
+    refresh_params,
+    version_params,
+)
+
+__all__ = ["Attempt", "Reachability", "Target", "probe", "reach", "refresh"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything one `server_refresh` request needs. Two servers with the same `key`
+    would send the identical request, so refreshd sends it once for both."""
+
+    api_url: str
+    user: str
+    password: str = field(repr=False)
+    source: str
+    server_ip: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.api_url, self.user, self.server_ip)
+
+    def masked_params(self) -> dict[str, str]:
+        """The request as `--dry-run` shows it."""
+        return refresh_params(self.user, "***", self.source, self.server_ip)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One refresh call: its answer and when and how long."""
+
+    answer: Answer
+    started_at: datetime
+    duration_ms: int
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def refresh(client: Client, target: Target, *, now: Callable[[], datetime] = _utc_now) -> Attempt:
+    """Send one `server_refresh` and classify what came back."""
+    started = now()
+    raw = client.call(
+        target.api_url,
+        refresh_params(target.user, target.password, target.source, target.server_ip),
+    )
+    answer = classify(raw.status, raw.body, raw.transport, secrets=(target.password,))
+    return Attempt(answer, started, round(raw.elapsed * 1000))
+
+
+def probe(client: Client, target: Target) -> tuple[ProbeResult, int]:
+    """The side-effect-free login-and-permission probe; one login attempt, never repeated."""
+    raw = client.call(target.api_url, probe_params(target.user, target.password, target.source))
+    result = classify_probe(raw.status, raw.body, raw.transport, secrets=(target.password,))
+    return result, round(raw.elapsed * 1000)
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """`function=version`: no login, so it can be tried freely."""
+
+    ok: bool
+    detail: str
+    duration_ms: int
+
+
+def reach(client: Client, api_url: str) -> Reachability:
+    raw = client.call(api_url, version_params())
+    ms = round(raw.elapsed * 1000)
+    version = parse_version(raw.body) if raw.status == 200 else None
+    if version:
+        return Reachability(True, f"VICIdial {version}", ms)
+    answer = classify(raw.status, raw.body, raw.transport)
+    return Reachability(False, redact(answer.detail) or answer.outcome.value, ms)

@@ -1,0 +1,241 @@
+"""The bounded pool that sends refresh calls: order, concurrency, de-duplication, login gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from refreshd.attempt import Attempt, Target, refresh
+from refreshd.client import Client
+from refreshd.logs import get_logger
+from refreshd.policy import LOGIN_PROVEN, credentials_attempt_allowed
+from refreshd.vicidial import Answer, Outcome
+
+__all__ = ["CredentialsGate", "Dispatcher", "Job"]
+
+_log = get_logger()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CredentialsGate:
+    """Which credentials may log in now: the in-memory side of `policy.credentials_attempt_allowed`.
+
+    Credentials start unproven (one call at a time) until VICIdial accepts a login, and
+    are closed while a credentials wait runs. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._proven: set[str] = set()
+        self._wait_until: dict[str, datetime] = {}
+
+    def allowed(self, credentials: str, now: datetime) -> bool:
+        with self._lock:
+            return credentials_attempt_allowed(
+                wait_until=self._wait_until.get(credentials),
+                logins_in_flight=self._in_flight.get(credentials, 0),
+                proven=credentials in self._proven,
+                now=now,
+            )
+
+    def waiting(self, credentials: str, now: datetime) -> datetime | None:
+        """The end of the credentials' wait, if one is running at `now`."""
+        with self._lock:
+            until = self._wait_until.get(credentials)
+        return until if until is not None and now < until else None
+
+    def started(self, credentials: str) -> None:
+        with self._lock:
+            self._in_flight[credentials] = self._in_flight.get(credentials, 0) + 1
+
+    def finished(self, credentials: str) -> None:
+        with self._lock:
+            self._in_flight[credentials] = max(0, self._in_flight.get(credentials, 0) - 1)
+
+    def learn(self, credentials: str, outcome: Outcome) -> None:
+        """What an answer tells about the login: proven by one VICIdial gives only after a
+        good login; unproven again after a refused one."""
+        with self._lock:
+            if outcome in LOGIN_PROVEN:
+                self._proven.add(credentials)
+            elif outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
+                self._proven.discard(credentials)
+
+    def wait(self, credentials: str, until: datetime) -> None:
+        with self._lock:
+            self._wait_until[credentials] = until
+            self._proven.discard(credentials)
+
+    def clear_wait(self, credentials: str) -> None:
+        """A login just worked: any wait is over."""
+        with self._lock:
+            self._wait_until.pop(credentials, None)
+
+    def clear(self, credentials: str) -> None:
+        """Forget everything about these credentials (their config changed, or an operator
+        asked for a refresh): the next call is one careful login again."""
+        with self._lock:
+            self._wait_until.pop(credentials, None)
+            self._proven.discard(credentials)
+
+
+@dataclass(eq=False)
+class Job:
+    """One refresh to send. `on_done` runs on a worker thread, before the credentials'
+    slot is released, so what it learns (a refused login) binds the very next call."""
+
+    server: str
+    credentials: str
+    target: Target
+    on_done: Callable[[Attempt], None]
+    on_skipped: Callable[[str], None]
+    followers: list[Job] = field(default_factory=list)
+
+
+class Dispatcher:
+    """At most `max_concurrency` calls in flight, started in submission order.
+
+    A job whose request is identical to one pending or in flight (same URL, login and
+    server_ip) rides along with it and gets the same answer: VICIdial's refresh flags
+    every server of the cluster, so sending it twice at once only doubles the load.
+    A job whose credentials may not log in now is held back (unproven credentials: one
+    call at a time) or, during a credentials wait, skipped with a reason.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        max_concurrency: int,
+        gate: CredentialsGate,
+        now: Callable[[], datetime] = _utc_now,
+        send: Callable[[Client, Target], Attempt] | None = None,
+    ) -> None:
+        self._client = client
+        self._gate = gate
+        self._now = now
+        self._send = send or (lambda c, t: refresh(c, t, now=now))
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._by_key: dict[Hashable, Job] = {}
+        self._in_flight = 0
+        self._stopping = False
+        self._workers = [
+            threading.Thread(target=self._work, name=f"refresh-{i}", daemon=True)
+            for i in range(max_concurrency)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the dispatcher is stopping (the job is not run)."""
+        with self._cond:
+            if self._stopping:
+                return False
+            leader = self._by_key.get(job.target.key)
+            if leader is not None:
+                leader.followers.append(job)
+                return True
+            self._by_key[job.target.key] = job
+            self._pending.append(job)
+            self._cond.notify()
+            return True
+
+    def stop(self, grace: float) -> bool:
+        """No new calls start; pending jobs are dropped; waits up to `grace` seconds for
+        calls in flight. True when none is left running."""
+        with self._cond:
+            self._stopping = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            for job in dropped:
+                self._by_key.pop(job.target.key, None)
+            self._cond.notify_all()
+        for job in dropped:
+            for each in (job, *job.followers):
+                each.on_skipped("shutting down")
+        deadline = time.monotonic() + grace
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._workers)
+
+    def _next(self) -> tuple[Job | None, list[tuple[Job, str]]]:
+        """The first pending job allowed to start, and the jobs to skip; under the lock."""
+        now = self._now()
+        skipped: list[tuple[Job, str]] = []
+        chosen: Job | None = None
+        for job in list(self._pending):
+            until = self._gate.waiting(job.credentials, now)
+            if until is not None:
+                self._pending.remove(job)
+                self._by_key.pop(job.target.key, None)
+                skipped.append((job, f"credentials {job.credentials!r} wait until {until}"))
+                continue
+            if self._gate.allowed(job.credentials, now):
+                chosen = job
+                break
+        if chosen is not None:
+            self._pending.remove(chosen)
+            self._in_flight += 1
+            self._gate.started(chosen.credentials)
+        return chosen, skipped
+
+    def _send_safely(self, job: Job) -> Attempt:
+        started = self._now()
+        try:
+            return self._send(self._client, job.target)
+        except Exception:
+            _log.exception("refresh.error", server=job.server)
+            answer = Answer(Outcome.UNEXPECTED, "internal error while sending; see refresh.error")
+            return Attempt(answer, started, 0)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    job, skipped = self._next()
+                    if job is not None or skipped or self._stopping:
+                        break
+                    self._cond.wait()
+            for each_job, reason in skipped:
+                for each in (each_job, *each_job.followers):
+                    each.on_skipped(reason)
+            if job is None:
+                if self._stopping:
+                    return
+                continue
+            try:
+                attempt = self._send_safely(job)
+                with self._cond:
+                    # From here on, a new identical job is a new request.
+                    self._by_key.pop(job.target.key, None)
+                    riders = list(job.followers)
+                for each in (job, *riders):
+                    try:
+                        each.on_done(attempt)
+                    except Exception:
+                        # A bug in recording must not kill the worker or skip the others.
+                        _log.exception("refresh.error", server=each.server)
+            finally:
+                self._gate.finished(job.credentials)
+                with self._cond:
+                    self._in_flight -= 1
+                    self._cond.notify_all()

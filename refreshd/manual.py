@@ -1,0 +1,144 @@
+"""The one-shot commands' work: `refresh` now, and `check --online` probes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from refreshd.attempt import Attempt, Target, probe, reach
+from refreshd.client import Client
+from refreshd.config import Config, ServerConfig
+from refreshd.dispatch import CredentialsGate, Dispatcher, Job
+from refreshd.policy import Backoff
+from refreshd.recorder import CallContext, Recorder
+from refreshd.state import StateStore
+from refreshd.vicidial import Outcome
+
+__all__ = ["ProbeLine", "backoff_of", "client_for", "online_check", "refresh_now", "target_of"]
+
+
+def target_of(config: Config, server: ServerConfig) -> Target:
+    """The request a server's refresh sends."""
+    credentials = config.credentials_for(server)
+    return Target(
+        api_url=server.api_url,
+        user=credentials.user,
+        password=credentials.password.get_secret_value(),
+        source=config.client.source,
+        server_ip=server.server_ip,
+    )
+
+
+def client_for(config: Config) -> Client:
+    return Client(
+        timeout=config.client.timeout.total_seconds(),
+        verify_tls=config.client.verify_tls,
+        pool_size=config.daemon.max_concurrency,
+    )
+
+
+def backoff_of(config: Config) -> Backoff:
+    b = config.backoff
+    return Backoff(
+        retry_initial=b.retry_initial,
+        retry_max=b.retry_max,
+        suspend_initial=b.suspend_initial,
+        suspend_max=b.suspend_max,
+        auth_retry=b.auth_retry,
+    )
+
+
+def refresh_now(
+    config: Config, names: Sequence[str], *, store: StateStore | None, log: Any
+) -> dict[str, Outcome | None]:
+    """Refresh the named servers once, now, outside windows and ignoring suspensions and
+    credentials waits (the operator asked). Still careful with logins: credentials are
+    tried by one call first, so a wrong password costs one failed login, not one per
+    server. Returns each server's outcome; None where no call was made."""
+    gate = CredentialsGate()
+    recorder = Recorder(store=store, gate=gate, backoff=backoff_of(config), log=log)
+    client = client_for(config)
+    dispatcher = Dispatcher(client, max_concurrency=config.daemon.max_concurrency, gate=gate)
+    results: dict[str, Outcome | None] = {}
+    lock = threading.Lock()
+    finished = threading.Semaphore(0)
+
+    def job_for(server: ServerConfig) -> Job:
+        ctx = CallContext(server=server.name, credentials=server.credentials)
+
+        def done(attempt: Attempt) -> None:
+            recorder.record(ctx, attempt)
+            with lock:
+                results[server.name] = attempt.answer.outcome
+            finished.release()
+
+        def skipped(reason: str) -> None:
+            log.error("refresh.skipped", server=server.name, trigger="manual", reason=reason)
+            with lock:
+                results[server.name] = None
+            finished.release()
+
+        return Job(server.name, server.credentials, target_of(config, server), done, skipped)
+
+    try:
+        for name in names:
+            dispatcher.submit(job_for(config.server(name)))
+        for _ in names:
+            finished.acquire()
+    finally:
+        dispatcher.stop(grace=0)
+        client.close()
+    return results
+
+
+@dataclass(frozen=True)
+class ProbeLine:
+    """One line of the `check --online` report."""
+
+    kind: str  # "login" or "reach"
+    subject: str
+    url: str
+    ok: bool
+    detail: str
+    duration_ms: int
+
+
+def online_check(config: Config) -> list[ProbeLine]:
+    """One side-effect-free login probe per credentials and VICIdial (api_url), and one
+    reachability check per api_url. Never more than one login attempt per credentials
+    and URL in a run: each failed one counts toward VICIdial's lock-out."""
+    client = client_for(config)
+    lines: list[ProbeLine] = []
+    try:
+        probed: set[tuple[str, str]] = set()
+        for server in config.servers:
+            key = (server.credentials, server.api_url)
+            if key in probed:
+                continue
+            probed.add(key)
+            result, ms = probe(client, target_of(config, server))
+            subject = f"credentials {server.credentials}"
+            detail = result.detail if result.ok else f"{result.outcome}: {result.detail}"
+            lines.append(ProbeLine("login", subject, server.api_url, result.ok, detail, ms))
+        reached: dict[str, ProbeLine] = {}
+        for server in config.servers:
+            known = reached.get(server.api_url)
+            if known is None:
+                r = reach(client, server.api_url)
+                known = ProbeLine("reach", "", server.api_url, r.ok, r.detail, r.duration_ms)
+                reached[server.api_url] = known
+            lines.append(
+                ProbeLine(
+                    "reach",
+                    f"server {server.name}",
+                    server.api_url,
+                    known.ok,
+                    known.detail,
+                    known.duration_ms,
+                )
+            )
+    finally:
+        client.close()
+    return lines
