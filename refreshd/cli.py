@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 from refreshd import __version__
 from refreshd.config import Config, ConfigError, config_warnings, default_config_path, load_config
+from refreshd.daemon import run as run_daemon
+from refreshd.durations import parse_duration
 from refreshd.logs import configure, get_logger, redactor
 from refreshd.manual import online_check, refresh_now, target_of
 from refreshd.state import StateError, StateStore
 from refreshd.vicidial import Outcome
+from refreshd.views import history_rows, plan_document, status_document
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "main"]
 
@@ -55,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
             )
         return p
 
+    p = command("run", "run the daemon in the foreground (systemd Type=notify)")
+    p.set_defaults(handler=_run)
+
     p = command("check", "validate the config (exit 0 valid, 78 invalid)")
     p.add_argument(
         "--online",
@@ -72,6 +80,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_refresh)
 
+    p = command("plan", "show each server's next runs, from the windows alone")
+    p.add_argument("--from", dest="start", type=_instant, default=None, help="ISO 8601 instant")
+    p.add_argument("--count", type=_positive_int, default=3, help="runs per server (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(handler=_plan)
+
+    p = command("status", "per server: last outcome, next run, suspension")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(handler=_status)
+
+    p = command("history", "recent calls from the state store, newest first")
+    p.add_argument("--server", default=None, help="only this server")
+    p.add_argument(
+        "--since", type=_since, default=None, help="ISO 8601 instant or a duration ago (24h)"
+    )
+    p.add_argument("--limit", type=_positive_int, default=100, help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.set_defaults(handler=_history)
+
     p = command("simulator", "run the bundled VICIdial API simulator on loopback")
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
     p.add_argument("--config", type=Path, default=None, help="users and servers TOML (see config/)")
@@ -79,9 +106,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 instant (e.g. 2027-03-14T00:00:00-05:00)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        return _instant(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return args.config if args.config is not None else default_config_path()
+
+
 def _load(args: argparse.Namespace) -> Config | int:
     """The config, or the exit code after saying why there is none."""
-    path = args.config if args.config is not None else default_config_path()
+    path = _config_path(args)
     try:
         config = load_config(path)
     except ConfigError as err:
@@ -95,7 +149,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, int):
         return config
-    path = args.config if args.config is not None else default_config_path()
+    path = _config_path(args)
     for warning in config_warnings(config):
         print(f"refreshd: warning: {warning}", file=sys.stderr)
     print(
@@ -157,6 +211,125 @@ def _open_store(config: Config, log: object) -> StateStore | None:
     except StateError as err:
         print(f"refreshd: warning: not recording this refresh: {err}", file=sys.stderr)
         return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure()
+    return run_daemon(_config_path(args))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, int):
+        return config
+    start = args.start or datetime.now(UTC)
+    document = plan_document(config, start, args.count)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    rows = [
+        [entry["server"], run["due_local"], run["slot_start_local"], run["slot_end_local"]]
+        for entry in document["servers"]
+        for run in entry["runs"]
+        or [{"due_local": "-", "slot_start_local": "no window ahead", "slot_end_local": "-"}]
+    ]
+    _print_table(["SERVER", "DUE (LOCAL)", "SLOT START", "SLOT END"], rows)
+    return EXIT_OK
+
+
+def _read_store(config: Config) -> StateStore | None:
+    """The state file, read-only; None (and a note) before the daemon's first start."""
+    path = config.daemon.state_path
+    if not path.exists():
+        print(f"refreshd: no state file at {path} yet (the daemon has not run)", file=sys.stderr)
+        return None
+    return StateStore.open_readonly(path)
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, int):
+        return config
+    now = datetime.now(UTC)
+    try:
+        store = _read_store(config)
+        if store is None:
+            states, waits, done = {}, {}, {}
+        else:
+            with store:
+                states = store.all_server_states()
+                waits = store.all_credentials_waits()
+                done = {
+                    s.name: store.runs_done_since(s.name, now - timedelta(days=2))
+                    for s in config.servers
+                }
+    except StateError as err:
+        print(f"refreshd: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    document = status_document(config, states, waits, done, now)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    rows = []
+    for entry in document["servers"]:
+        held = entry["suspended_until"] and f"suspended until {entry['suspended_until']}"
+        held = held or (
+            entry["credentials_wait_until"]
+            and f"credentials wait until {entry['credentials_wait_until']}"
+        )
+        rows.append(
+            [
+                entry["server"],
+                entry["last_outcome"] or "-",
+                entry["last_attempt_at"] or "-",
+                entry["last_success_at"] or "-",
+                entry["next_run"] or "none ahead",
+                held or "",
+            ]
+        )
+    _print_table(["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "NEXT RUN", "HELD"], rows)
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, int):
+        return config
+    try:
+        store = _read_store(config)
+        records = []
+        if store is not None:
+            with store:
+                records = store.history(server=args.server, since=args.since, limit=args.limit)
+    except StateError as err:
+        print(f"refreshd: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    rows = history_rows(records)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    _print_table(
+        ["AT", "SERVER", "OUTCOME", "TRY", "MS", "DETAIL"],
+        [
+            [
+                r["at"],
+                r["server"],
+                r["outcome"],
+                str(r["attempt"]),
+                str(r["duration_ms"]),
+                (r["detail"] or "")[:80],
+            ]
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
+    for row in [headers, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
 def _simulator(args: argparse.Namespace) -> int:

@@ -1,0 +1,244 @@
+"""Process life of `refreshd run`: start, signals, reload, heartbeat, metrics, clean stop."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from refreshd import __version__
+from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.logs import get_logger, redactor
+from refreshd.metrics import Metrics, MetricsServer
+from refreshd.scheduler import Scheduler
+from refreshd.sdnotify import Notifier
+from refreshd.state import StateError, StateStore
+
+__all__ = ["Daemon", "run"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 78
+
+# The heartbeat proves the scheduling loop alive, feeds the systemd watchdog and notices
+# wall-clock jumps; at most this long apart.
+HEARTBEAT = 10.0
+# A wall-clock step larger than this, relative to the monotonic clock, is a jump.
+CLOCK_JUMP = 2.0
+# Restart-only settings: the daemon keeps the running value and says so on reload.
+_RESTART_ONLY = ("state_path", "metrics_listen", "max_concurrency")
+
+
+class Daemon:
+    """One running daemon. `run()` is the whole life; signals are turned into queue
+    messages, handled one at a time on the main thread."""
+
+    def __init__(self, config_path: Path, environ: Mapping[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.environ = os.environ if environ is None else environ
+        self.log = get_logger()
+        self.notifier = Notifier(self.environ)
+        self.metrics = Metrics()
+        self._signals: queue.Queue[int] = queue.Queue()
+        self._stop_heartbeat = threading.Event()
+        interval = self.notifier.watchdog_interval
+        self.heartbeat = min(HEARTBEAT, interval) if interval else HEARTBEAT
+        self.scheduler: Scheduler | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    # --- life ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            config = load_config(self.config_path, self.environ)
+        except ConfigError as err:
+            self.log.error("config.rejected", path=str(self.config_path), errors=err.errors)
+            return EXIT_CONFIG
+        redactor.set_secrets(config.secrets())
+        for warning in config_warnings(config):
+            self.log.warning("config.warning", warning=warning)
+        self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
+        try:
+            store = StateStore(config.daemon.state_path)
+        except StateError as err:
+            self.log.error("daemon.failed", error=str(err))
+            return EXIT_FAILED
+        try:
+            return self._serve(config, store)
+        finally:
+            store.close()
+
+    def _serve(self, config: Config, store: StateStore) -> int:
+        self._install_signals()
+        address = config.daemon.metrics_address
+        scheduler = Scheduler(config, store=store, log=self.log, metrics=self.metrics)
+        self.scheduler = scheduler
+        if address is not None:
+            try:
+                self.metrics_server = MetricsServer(
+                    address[0], address[1], self.metrics, self.healthy
+                )
+            except OSError as err:
+                self.log.error(
+                    "daemon.failed",
+                    error=f"daemon.metrics_listen {config.daemon.metrics_listen}: {err.strerror}; "
+                    'choose a free port or set metrics_listen = "" to turn metrics off',
+                )
+                return EXIT_FAILED
+            self.metrics_server.start()
+        scheduler.start()
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        self.notifier.ready(f"{len(config.servers)} servers scheduled")
+        self.log.info(
+            "daemon.started",
+            version=__version__,
+            pid=os.getpid(),
+            servers=len(config.servers),
+            state_path=str(config.daemon.state_path),
+            metrics=(
+                f"http://{address[0]}:{self.metrics_server.port}/metrics"
+                if address and self.metrics_server
+                else None
+            ),
+        )
+        while True:
+            signum = self._signals.get()
+            if signum == signal.SIGHUP:
+                self._reload()
+                continue
+            break
+        return self._stop(signum)
+
+    def _stop(self, signum: int) -> int:
+        assert self.scheduler is not None
+        config = self.scheduler.config
+        grace = config.daemon.shutdown_grace.total_seconds()
+        self.notifier.stopping()
+        self.log.info(
+            "daemon.stopping",
+            signal=signal.Signals(signum).name,
+            in_flight=self.scheduler.dispatcher.in_flight,
+            grace_s=grace,
+        )
+        # A second SIGTERM/SIGINT while we wait means "now".
+        signal.signal(signal.SIGTERM, self._exit_now)
+        signal.signal(signal.SIGINT, self._exit_now)
+        finished = self.scheduler.stop(grace)
+        self._stop_heartbeat.set()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.log.info("daemon.stopped", calls_abandoned=0 if finished else "some")
+        return EXIT_OK
+
+    def _exit_now(self, signum: int, frame: FrameType | None) -> None:
+        self.log.warning("daemon.stopped", forced=True, signal=signal.Signals(signum).name)
+        os._exit(EXIT_FAILED)
+
+    # --- signals -----------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        def enqueue(signum: int, frame: FrameType | None) -> None:
+            self._signals.put(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, enqueue)
+
+    def _reload(self) -> None:
+        assert self.scheduler is not None
+        self.notifier.reloading()
+        try:
+            try:
+                config = load_config(self.config_path, self.environ)
+            except ConfigError as err:
+                self.metrics.config_reloads.labels("rejected").inc()
+                self.log.error(
+                    "config.rejected",
+                    path=str(self.config_path),
+                    errors=err.errors,
+                    keeping="the running config",
+                )
+                return
+            running = self.scheduler.config
+            config = self._keep_restart_only(running, config)
+            redactor.set_secrets(running.secrets() | config.secrets())
+            changes = self.scheduler.reload(config)
+            redactor.set_secrets(config.secrets())
+            self.metrics.config_reloads.labels("ok").inc()
+            for warning in config_warnings(config):
+                self.log.warning("config.warning", warning=warning)
+            self.log.info(
+                "config.reloaded",
+                path=str(self.config_path),
+                servers=len(config.servers),
+                added=changes["added"],
+                removed=changes["removed"],
+                changed=changes["changed"],
+            )
+        finally:
+            self.notifier.ready()
+
+    def _keep_restart_only(self, running: Config, new: Config) -> Config:
+        kept = {}
+        for key in _RESTART_ONLY:
+            old_value, new_value = getattr(running.daemon, key), getattr(new.daemon, key)
+            if old_value != new_value:
+                kept[key] = old_value
+                self.log.warning(
+                    "config.restart_needed",
+                    key=f"daemon.{key}",
+                    running=str(old_value),
+                    configured=str(new_value),
+                )
+        if not kept:
+            return new
+        return new.model_copy(update={"daemon": new.daemon.model_copy(update=kept)})
+
+    # --- heartbeat ---------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """/healthz: the scheduling loop ran a job recently."""
+        return self.scheduler is not None and self.scheduler.loop_alive(3 * self.heartbeat)
+
+    def _heartbeat(self) -> None:
+        """Every `heartbeat` seconds (monotonic, so immune to clock steps): ask the
+        scheduling loop for a sign of life, feed the watchdog only if it gave one, and
+        re-plan when the wall clock jumped."""
+        assert self.scheduler is not None
+        scheduler = self.scheduler
+        last_wall, last_mono = time.time(), time.monotonic()
+        last_prune = 0.0
+        scheduler.loop_beat()
+        while not self._stop_heartbeat.wait(self.heartbeat):
+            if scheduler.loop_alive(2 * self.heartbeat):
+                self.notifier.watchdog()
+            scheduler.loop_beat()
+            wall, mono = time.time(), time.monotonic()
+            drift = (wall - last_wall) - (mono - last_mono)
+            last_wall, last_mono = wall, mono
+            if abs(drift) > CLOCK_JUMP:
+                self.log.warning("clock.jumped", seconds=round(drift, 3))
+                scheduler.replan_all("clock jumped")
+            if mono - last_prune > 3600:
+                last_prune = mono
+                self._prune(scheduler)
+
+    def _prune(self, scheduler: Scheduler) -> None:
+        retention: timedelta = scheduler.config.daemon.history_retention
+        try:
+            removed = scheduler.store.prune(datetime.now(UTC) - retention)
+        except StateError as err:
+            self.log.error("state.error", error=str(err))
+            return
+        if removed:
+            self.log.info("state.pruned", calls_removed=removed)
+
+
+def run(config_path: Path, environ: Mapping[str, str] | None = None) -> int:
+    return Daemon(config_path, environ).run()

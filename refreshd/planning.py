@@ -1,0 +1,70 @@
+"""What a server does next and when: catch-up, runs already done, retry limits (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from refreshd.windows import Run, Schedule, next_runs, open_until, runs_of, slot_at
+
+__all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
+
+_TICK = timedelta(microseconds=1)
+# Runs looked at per search step; more only when many in a row are already done.
+_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Next:
+    """The run to do next, and the instant to start it (its due, or later for a catch-up)."""
+
+    run: Run
+    at: datetime
+
+    @property
+    def catch_up(self) -> bool:
+        return self.at > self.run.due
+
+
+def next_fire(
+    schedule: Schedule, not_before: datetime, done: Callable[[datetime], bool]
+) -> Next | None:
+    """The first run not yet `done` that may start at or after `not_before`.
+
+    Catch-up (SPEC.md): when `not_before` falls inside an open slot whose latest started
+    run is not done (the daemon was down, a suspension or a credentials wait just ended),
+    that run starts at once. Earlier runs of the slot are covered by it: a refresh
+    rebuilds everything, so one late refresh replaces any number of missed ones.
+    None when nothing is planned within the windows' search horizon.
+    """
+    if open_until(schedule, not_before) is not None:
+        slot = slot_at(schedule, not_before)
+        if slot is not None:
+            started = [run for run in runs_of(schedule, slot) if run.due <= not_before]
+            if started and not done(started[-1].due):
+                return Next(started[-1], not_before)
+    after = not_before
+    while True:
+        runs = next_runs(schedule, after, _BATCH)
+        for run in runs:
+            if not done(run.due):
+                return Next(run, run.due)
+        if len(runs) < _BATCH:
+            return None
+        after = runs[-1].due + _TICK
+
+
+def earliest_start(
+    now: datetime, suspended_until: datetime | None, credentials_wait_until: datetime | None
+) -> datetime:
+    """Now, or later while the server is suspended or its credentials wait."""
+    return max([now, *(t for t in (suspended_until, credentials_wait_until) if t is not None)])
+
+
+def retry_until(schedule: Schedule, run: Run, now: datetime) -> datetime:
+    """The first instant at which no retry of `run` may start: the slot's end, the next
+    blackout, or the slot's next run (which supersedes this one), whichever comes first."""
+    limits = [open_until(schedule, now) or now]
+    limits += [later.due for later in runs_of(schedule, run.slot) if later.due > run.due][:1]
+    return min(limits)

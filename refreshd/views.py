@@ -1,0 +1,105 @@
+"""What `plan`, `status` and `history` show, as plain data (JSON-ready dicts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from refreshd.config import Config
+from refreshd.planning import next_fire
+from refreshd.scheduler import schedule_of
+from refreshd.state import CallRecord, CredentialsWait, ServerState
+from refreshd.windows import next_runs
+
+__all__ = ["history_rows", "iso", "plan_document", "status_document"]
+
+
+def iso(moment: datetime | None) -> str | None:
+    """UTC instants as `...Z`; local ones keep their offset."""
+    if moment is None:
+        return None
+    text = moment.isoformat()
+    return text.replace("+00:00", "Z") if moment.utcoffset() == UTC.utcoffset(None) else text
+
+
+def plan_document(config: Config, start: datetime, count: int) -> dict[str, Any]:
+    """The next `count` runs of every server from `start`, by the windows alone (no state:
+    suspensions and runs already done are `status`'s business)."""
+    servers = []
+    for server in config.servers:
+        schedule = schedule_of(config, server)
+        runs = next_runs(schedule, start, count)
+        servers.append(
+            {
+                "server": server.name,
+                "timezone": server.timezone,
+                "runs": [
+                    {
+                        "due": iso(run.due),
+                        "due_local": iso(run.due.astimezone(server.zone)),
+                        "slot_start": iso(run.slot.start),
+                        "slot_start_local": iso(run.slot.start.astimezone(server.zone)),
+                        "slot_end": iso(run.slot.end),
+                        "slot_end_local": iso(run.slot.end.astimezone(server.zone)),
+                    }
+                    for run in runs
+                ],
+            }
+        )
+    return {"from": iso(start.astimezone(UTC)), "count": count, "servers": servers}
+
+
+def status_document(
+    config: Config,
+    states: dict[str, ServerState],
+    waits: dict[str, CredentialsWait],
+    runs_done: dict[str, set[datetime]],
+    now: datetime,
+) -> dict[str, Any]:
+    """Per server: last outcome, last success, suspension, credentials wait, next run (as
+    the daemon would plan it from this state)."""
+    servers = []
+    for server in config.servers:
+        state = states.get(server.name, ServerState(server.name))
+        wait = waits.get(server.credentials)
+        waiting = wait if wait is not None and wait.until > now else None
+        suspended = (
+            state.suspended_until if state.suspended_until and state.suspended_until > now else None
+        )
+        not_before = max([now, *(t for t in (suspended, waiting and waiting.until) if t)])
+        done = runs_done.get(server.name, set())
+        planned = next_fire(schedule_of(config, server), not_before, done.__contains__)
+        servers.append(
+            {
+                "server": server.name,
+                "last_outcome": str(state.last_outcome) if state.last_outcome else None,
+                "last_attempt_at": iso(state.last_attempt_at),
+                "last_success_at": iso(state.last_success_at),
+                "next_run": iso(planned.at) if planned else None,
+                "next_slot": iso(planned.run.slot.start) if planned else None,
+                "suspended_until": iso(suspended),
+                "suspension_reason": state.suspension_reason if suspended else None,
+                "credentials": server.credentials,
+                "credentials_wait_until": iso(waiting.until) if waiting else None,
+                "credentials_wait_reason": waiting.reason if waiting else None,
+            }
+        )
+    return {"at": iso(now), "servers": servers}
+
+
+def history_rows(records: list[CallRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": iso(r.at),
+            "server": r.server,
+            "outcome": str(r.outcome),
+            "attempt": r.attempt,
+            "duration_ms": r.duration_ms,
+            "slot": iso(r.slot_start),
+            "due": iso(r.due),
+            "http_status": r.http_status,
+            "servers_flagged": r.servers_flagged,
+            "detail": r.detail,
+        }
+        for r in records
+    ]
