@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import socket
 import ssl
 import time
 import warnings
@@ -68,6 +67,7 @@ class Client:
             pool_block=False,
             max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0),
         )
+        self._adapter = adapter
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -76,16 +76,20 @@ class Client:
         start = self._monotonic()
         deadline = start + self.timeout
         try:
+            request = self._session.prepare_request(
+                requests.Request("POST", url, data=dict(params))
+            )
             with warnings.catch_warnings():
                 # verify_tls=false is warned about once, in our own words, at start-up.
                 warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                response = self._session.post(
-                    url,
-                    data=dict(params),
+                # The adapter directly, not Session.send: with redirects off, Session.send
+                # still reads a 3xx body to the end (to offer Response.next), outside our
+                # size cap and deadline.
+                response = self._adapter.send(
+                    request,
+                    stream=True,
                     timeout=(self.timeout, self.timeout),
                     verify=self.verify_tls,
-                    allow_redirects=False,
-                    stream=True,
                 )
             with response:
                 body, truncated, timed_out = self._read(response, deadline)
@@ -125,31 +129,42 @@ class Client:
 
 def transport_failure(exc: BaseException) -> Transport:
     """Sort a network exception into a kind, reading its causes, never its text."""
-    if isinstance(exc, requests.exceptions.SSLError):
+    chain = _causes(exc)
+
+    def having(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(cause, kinds) for cause in chain)
+
+    if having(requests.exceptions.SSLError, ssl.SSLError, urllib3.exceptions.SSLError):
         return Transport.TLS_ERROR
-    if isinstance(exc, requests.exceptions.Timeout):
+    if having(ConnectionRefusedError) or any(
+        isinstance(c, OSError) and c.errno == errno.ECONNREFUSED for c in chain
+    ):
+        return Transport.CONNECTION_REFUSED
+    if having(ConnectionResetError, BrokenPipeError):
+        return Transport.CONNECTION_RESET
+    # urllib3's NewConnectionError subclasses its ConnectTimeoutError whatever the cause,
+    # so it must not count as a time-out by itself.
+    if having(requests.exceptions.Timeout, TimeoutError) or any(
+        isinstance(c, urllib3.exceptions.TimeoutError)
+        and not isinstance(c, urllib3.exceptions.NewConnectionError)
+        for c in chain
+    ):
         return Transport.TIMEOUT
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLError | urllib3.exceptions.SSLError):
-            return Transport.TLS_ERROR
-        if isinstance(cause, TimeoutError | socket.timeout | urllib3.exceptions.TimeoutError):
-            return Transport.TIMEOUT
-        if isinstance(cause, ConnectionRefusedError):
-            return Transport.CONNECTION_REFUSED
-        if isinstance(cause, ConnectionResetError | BrokenPipeError):
-            return Transport.CONNECTION_RESET
-        if isinstance(cause, urllib3.exceptions.ProtocolError):
-            return Transport.CONNECTION_RESET
-        if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
-            return Transport.CONNECTION_REFUSED
-        nested = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
-        reason = getattr(cause, "reason", None)
-        cause = (
-            reason if isinstance(reason, BaseException) else nested or cause.__cause__
-        ) or cause.__context__
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    if having(urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError):
         return Transport.CONNECTION_RESET
     return Transport.CONNECTION_FAILED
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps: causes, contexts, `reason`s and exception args."""
+    found: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(found) < 32:
+        current = todo.pop()
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        reason = getattr(current, "reason", None)
+        linked = [current.__cause__, current.__context__, reason, *current.args]
+        todo.extend(item for item in linked if isinstance(item, BaseException))
+    return found

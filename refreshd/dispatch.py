@@ -224,6 +224,7 @@ class Dispatcher:
                 continue
             try:
                 attempt = self._send_safely(job)
+                self._gate.learn(job.credentials, attempt.answer.outcome)
                 with self._cond:
                     # From here on, a new identical job is a new request.
                     self._by_key.pop(job.target.key, None)

@@ -67,7 +67,6 @@ class Recorder:
 
     def record(self, ctx: CallContext, attempt: Attempt) -> Decision:
         answer = attempt.answer
-        self.gate.learn(ctx.credentials, answer.outcome)
         before = self._server_state(ctx.server)
         with self._rng_lock:
             decision = decide(

@@ -1,0 +1,197 @@
+"""The dispatcher: bounded concurrency, start order, identical requests once, login gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from refreshd.attempt import Attempt, Target
+from refreshd.client import Client
+from refreshd.dispatch import CredentialsGate, Dispatcher, Job
+from refreshd.vicidial import Answer, Outcome
+
+NOW = datetime(2027, 1, 5, 2, 0, tzinfo=UTC)
+
+
+class FakeSend:
+    """Stands in for the network: records order and concurrency, answers as told."""
+
+    def __init__(self, outcome: Outcome = Outcome.OK, delay: float = 0.0) -> None:
+        self.outcome = outcome
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.sent: list[str] = []
+        self.current = 0
+        self.peak = 0
+
+    def __call__(self, client: Client, target: Target) -> Attempt:
+        with self.lock:
+            self.sent.append(target.server_ip or "")
+            self.current += 1
+            self.peak = max(self.peak, self.current)
+        time.sleep(self.delay)
+        with self.lock:
+            self.current -= 1
+        return Attempt(Answer(self.outcome, "x"), NOW, 1)
+
+
+def _target(ip: str, user: str = "u") -> Target:
+    return Target("http://127.0.0.1:1/api.php", user, "pw", "refreshd", ip)
+
+
+class Collector:
+    def __init__(self, expected: int) -> None:
+        self.done: list[tuple[str, Outcome]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.remaining = threading.Semaphore(0)
+        self.expected = expected
+
+    def job(self, name: str, target: Target, credentials: str = "c") -> Job:
+        def done(attempt: Attempt) -> None:
+            with self.lock:
+                self.done.append((name, attempt.answer.outcome))
+            self.remaining.release()
+
+        def skipped(reason: str) -> None:
+            with self.lock:
+                self.skipped.append((name, reason))
+            self.remaining.release()
+
+        return Job(name, credentials, target, done, skipped)
+
+    def wait(self) -> None:
+        for _ in range(self.expected):
+            assert self.remaining.acquire(timeout=10)
+
+
+def _dispatcher(send: FakeSend, gate: CredentialsGate, n: int) -> Dispatcher:
+    client = Client(timeout=1)
+    return Dispatcher(client, max_concurrency=n, gate=gate, now=lambda: NOW, send=send)
+
+
+def _proven_gate(*names: str) -> CredentialsGate:
+    gate = CredentialsGate()
+    for name in names:
+        gate.learn(name, Outcome.OK)
+    return gate
+
+
+def test_never_more_than_max_concurrency_in_flight() -> None:
+    send = FakeSend(delay=0.02)
+    gate = CredentialsGate()
+    dispatcher = _dispatcher(send, gate, 3)
+    collector = Collector(30)
+    for i in range(30):
+        # 30 different credentials, so the login gate never limits.
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}", f"u{i}"), f"c{i}"))
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.peak == 3
+    assert len(collector.done) == 30
+
+
+def test_calls_start_in_submission_order() -> None:
+    send = FakeSend()
+    dispatcher = _dispatcher(send, _proven_gate("c"), 1)
+    collector = Collector(10)
+    for i in range(10):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.sent == [f"10.0.0.{i}" for i in range(10)]
+
+
+def test_identical_requests_pending_together_are_sent_once() -> None:
+    send = FakeSend(delay=0.05)
+    dispatcher = _dispatcher(send, _proven_gate("c"), 1)
+    collector = Collector(4)
+    dispatcher.submit(collector.job("first", _target("10.0.0.1")))
+    for name in ("a", "b", "c"):
+        dispatcher.submit(collector.job(name, _target("10.0.0.2")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.sent == ["10.0.0.1", "10.0.0.2"]
+    assert sorted(name for name, _ in collector.done) == ["a", "b", "c", "first"]
+
+
+def test_unproven_credentials_log_in_one_call_at_a_time() -> None:
+    send = FakeSend(outcome=Outcome.TRANSIENT, delay=0.02)
+    dispatcher = _dispatcher(send, CredentialsGate(), 8)
+    collector = Collector(6)
+    for i in range(6):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.peak == 1
+
+
+def test_proven_credentials_allow_a_few_calls_at_once() -> None:
+    send = FakeSend(delay=0.05)
+    dispatcher = _dispatcher(send, CredentialsGate(), 8)
+    collector = Collector(9)
+    for i in range(9):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    # The first call proves the login; then up to MAX_LOGINS_IN_FLIGHT (4) at once.
+    assert send.peak == 4
+
+
+def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
+    send = FakeSend(outcome=Outcome.AUTH_FAILED)
+    gate = CredentialsGate()
+    dispatcher = _dispatcher(send, gate, 4)
+    collector = Collector(5)
+
+    def done_then_wait(name: str, target: Target) -> Job:
+        job = collector.job(name, target)
+        inner = job.on_done
+
+        def on_done(attempt: Attempt) -> None:
+            gate.wait("c", NOW + timedelta(hours=6))  # what the recorder does
+            inner(attempt)
+
+        job.on_done = on_done
+        return job
+
+    for i in range(5):
+        dispatcher.submit(done_then_wait(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.sent == ["10.0.0.0"]
+    assert len(collector.skipped) == 4
+    assert all("wait until" in reason for _, reason in collector.skipped)
+
+
+def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:
+    send = FakeSend(delay=0.3)
+    gate = _proven_gate(*(f"c{i}" for i in range(3)))
+    dispatcher = _dispatcher(send, gate, 1)
+    collector = Collector(3)
+    for i in range(3):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}", f"u{i}"), f"c{i}"))
+    time.sleep(0.1)
+    assert dispatcher.stop(grace=5)
+    collector.wait()
+    assert [name for name, _ in collector.done] == ["s0"]
+    assert sorted(name for name, _ in collector.skipped) == ["s1", "s2"]
+    assert not dispatcher.submit(collector.job("late", _target("10.0.0.9")))
+
+
+def test_a_crashing_callback_does_not_kill_the_worker() -> None:
+    send = FakeSend()
+    dispatcher = _dispatcher(send, _proven_gate("c"), 1)
+    collector = Collector(1)
+    bad = collector.job("bad", _target("10.0.0.1"))
+
+    def explode(attempt: Attempt) -> None:
+        raise RuntimeError("bug")
+
+    bad.on_done = explode
+    dispatcher.submit(bad)
+    dispatcher.submit(collector.job("good", _target("10.0.0.2")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert collector.done == [("good", Outcome.OK)]

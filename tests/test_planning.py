@@ -1,0 +1,130 @@
+"""Choosing a server's next run: catch-up, done runs, suspensions, retry limits (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from refreshd.planning import earliest_start, next_fire, retry_until
+from refreshd.windows import Schedule, parse_blackout_window, parse_window
+
+NY = ZoneInfo("America/New_York")
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def _schedule(*windows: str, every: timedelta | None = None, blackouts: tuple[str, ...] = ()):
+    return Schedule(
+        name="east-1",
+        tz=ZoneInfo("UTC"),
+        windows=tuple(parse_window(w) for w in windows),
+        blackouts=tuple(parse_blackout_window(b) for b in blackouts),
+        every=every,
+    )
+
+
+def _never(_: datetime) -> bool:
+    return False
+
+
+def test_started_inside_an_open_slot_not_done_fires_at_once() -> None:
+    schedule = _schedule("02:00-04:00")
+    now = _utc(2027, 1, 5, 3, 0)
+    chosen = next_fire(schedule, now, _never)
+    assert chosen is not None
+    assert chosen.at == now
+    assert chosen.run.due == _utc(2027, 1, 5, 2, 0)
+    assert chosen.catch_up
+
+
+def test_started_inside_a_slot_already_done_waits_for_the_next_slot() -> None:
+    schedule = _schedule("02:00-04:00")
+    done = {_utc(2027, 1, 5, 2, 0)}
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 0), done.__contains__)
+    assert chosen is not None
+    assert chosen.at == _utc(2027, 1, 6, 2, 0)
+    assert not chosen.catch_up
+
+
+def test_started_after_the_window_waits_for_the_next_one() -> None:
+    schedule = _schedule("02:00-04:00")
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 5, 0), _never)
+    assert chosen is not None
+    assert chosen.at == _utc(2027, 1, 6, 2, 0)
+
+
+def test_catch_up_with_every_takes_only_the_latest_started_run() -> None:
+    schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), _never)
+    assert chosen is not None
+    assert chosen.run.due == _utc(2027, 1, 5, 3, 0)
+    assert chosen.at == _utc(2027, 1, 5, 3, 10)
+
+
+def test_with_every_a_done_run_leads_to_the_next_repeat() -> None:
+    schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
+    done = {_utc(2027, 1, 5, 3, 0)}
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), done.__contains__)
+    assert chosen is not None
+    assert chosen.at == _utc(2027, 1, 5, 3, 30)
+
+
+def test_many_done_runs_in_a_row_are_skipped() -> None:
+    schedule = _schedule("00:00-24:00", every=timedelta(minutes=1))
+    start = _utc(2027, 1, 5, 0, 0)
+    done = {start + timedelta(minutes=m) for m in range(100)}
+    chosen = next_fire(schedule, start, done.__contains__)
+    assert chosen is not None
+    assert chosen.at == start + timedelta(minutes=100)
+
+
+def test_no_catch_up_inside_a_blackout() -> None:
+    schedule = _schedule("02:00-06:00", blackouts=("03:00-04:00",))
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 30), _never)
+    assert chosen is not None
+    # The slot's only run (02:00) cannot start in the blackout; the next slot's run can.
+    assert chosen.at == _utc(2027, 1, 6, 2, 0)
+
+
+def test_nothing_ahead_gives_none() -> None:
+    schedule = _schedule("02:00-04:00", blackouts=("00:00-24:00",))
+    assert next_fire(schedule, _utc(2027, 1, 5, 0, 0), _never) is None
+
+
+def test_catch_up_on_the_spring_forward_day_starts_after_the_gap() -> None:
+    schedule = Schedule(name="ny", tz=NY, windows=(parse_window("02:30-03:30"),))
+    chosen = next_fire(schedule, datetime(2027, 3, 14, 0, 0, tzinfo=NY), _never)
+    assert chosen is not None
+    assert chosen.at.astimezone(NY).replace(tzinfo=None) == datetime(2027, 3, 14, 3, 0)
+
+
+def test_earliest_start_is_the_latest_of_now_suspension_and_wait() -> None:
+    now = _utc(2027, 1, 5, 2, 0)
+    assert earliest_start(now, None, None) == now
+    assert earliest_start(now, now + timedelta(hours=1), None) == now + timedelta(hours=1)
+    assert earliest_start(now, now - timedelta(hours=1), now + timedelta(minutes=5)) == (
+        now + timedelta(minutes=5)
+    )
+
+
+def test_retry_until_is_the_slot_end() -> None:
+    schedule = _schedule("02:00-04:00")
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    assert run is not None
+    assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 4, 0)
+
+
+def test_retry_until_stops_at_the_next_repeat() -> None:
+    schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    assert run is not None
+    assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 2, 30)
+
+
+def test_retry_until_stops_at_a_blackout() -> None:
+    schedule = _schedule("02:00-06:00", blackouts=("03:00-04:00",))
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    assert run is not None
+    assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 3, 0)
