@@ -32,13 +32,15 @@ _DAY_INDEX = {name: index for index, name in enumerate(_DAY_NAMES)}
 _ALL_DAYS = frozenset(range(7))
 
 # [0-9], not \d: \d also matches other scripts' digits, which int() would then accept.
-_TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
+# Seconds are optional (HH:MM:SS): rarely wanted by operators, but they let a test or a
+# staggered fleet open a window at an exact second.
+_TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?")
 _FIRST_DIGIT = re.compile(r"[0-9]")
 _LOOKS_ABSOLUTE = re.compile(r"\s*[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 _FORMS = "write HH:MM-HH:MM (every day) or DAYS HH:MM-HH:MM, e.g. 'mon-fri 02:00-04:00'"
 _DAYS_HINT = "use mon..sun, ranges like mon-fri, lists like sat,sun"
-_TIME_HINT = "use 24-hour HH:MM, e.g. 02:00 (24:00 only as an end)"
+_TIME_HINT = "use 24-hour HH:MM or HH:MM:SS, e.g. 02:00 (24:00 only as an end)"
 _ABSOLUTE_FORM = "write START/END in ISO 8601, e.g. '2026-12-24T00:00/2026-12-27T00:00'"
 # Far enough from datetime's limits that moving between zones can never overflow.
 _MIN_YEAR, _MAX_YEAR = 1970, 9998
@@ -168,16 +170,18 @@ def _parse_time(value: str, *, is_end: bool) -> dt.time:
     match = _TIME.fullmatch(value)
     if match is None:
         raise WindowError(f"bad time {value!r}: {_TIME_HINT}")
-    hour, minute = int(match[1]), int(match[2])
+    hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
     if minute > 59:
         raise WindowError(f"minute {match[2]} out of range in {value!r}: minutes are 00..59")
-    if hour == 24 and minute == 0:
+    if second > 59:
+        raise WindowError(f"second {match[3]} out of range in {value!r}: seconds are 00..59")
+    if hour == 24 and minute == 0 and second == 0:
         if not is_end:
             raise WindowError("a window cannot start at 24:00: start it at 00:00")
         return dt.time(0, 0)
     if hour > 23:
         raise WindowError(f"hour {match[1]} out of range in {value!r}: {_TIME_HINT}")
-    return dt.time(hour, minute)
+    return dt.time(hour, minute, second)
 
 
 def _parse_instant(value: str, side: str) -> dt.datetime:

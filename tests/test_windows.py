@@ -131,7 +131,7 @@ def test_parse_window_keeps_the_text_as_written_for_messages() -> None:
         ("22:00-24:30", "hour 24 out of range in '24:30'"),
         ("2pm-4pm", "bad time '2pm': use 24-hour HH:MM"),
         ("0200-0400", "bad time '0200'"),
-        ("02:00:00-04:00:00", "bad time '02:00:00'"),
+        ("02:00:00:00-04:00", "bad time '02:00:00:00'"),
         ("02.00-04.00", "bad time '02.00'"),
         ("٠٢:٠٠-٠٤:٠٠", "missing times"),
     ],
@@ -914,3 +914,15 @@ def test_slots_are_ordered_disjoint_and_the_same_whatever_range_finds_them(
         assert slot_at(sched, s.start) == s
         assert slot_at(sched, s.end - dt.timedelta(microseconds=1)) == s
         assert slots_between(sched, s.start, s.start + dt.timedelta(microseconds=1)) == [s]
+
+
+def test_times_may_carry_seconds() -> None:
+    window = parse_window("02:00:30-02:01:15")
+    assert window.start == dt.time(2, 0, 30)
+    assert window.end == dt.time(2, 1, 15)
+
+
+@pytest.mark.parametrize("text", ["02:00:60-03:00", "02:00-03:00:99", "24:00:01-01:00"])
+def test_out_of_range_seconds_are_refused(text: str) -> None:
+    with pytest.raises(WindowError):
+        parse_window(text)
