@@ -185,6 +185,8 @@ def _refresh(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    for warning in config_warnings(config):
+        print(f"refreshd: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         width = max(len(name) for name in names)
         for name in names:

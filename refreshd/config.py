@@ -1091,6 +1091,17 @@ def _format(problems: list[_Problem]) -> list[str]:
 # --- Advice ------------------------------------------------------------------------------
 
 
+def _is_loopback(url: str) -> bool:
+    """A password sent to this machine itself never crosses a network."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def config_warnings(config: Config) -> list[str]:
     """Non-fatal advice about a valid config, each 'place: message'."""
     warnings: list[str] = []
@@ -1118,7 +1129,7 @@ def config_warnings(config: Config) -> list[str]:
         )
     for index, server in enumerate(config.servers):
         place = _place(("servers", index))
-        if urlsplit(server.api_url).scheme == "http":
+        if urlsplit(server.api_url).scheme == "http" and not _is_loopback(server.api_url):
             warnings.append(
                 f"{place}.api_url: http:// sends the password in clear text; use https://"
             )

@@ -970,3 +970,9 @@ def test_format_duration_gives_the_shortest_compound_form(duration: timedelta, t
 @given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100_000)))
 def test_format_duration_parses_back_to_the_same_duration(duration: timedelta) -> None:
     assert parse_duration(format_duration(duration)) == duration
+
+
+def test_http_to_a_loopback_address_is_not_warned_about() -> None:
+    data = with_server(base(), name="local", api_url="http://127.0.0.1:8080/vicidial/non_agent_api.php")
+    config = validate_config(data, environ=ENV)
+    assert not [w for w in config_warnings(config) if "clear text" in w]
