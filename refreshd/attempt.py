@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,8 +35,11 @@ class Target:
     server_ip: str | None = None
 
     @property
-    def key(self) -> tuple[str, str, str | None]:
-        return (self.api_url, self.user, self.server_ip)
+    def key(self) -> tuple[str, str, str, str | None]:
+        # The password counts too (hashed, so no repr of a key can show it): the same user
+        # with two different passwords is two different requests, one of which may fail.
+        secret = hashlib.sha256(self.password.encode()).hexdigest()
+        return (self.api_url, self.user, secret, self.server_ip)
 
     def masked_params(self) -> dict[str, str]:
         """The request as `--dry-run` shows it."""

@@ -187,7 +187,13 @@ class Dispatcher:
             if until is not None:
                 self._pending.remove(job)
                 self._by_key.pop(job.target.key, None)
-                skipped.append((job, f"credentials {job.credentials!r} wait until {until}"))
+                skipped.append(
+                    (
+                        job,
+                        f"credentials {job.credentials!r} refused a login: no call with them "
+                        f"until {until.isoformat().replace('+00:00', 'Z')}",
+                    )
+                )
                 continue
             if self._gate.allowed(job.credentials, now):
                 chosen = job

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from refreshd.attempt import Attempt, Target, probe, reach
 from refreshd.client import Client
@@ -93,6 +94,12 @@ def refresh_now(
     return results
 
 
+def _host(url: str) -> str:
+    """Where a URL points, short: host, port and any path before VICIdial's own."""
+    parts = urlsplit(url)
+    return parts.netloc + parts.path.removesuffix("/vicidial/non_agent_api.php")
+
+
 @dataclass(frozen=True)
 class ProbeLine:
     """One line of the `check --online` report."""
@@ -113,13 +120,22 @@ def online_check(config: Config) -> list[ProbeLine]:
     lines: list[ProbeLine] = []
     try:
         probed: set[tuple[str, str]] = set()
+        refused: dict[str, str] = {}  # credentials -> the URL that refused the login
         for server in config.servers:
             key = (server.credentials, server.api_url)
             if key in probed:
                 continue
             probed.add(key)
+            subject = f"credentials {server.credentials} @ {_host(server.api_url)}"
+            if server.credentials in refused:
+                # Another web server of (likely) the same cluster already refused this
+                # login; a second try would only be one more failed login toward a lock-out.
+                detail = f"not tried: the login was refused at {refused[server.credentials]}"
+                lines.append(ProbeLine("login", subject, server.api_url, False, detail, 0))
+                continue
             result, ms = probe(client, target_of(config, server))
-            subject = f"credentials {server.credentials}"
+            if result.outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
+                refused[server.credentials] = _host(server.api_url)
             detail = result.detail if result.ok else f"{result.outcome}: {result.detail}"
             lines.append(ProbeLine("login", subject, server.api_url, result.ok, detail, ms))
         reached: dict[str, ProbeLine] = {}

@@ -12,7 +12,7 @@ __all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
 
 _TICK = timedelta(microseconds=1)
 # Runs looked at per search step; more only when many in a row are already done.
-_BATCH = 16
+_BATCH = 4
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,10 @@ class Recorder:
             "outcome": str(answer.outcome),
             "attempt": ctx.attempt,
             "duration_ms": attempt.duration_ms,
-            "slot": ctx.slot.start if ctx.slot else None,
             "trigger": "manual" if ctx.manual else "schedule",
         }
+        if ctx.slot is not None:
+            fields["slot"] = ctx.slot.start
         if ctx.due is not None and ctx.slot is not None and ctx.due != ctx.slot.start:
             fields["due"] = ctx.due
         if answer.servers_flagged is not None:
@@ -163,7 +164,10 @@ class Recorder:
         if decision.action is Action.RETRY and not ctx.manual:
             self.log.warning("refresh.retrying", retry_at=decision.at, **fields)
             return
-        self.log.error("refresh.failed", reason=decision.reason, **fields)
+        reason = decision.reason
+        if ctx.manual and decision.action is Action.GIVE_UP:
+            reason = f"{answer.outcome}: a manual refresh makes one attempt"
+        self.log.error("refresh.failed", reason=reason, **fields)
         if decision.action is Action.SUSPEND_SERVER:
             self.log.warning(
                 "server.suspended",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import random
 import threading
 import time
@@ -76,17 +78,19 @@ class _Server:
     credentials_fp: str
     run_next: Next | None = None
     attempts: int = 0  # calls made for run_next.run so far
-    generation: int = 0  # bumped on each re-plan: an older job or answer is stale
+    generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
     in_flight: bool = False
-    job_id: str | None = None
 
 
 class Scheduler:
     """Plans every server's runs and fires them through the dispatcher.
 
-    Each server has at most one APScheduler job, a DateTrigger at an absolute instant
-    computed by our window arithmetic; the job only hands the call to the dispatcher.
-    The outcome is recorded (durably) before the server's next run is planned.
+    Every server's next start is an absolute instant computed by our window arithmetic and
+    kept in one heap; APScheduler (the timing engine) holds a single dated job for the
+    earliest of them, so 10,000 servers cost one timer, not 10,000 jobs. When it fires,
+    each due server is re-checked (window, blackout, suspension, credentials wait, done)
+    and handed to the dispatcher. The outcome is recorded, durably, before the server's
+    next run is planned.
     """
 
     def __init__(
@@ -124,16 +128,18 @@ class Scheduler:
         )
         self._aps = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(4)},
+            executors={"default": ThreadPoolExecutor(2)},
             job_defaults={
-                # Never drop a run because the process woke up late: our own guard at fire
-                # time decides whether it may still start (window, blackout, suspension).
+                # Never drop a wake-up because the process woke late: the re-check at fire
+                # time decides whether a run may still start (window, blackout, suspension).
                 "misfire_grace_time": None,
                 "coalesce": True,
-                "max_instances": 1,
             },
         )
         self._servers: dict[str, _Server] = {}
+        self._queue: list[tuple[datetime, int, str, int]] = []  # (at, seq, server, generation)
+        self._seq = itertools.count()
+        self._armed: tuple[datetime, str] | None = None  # the wake job in APScheduler
         self._stopping = False
         self._last_loop_beat = monotonic()
 
@@ -141,8 +147,8 @@ class Scheduler:
 
     def start(self) -> None:
         """Load waits from the state store, plan every server, start the timing engine."""
-        self._aps.start()
         self._apply_config(self.config, initial=True)
+        self._aps.start()
 
     def stop(self, grace: float) -> bool:
         """No new calls; calls in flight get `grace` seconds. True if all finished."""
@@ -162,7 +168,7 @@ class Scheduler:
     def loop_beat(self) -> None:
         """Ask the timing engine to run a tiny job now; it proves the loop is alive."""
         if not self._stopping:
-            self._aps.add_job(self._beat, id="_beat", replace_existing=True)
+            self._aps.add_job(self._beat, id="beat", replace_existing=True)
 
     def _beat(self) -> None:
         self._last_loop_beat = self._monotonic()
@@ -173,11 +179,12 @@ class Scheduler:
     def replan_all(self, reason: str) -> None:
         """Re-plan every server not in flight (after a wall-clock jump, say)."""
         with self._lock:
+            now = self._now()
             for server in self._servers.values():
                 if not server.in_flight:
-                    self._plan(server, self._now(), reason=reason)
+                    self._plan(server, now)
 
-    # --- planning ----------------------------------------------------------------------
+    # --- configuration -----------------------------------------------------------------
 
     def _apply_config(self, config: Config, *, initial: bool) -> dict[str, list[str]]:
         changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "kept": []}
@@ -197,40 +204,48 @@ class Scheduler:
                     self._drop(name)
                     changes["removed"].append(name)
             states = self.store.all_server_states()
+            fingerprints: dict[str, str] = {}
+            to_plan: list[_Server] = []
             for name, server_config in wanted.items():
-                fp = server_fingerprint(config, server_config)
                 current = self._servers.get(name)
+                schedule = schedule_of(config, server_config)
                 target = target_of(config, server_config)
-                creds_fp = credentials_fps[server_config.credentials]
                 if (
                     current is not None
                     and current.config == server_config
                     and current.target == target
-                    and current.schedule == schedule_of(config, server_config)
+                    and current.schedule == schedule
                 ):
                     changes["kept"].append(name)
                     continue
+                fp = server_fingerprint(config, server_config)
                 state = states.get(name)
+                if state is None or state.config_fingerprint != fp:
+                    fingerprints[name] = fp
                 if (
                     state is not None
                     and state.config_fingerprint not in (None, fp)
                     and state.suspended_until is not None
+                    and state.suspended_until > self._now()
                 ):
                     # Config changed since the suspension began (here or before a restart).
                     self.store.resume_server(name, forget_suspensions=True)
                     self.log.info("server.resumed", server=name, reason="config changed")
-                self.store.set_server_fingerprint(name, fp)
-                fresh = _Server(server_config, schedule_of(config, server_config), target, creds_fp)
+                creds_fp = credentials_fps[server_config.credentials]
+                fresh = _Server(server_config, schedule, target, creds_fp)
                 if current is not None:
                     fresh.generation = current.generation + 1
                     fresh.in_flight = current.in_flight
-                    self._unschedule(current)
                     changes["changed"].append(name)
                 else:
                     changes["added"].append(name)
                 self._servers[name] = fresh
                 if not fresh.in_flight:
-                    self._plan(fresh, self._now(), reason="config")
+                    to_plan.append(fresh)
+            self.store.set_server_fingerprints(fingerprints)
+            now = self._now()
+            for server in to_plan:
+                self._plan(server, now)
         if self.metrics is not None:
             self.metrics.forget_servers(self._servers)
         return changes
@@ -249,17 +264,9 @@ class Scheduler:
 
     def _drop(self, name: str) -> None:
         server = self._servers.pop(name)
-        server.generation += 1
-        self._unschedule(server)
-        if self.metrics is not None:
-            self.metrics.forget_servers(self._servers)
+        server.generation += 1  # its queue entry, and any answer in flight, are now stale
 
-    def _unschedule(self, server: _Server) -> None:
-        if server.job_id is not None:
-            # It may have fired already, or be firing now: its generation makes it stale.
-            with contextlib.suppress(JobLookupError):
-                self._aps.remove_job(server.job_id)
-            server.job_id = None
+    # --- planning ----------------------------------------------------------------------
 
     def _not_before(self, server: _Server, now: datetime) -> datetime:
         """Now, or later while the server is suspended or its credentials wait."""
@@ -270,100 +277,116 @@ class Scheduler:
             suspended = None
         return earliest_start(now, suspended, self.gate.waiting(server.config.credentials, now))
 
-    def _plan(self, server: _Server, now: datetime, *, reason: str) -> None:
-        """Choose the server's next run and put one dated job in the timing engine."""
+    def _plan(self, server: _Server, now: datetime) -> None:
+        """Choose the server's next run and queue it."""
         if self._stopping:
             return
         name = server.config.name
-        start = self._not_before(server, now)
 
         def done(due: datetime) -> bool:
             return self.store.run_done(name, due)
 
         previous = server.run_next.run if server.run_next else None
-        chosen = next_fire(server.schedule, start, done)
-        server.generation += 1
-        self._unschedule(server)
+        chosen = next_fire(server.schedule, self._not_before(server, now), done)
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
             server.attempts = 0
         if chosen is None:
+            server.generation += 1
             self.log.warning("server.unplanned", server=name, reason="no window ahead")
             return
-        job_id = f"{name}#{server.generation}"
-        server.job_id = job_id
-        self._aps.add_job(
-            self._fire,
-            trigger="date",
-            run_date=chosen.at,
-            args=[name, server.generation],
-            id=job_id,
-        )
-        if self.metrics is not None:
-            self.metrics.next_slot.labels(name).set(chosen.at.timestamp())
+        self._queue_at(server, chosen.at)
 
     def _retry(self, server: _Server, at: datetime) -> None:
-        server.generation += 1
-        self._unschedule(server)
         if server.run_next is None or self._stopping:
             return
         server.run_next = Next(server.run_next.run, at)
-        job_id = f"{server.config.name}#{server.generation}"
-        server.job_id = job_id
-        self._aps.add_job(
-            self._fire,
-            trigger="date",
-            run_date=at,
-            args=[server.config.name, server.generation],
-            id=job_id,
-        )
+        self._queue_at(server, at)
+
+    def _queue_at(self, server: _Server, at: datetime) -> None:
+        server.generation += 1
+        heapq.heappush(self._queue, (at, next(self._seq), server.config.name, server.generation))
         if self.metrics is not None:
             self.metrics.next_slot.labels(server.config.name).set(at.timestamp())
+        self._arm()
+
+    def _arm(self) -> None:
+        """Make sure the timing engine wakes us at the queue's earliest instant."""
+        while self._queue and self._stale(self._queue[0]):
+            heapq.heappop(self._queue)
+        if not self._queue or self._stopping:
+            return
+        earliest = self._queue[0][0]
+        if self._armed is not None and self._armed[0] <= earliest:
+            return  # already waking at or before it
+        if self._armed is not None:
+            # It may be firing right now; an extra wake-up finds nothing and re-arms.
+            with contextlib.suppress(JobLookupError):
+                self._aps.remove_job(self._armed[1])
+        job_id = f"wake#{next(self._seq)}"
+        self._armed = (earliest, job_id)
+        self._aps.add_job(self._wake, trigger="date", run_date=earliest, id=job_id)
+
+    def _stale(self, entry: tuple[datetime, int, str, int]) -> bool:
+        server = self._servers.get(entry[2])
+        return server is None or server.generation != entry[3]
 
     # --- firing ------------------------------------------------------------------------
 
-    def _fire(self, name: str, generation: int) -> None:
-        """A server's job is due: check it may still start, then hand it to the pool."""
+    def _wake(self) -> None:
+        """The earliest queued instant has come: fire every server now due."""
+        jobs: list[Job] = []
         with self._lock:
-            server = self._servers.get(name)
-            if server is None or server.generation != generation or self._stopping:
+            self._armed = None
+            if self._stopping:
                 return
-            server.job_id = None
             now = self._now()
-            planned = server.run_next
-            assert planned is not None
-            run = planned.run
-            # The wall clock may have moved, a suspension begun or a wait started since
-            # this was planned: never start outside a window, in a blackout, or twice.
-            blocked = (
-                open_until(server.schedule, now) is None
-                or self._not_before(server, now) > now
-                or self.store.run_done(name, run.due)
-            )
-            if blocked:
-                self._plan(server, now, reason="re-check")
-                return
-            server.attempts += 1
-            server.in_flight = True
-            ctx = CallContext(
-                server=name,
-                credentials=server.config.credentials,
-                attempt=server.attempts,
-                slot=run.slot,
-                due=run.due,
-                retry_until=retry_until(server.schedule, run, now),
-                credentials_fingerprint=server.credentials_fp,
-            )
-            job = Job(
-                name,
-                server.config.credentials,
-                server.target,
-                on_done=lambda attempt: self._done(name, generation, ctx, attempt),
-                on_skipped=lambda reason: self._skipped(name, generation, reason),
-            )
-        if not self.dispatcher.submit(job):
-            with self._lock:
-                server.in_flight = False
+            while self._queue and self._queue[0][0] <= now:
+                entry = heapq.heappop(self._queue)
+                if not self._stale(entry):
+                    job = self._fire(self._servers[entry[2]], now)
+                    if job is not None:
+                        jobs.append(job)
+            self._arm()
+        for job in jobs:
+            if not self.dispatcher.submit(job):
+                with self._lock:
+                    self._servers[job.server].in_flight = False
+
+    def _fire(self, server: _Server, now: datetime) -> Job | None:
+        """Re-check a due server and make its call, or re-plan it; under the lock."""
+        name = server.config.name
+        planned = server.run_next
+        assert planned is not None
+        run = planned.run
+        # The wall clock may have moved, a suspension begun or a wait started since this was
+        # planned: never start outside a window, in a blackout, or a run already done.
+        if (
+            open_until(server.schedule, now) is None
+            or self._not_before(server, now) > now
+            or self.store.run_done(name, run.due)
+        ):
+            self._plan(server, now)
+            return None
+        server.attempts += 1
+        server.in_flight = True
+        generation = server.generation
+        ctx = CallContext(
+            server=name,
+            credentials=server.config.credentials,
+            attempt=server.attempts,
+            slot=run.slot,
+            due=run.due,
+            retry_until=retry_until(server.schedule, run, now),
+            credentials_fingerprint=server.credentials_fp,
+        )
+        return Job(
+            name,
+            server.config.credentials,
+            server.target,
+            on_done=lambda attempt: self._done(name, generation, ctx, attempt),
+            on_skipped=lambda reason: self._skipped(name),
+        )
 
     def _done(self, name: str, generation: int, ctx: CallContext, attempt: Attempt) -> None:
         decision = self.recorder.record(ctx, attempt)  # durable before the next plan
@@ -374,7 +397,7 @@ class Scheduler:
             server.in_flight = False
             if server.generation != generation:
                 # Re-configured while the call was in flight: plan from the new config.
-                self._plan(server, self._now(), reason="config")
+                self._plan(server, self._now())
                 return
             self._follow(server, decision, ctx)
 
@@ -383,22 +406,22 @@ class Scheduler:
         if decision.action is Action.RETRY and decision.at is not None:
             self._retry(server, decision.at)
         elif decision.action is Action.GIVE_UP:
-            self._plan(server, max(now, ctx.retry_until or now), reason="slot missed")
+            self._plan(server, max(now, ctx.retry_until or now))
         elif decision.action is Action.WAIT_CREDENTIALS:
             for other in self._servers.values():
                 if other.config.credentials == server.config.credentials and not other.in_flight:
-                    self._plan(other, now, reason="credentials wait")
+                    self._plan(other, now)
         else:  # DONE, SUSPEND_SERVER: the store already says what comes next
-            self._plan(server, now, reason=str(decision.action))
+            self._plan(server, now)
 
-    def _skipped(self, name: str, generation: int, reason: str) -> None:
+    def _skipped(self, name: str) -> None:
         with self._lock:
             server = self._servers.get(name)
             if server is None:
                 return
             server.in_flight = False
             if not self._stopping:
-                self._plan(server, self._now(), reason=reason)
+                self._plan(server, self._now())
 
     # --- views -------------------------------------------------------------------------
 
@@ -408,10 +431,3 @@ class Scheduler:
             return {
                 name: (s.run_next.at if s.run_next else None) for name, s in self._servers.items()
             }
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "servers": len(self._servers),
-            "in_flight": self.dispatcher.in_flight,
-            "pending": self.dispatcher.pending,
-        }

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -393,12 +393,16 @@ class StateStore:
                 (forget_suspensions, name),
             )
 
-    def set_server_fingerprint(self, name: str, fingerprint: str) -> None:
-        with self._write("store a server's config fingerprint") as conn:
-            conn.execute(
+    def set_server_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """Store servers' config fingerprints, all in one transaction (one fsync for a
+        fleet of 10,000 at start-up, not 10,000)."""
+        if not fingerprints:
+            return
+        with self._write("store servers' config fingerprints") as conn:
+            conn.executemany(
                 "INSERT INTO servers (name, config_fingerprint) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET config_fingerprint = excluded.config_fingerprint",
-                (name, fingerprint),
+                list(fingerprints.items()),
             )
 
     # -- credentials ---------------------------------------------------------------------

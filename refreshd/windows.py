@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -425,6 +426,10 @@ def _transition(before: dt.datetime, after: dt.datetime, tz: ZoneInfo) -> dt.dat
     return high
 
 
+# Pure and called for every day of every search: a fleet shares a handful of windows and
+# zones, so memoising turns planning 10,000 servers from seconds of zoneinfo arithmetic
+# into dictionary look-ups.
+@functools.lru_cache(maxsize=1 << 16)
 def _occurrence(window: WeeklyWindow, tz: ZoneInfo, day: dt.date) -> _Interval | None:
     """The occurrence of window that starts on local date day, or None (not its day, or empty)."""
     if day.weekday() not in window.days:
@@ -448,9 +453,18 @@ def _union(intervals: list[_Interval]) -> list[_Interval]:
 
 
 def _slots(schedule: Schedule, first: dt.date, last: dt.date) -> list[Slot]:
+    return list(_slots_of(schedule.windows, schedule.tz, first, last))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _slots_of(
+    windows: tuple[WeeklyWindow, ...], tz: ZoneInfo, first: dt.date, last: dt.date
+) -> tuple[Slot, ...]:
+    """The slots of `windows` starting on local dates first..last (memoised like
+    `_occurrence`: servers sharing windows and a zone share the work)."""
     spans: list[_Interval] = []
     for day in _dates(first, last):
-        occurrences = [_occurrence(window, schedule.tz, day) for window in schedule.windows]
+        occurrences = [_occurrence(window, tz, day) for window in windows]
         spans.extend(_union([o for o in occurrences if o is not None]))
     spans.sort()
     slots: list[Slot] = []
@@ -462,7 +476,7 @@ def _slots(schedule: Schedule, first: dt.date, last: dt.date) -> list[Slot]:
         stop = reach if index + 1 == len(spans) else min(reach, spans[index + 1][0])
         if stop > start:
             slots.append(Slot(start=start, end=stop))
-    return slots
+    return tuple(slots)
 
 
 def _blackouts(schedule: Schedule, start: dt.datetime, end: dt.datetime) -> list[_Interval]:

@@ -158,7 +158,7 @@ def test_an_unknown_server_has_an_empty_state(store: StateStore) -> None:
 
 
 def test_suspension_and_fingerprint_round_trip(store: StateStore) -> None:
-    store.set_server_fingerprint("east-1", "sha256:abc")
+    store.set_server_fingerprints({"east-1": "sha256:abc"})
     store.suspend_server("east-1", SLOT + 2 * 60 * MIN, 2, "not_found: server IP not found")
     store.suspend_server("west-1", SLOT + 60 * MIN, 1, "bad_request")
     states = store.all_server_states()

@@ -1,0 +1,210 @@
+"""`refreshd check [--online]` as an operator runs it: the real command in a subprocess."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from refreshd.simulator import API_PATH, Simulator
+
+# The conftest fixtures' shapes (conftest.py documents them).
+WriteConfig = Callable[..., Path]
+RunRefreshd = Callable[..., tuple[int, str, str]]
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config" / "refreshd.example.toml"
+GOOD_PASSWORD = "demo-pass-123"  # user "refreshd" in config/simulator.toml
+WRONG_PASSWORD = "Wr0ng-Secret_7qX"
+EXIT_CONFIG = 78
+
+INVALID = """\
+[daemon]
+state_path = "state.db"
+timezon = "UTC"
+
+[credentials.east]
+user = "refreshd"
+password = "demo-pass-123"
+
+[[servers]]
+name = "east-1"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+timezone = "Mars/Olympus_Mons"
+windows = ["02:00-04:00"]
+
+[[servers]]
+name = "east-1"
+api_url = "https://dialer2.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["02:00-04:00"]
+"""
+
+
+def flags(sim: Simulator) -> set[str]:
+    return {server["rebuild_conf_files"] for server in sim.stats()["servers"]}
+
+
+# -- offline ----------------------------------------------------------------------------------
+
+
+def test_the_example_config_passes_with_the_environment_it_documents(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    # Its header: REFRESHD_EAST_PASSWORD, and CREDENTIALS_DIRECTORY holding west.password.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "west.password").write_text("west-pass-1\n")
+
+    code, out, err = run_refreshd(
+        ["check", "-c", EXAMPLE],
+        env={"REFRESHD_EAST_PASSWORD": "east-pass-1", "CREDENTIALS_DIRECTORY": str(credentials)},
+    )
+
+    assert code == 0, err
+    assert "valid" in out
+
+
+def test_an_invalid_config_exits_78_naming_every_place(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(INVALID)
+
+    code, out, err = run_refreshd(["check", "-c", config])
+
+    assert code == EXIT_CONFIG
+    assert "servers[1].name" in err  # the duplicate name
+    assert "servers[0].timezone" in err  # the unknown time zone
+    assert "daemon.timezon" in err  # the misspelt key
+    assert "Traceback" not in out + err
+
+
+def test_a_missing_config_file_exits_78_saying_so(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    missing = tmp_path / "nowhere.toml"
+
+    code, out, err = run_refreshd(["check", "-c", missing])
+
+    assert code == EXIT_CONFIG
+    assert str(missing) in err
+    assert "no such file" in err.lower()
+    assert "Traceback" not in out + err
+
+
+def test_a_refused_password_is_not_quoted_in_the_error(
+    write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    # '!' is a character VICIdial strips, so check refuses the password: without echoing it.
+    secret = "Sekr1t-with!bang"
+    config = write_config({"name": "east-1", "password_env": "PW"})
+
+    code, out, err = run_refreshd(["check", "-c", config], env={"PW": secret})
+
+    assert code == EXIT_CONFIG
+    assert "credentials.login1.password_env" in err
+    for form in (secret, secret.replace("!", ""), secret.replace("!", "%21")):
+        assert form not in out + err
+
+
+# -- online -----------------------------------------------------------------------------------
+
+
+def test_online_check_passes_with_a_good_password(
+    write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1", "password_env": "PW"})
+
+    code, out, err = run_refreshd(["check", "--online", "-c", config], env={"PW": GOOD_PASSWORD})
+
+    assert code == 0, out + err
+    assert "FAIL" not in out
+
+
+def test_online_check_with_a_wrong_password_makes_one_login_and_exits_1(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    # Two servers behind the same URL with the same credentials: still one probe.
+    config = write_config(
+        {"name": "east-1", "password_env": "PW"}, {"name": "east-2", "password_env": "PW"}
+    )
+
+    code, out, _ = run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+
+    assert simulator.stats()["logins"]["failed"] == 1
+    assert code == 1
+    assert "auth_failed" in out
+
+
+def test_online_check_output_holds_no_password(
+    write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1", "password_env": "PW"})
+
+    _, out, err = run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+
+    assert "|refreshd|***|BAD|" in out  # VICIdial's echo, masked
+    assert WRONG_PASSWORD not in out + err
+
+
+def test_online_check_reports_reachability_per_server(
+    write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1"}, {"name": "west-1", "path": "/west" + API_PATH})
+
+    _, out, _ = run_refreshd(["check", "--online", "-c", config])
+
+    lines = out.splitlines()
+    for name in ("east-1", "west-1"):
+        (line,) = [x for x in lines if f"server {name} " in x]
+        assert line.startswith("ok")
+        assert "VICIdial 2.14" in line
+
+
+def test_online_check_reports_a_closed_port_as_refused(
+    write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config({"name": "east-1", "api_url": f"http://127.0.0.1:{port}{API_PATH}"})
+
+    code, out, _ = run_refreshd(["check", "--online", "-c", config])
+
+    (line,) = [x for x in out.splitlines() if "server east-1 " in x]
+    assert line.startswith("FAIL")
+    assert "connection refused" in line
+    assert code == 1
+
+
+def test_the_probe_flags_no_server(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1"}, {"name": "west-1", "path": "/west" + API_PATH})
+
+    code, _, err = run_refreshd(["check", "--online", "-c", config])
+
+    assert code == 0, err
+    assert simulator.stats()["logins"]["ok"] >= 1  # the probe did log in
+    assert flags(simulator) == {"N"}
+    assert simulator.stats()["refreshes"] == 0
+
+
+def test_online_check_makes_one_login_per_credentials_across_urls(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config(
+        *(
+            {"name": f"web-{i}", "path": f"/web{i}{API_PATH}", "password_env": "PW"}
+            for i in range(3)
+        )
+    )
+
+    code, _, _ = run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+
+    assert simulator.stats()["logins"]["failed"] == 1
+    assert code == 1
