@@ -6,8 +6,6 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from refreshd.simulator import API_PATH, Simulator
 
 # The conftest fixtures' shapes (conftest.py documents them).

@@ -973,6 +973,8 @@ def test_format_duration_parses_back_to_the_same_duration(duration: timedelta) -
 
 
 def test_http_to_a_loopback_address_is_not_warned_about() -> None:
-    data = with_server(base(), name="local", api_url="http://127.0.0.1:8080/vicidial/non_agent_api.php")
+    data = with_server(
+        base(), name="local", api_url="http://127.0.0.1:8080/vicidial/non_agent_api.php"
+    )
     config = validate_config(data, environ=ENV)
     assert not [w for w in config_warnings(config) if "clear text" in w]
