@@ -225,7 +225,7 @@ class Daemon:
             last_wall, last_mono = wall, mono
             if abs(drift) > CLOCK_JUMP:
                 self.log.warning("clock.jumped", seconds=round(drift, 3))
-                scheduler.replan_all("clock jumped")
+                scheduler.replan_all()
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)

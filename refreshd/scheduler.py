@@ -176,13 +176,16 @@ class Scheduler:
     def loop_alive(self, within: float) -> bool:
         return self._monotonic() - self._last_loop_beat <= within
 
-    def replan_all(self, reason: str) -> None:
+    def replan_all(self) -> None:
         """Re-plan every server not in flight (after a wall-clock jump, say)."""
         with self._lock:
             now = self._now()
             for server in self._servers.values():
                 if not server.in_flight:
                     self._plan(server, now)
+            # The timing engine computed its sleep from the old wall clock: after a forward
+            # step it would oversleep, so give it a fresh wake-up to compute from.
+            self._arm(force=True)
 
     # --- configuration -----------------------------------------------------------------
 
@@ -310,14 +313,14 @@ class Scheduler:
             self.metrics.next_slot.labels(server.config.name).set(at.timestamp())
         self._arm()
 
-    def _arm(self) -> None:
+    def _arm(self, *, force: bool = False) -> None:
         """Make sure the timing engine wakes us at the queue's earliest instant."""
         while self._queue and self._stale(self._queue[0]):
             heapq.heappop(self._queue)
         if not self._queue or self._stopping:
             return
         earliest = self._queue[0][0]
-        if self._armed is not None and self._armed[0] <= earliest:
+        if not force and self._armed is not None and self._armed[0] <= earliest:
             return  # already waking at or before it
         if self._armed is not None:
             # It may be firing right now; an extra wake-up finds nothing and re-arms.
