@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `refreshd plan --json | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_refresh)
 
     p = command("plan", "show each server's next runs, from the windows alone")
-    p.add_argument("--from", dest="start", type=_instant, default=None, help="ISO 8601 instant")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_instant,
+        default=None,
+        help="ISO 8601 instant (UTC when it has no offset; default now)",
+    )
     p.add_argument("--count", type=_positive_int, default=3, help="runs per server (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(handler=_plan)

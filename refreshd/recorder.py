@@ -13,7 +13,7 @@ from refreshd.attempt import Attempt
 from refreshd.dispatch import CredentialsGate
 from refreshd.metrics import Metrics
 from refreshd.policy import SUSPENDING, Action, Backoff, Decision, decide
-from refreshd.state import StateError, StateStore
+from refreshd.state import ServerState, StateError, StateStore
 from refreshd.vicidial import Outcome
 from refreshd.windows import Slot
 
@@ -79,11 +79,14 @@ class Recorder:
                 rng=self._rng,
             )
         self._persist(ctx, attempt, decision)
-        self._log(ctx, attempt, decision, was_suspended=_suspended(before, attempt.started_at))
+        # The store clears a suspension only on success, so this is "was suspended, however
+        # long ago it ran out": the first success after it is the resumption.
+        was_suspended = before is not None and before.suspended_until is not None
+        self._log(ctx, attempt, decision, was_suspended=was_suspended)
         self._count(ctx, attempt, decision)
         return decision
 
-    def _server_state(self, server: str) -> Any:
+    def _server_state(self, server: str) -> ServerState | None:
         if self.store is None:
             return None
         try:
@@ -186,14 +189,6 @@ class Recorder:
                 suspended_until=decision.at,
                 reason=decision.reason,
             )
-        elif not ctx.manual and ctx.slot is not None:
-            self.log.error(
-                "slot.missed",
-                server=ctx.server,
-                slot=ctx.slot.start,
-                outcome=str(answer.outcome),
-                attempts=ctx.attempt,
-            )
 
     def _count(self, ctx: CallContext, attempt: Attempt, decision: Decision) -> None:
         if self.metrics is None:
@@ -210,10 +205,3 @@ class Recorder:
             m.suspended.labels(ctx.server).set(1)
         elif decision.action is Action.WAIT_CREDENTIALS:
             m.credentials_waiting.labels(ctx.credentials).set(1)
-        elif decision.action is Action.GIVE_UP and not ctx.manual:
-            m.slots_missed.labels(ctx.server).inc()
-
-
-def _suspended(state: Any, at: datetime) -> bool:
-    until = getattr(state, "suspended_until", None)
-    return until is not None and until > at

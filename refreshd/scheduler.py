@@ -28,7 +28,7 @@ from refreshd.planning import Next, earliest_start, next_fire, retry_until
 from refreshd.policy import Action, Decision
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import StateError, StateStore
-from refreshd.windows import Schedule, open_until, spread_offset
+from refreshd.windows import Run, Schedule, open_until, spread_offset
 
 __all__ = ["Scheduler", "credentials_fingerprint", "schedule_of", "server_fingerprint"]
 
@@ -293,12 +293,41 @@ class Scheduler:
         chosen = next_fire(server.schedule, self._not_before(server, now), done)
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
+            if previous is not None and server.attempts:
+                self._note_if_missed(name, previous, chosen, server.attempts)
             server.attempts = 0
         if chosen is None:
             server.generation += 1
             self.log.warning("server.unplanned", server=name, reason="no window ahead")
             return
         self._queue_at(server, chosen.at)
+
+    def _note_if_missed(self, name: str, previous: Run, chosen: Next | None, attempts: int) -> None:
+        """`slot.missed` when a run that was tried is given up and its slot had no success:
+        no retry fitted, or a suspension or credentials wait outlasted the slot."""
+        if chosen is not None and chosen.run.slot == previous.slot:
+            return  # the slot goes on (a later repeat, or the same slot after a wait)
+        slot = previous.slot
+        try:
+            succeeded = any(
+                slot.start <= due < slot.end for due in self.store.runs_done_since(name, slot.start)
+            )
+            last = self.store.server_state(name).last_outcome
+        except StateError as err:
+            self.log.error("state.error", server=name, error=str(err))
+            return
+        if succeeded:
+            return
+        self.log.error(
+            "slot.missed",
+            server=name,
+            slot=slot.start,
+            slot_end=slot.end,
+            outcome=str(last) if last else None,
+            attempts=attempts,
+        )
+        if self.metrics is not None:
+            self.metrics.slots_missed.labels(name).inc()
 
     def _retry(self, server: _Server, at: datetime) -> None:
         if server.run_next is None or self._stopping:
