@@ -55,6 +55,8 @@ class Daemon:
     # --- life ------------------------------------------------------------------------
 
     def run(self) -> int:
+        # First thing: a SIGHUP or SIGTERM during start-up is queued, not fatal.
+        self._install_signals()
         try:
             config = load_config(self.config_path, self.environ)
         except ConfigError as err:
@@ -75,7 +77,6 @@ class Daemon:
             store.close()
 
     def _serve(self, config: Config, store: StateStore) -> int:
-        self._install_signals()
         address = config.daemon.metrics_address
         scheduler = Scheduler(config, store=store, log=self.log, metrics=self.metrics)
         self.scheduler = scheduler
@@ -120,6 +121,13 @@ class Daemon:
         assert self.scheduler is not None
         config = self.scheduler.config
         grace = config.daemon.shutdown_grace.total_seconds()
+        # A second SIGTERM/SIGINT while we wait means "now"; installed before anything
+        # else so that no second signal can fall into the queue nobody reads any more.
+        signal.signal(signal.SIGTERM, self._exit_now)
+        signal.signal(signal.SIGINT, self._exit_now)
+        while not self._signals.empty():
+            if self._signals.get_nowait() != signal.SIGHUP:
+                self._exit_now(signum, None)
         self.notifier.stopping()
         self.log.info(
             "daemon.stopping",
@@ -127,9 +135,6 @@ class Daemon:
             in_flight=self.scheduler.dispatcher.in_flight,
             grace_s=grace,
         )
-        # A second SIGTERM/SIGINT while we wait means "now".
-        signal.signal(signal.SIGTERM, self._exit_now)
-        signal.signal(signal.SIGINT, self._exit_now)
         finished = self.scheduler.stop(grace)
         self._stop_heartbeat.set()
         if self.metrics_server is not None:

@@ -135,6 +135,13 @@ class Dispatcher:
         for worker in self._workers:
             worker.start()
 
+    def use_client(self, client: Client) -> Client:
+        """Send later calls through `client` (a reload changed the client settings);
+        returns the previous one, which calls in flight may still be using."""
+        with self._cond:
+            previous, self._client = self._client, client
+        return previous
+
     @property
     def in_flight(self) -> int:
         with self._cond:
@@ -207,7 +214,9 @@ class Dispatcher:
     def _send_safely(self, job: Job) -> Attempt:
         started = self._now()
         try:
-            return self._send(self._client, job.target)
+            with self._cond:
+                client = self._client
+            return self._send(client, job.target)
         except Exception:
             _log.exception("refresh.error", server=job.server)
             answer = Answer(Outcome.UNEXPECTED, "internal error while sending; see refresh.error")

@@ -27,7 +27,7 @@ from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until
 from refreshd.policy import Action, Decision
 from refreshd.recorder import CallContext, Recorder
-from refreshd.state import StateError, StateStore
+from refreshd.state import ServerState, StateError, StateStore
 from refreshd.windows import Run, Schedule, open_until, spread_offset
 
 __all__ = ["Scheduler", "credentials_fingerprint", "schedule_of", "server_fingerprint"]
@@ -49,14 +49,16 @@ def schedule_of(config: Config, server: ServerConfig) -> Schedule:
     )
 
 
-def server_fingerprint(config: Config, server: ServerConfig) -> str:
-    """Changes whenever anything about how or when the server is refreshed changes; a
-    suspension recorded under another fingerprint ends (SPEC: config change ends it)."""
+def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str) -> str:
+    """Changes whenever anything about how or when the server is refreshed changes, its
+    login included; a suspension recorded under another fingerprint ends (SPEC: a change
+    of the server's or the credentials' config ends it)."""
     parts = (
         server.model_dump_json(),
         repr(config.blackouts_for(server.name)),
         str(config.daemon.spread),
         config.client.source,
+        credentials_fp,
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
@@ -113,6 +115,7 @@ class Scheduler:
         self._monotonic = monotonic
         self._lock = threading.RLock()
         self._client = client or client_for(config)
+        self._retired_clients: list[Client] = []
         self.gate = CredentialsGate()
         self.recorder = Recorder(
             store=store,
@@ -142,6 +145,8 @@ class Scheduler:
         self._armed: tuple[datetime, str] | None = None  # the wake job in APScheduler
         self._stopping = False
         self._last_loop_beat = monotonic()
+        if metrics is not None:
+            metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
 
     # --- life -------------------------------------------------------------------------
 
@@ -156,7 +161,8 @@ class Scheduler:
             self._stopping = True
         self._aps.shutdown(wait=False)
         finished = self.dispatcher.stop(grace)
-        self._client.close()
+        for client in (self._client, *self._retired_clients):
+            client.close()
         return finished
 
     def reload(self, config: Config) -> dict[str, list[str]]:
@@ -197,6 +203,11 @@ class Scheduler:
         with self._lock:
             if not initial:
                 self.recorder.backoff = backoff_of(config)
+                if config.client != self.config.client:
+                    # Calls in flight finish on the old client; it is closed at stop.
+                    self._retired_clients.append(self._client)
+                    self._client = client_for(config)
+                    self.dispatcher.use_client(self._client)
             for name, creds in new_credentials.items():
                 changed = initial or old_credentials.get(name) != creds
                 self._sync_credentials_wait(name, credentials_fps[name], changed=changed)
@@ -221,7 +232,8 @@ class Scheduler:
                 ):
                     changes["kept"].append(name)
                     continue
-                fp = server_fingerprint(config, server_config)
+                creds_fp = credentials_fps[server_config.credentials]
+                fp = server_fingerprint(config, server_config, creds_fp)
                 state = states.get(name)
                 if state is None or state.config_fingerprint != fp:
                     fingerprints[name] = fp
@@ -234,7 +246,6 @@ class Scheduler:
                     # Config changed since the suspension began (here or before a restart).
                     self.store.resume_server(name, forget_suspensions=True)
                     self.log.info("server.resumed", server=name, reason="config changed")
-                creds_fp = credentials_fps[server_config.credentials]
                 fresh = _Server(server_config, schedule, target, creds_fp)
                 if current is not None:
                     fresh.generation = current.generation + 1
@@ -249,9 +260,21 @@ class Scheduler:
             now = self._now()
             for server in to_plan:
                 self._plan(server, now)
+                if initial:
+                    self._show_state(states.get(server.config.name), now)
         if self.metrics is not None:
             self.metrics.forget_servers(self._servers)
         return changes
+
+    def _show_state(self, state: ServerState | None, now: datetime) -> None:
+        """Metrics carried over a restart: a suspension or a last success is news to the
+        scrape even though no call has been made yet."""
+        if self.metrics is None or state is None:
+            return
+        suspended = state.suspended_until is not None and state.suspended_until > now
+        self.metrics.suspended.labels(state.name).set(1 if suspended else 0)
+        if state.last_success_at is not None:
+            self.metrics.last_success.labels(state.name).set(state.last_success_at.timestamp())
 
     def _sync_credentials_wait(self, name: str, fingerprint: str, *, changed: bool) -> None:
         wait = self.store.credentials_wait(name)
