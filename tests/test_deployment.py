@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -474,3 +475,59 @@ def test_healthcheck_fails_when_nothing_listens(runtime: list[Instruction]) -> N
     result = run_healthcheck(runtime, free_port)
     assert result.returncode == 1
     assert "Connection refused" in result.stderr
+
+
+# --- The image's command and health check against the real daemon ----------------------
+
+
+def _free_port() -> int:
+    # Below the ephemeral range, so a concurrent test's client sockets cannot take it.
+
+    for _ in range(50):
+        port = random.randint(10000, 30000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
+    runtime: list[Instruction], tmp_path: Path
+) -> None:
+    """ENTRYPOINT + CMD, as the container would run them (config path swapped for a temp
+    one), then the HEALTHCHECK command against it: 200 while it runs."""
+    entry = json.loads(the_one(runtime, "ENTRYPOINT").args)
+    command = json.loads(the_one(runtime, "CMD").args)
+    assert entry == ["refreshd"]
+    port = _free_port()
+    config = tmp_path / "refreshd.toml"
+    config.write_text(
+        f'[daemon]\nstate_path = "{tmp_path / "state.db"}"\n'
+        f'metrics_listen = "127.0.0.1:{port}"\n'
+        '[credentials.east]\nuser = "refreshd"\npassword_env = "REFRESHD_EAST_PASSWORD"\n'
+        '[[servers]]\nname = "east-1"\n'
+        'api_url = "http://127.0.0.1:9/vicidial/non_agent_api.php"\n'
+        'credentials = "east"\nwindows = ["mon-fri 02:00-04:00"]\n',
+        encoding="utf-8",
+    )
+    argv = [sys.executable, "-m", "refreshd", *command]
+    argv[argv.index(str(DEFAULT_CONFIG_PATH))] = str(config)
+    env = {"PATH": os.environ.get("PATH", ""), "REFRESHD_EAST_PASSWORD": "a-password_1"}
+    daemon = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert daemon.stdout is not None
+        for _ in range(20):
+            line = daemon.stdout.readline()
+            if not line or json.loads(line)["event"] == "daemon.started":
+                break
+        result = run_healthcheck(runtime, port)
+        assert result.returncode == 0, result.stderr
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    assert daemon.returncode == 0
