@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(BIN)/python -m refreshd.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check refreshd tests bench
-	$(BIN)/ruff format --check refreshd tests bench
+	$(BIN)/ruff check refreshd tests $(wildcard bench)
+	$(BIN)/ruff format --check refreshd tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict refreshd
