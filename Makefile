@@ -23,13 +23,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict refreshd
 
+# Most tests wait on real processes and real time, not the CPU: several at once.
+PYTEST_WORKERS ?= 4
+
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	@echo "no benchmarks yet"
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@$(BIN)/py-spy --version >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet --disable-pip-version-check 'py-spy>=0.3.14'
+	rm -rf bench/results
+	@start=$$(date +%s); \
+	for b in dispatch accuracy idle scale soak simulator; do \
+		(cd bench && PYTHONUNBUFFERED=1 $(abspath $(BIN))/python $$b.py) || exit 1; \
+	done; \
+	took=$$(( $$(date +%s) - start )); \
+	echo "make bench: $$took s"; \
+	cd bench && $(abspath $(BIN))/python report.py "$$(( took / 60 )) min $$(( took % 60 )) s"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

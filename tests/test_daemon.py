@@ -300,14 +300,16 @@ def test_a_slot_that_ends_while_the_server_is_suspended_is_logged_slot_missed(
 ) -> None:
     config = write_config(
         tmp_path,
-        [server(simulator, 0, window_from_now(1, 4))],
+        # Long enough to open after a slow start under load; slot.missed comes at once
+        # anyway, since the 1 h suspension outlasts the slot.
+        [server(simulator, 0, window_from_now(2, 30))],
         credentials={"main": {"user": "noapi", "password": "noapi-pass"}},
         backoff={"suspend_initial": "1h", "suspend_max": "1h"},
     )
     daemon = start_daemon(config)
     daemon.wait_for("server.suspended", timeout=15)
 
-    (missed,) = daemon.wait_for("slot.missed", timeout=8)  # the window closes within 4 s
+    (missed,) = daemon.wait_for("slot.missed", timeout=8)
 
     assert missed["outcome"] == "permission_denied"
 
@@ -346,8 +348,9 @@ def test_every_repeats_the_refresh_once_per_period_inside_the_window(
 
     calls = calls_on(simulator, api_path(0))
     assert abs(len(calls) - (1 + elapsed // 3)) <= 1, (len(calls), elapsed)
+    # Each repeat fires at its due (3 s apart); the margin covers a loaded CI machine.
     for gap in gaps(calls):
-        assert 2.7 <= gap <= 3.5, gaps(calls)
+        assert 2.5 <= gap <= 4.5, gaps(calls)
     succeeded = daemon.matching("refresh.succeeded")
     dues = [line.get("due", line["slot"]) for line in succeeded]
     assert len(set(dues)) == len(dues) == len(calls), dues
