@@ -15,11 +15,13 @@ DEMO_PASSWORD = "demo-pass-123"  # noqa: S105
 
 
 def main() -> int:
-    root = Path.cwd()
+    # The demo's files live in the repository beside the package (an editable install);
+    # the state file goes to .demo/ under the current directory.
+    root = Path(__file__).resolve().parent.parent
     config = root / "config" / "demo.toml"
     users = root / "config" / "simulator.toml"
     if not config.exists():
-        print("refreshd demo: run it from the repository root (make run)", file=sys.stderr)
+        print(f"refreshd demo: {config} not found; run `make run` in a checkout", file=sys.stderr)
         return 2
     simulator = subprocess.Popen(
         [

@@ -1,0 +1,106 @@
+"""/healthz and the loop heartbeat: 200 while the scheduling loop runs, 503 once it stalls."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import structlog
+
+from refreshd.config import validate_config
+from refreshd.metrics import Metrics, MetricsServer
+from refreshd.scheduler import Scheduler
+from refreshd.state import StateStore
+
+
+def _status(port: int, path: str = "/healthz") -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Scheduler:
+    config = validate_config(
+        {
+            "daemon": {"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+            "credentials": {"c": {"user": "u", "password": "p-1234"}},
+            "servers": [
+                {
+                    "name": "s",
+                    "api_url": "http://127.0.0.1:9/vicidial/non_agent_api.php",
+                    "credentials": "c",
+                    "windows": ["02:00-04:00"],
+                }
+            ],
+        },
+        environ={},
+    )
+    return Scheduler(
+        config,
+        store=StateStore(tmp_path / "state.db"),
+        log=structlog.get_logger(),
+        monotonic=FakeMonotonic(),
+    )
+
+
+def test_the_loop_is_alive_until_its_last_beat_is_too_old(scheduler: Scheduler) -> None:
+    clock = scheduler._monotonic
+    assert isinstance(clock, FakeMonotonic)
+    assert scheduler.loop_alive(30)
+    clock.now += 29
+    assert scheduler.loop_alive(30)
+    clock.now += 2
+    assert not scheduler.loop_alive(30)
+
+
+def test_a_beat_run_by_the_timing_engine_revives_the_loop(scheduler: Scheduler) -> None:
+    clock = scheduler._monotonic
+    assert isinstance(clock, FakeMonotonic)
+    clock.now += 100
+    scheduler.start()
+    try:
+        scheduler.loop_beat()
+        deadline = time.monotonic() + 5
+        while not scheduler.loop_alive(30) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scheduler.loop_alive(30)
+    finally:
+        scheduler.stop(1)
+
+
+def test_a_stopped_timing_engine_no_longer_beats(scheduler: Scheduler) -> None:
+    clock = scheduler._monotonic
+    assert isinstance(clock, FakeMonotonic)
+    scheduler.start()
+    scheduler.stop(1)
+    clock.now += 100
+    scheduler.loop_beat()  # nobody runs it
+    time.sleep(0.2)
+    assert not scheduler.loop_alive(30)
+
+
+def test_healthz_answers_200_while_healthy_and_503_once_stalled() -> None:
+    healthy = [True]
+    server = MetricsServer("127.0.0.1", 0, Metrics(), lambda: healthy[0])
+    server.start()
+    try:
+        assert _status(server.port) == 200
+        healthy[0] = False
+        assert _status(server.port) == 503
+        assert _status(server.port, "/metrics") == 200  # metrics still served
+    finally:
+        server.stop()
