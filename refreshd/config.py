@@ -1091,9 +1091,8 @@ def _format(problems: list[_Problem]) -> list[str]:
 # --- Advice ------------------------------------------------------------------------------
 
 
-def _is_loopback(url: str) -> bool:
-    """A password sent to this machine itself never crosses a network."""
-    host = urlsplit(url).hostname or ""
+def is_loopback_host(host: str) -> bool:
+    """localhost or a loopback address: traffic there never leaves this machine."""
     if host == "localhost":
         return True
     try:
@@ -1129,7 +1128,9 @@ def config_warnings(config: Config) -> list[str]:
         )
     for index, server in enumerate(config.servers):
         place = _place(("servers", index))
-        if urlsplit(server.api_url).scheme == "http" and not _is_loopback(server.api_url):
+        url = urlsplit(server.api_url)
+        # A password sent to this machine itself never crosses a network.
+        if url.scheme == "http" and not is_loopback_host(url.hostname or ""):
             warnings.append(
                 f"{place}.api_url: http:// sends the password in clear text; use https://"
             )

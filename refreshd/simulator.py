@@ -43,6 +43,8 @@ from types import FrameType
 from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from refreshd.config import is_loopback_host
+
 __all__ = [
     "API_PATH",
     "FAULT_MODES",
@@ -1030,7 +1032,7 @@ def serve(
     except ValueError as exc:
         print(f"refreshd simulator: --listen {listen!r}: {exc}", file=sys.stderr)
         return 2
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback_host(host):
         print(
             f"refreshd simulator: refusing to listen on {host!r}: the simulator accepts any "
             "password-shaped request and serves its call log, so it listens on loopback "
@@ -1085,12 +1087,3 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
