@@ -1,4 +1,4 @@
-"""APScheduler wiring: each server's next run as one dated job, re-planned after each outcome."""
+"""APScheduler wiring: every server's next start in one queue, one dated job for the earliest."""
 
 from __future__ import annotations
 
