@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -272,10 +272,7 @@ def _status(args: argparse.Namespace) -> int:
             with store:
                 states = store.all_server_states()
                 waits = store.all_credentials_waits()
-                done = {
-                    s.name: store.runs_done_since(s.name, now - timedelta(days=2))
-                    for s in config.servers
-                }
+                done = store.last_runs_done()
     except StateError as err:
         print(f"refreshd: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -111,6 +111,20 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+def _between(low: timedelta, high: timedelta) -> AfterValidator:
+    """A duration within [low, high]: past the bounds a value is a typo, and far enough
+    past them it would overflow the date arithmetic it is added to."""
+
+    def check(value: timedelta) -> timedelta:
+        if value < low:
+            raise ValueError(f"must be at least {format_duration(low)}")
+        if value > high:
+            raise ValueError(f"must be at most {format_duration(high)}")
+        return value
+
+    return AfterValidator(check)
+
+
 def _not_bool(value: object) -> object:
     # TOML's true is a Python bool, and bool is an int: refuse it where a count is meant.
     if isinstance(value, bool):
@@ -288,6 +302,9 @@ def _at_least_one(values: tuple[_T, ...]) -> tuple[_T, ...]:
     return values
 
 
+_DAY = timedelta(days=1)
+_MONTH = timedelta(days=30)
+
 Duration = Annotated[
     timedelta,
     PlainValidator(_duration),
@@ -320,10 +337,14 @@ class DaemonConfig(_Table):
     state_path: Path = Path("/var/lib/refreshd/state.db")
     timezone: TimeZoneName = "UTC"
     max_concurrency: Annotated[Count, Field(ge=1, le=1024)] = 16
-    spread: Duration = timedelta(0)
+    spread: Annotated[Duration, _between(timedelta(0), timedelta(days=7))] = timedelta(0)
     metrics_listen: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9464"
-    shutdown_grace: Duration = timedelta(seconds=20)
-    history_retention: PositiveDuration = timedelta(days=30)
+    shutdown_grace: Annotated[Duration, _between(timedelta(0), timedelta(hours=1))] = timedelta(
+        seconds=20
+    )
+    history_retention: Annotated[
+        PositiveDuration, _between(timedelta(hours=1), timedelta(days=3650))
+    ] = timedelta(days=30)
 
     @field_validator("state_path", mode="before")
     @classmethod
@@ -345,7 +366,9 @@ class DaemonConfig(_Table):
 class ClientConfig(_Table):
     """`[client]`: the shared HTTP client and what every request says about its caller."""
 
-    timeout: PositiveDuration = timedelta(seconds=10)
+    timeout: Annotated[PositiveDuration, _between(timedelta(0), timedelta(minutes=10))] = timedelta(
+        seconds=10
+    )
     verify_tls: bool = True
     source: Annotated[str, AfterValidator(_source)] = "refreshd"
 
@@ -353,12 +376,14 @@ class ClientConfig(_Table):
 class BackoffConfig(_Table):
     """`[backoff]`: how long to wait after each kind of failure (see SPEC.md, Outcomes)."""
 
-    retry_initial: PositiveDuration = timedelta(seconds=30)
-    retry_max: PositiveDuration = timedelta(minutes=10)
-    suspend_initial: PositiveDuration = timedelta(hours=1)
-    suspend_max: PositiveDuration = timedelta(hours=24)
+    retry_initial: Annotated[PositiveDuration, _between(timedelta(0), _DAY)] = timedelta(seconds=30)
+    retry_max: Annotated[PositiveDuration, _between(timedelta(0), _DAY)] = timedelta(minutes=10)
+    suspend_initial: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(
+        hours=1
+    )
+    suspend_max: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(hours=24)
     # Short values are allowed (tests need them) but config_warnings() flags them.
-    auth_retry: PositiveDuration = timedelta(hours=6)
+    auth_retry: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(hours=6)
 
     @model_validator(mode="after")
     def _initial_not_above_max(self) -> Self:
@@ -516,7 +541,10 @@ class ServerConfig(_Table):
     server_ip: Annotated[str, AfterValidator(_ip_address)] | None = None
     timezone: TimeZoneName | None = None  # inside a Config: filled in from daemon.timezone
     windows: Annotated[tuple[Window, ...], AfterValidator(_at_least_one)]
-    every: PositiveDuration | None = None  # None: once per window
+    # None: once per window. At least 1 s (the window arithmetic's floor), at most a week.
+    every: Annotated[PositiveDuration, _between(timedelta(seconds=1), timedelta(days=7))] | None = (
+        None
+    )
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:

@@ -93,7 +93,14 @@ class Daemon:
                 )
                 return EXIT_FAILED
             self.metrics_server.start()
-        scheduler.start()
+        try:
+            scheduler.start()
+        except StateError as err:
+            self.log.error("daemon.failed", error=str(err))
+            scheduler.stop(0)
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+            return EXIT_FAILED
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         self.notifier.ready(f"{len(config.servers)} servers scheduled")
@@ -174,7 +181,14 @@ class Daemon:
             running = self.scheduler.config
             config = self._keep_restart_only(running, config)
             redactor.set_secrets(running.secrets() | config.secrets())
-            changes = self.scheduler.reload(config)
+            try:
+                changes = self.scheduler.reload(config)
+            except Exception as err:
+                # Validation passed but applying failed (a bug, or the state file): keep
+                # running on what is applied rather than die; the error says what to fix.
+                self.metrics.config_reloads.labels("rejected").inc()
+                self.log.exception("config.rejected", path=str(self.config_path), error=str(err))
+                return
             redactor.set_secrets(config.secrets())
             self.metrics.config_reloads.labels("ok").inc()
             for warning in config_warnings(config):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -11,8 +10,6 @@ from refreshd.windows import Run, Schedule, next_runs, open_until, runs_of, slot
 __all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
 
 _TICK = timedelta(microseconds=1)
-# Runs looked at per search step; more only when many in a row are already done.
-_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -27,32 +24,30 @@ class Next:
         return self.at > self.run.due
 
 
-def next_fire(
-    schedule: Schedule, not_before: datetime, done: Callable[[datetime], bool]
-) -> Next | None:
-    """The first run not yet `done` that may start at or after `not_before`.
+def next_fire(schedule: Schedule, not_before: datetime, last_done: datetime | None) -> Next | None:
+    """The first run after `last_done` (the latest run that succeeded) that may start at or
+    after `not_before`.
 
-    Catch-up (SPEC.md): when `not_before` falls inside an open slot whose latest started
-    run is not done (the daemon was down, a suspension or a credentials wait just ended),
-    that run starts at once. Earlier runs of the slot are covered by it: a refresh
-    rebuilds everything, so one late refresh replaces any number of missed ones.
+    A run due at or before `last_done` is done or superseded: a later refresh already
+    rebuilt everything it would have, so it is never sent, even when the wall clock steps
+    back past it. Catch-up (SPEC.md): when `not_before` falls inside an open slot whose
+    latest started run is not done (the daemon was down, a suspension or a credentials wait
+    just ended), that run starts at once; earlier runs of the slot are covered by it.
     None when nothing is planned within the windows' search horizon.
     """
+
+    def done(run: Run) -> bool:
+        return last_done is not None and run.due <= last_done
+
     if open_until(schedule, not_before) is not None:
         slot = slot_at(schedule, not_before)
         if slot is not None:
             started = [run for run in runs_of(schedule, slot) if run.due <= not_before]
-            if started and not done(started[-1].due):
+            if started and not done(started[-1]):
                 return Next(started[-1], not_before)
-    after = not_before
-    while True:
-        runs = next_runs(schedule, after, _BATCH)
-        for run in runs:
-            if not done(run.due):
-                return Next(run, run.due)
-        if len(runs) < _BATCH:
-            return None
-        after = runs[-1].due + _TICK
+    after = not_before if last_done is None else max(not_before, last_done + _TICK)
+    runs = next_runs(schedule, after, 1)
+    return Next(runs[0], runs[0].due) if runs else None
 
 
 def earliest_start(

@@ -27,7 +27,7 @@ from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until
 from refreshd.policy import Action, Decision
 from refreshd.recorder import CallContext, Recorder
-from refreshd.state import ServerState, StateError, StateStore
+from refreshd.state import ServerState, StateStore
 from refreshd.windows import Run, Schedule, open_until, spread_offset
 
 __all__ = ["Scheduler", "credentials_fingerprint", "schedule_of", "server_fingerprint"]
@@ -82,6 +82,12 @@ class _Server:
     attempts: int = 0  # calls made for run_next.run so far
     generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
     in_flight: bool = False
+    # Mirrors of what the state store holds, kept in memory so that a store that fails to
+    # write (a full disk) cannot make the daemon forget a success or a suspension and call
+    # again at once: the store makes them survive a restart, these make them hold now.
+    last_done: datetime | None = None  # due of the latest successful run
+    suspended_until: datetime | None = None
+    last_outcome: str | None = None
 
 
 class Scheduler:
@@ -159,7 +165,14 @@ class Scheduler:
         """No new calls; calls in flight get `grace` seconds. True if all finished."""
         with self._lock:
             self._stopping = True
-        self._aps.shutdown(wait=False)
+        # APScheduler marks itself stopped without its job-store lock, so a pass already
+        # running would fail to remove its finished job and die with a traceback. Paused,
+        # no new pass starts; removing the jobs waits out the one running (it holds that
+        # lock); then nothing is left for a pass to remove.
+        if self._aps.running:
+            self._aps.pause()
+            self._aps.remove_all_jobs()
+            self._aps.shutdown(wait=False)
         finished = self.dispatcher.stop(grace)
         for client in (self._client, *self._retired_clients):
             client.close()
@@ -218,6 +231,7 @@ class Scheduler:
                     self._drop(name)
                     changes["removed"].append(name)
             states = self.store.all_server_states()
+            last_done = self.store.last_runs_done() if initial else {}
             fingerprints: dict[str, str] = {}
             to_plan: list[_Server] = []
             for name, server_config in wanted.items():
@@ -237,12 +251,13 @@ class Scheduler:
                 state = states.get(name)
                 if state is None or state.config_fingerprint != fp:
                     fingerprints[name] = fp
-                if (
+                resumed = (
                     state is not None
                     and state.config_fingerprint not in (None, fp)
                     and state.suspended_until is not None
                     and state.suspended_until > self._now()
-                ):
+                )
+                if resumed:
                     # Config changed since the suspension began (here or before a restart).
                     self.store.resume_server(name, forget_suspensions=True)
                     self.log.info("server.resumed", server=name, reason="config changed")
@@ -250,8 +265,15 @@ class Scheduler:
                 if current is not None:
                     fresh.generation = current.generation + 1
                     fresh.in_flight = current.in_flight
+                    fresh.last_done = current.last_done
+                    fresh.last_outcome = current.last_outcome
                     changes["changed"].append(name)
+                    fresh.suspended_until = None if resumed else current.suspended_until
                 else:
+                    fresh.last_done = last_done.get(name)
+                    if state is not None:
+                        fresh.suspended_until = None if resumed else state.suspended_until
+                        fresh.last_outcome = str(state.last_outcome) if state.last_outcome else None
                     changes["added"].append(name)
                 self._servers[name] = fresh
                 if not fresh.in_flight:
@@ -296,28 +318,20 @@ class Scheduler:
 
     def _not_before(self, server: _Server, now: datetime) -> datetime:
         """Now, or later while the server is suspended or its credentials wait."""
-        try:
-            suspended = self.store.server_state(server.config.name).suspended_until
-        except StateError as err:
-            self.log.error("state.error", server=server.config.name, error=str(err))
-            suspended = None
-        return earliest_start(now, suspended, self.gate.waiting(server.config.credentials, now))
+        waiting = self.gate.waiting(server.config.credentials, now)
+        return earliest_start(now, server.suspended_until, waiting)
 
     def _plan(self, server: _Server, now: datetime) -> None:
         """Choose the server's next run and queue it."""
         if self._stopping:
             return
         name = server.config.name
-
-        def done(due: datetime) -> bool:
-            return self.store.run_done(name, due)
-
         previous = server.run_next.run if server.run_next else None
-        chosen = next_fire(server.schedule, self._not_before(server, now), done)
+        chosen = next_fire(server.schedule, self._not_before(server, now), server.last_done)
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
             if previous is not None and server.attempts:
-                self._note_if_missed(name, previous, chosen, server.attempts)
+                self._note_if_missed(server, previous, chosen)
             server.attempts = 0
         if chosen is None:
             server.generation += 1
@@ -325,29 +339,22 @@ class Scheduler:
             return
         self._queue_at(server, chosen.at)
 
-    def _note_if_missed(self, name: str, previous: Run, chosen: Next | None, attempts: int) -> None:
+    def _note_if_missed(self, server: _Server, previous: Run, chosen: Next | None) -> None:
         """`slot.missed` when a run that was tried is given up and its slot had no success:
         no retry fitted, or a suspension or credentials wait outlasted the slot."""
         if chosen is not None and chosen.run.slot == previous.slot:
             return  # the slot goes on (a later repeat, or the same slot after a wait)
         slot = previous.slot
-        try:
-            succeeded = any(
-                slot.start <= due < slot.end for due in self.store.runs_done_since(name, slot.start)
-            )
-            last = self.store.server_state(name).last_outcome
-        except StateError as err:
-            self.log.error("state.error", server=name, error=str(err))
+        if server.last_done is not None and slot.start <= server.last_done < slot.end:
             return
-        if succeeded:
-            return
+        name = server.config.name
         self.log.error(
             "slot.missed",
             server=name,
             slot=slot.start,
             slot_end=slot.end,
-            outcome=str(last) if last else None,
-            attempts=attempts,
+            outcome=server.last_outcome,
+            attempts=server.attempts,
         )
         if self.metrics is not None:
             self.metrics.slots_missed.labels(name).inc()
@@ -419,7 +426,7 @@ class Scheduler:
         if (
             open_until(server.schedule, now) is None
             or self._not_before(server, now) > now
-            or self.store.run_done(name, run.due)
+            or (server.last_done is not None and run.due <= server.last_done)
         ):
             self._plan(server, now)
             return None
@@ -450,6 +457,11 @@ class Scheduler:
             if server is None:
                 return
             server.in_flight = False
+            server.last_outcome = str(attempt.answer.outcome)
+            if decision.action is Action.DONE:
+                # Even when re-configured mid-call: this run did succeed.
+                server.last_done = _later(server.last_done, ctx.due)
+                server.suspended_until = None
             if server.generation != generation:
                 # Re-configured while the call was in flight: plan from the new config.
                 self._plan(server, self._now())
@@ -458,6 +470,8 @@ class Scheduler:
 
     def _follow(self, server: _Server, decision: Decision, ctx: CallContext) -> None:
         now = self._now()
+        if decision.action is Action.SUSPEND_SERVER:
+            server.suspended_until = decision.at
         if decision.action is Action.RETRY and decision.at is not None:
             self._retry(server, decision.at)
         elif decision.action is Action.GIVE_UP:
@@ -486,3 +500,10 @@ class Scheduler:
             return {
                 name: (s.run_next.at if s.run_next else None) for name, s in self._servers.items()
             }
+
+
+def _later(known: datetime | None, due: datetime | None) -> datetime | None:
+    """The later of two optional instants."""
+    if known is None or (due is not None and due > known):
+        return due
+    return known

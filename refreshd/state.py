@@ -191,9 +191,23 @@ class StateStore:
                 self._conn.execute("PRAGMA synchronous = FULL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            self._check_integrity()
         except BaseException:
             self._conn.close()
             raise
+
+    def _check_integrity(self) -> None:
+        """A damaged page would otherwise surface later, in the middle of a refresh. The
+        file is small (a few rows per server plus the history), so this costs little."""
+        with self._translated("check the file's integrity"):
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StateError(
+                f"state file {self._path}: damaged ({'; '.join(map(str, problems))}). Stop "
+                "refreshd, move the file aside (it keeps the history and the runs already "
+                "done) and start again: a new file is created, and the slot now open may be "
+                "refreshed once more."
+            )
 
     @classmethod
     def open_readonly(cls, path: Path) -> StateStore:
@@ -325,6 +339,13 @@ class StateStore:
                 "SELECT due FROM runs_done WHERE server = ? AND due >= ?", (server, _text(since))
             ).fetchall()
         return {_time(due) for (due,) in rows}
+
+    def last_runs_done(self) -> dict[str, datetime]:
+        """Each server's latest successful run (its due time). Every run due at or before
+        it is done or superseded: a later refresh rebuilt everything the earlier would."""
+        with self._read("read the latest done runs") as conn:
+            rows = conn.execute("SELECT server, MAX(due) FROM runs_done GROUP BY server").fetchall()
+        return {server: _time(due) for server, due in rows}
 
     def history(
         self, *, server: str | None = None, since: datetime | None = None, limit: int = 1000

@@ -128,7 +128,9 @@ def _lines(body: str) -> Iterable[str]:
     """The body's text lines, HTML tags turned into line breaks (PHP warnings come as
     `<b>Warning</b>: ...<br />` before the real line, sometimes on the same physical line)."""
     for raw in _TAG.sub("\n", body).splitlines():
-        line = raw.strip()
+        # A byte order mark is not whitespace to str.strip(); PHP files saved with one
+        # put it before the answer.
+        line = raw.strip().lstrip("\ufeff").strip()
         if line:
             yield line
 

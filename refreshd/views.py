@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from refreshd.config import Config
-from refreshd.planning import next_fire
+from refreshd.planning import earliest_start, next_fire
 from refreshd.scheduler import schedule_of
 from refreshd.state import CallRecord, CredentialsWait, ServerState
 from refreshd.windows import next_runs
@@ -53,7 +53,7 @@ def status_document(
     config: Config,
     states: dict[str, ServerState],
     waits: dict[str, CredentialsWait],
-    runs_done: dict[str, set[datetime]],
+    last_done: dict[str, datetime],
     now: datetime,
 ) -> dict[str, Any]:
     """Per server: last outcome, last success, suspension, credentials wait, next run (as
@@ -63,12 +63,10 @@ def status_document(
         state = states.get(server.name, ServerState(server.name))
         wait = waits.get(server.credentials)
         waiting = wait if wait is not None and wait.until > now else None
-        suspended = (
-            state.suspended_until if state.suspended_until and state.suspended_until > now else None
-        )
-        not_before = max([now, *(t for t in (suspended, waiting and waiting.until) if t)])
-        done = runs_done.get(server.name, set())
-        planned = next_fire(schedule_of(config, server), not_before, done.__contains__)
+        until = state.suspended_until
+        suspended = until if until is not None and until > now else None
+        start = earliest_start(now, suspended, waiting.until if waiting else None)
+        planned = next_fire(schedule_of(config, server), start, last_done.get(server.name))
         servers.append(
             {
                 "server": server.name,

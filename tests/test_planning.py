@@ -25,14 +25,10 @@ def _schedule(*windows: str, every: timedelta | None = None, blackouts: tuple[st
     )
 
 
-def _never(_: datetime) -> bool:
-    return False
-
-
 def test_started_inside_an_open_slot_not_done_fires_at_once() -> None:
     schedule = _schedule("02:00-04:00")
     now = _utc(2027, 1, 5, 3, 0)
-    chosen = next_fire(schedule, now, _never)
+    chosen = next_fire(schedule, now, None)
     assert chosen is not None
     assert chosen.at == now
     assert chosen.run.due == _utc(2027, 1, 5, 2, 0)
@@ -41,8 +37,7 @@ def test_started_inside_an_open_slot_not_done_fires_at_once() -> None:
 
 def test_started_inside_a_slot_already_done_waits_for_the_next_slot() -> None:
     schedule = _schedule("02:00-04:00")
-    done = {_utc(2027, 1, 5, 2, 0)}
-    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 0), done.__contains__)
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 0), _utc(2027, 1, 5, 2, 0))
     assert chosen is not None
     assert chosen.at == _utc(2027, 1, 6, 2, 0)
     assert not chosen.catch_up
@@ -50,14 +45,14 @@ def test_started_inside_a_slot_already_done_waits_for_the_next_slot() -> None:
 
 def test_started_after_the_window_waits_for_the_next_one() -> None:
     schedule = _schedule("02:00-04:00")
-    chosen = next_fire(schedule, _utc(2027, 1, 5, 5, 0), _never)
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 5, 0), None)
     assert chosen is not None
     assert chosen.at == _utc(2027, 1, 6, 2, 0)
 
 
 def test_catch_up_with_every_takes_only_the_latest_started_run() -> None:
     schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
-    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), _never)
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), None)
     assert chosen is not None
     assert chosen.run.due == _utc(2027, 1, 5, 3, 0)
     assert chosen.at == _utc(2027, 1, 5, 3, 10)
@@ -65,24 +60,22 @@ def test_catch_up_with_every_takes_only_the_latest_started_run() -> None:
 
 def test_with_every_a_done_run_leads_to_the_next_repeat() -> None:
     schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
-    done = {_utc(2027, 1, 5, 3, 0)}
-    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), done.__contains__)
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 10), _utc(2027, 1, 5, 3, 0))
     assert chosen is not None
     assert chosen.at == _utc(2027, 1, 5, 3, 30)
 
 
-def test_many_done_runs_in_a_row_are_skipped() -> None:
+def test_runs_up_to_the_latest_done_are_skipped() -> None:
     schedule = _schedule("00:00-24:00", every=timedelta(minutes=1))
     start = _utc(2027, 1, 5, 0, 0)
-    done = {start + timedelta(minutes=m) for m in range(100)}
-    chosen = next_fire(schedule, start, done.__contains__)
+    chosen = next_fire(schedule, start, start + timedelta(minutes=99))
     assert chosen is not None
     assert chosen.at == start + timedelta(minutes=100)
 
 
 def test_no_catch_up_inside_a_blackout() -> None:
     schedule = _schedule("02:00-06:00", blackouts=("03:00-04:00",))
-    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 30), _never)
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 3, 30), None)
     assert chosen is not None
     # The slot's only run (02:00) cannot start in the blackout; the next slot's run can.
     assert chosen.at == _utc(2027, 1, 6, 2, 0)
@@ -90,12 +83,12 @@ def test_no_catch_up_inside_a_blackout() -> None:
 
 def test_nothing_ahead_gives_none() -> None:
     schedule = _schedule("02:00-04:00", blackouts=("00:00-24:00",))
-    assert next_fire(schedule, _utc(2027, 1, 5, 0, 0), _never) is None
+    assert next_fire(schedule, _utc(2027, 1, 5, 0, 0), None) is None
 
 
 def test_catch_up_on_the_spring_forward_day_starts_after_the_gap() -> None:
     schedule = Schedule(name="ny", tz=NY, windows=(parse_window("02:30-03:30"),))
-    chosen = next_fire(schedule, datetime(2027, 3, 14, 0, 0, tzinfo=NY), _never)
+    chosen = next_fire(schedule, datetime(2027, 3, 14, 0, 0, tzinfo=NY), None)
     assert chosen is not None
     assert chosen.at.astimezone(NY).replace(tzinfo=None) == datetime(2027, 3, 14, 3, 0)
 
@@ -111,20 +104,30 @@ def test_earliest_start_is_the_latest_of_now_suspension_and_wait() -> None:
 
 def test_retry_until_is_the_slot_end() -> None:
     schedule = _schedule("02:00-04:00")
-    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), None)
     assert run is not None
     assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 4, 0)
 
 
 def test_retry_until_stops_at_the_next_repeat() -> None:
     schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
-    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), None)
     assert run is not None
     assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 2, 30)
 
 
 def test_retry_until_stops_at_a_blackout() -> None:
     schedule = _schedule("02:00-06:00", blackouts=("03:00-04:00",))
-    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), _never)
+    run = next_fire(schedule, _utc(2027, 1, 5, 2, 0), None)
     assert run is not None
     assert retry_until(schedule, run.run, _utc(2027, 1, 5, 2, 1)) == _utc(2027, 1, 5, 3, 0)
+
+
+def test_a_run_superseded_by_a_later_success_never_fires_after_the_clock_steps_back() -> None:
+    # Catch-up fired 03:00's run at 03:10 and it succeeded; the wall clock then steps back
+    # to 02:40, where the 02:30 run (never done) would look due.
+    schedule = _schedule("02:00-04:00", every=timedelta(minutes=30))
+    chosen = next_fire(schedule, _utc(2027, 1, 5, 2, 40), _utc(2027, 1, 5, 3, 0))
+    assert chosen is not None
+    assert chosen.run.due == _utc(2027, 1, 5, 3, 30)
+    assert chosen.at == _utc(2027, 1, 5, 3, 30)
