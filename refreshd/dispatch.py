@@ -189,7 +189,12 @@ class Dispatcher:
         now = self._now()
         skipped: list[tuple[Job, str]] = []
         chosen: Job | None = None
+        # Credentials found at their limit in this scan: with 1,000 jobs queued behind one
+        # login, asking the gate once per login, not once per job, keeps a scan cheap.
+        full: set[str] = set()
         for job in list(self._pending):
+            if job.credentials in full:
+                continue
             until = self._gate.waiting(job.credentials, now)
             if until is not None:
                 self._pending.remove(job)
@@ -205,11 +210,18 @@ class Dispatcher:
             if self._gate.allowed(job.credentials, now):
                 chosen = job
                 break
+            full.add(job.credentials)
         if chosen is not None:
             self._pending.remove(chosen)
             self._in_flight += 1
             self._gate.started(chosen.credentials)
         return chosen, skipped
+
+    def _release(self, job: Job) -> None:
+        """The job's credentials slot is free again: wake a worker that may be waiting on it."""
+        self._gate.finished(job.credentials)
+        with self._cond:
+            self._cond.notify_all()
 
     def _send_safely(self, job: Job) -> Attempt:
         started = self._now()
@@ -237,9 +249,16 @@ class Dispatcher:
                 if self._stopping:
                     return
                 continue
+            released = False
             try:
                 attempt = self._send_safely(job)
-                self._gate.learn(job.credentials, attempt.answer.outcome)
+                outcome = attempt.answer.outcome
+                self._gate.learn(job.credentials, outcome)
+                if outcome in LOGIN_PROVEN:
+                    # The login worked: nothing the recording below can learn would close
+                    # the gate, so the next call with these credentials need not wait for it.
+                    released = True
+                    self._release(job)
                 with self._cond:
                     # From here on, a new identical job is a new request.
                     self._by_key.pop(job.target.key, None)
@@ -251,7 +270,8 @@ class Dispatcher:
                         # A bug in recording must not kill the worker or skip the others.
                         _log.exception("refresh.error", server=each.server)
             finally:
-                self._gate.finished(job.credentials)
+                if not released:
+                    self._release(job)
                 with self._cond:
                     self._in_flight -= 1
                     self._cond.notify_all()

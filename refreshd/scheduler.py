@@ -22,7 +22,7 @@ from refreshd.attempt import Attempt, Target
 from refreshd.client import Client
 from refreshd.config import Config, Credentials, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.manual import backoff_of, client_for, target_of
+from refreshd.manual import backoff_of, client_for
 from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until
 from refreshd.policy import Action, Decision
@@ -237,7 +237,14 @@ class Scheduler:
             for name, server_config in wanted.items():
                 current = self._servers.get(name)
                 schedule = schedule_of(config, server_config)
-                target = target_of(config, server_config)
+                credentials = new_credentials[server_config.credentials]
+                target = Target(
+                    api_url=server_config.api_url,
+                    user=credentials.user,
+                    password=credentials.password.get_secret_value(),
+                    source=config.client.source,
+                    server_ip=server_config.server_ip,
+                )
                 if (
                     current is not None
                     and current.config == server_config
@@ -397,7 +404,6 @@ class Scheduler:
 
     def _wake(self) -> None:
         """The earliest queued instant has come: fire every server now due."""
-        jobs: list[Job] = []
         with self._lock:
             self._armed = None
             if self._stopping:
@@ -406,14 +412,13 @@ class Scheduler:
             while self._queue and self._queue[0][0] <= now:
                 entry = heapq.heappop(self._queue)
                 if not self._stale(entry):
-                    job = self._fire(self._servers[entry[2]], now)
-                    if job is not None:
-                        jobs.append(job)
+                    server = self._servers[entry[2]]
+                    job = self._fire(server, now)
+                    # Submitted as each is fired, not after the whole batch: the first call
+                    # leaves at once (lock order scheduler -> dispatcher, never the reverse).
+                    if job is not None and not self.dispatcher.submit(job):
+                        server.in_flight = False
             self._arm()
-        for job in jobs:
-            if not self.dispatcher.submit(job):
-                with self._lock:
-                    self._servers[job.server].in_flight = False
 
     def _fire(self, server: _Server, now: datetime) -> Job | None:
         """Re-check a due server and make its call, or re-plan it; under the lock."""

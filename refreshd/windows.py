@@ -498,6 +498,7 @@ def _blackouts(schedule: Schedule, start: dt.datetime, end: dt.datetime) -> list
     return [(s, e) for s, e in _union(found) if e > start and s < end]
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def _absolute(blackout: AbsoluteWindow, tz: ZoneInfo) -> _Interval:
     if blackout.start.tzinfo is None:
         # Naive: wall clock in the server's zone, resolved to cover as much as possible.
