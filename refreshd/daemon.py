@@ -46,7 +46,9 @@ class Daemon:
         self.log = get_logger()
         self.notifier = Notifier(self.environ)
         self.metrics = Metrics()
-        self._signals: queue.Queue[int] = queue.Queue()
+        # SimpleQueue, not Queue: its put() is reentrant, and the signal handler calls it
+        # on the main thread, which may be inside get() holding a Queue's lock (deadlock).
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop_heartbeat = threading.Event()
         interval = self.notifier.watchdog_interval
         self.heartbeat = min(HEARTBEAT, interval) if interval else HEARTBEAT
