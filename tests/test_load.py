@@ -1,0 +1,103 @@
+"""Load on the real daemon: 2,000 servers due within one minute against a VICIdial that takes
+100 ms per answer. Every server is refreshed exactly once, inside its window, and never more
+than max_concurrency calls are in flight.
+
+The window opened OPENED_AGO seconds before the daemon starts: the servers whose spread offset
+has passed (about 70 %) are all caught up at once, a burst, and the others fall due one by one
+over the rest of the 50 s spread. Both paths run, and the test takes 20 s instead of 60."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_process import window_from_now
+from test_adversarial import PASSWORD, SIM_SERVERS, Fleet, api_path, instant, report, sim_users
+
+from refreshd.simulator import Simulator, SimUser
+
+SERVERS = 2000
+MAX_CONCURRENCY = 16
+LATENCY = 0.1  # seconds the simulator adds to every answer
+SPREAD = 50  # seconds: every server is due within the first 50 s of the window
+OPENED_AGO = 35
+# Eight logins, as eight clusters would have: refreshd lets at most 4 calls per login be in
+# flight (policy.MAX_LOGINS_IN_FLIGHT), so with one login max_concurrency would never bind.
+LOGINS = 8
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    users = [*sim_users(), *(SimUser(f"load-{n}", PASSWORD) for n in range(LOGINS))]
+    with Simulator(host="127.0.0.1", port=0, users=users, servers=SIM_SERVERS) as sim:
+        each = Fleet(tmp_path, sim)
+        try:
+            yield each
+        finally:
+            each.close()
+
+
+@pytest.mark.slow
+def test_two_thousand_servers_due_within_a_minute_are_each_refreshed_once_within_the_limit(
+    fleet: Fleet,
+) -> None:
+    sim = fleet.sim
+    sim.set_fault("latency", latency=LATENCY)
+    window = window_from_now(-OPENED_AGO, 600)
+    fleet.write(
+        [fleet.server(i, window, credentials=f"login{i % LOGINS}") for i in range(SERVERS)],
+        credentials={
+            f"login{n}": {"user": f"load-{n}", "password_env": "REL_MAIN_PASSWORD"}
+            for n in range(LOGINS)
+        },
+        daemon={"max_concurrency": MAX_CONCURRENCY, "spread": f"{SPREAD}s"},
+        client={"timeout": "10s"},
+    )
+    started = time.monotonic()
+    daemon = fleet.start()
+    (up,) = daemon.wait_for("daemon.started", timeout=60)
+    ready = time.monotonic() - started
+
+    daemon.wait_for("refresh.succeeded", count=SERVERS, timeout=SPREAD + 20)
+    time.sleep(1)
+
+    stats = sim.stats()
+    counts = [stats["requests"].get(api_path(i), 0) for i in range(SERVERS)]
+    assert counts == [1] * SERVERS, [i for i, n in enumerate(counts) if n != 1][:20]
+    assert stats["peak_in_flight"] <= MAX_CONCURRENCY
+    assert stats["logins"]["failed"] == 0
+    succeeded = daemon.matching("refresh.succeeded")
+    assert len(succeeded) == SERVERS
+    assert daemon.matching("refresh.retrying") == []
+    # Each call started at or after its due (window start + the server's spread offset) and
+    # inside the window; for servers due after the start, how late is the queueing delay.
+    called = {call["path"]: call["t"] for call in sim.calls()}
+    began = instant(up["timestamp"]).timestamp()
+    lateness = []
+    for line in succeeded:
+        due = instant(line.get("due", line["slot"])).timestamp()
+        at = called[api_path(int(line["server"][1:]))]
+        assert at >= due - 0.01, line
+        if due > began:
+            lateness.append(at - due)
+    slot_start = instant(succeeded[0]["slot"]).timestamp()
+    assert max(called.values()) < slot_start + 600
+    fleet.audit(daemon)
+    lateness.sort()
+    report(
+        "load",
+        servers=SERVERS,
+        max_concurrency=MAX_CONCURRENCY,
+        latency_s=LATENCY,
+        spread_s=SPREAD,
+        start_to_ready_s=round(ready, 1),
+        caught_up_at_start=SERVERS - len(lateness),
+        peak_in_flight=stats["peak_in_flight"],
+        lateness_p50_s=round(statistics.median(lateness), 3),
+        lateness_p99_s=round(lateness[int(len(lateness) * 0.99)], 3),
+        lateness_max_s=round(lateness[-1], 3),
+        last_call_after_start_s=round(max(called.values()) - began, 1),
+    )
