@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest test-tools bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "refreshd needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -26,8 +26,16 @@ typecheck: $(STAMP)
 # Most tests wait on real processes and real time, not the CPU: several at once.
 PYTEST_WORKERS ?= 4
 
-pytest: $(STAMP)
+pytest: $(STAMP) test-tools
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+# libfaketime lets the clock-step tests move a real daemon's wall clock. Installed when we
+# can (root with apt); elsewhere those tests skip and say why.
+test-tools:
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && apt-get update -qq && apt-get install -y -qq faketime >/dev/null; } \
+	  || echo "faketime not installed: the clock-step tests will skip"
 
 test: lint typecheck pytest
 
