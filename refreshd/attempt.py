@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from refreshd.client import Client
+from refreshd.config import Config, Credentials, ServerConfig
 from refreshd.vicidial import (
     Answer,
     ProbeResult,
@@ -20,7 +21,7 @@ from refreshd.vicidial import (
     version_params,
 )
 
-__all__ = ["Attempt", "Reachability", "Target", "probe", "reach", "refresh"]
+__all__ = ["Attempt", "Reachability", "Target", "probe", "reach", "refresh", "target_of"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,20 @@ class Target:
     def masked_params(self) -> dict[str, str]:
         """The request as `--dry-run` shows it."""
         return refresh_params(self.user, "***", self.source, self.server_ip)
+
+
+def target_of(
+    config: Config, server: ServerConfig, credentials: Credentials | None = None
+) -> Target:
+    """The request a server's refresh sends; `credentials` when already resolved."""
+    login = credentials or config.credentials_for(server)
+    return Target(
+        api_url=server.api_url,
+        user=login.user,
+        password=login.password.get_secret_value(),
+        source=config.client.source,
+        server_ip=server.server_ip,
+    )
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from refreshd import __version__
+from refreshd.attempt import target_of
 from refreshd.config import Config, ConfigError, config_warnings, default_config_path, load_config
 from refreshd.daemon import run as run_daemon
 from refreshd.durations import parse_duration
 from refreshd.logs import configure, get_logger, redactor
-from refreshd.manual import online_check, refresh_now, target_of
+from refreshd.manual import online_check, refresh_now
 from refreshd.state import StateError, StateStore
 from refreshd.vicidial import Outcome
 from refreshd.views import history_rows, plan_document, status_document

@@ -15,9 +15,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from refreshd import __version__
+from refreshd.config import Config
 from refreshd.vicidial import Transport
 
-__all__ = ["MAX_BODY", "USER_AGENT", "Client", "RawAnswer"]
+__all__ = ["MAX_BODY", "USER_AGENT", "Client", "RawAnswer", "client_for"]
 
 USER_AGENT = f"refreshd/{__version__}"
 # VICIdial answers in one short line; anything past this is an error page or worse.
@@ -125,6 +126,15 @@ class Client:
 
     def close(self) -> None:
         self._session.close()
+
+
+def client_for(config: Config) -> Client:
+    """The shared client, as the config's [client] table and max_concurrency say."""
+    return Client(
+        timeout=config.client.timeout.total_seconds(),
+        verify_tls=config.client.verify_tls,
+        pool_size=config.daemon.max_concurrency,
+    )
 
 
 def transport_failure(exc: BaseException) -> Transport:

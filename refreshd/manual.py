@@ -8,47 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from refreshd.attempt import Attempt, Target, probe, reach
-from refreshd.client import Client
+from refreshd.attempt import Attempt, probe, reach, target_of
+from refreshd.client import client_for
 from refreshd.config import Config, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.policy import Backoff
+from refreshd.policy import backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import StateStore
 from refreshd.vicidial import Outcome
 
-__all__ = ["ProbeLine", "backoff_of", "client_for", "online_check", "refresh_now", "target_of"]
-
-
-def target_of(config: Config, server: ServerConfig) -> Target:
-    """The request a server's refresh sends."""
-    credentials = config.credentials_for(server)
-    return Target(
-        api_url=server.api_url,
-        user=credentials.user,
-        password=credentials.password.get_secret_value(),
-        source=config.client.source,
-        server_ip=server.server_ip,
-    )
-
-
-def client_for(config: Config) -> Client:
-    return Client(
-        timeout=config.client.timeout.total_seconds(),
-        verify_tls=config.client.verify_tls,
-        pool_size=config.daemon.max_concurrency,
-    )
-
-
-def backoff_of(config: Config) -> Backoff:
-    b = config.backoff
-    return Backoff(
-        retry_initial=b.retry_initial,
-        retry_max=b.retry_max,
-        suspend_initial=b.suspend_initial,
-        suspend_max=b.suspend_max,
-        auth_retry=b.auth_retry,
-    )
+__all__ = ["ProbeLine", "online_check", "refresh_now"]
 
 
 def refresh_now(
@@ -59,7 +28,7 @@ def refresh_now(
     tried by one call first, so a wrong password costs one failed login, not one per
     server. Returns each server's outcome; None where no call was made."""
     gate = CredentialsGate()
-    recorder = Recorder(store=store, gate=gate, backoff=backoff_of(config), log=log)
+    recorder = Recorder(store=store, gate=gate, backoff=backoff_of(config.backoff), log=log)
     client = client_for(config)
     dispatcher = Dispatcher(client, max_concurrency=config.daemon.max_concurrency, gate=gate)
     results: dict[str, Outcome | None] = {}

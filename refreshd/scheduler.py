@@ -18,14 +18,13 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from refreshd.attempt import Attempt, Target
-from refreshd.client import Client
+from refreshd.attempt import Attempt, Target, target_of
+from refreshd.client import Client, client_for
 from refreshd.config import Config, Credentials, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.manual import backoff_of, client_for
 from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until
-from refreshd.policy import Action, Decision
+from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import ServerState, StateStore
 from refreshd.windows import Run, Schedule, open_until, spread_offset
@@ -126,7 +125,7 @@ class Scheduler:
         self.recorder = Recorder(
             store=store,
             gate=self.gate,
-            backoff=backoff_of(config),
+            backoff=backoff_of(config.backoff),
             log=log,
             metrics=metrics,
             rng=rng,
@@ -215,7 +214,7 @@ class Scheduler:
         credentials_fps = {n: credentials_fingerprint(c) for n, c in new_credentials.items()}
         with self._lock:
             if not initial:
-                self.recorder.backoff = backoff_of(config)
+                self.recorder.backoff = backoff_of(config.backoff)
                 if config.client != self.config.client:
                     # Calls in flight finish on the old client; it is closed at stop.
                     self._retired_clients.append(self._client)
@@ -237,13 +236,8 @@ class Scheduler:
             for name, server_config in wanted.items():
                 current = self._servers.get(name)
                 schedule = schedule_of(config, server_config)
-                credentials = new_credentials[server_config.credentials]
-                target = Target(
-                    api_url=server_config.api_url,
-                    user=credentials.user,
-                    password=credentials.password.get_secret_value(),
-                    source=config.client.source,
-                    server_ip=server_config.server_ip,
+                target = target_of(
+                    config, server_config, new_credentials[server_config.credentials]
                 )
                 if (
                     current is not None

@@ -41,9 +41,9 @@ from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from refreshd.client import client_for
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
-from refreshd.manual import backoff_of, client_for
-from refreshd.policy import decide
+from refreshd.policy import backoff_of, decide
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimServer, Simulator, SimUser
 from refreshd.vicidial import Outcome, classify
 from refreshd.views import plan_document
@@ -995,7 +995,7 @@ def _use_every_part(config: Config) -> None:
     now = datetime(2026, 11, 27, 12, tzinfo=UTC)
     plan_document(config, now, 3)
     config_warnings(config)
-    backoff = backoff_of(config)
+    backoff = backoff_of(config.backoff)
     for outcome in Outcome:
         decide(
             outcome,
