@@ -398,6 +398,7 @@ class Scheduler:
 
     def _wake(self) -> None:
         """The earliest queued instant has come: fire every server now due."""
+        jobs: list[Job] = []
         with self._lock:
             self._armed = None
             if self._stopping:
@@ -406,13 +407,18 @@ class Scheduler:
             while self._queue and self._queue[0][0] <= now:
                 entry = heapq.heappop(self._queue)
                 if not self._stale(entry):
-                    server = self._servers[entry[2]]
-                    job = self._fire(server, now)
-                    # Submitted as each is fired, not after the whole batch: the first call
-                    # leaves at once (lock order scheduler -> dispatcher, never the reverse).
-                    if job is not None and not self.dispatcher.submit(job):
-                        server.in_flight = False
+                    job = self._fire(self._servers[entry[2]], now)
+                    if job is not None:
+                        jobs.append(job)
             self._arm()
+        # All at once, after every due server is checked: submitting each as it is fired
+        # let the first request finish before its identical twins were queued, so servers
+        # due at the same moment could send the same request twice. (It cost the first
+        # call of a 1,000-server burst ~0.2 s; see docs/PERFORMANCE.md, A3.)
+        for job in jobs:
+            if not self.dispatcher.submit(job):
+                with self._lock:
+                    self._servers[job.server].in_flight = False
 
     def _fire(self, server: _Server, now: datetime) -> Job | None:
         """Re-check a due server and make its call, or re-plan it; under the lock."""
