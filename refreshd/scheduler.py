@@ -497,15 +497,6 @@ class Scheduler:
             if not self._stopping:
                 self._plan(server, self._now())
 
-    # --- views -------------------------------------------------------------------------
-
-    def next_runs(self) -> dict[str, datetime | None]:
-        """Each server's next planned start, for status and metrics."""
-        with self._lock:
-            return {
-                name: (s.run_next.at if s.run_next else None) for name, s in self._servers.items()
-            }
-
 
 def _later(known: datetime | None, due: datetime | None) -> datetime | None:
     """The later of two optional instants."""
