@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from refreshd.windows import Run, Schedule, next_runs, open_until, runs_of, slot_at
+from refreshd.windows import (
+    Run,
+    Schedule,
+    next_runs,
+    open_until,
+    run_after,
+    run_at_or_before,
+    slot_at,
+)
 
 __all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
 
@@ -42,9 +50,9 @@ def next_fire(schedule: Schedule, not_before: datetime, last_done: datetime | No
     if open_until(schedule, not_before) is not None:
         slot = slot_at(schedule, not_before)
         if slot is not None:
-            started = [run for run in runs_of(schedule, slot) if run.due <= not_before]
-            if started and not done(started[-1]):
-                return Next(started[-1], not_before)
+            latest = run_at_or_before(schedule, slot, not_before)
+            if latest is not None and not done(latest):
+                return Next(latest, not_before)
     after = not_before if last_done is None else max(not_before, last_done + _TICK)
     runs = next_runs(schedule, after, 1)
     return Next(runs[0], runs[0].due) if runs else None
@@ -60,6 +68,6 @@ def earliest_start(
 def retry_until(schedule: Schedule, run: Run, now: datetime) -> datetime:
     """The first instant at which no retry of `run` may start: the slot's end, the next
     blackout, or the slot's next run (which supersedes this one), whichever comes first."""
-    limits = [open_until(schedule, now) or now]
-    limits += [later.due for later in runs_of(schedule, run.slot) if later.due > run.due][:1]
-    return min(limits)
+    limit = open_until(schedule, now) or now
+    following = run_after(schedule, run)
+    return limit if following is None else min(limit, following.due)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 from itertools import pairwise
@@ -24,6 +25,9 @@ from refreshd.windows import (
     open_until,
     parse_blackout_window,
     parse_window,
+    run_after,
+    run_at_or_before,
+    run_from,
     runs_of,
     slot_at,
     slots_between,
@@ -637,6 +641,56 @@ def test_blackouts_cut_runs(
         offset=offset * MINUTES,
     )
     assert dues(runs_of(sched, SLOT_2_TO_5)) == [utc(f"2027-01-01 {t}") for t in expected]
+    assert_lookups_agree_with_runs_of(sched, SLOT_2_TO_5, step=dt.timedelta(minutes=5))
+
+
+def assert_lookups_agree_with_runs_of(sched: Schedule, s: Slot, step: dt.timedelta) -> None:
+    """run_at_or_before / run_from / run_after give what listing `runs_of` gives: at every
+    `step` across the slot and a little beyond, and at each due and a tick either side."""
+    listed = runs_of(sched, s)
+    tick = dt.timedelta(microseconds=1)
+    probes = [s.start - step + n * step for n in range((s.end - s.start) // step + 3)]
+    probes += [run.due + d for run in listed for d in (-tick, dt.timedelta(0), tick)]
+    due = [run.due for run in listed]
+    for instant in probes:
+        before = bisect.bisect_right(due, instant)  # runs due at or before instant
+        assert run_at_or_before(sched, s, instant) == (listed[before - 1] if before else None)
+        first = bisect.bisect_left(due, instant)  # the first run due at or after instant
+        assert run_from(sched, s, instant) == (listed[first] if first < len(listed) else None)
+    for index, run in enumerate(listed):
+        assert run_after(sched, run) == (listed[index + 1] if index + 1 < len(listed) else None)
+
+
+@pytest.mark.parametrize(
+    ("blackouts", "every_seconds", "expected_count"),
+    [
+        pytest.param(["02:30-04:30"], 1, 3600, id="long-blackout-in-a-1s-slot"),
+        pytest.param(["01:00-04:59:30"], 1, 30, id="open-tail-only"),
+        pytest.param(["01:00-06:00"], 1, 0, id="all-dark"),
+        pytest.param(["03:00-06:00"], 7, 515, id="blackout-to-the-end"),
+        pytest.param(["02:00:00-02:00:03", "02:00:05-02:00:09"], 7, 1543, id="short-blackouts"),
+    ],
+)  # fmt: skip
+def test_run_lookups_step_over_blackouts_in_slots_of_thousands_of_runs(
+    blackouts: list[str], every_seconds: int, expected_count: int
+) -> None:
+    sched = schedule(
+        "UTC", ["02:00-05:00"], blackouts=blackouts, every=dt.timedelta(seconds=every_seconds)
+    )
+    assert len(runs_of(sched, SLOT_2_TO_5)) == expected_count
+    assert_lookups_agree_with_runs_of(sched, SLOT_2_TO_5, step=dt.timedelta(seconds=61))
+
+
+def test_run_after_the_only_run_of_a_slot_left_by_a_blackout_is_none() -> None:
+    # Every nominal due lies in a blackout reaching past the slot: the one run is at the
+    # slot's first open instant, before the offset's nominal due.
+    sched = schedule("UTC", ["02:00-05:00"], blackouts=["03:00-06:00"], offset=90 * MINUTES)
+    (only,) = runs_of(sched, SLOT_2_TO_5)
+    assert only.due == utc("2027-01-01 02:00")
+    assert run_after(sched, only) is None
+    assert run_from(sched, SLOT_2_TO_5, utc("2027-01-01 01:00")) == only
+    assert run_at_or_before(sched, SLOT_2_TO_5, utc("2027-01-01 04:00")) == only
+    assert run_from(sched, SLOT_2_TO_5, utc("2027-01-01 02:00:01")) is None
 
 
 def test_naive_absolute_blackout_is_wall_clock_in_the_servers_zone() -> None:
@@ -926,3 +980,29 @@ def test_times_may_carry_seconds() -> None:
 def test_out_of_range_seconds_are_refused(text: str) -> None:
     with pytest.raises(WindowError):
         parse_window(text)
+
+
+# Repeats from a minute up, so slots hold up to ~1,400 runs (the table test above has
+# slots of thousands).
+short_repeat_schedules = st.builds(
+    schedule,
+    st.sampled_from(ZONES),
+    st.lists(weekly_texts, min_size=1, max_size=2),
+    st.lists(st.one_of(weekly_texts, absolute_texts), max_size=3),
+    st.one_of(
+        st.none(),
+        st.sampled_from([dt.timedelta(seconds=n) for n in (61, 420, 1800, 3600)]),
+    ),
+    st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(hours=3)).map(
+        lambda d: d // dt.timedelta(milliseconds=1) * dt.timedelta(milliseconds=1)
+    ),
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sched=short_repeat_schedules, start=instants)
+def test_run_lookups_agree_with_listing_the_runs_of_a_slot(
+    sched: Schedule, start: dt.datetime
+) -> None:
+    for s in slots_between(sched, start, start + dt.timedelta(days=3))[:2]:
+        assert_lookups_agree_with_runs_of(sched, s, step=dt.timedelta(minutes=13))
