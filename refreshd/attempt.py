@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class Target:
     source: str
     server_ip: str | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str, str, str | None]:
         # The password counts too (hashed, so no repr of a key can show it): the same user
         # with two different passwords is two different requests, one of which may fail.

@@ -60,14 +60,19 @@ class CredentialsGate:
         with self._lock:
             self._in_flight[credentials] = max(0, self._in_flight.get(credentials, 0) - 1)
 
-    def learn(self, credentials: str, outcome: Outcome) -> None:
+    def learn(self, credentials: str, outcome: Outcome) -> bool:
         """What an answer tells about the login: proven by one VICIdial gives only after a
-        good login; unproven again after a refused one."""
+        good login; unproven again after a refused one. True when it became proven (more
+        calls with it may start at once)."""
         with self._lock:
             if outcome in LOGIN_PROVEN:
+                if credentials in self._proven:
+                    return False
                 self._proven.add(credentials)
-            elif outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
+                return True
+            if outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
                 self._proven.discard(credentials)
+            return False
 
     def wait(self, credentials: str, until: datetime) -> None:
         with self._lock:
@@ -154,16 +159,25 @@ class Dispatcher:
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the dispatcher is stopping (the job is not run)."""
+        return self.submit_all([job])
+
+    def submit_all(self, jobs: list[Job]) -> bool:
+        """Queue jobs in one step, so identical requests among them are sent once even
+        when the first would be answered before the next is queued; False (none queued)
+        when the dispatcher is stopping."""
         with self._cond:
             if self._stopping:
                 return False
-            leader = self._by_key.get(job.target.key)
-            if leader is not None:
-                leader.followers.append(job)
-                return True
-            self._by_key[job.target.key] = job
-            self._pending.append(job)
-            self._cond.notify()
+            leaders = 0
+            for job in jobs:
+                leader = self._by_key.get(job.target.key)
+                if leader is not None:
+                    leader.followers.append(job)
+                    continue
+                self._by_key[job.target.key] = job
+                self._pending.append(job)
+                leaders += 1
+            self._cond.notify(leaders)
             return True
 
     def stop(self, grace: float) -> bool:
@@ -217,11 +231,20 @@ class Dispatcher:
             self._gate.started(chosen.credentials)
         return chosen, skipped
 
-    def _release(self, job: Job) -> None:
-        """The job's credentials slot is free again: wake a worker that may be waiting on it."""
+    def _release(self, job: Job, *, proven_now: bool = False) -> None:
+        """The job's credentials slot is free again: wake a worker that may be waiting on it.
+
+        One, not all, unless the login was just proven (its cap rose from one call to
+        several): a freed slot lets at most one more job start, and idle workers are
+        alike. Waking all 16 (or 64) after every answer made each rescan the queue while
+        holding up the one call that could start (docs/PERFORMANCE.md).
+        """
         self._gate.finished(job.credentials)
         with self._cond:
-            self._cond.notify_all()
+            if proven_now:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     def _send_safely(self, job: Job) -> Attempt:
         started = self._now()
@@ -253,12 +276,12 @@ class Dispatcher:
             try:
                 attempt = self._send_safely(job)
                 outcome = attempt.answer.outcome
-                self._gate.learn(job.credentials, outcome)
+                proven_now = self._gate.learn(job.credentials, outcome)
                 if outcome in LOGIN_PROVEN:
                     # The login worked: nothing the recording below can learn would close
                     # the gate, so the next call with these credentials need not wait for it.
                     released = True
-                    self._release(job)
+                    self._release(job, proven_now=proven_now)
                 with self._cond:
                     # From here on, a new identical job is a new request.
                     self._by_key.pop(job.target.key, None)
@@ -274,4 +297,3 @@ class Dispatcher:
                     self._release(job)
                 with self._cond:
                     self._in_flight -= 1
-                    self._cond.notify_all()

@@ -9,7 +9,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -398,27 +398,27 @@ class Scheduler:
 
     def _wake(self) -> None:
         """The earliest queued instant has come: fire every server now due."""
-        jobs: list[Job] = []
         with self._lock:
             self._armed = None
             if self._stopping:
                 return
             now = self._now()
+            # Servers whose refreshes would be the identical request, grouped before any is
+            # fired: each group goes to the dispatcher in one step, so its first request
+            # cannot be answered before its twins ride along (they would be sent again),
+            # and a group's call leaves without waiting for the rest of a large burst.
+            groups: dict[Hashable, list[_Server]] = {}
             while self._queue and self._queue[0][0] <= now:
                 entry = heapq.heappop(self._queue)
                 if not self._stale(entry):
-                    job = self._fire(self._servers[entry[2]], now)
-                    if job is not None:
-                        jobs.append(job)
+                    server = self._servers[entry[2]]
+                    groups.setdefault(server.target.key, []).append(server)
+            for group in groups.values():
+                jobs = [job for server in group if (job := self._fire(server, now)) is not None]
+                if jobs and not self.dispatcher.submit_all(jobs):
+                    for job in jobs:
+                        self._servers[job.server].in_flight = False
             self._arm()
-        # All at once, after every due server is checked: submitting each as it is fired
-        # let the first request finish before its identical twins were queued, so servers
-        # due at the same moment could send the same request twice. (It cost the first
-        # call of a 1,000-server burst ~0.2 s; see docs/PERFORMANCE.md, A3.)
-        for job in jobs:
-            if not self.dispatcher.submit(job):
-                with self._lock:
-                    self._servers[job.server].in_flight = False
 
     def _fire(self, server: _Server, now: datetime) -> Job | None:
         """Re-check a due server and make its call, or re-plan it; under the lock."""

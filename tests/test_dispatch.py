@@ -139,6 +139,42 @@ def test_proven_credentials_allow_a_few_calls_at_once() -> None:
     assert send.peak == 4
 
 
+def test_once_the_first_login_is_proven_the_next_calls_start_together() -> None:
+    # Every call after the first waits at a barrier for 3 others: it only passes if the
+    # proving answer let 4 calls start at once, not one per answer.
+    barrier = threading.Barrier(4, timeout=5)
+    first = threading.Event()
+
+    class Send(FakeSend):
+        def __call__(self, client: Client, target: Target) -> Attempt:
+            if first.is_set():
+                barrier.wait()
+            first.set()
+            return super().__call__(client, target)
+
+    send = Send()
+    dispatcher = _dispatcher(send, CredentialsGate(), 8)
+    collector = Collector(5)
+    for i in range(5):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    assert not barrier.broken
+    assert sorted(name for name, _ in collector.done) == [f"s{i}" for i in range(5)]
+
+
+def test_identical_requests_submitted_together_are_sent_once_however_fast_the_answer() -> None:
+    send = FakeSend()  # answers at once: only submitting them in one step keeps them together
+    dispatcher = _dispatcher(send, _proven_gate("c"), 4)
+    collector = Collector(5)
+    jobs = [collector.job(f"twin{i}", _target("10.0.0.2")) for i in range(5)]
+    assert dispatcher.submit_all(jobs)
+    collector.wait()
+    dispatcher.stop(1)
+    assert send.sent == ["10.0.0.2"]
+    assert sorted(name for name, _ in collector.done) == [f"twin{i}" for i in range(5)]
+
+
 def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
     send = FakeSend(outcome=Outcome.AUTH_FAILED)
     gate = CredentialsGate()
