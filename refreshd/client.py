@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import requests
 import urllib3
@@ -62,6 +63,10 @@ class Client:
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy or netrc surprises from the environment
         self._session.headers["User-Agent"] = USER_AGENT
+        self._headers = {
+            **self._session.headers,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
         adapter = HTTPAdapter(
             pool_connections=64,
             pool_maxsize=pool_size,
@@ -77,8 +82,12 @@ class Client:
         start = self._monotonic()
         deadline = start + self.timeout
         try:
-            request = self._session.prepare_request(
-                requests.Request("POST", url, data=dict(params))
+            # Prepared directly, not by Session.prepare_request: nothing of the session's
+            # (cookies, auth, hooks) is wanted, and merging them cost a third of the
+            # client's CPU per call (docs/PERFORMANCE.md).
+            request = requests.PreparedRequest()
+            request.prepare(
+                method="POST", url=url, headers=self._headers, data=urlencode(params).encode()
             )
             with warnings.catch_warnings():
                 # verify_tls=false is warned about once, in our own words, at start-up.
