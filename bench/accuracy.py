@@ -78,7 +78,7 @@ def run_refreshd(sim: SimProcess) -> dict[str, float]:
     arrival: dict[str, float] = {}
     for call in sim.calls():
         index = int(call["path"].split("/")[1].removeprefix("s"))
-        arrival.setdefault(servers[index]["name"], call["t"])
+        arrival.setdefault(servers[index]["name"], call["received"])
     lags, scheduling = [], []
     for server, (_, start) in zip(servers, windows, strict=True):
         name = server["name"]
@@ -108,7 +108,7 @@ def run_cron_curl(sim: SimProcess) -> dict[str, float]:
         time.sleep(max(0.0, instant - time.time()))
         subprocess.run([*CURL, api_url(sim.url, i)], check=True)
         lags.append(instant)
-    arrivals = sorted(c["t"] for c in sim.calls())
+    arrivals = sorted(c["received"] for c in sim.calls())
     return _summary([(t - instant) * 1000 for t, instant in zip(arrivals, lags, strict=True)])
 
 

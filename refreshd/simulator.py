@@ -411,16 +411,19 @@ class Simulator:
         with self._lock:
             self._counters.errors += 1
 
-    def _record(self, path: str, fields: Mapping[str, str], kind: str) -> None:
+    def _record(self, path: str, fields: Mapping[str, str], kind: str, received: float) -> None:
         """Log a call that never reached the PHP (a fault answered first)."""
         with self._lock:
-            self._log_call(path, _Request.parse(fields), kind, self._clock())
+            self._log_call(path, _Request.parse(fields), kind, self._clock(), received)
 
-    def _log_call(self, path: str, req: _Request, kind: str, now: float) -> None:
+    def _log_call(self, path: str, req: _Request, kind: str, now: float, received: float) -> None:
         # The password is deliberately absent: this log is served over HTTP.
+        # t: when the PHP ran (after any latency fault); received: when the request line
+        # arrived, before headers and body were read (what a firing lag is measured to).
         self._calls.append(
             {
                 "t": now,
+                "received": received,
                 "path": path,
                 "function": req.function,
                 "user": req.user,
@@ -432,14 +435,16 @@ class Simulator:
 
     # -- the PHP ---------------------------------------------------------------
 
-    def _php(self, path: str, fields: Mapping[str, str], client_ip: str) -> _Answer:
+    def _php(
+        self, path: str, fields: Mapping[str, str], client_ip: str, received: float
+    ) -> _Answer:
         """What non_agent_api.php answers to these request fields, with its side effects."""
         req = _Request.parse(fields)
         now = self._clock()
         with self._lock:
             self._counters.functions[req.function or "(missing)"] += 1
             answer = self._answer(req, client_ip, now)
-            self._log_call(path, req, answer.kind, now)
+            self._log_call(path, req, answer.kind, now, received)
             return answer
 
     def _answer(self, req: _Request, client_ip: str, now: float) -> _Answer:
@@ -667,6 +672,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     # Headers and body go out in one write, and small answers must not wait for an ACK.
     disable_nagle_algorithm = True
+    _received = 0.0  # the clock when the current request line arrived
 
     @property
     def sim(self) -> Simulator:
@@ -683,6 +689,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: benchmarks send thousands of requests a second."""
+
+    def parse_request(self) -> bool:
+        # Called as soon as the request line has been read: the call has arrived.
+        self._received = self.sim._clock()
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self._handle()
@@ -751,10 +762,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
             return
         if mode not in _EXECUTING_MODES:
-            self.sim._record(path, fields, f"fault_{mode}")
+            self.sim._record(path, fields, f"fault_{mode}", self._received)
             self._fault_answer(mode)
             return
-        answer = self.sim._php(path, fields, self.client_address[0])
+        answer = self.sim._php(path, fields, self.client_address[0], self._received)
         body = answer.body.encode("utf-8")
         if mode == "php_warning":
             body = _PHP_WARNING.encode() + body

@@ -438,7 +438,17 @@ def test_call_log_never_holds_the_password(sim: Simulator) -> None:
     assert "wrong-secret" not in body
     calls = json.loads(body)
     assert [c["answer_kind"] for c in calls] == ["success", "login_incorrect", "fault_http500"]
-    assert set(calls[0]) == {"t", "path", "function", "user", "stage", "server_ip", "answer_kind"}
+    assert set(calls[0]) == {
+        "t",
+        "received",
+        "path",
+        "function",
+        "user",
+        "stage",
+        "server_ip",
+        "answer_kind",
+    }
+    assert calls[0]["received"] <= calls[0]["t"]
 
 
 def test_stats_endpoint_serves_the_stats_document(sim: Simulator) -> None:
