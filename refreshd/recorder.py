@@ -116,6 +116,7 @@ class Recorder:
                 http_status=answer.http_status,
                 servers_flagged=answer.servers_flagged,
                 detail=answer.detail,
+                credentials=ctx.credentials,
             )
             if decision.action is Action.SUSPEND_SERVER and decision.at is not None:
                 self.store.suspend_server(
@@ -125,8 +126,6 @@ class Recorder:
                 self.store.wait_credentials(
                     ctx.credentials, decision.at, decision.reason, ctx.credentials_fingerprint
                 )
-            elif answer.outcome is Outcome.OK:
-                self.store.clear_credentials_wait(ctx.credentials)
         except StateError as err:
             # The call happened; only its record failed. Say so loudly: after a restart
             # this run could be refreshed again.

@@ -274,12 +274,14 @@ class StateStore:
         http_status: int | None = None,
         servers_flagged: int | None = None,
         detail: str | None = None,
+        credentials: str | None = None,
     ) -> CallRecord:
         """Record one finished call, in one transaction, durable when this returns.
 
         Adds the history row and updates the server's last outcome. An `ok` also sets
-        its last success, clears its suspension, and, when `due` is given (a
-        scheduled run rather than a manual refresh), marks that run done.
+        its last success, clears its suspension, ends the wait of `credentials` (the
+        login just worked) and, when `due` is given (a scheduled run rather than a
+        manual refresh), marks that run done.
         """
         if detail is not None:
             detail = detail[:DETAIL_MAX]
@@ -315,6 +317,10 @@ class StateStore:
                         "INSERT OR IGNORE INTO runs_done (server, due, done_at) VALUES (?, ?, ?)",
                         (server, _text(due), _text(at)),
                     )
+                if credentials is not None:
+                    # In this transaction, not a second one: a wait almost never exists,
+                    # and every success paid another commit and fsync for it.
+                    conn.execute("DELETE FROM credentials_waits WHERE name = ?", (credentials,))
             cursor = conn.execute(
                 "INSERT INTO calls (server, slot_start, due, attempt, outcome, at, duration_ms, "
                 "http_status, servers_flagged, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -54,6 +54,7 @@ def record(
     at: datetime = SLOT,
     attempt: int = 1,
     detail: str | None = None,
+    credentials: str | None = None,
 ) -> CallRecord:
     return store.record_call(
         server=server,
@@ -66,6 +67,7 @@ def record(
         http_status=200,
         servers_flagged=3 if outcome is Outcome.OK else None,
         detail=detail,
+        credentials=credentials,
     )
 
 
@@ -190,6 +192,16 @@ def test_credentials_waits_round_trip_and_clear(store: StateStore) -> None:
     store.clear_credentials_wait("east")
     assert store.credentials_wait("east") is None
     assert list(store.all_credentials_waits()) == ["west"]
+
+
+def test_a_success_ends_its_credentials_wait_in_the_same_record(store: StateStore) -> None:
+    store.wait_credentials("east", SLOT + 60 * MIN, "auth_failed", "sha256:1")
+    store.wait_credentials("west", SLOT + 60 * MIN, "auth_failed", "sha256:2")
+    record(store, outcome=Outcome.TRANSIENT, credentials="east")
+    assert store.credentials_wait("east") is not None
+    record(store, outcome=Outcome.OK, credentials="east")
+    assert store.credentials_wait("east") is None
+    assert store.credentials_wait("west") is not None
 
 
 def test_long_details_are_cut(store: StateStore) -> None:
