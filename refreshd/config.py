@@ -276,7 +276,11 @@ def _window(value: object) -> WeeklyWindow:
         return value
     if not isinstance(value, str):
         raise ValueError("a window must be a string, e.g. 'mon-fri 02:00-04:00'")
-    return parse_window(value)  # WindowError is a ValueError with a user-facing message
+    return _parsed_window(value)  # WindowError is a ValueError with a user-facing message
+
+
+# A fleet repeats a handful of window texts thousands of times; the result is immutable.
+_parsed_window = functools.lru_cache(maxsize=1024)(parse_window)
 
 
 def _blackout_window(value: object) -> WeeklyWindow | AbsoluteWindow:
@@ -628,12 +632,32 @@ class Config(BaseModel):
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:
         """Every blackout window that applies to the server, in config order."""
+        found = self._blackouts_by_server.get(server_name)
+        if found is not None:
+            return found
         return tuple(
             window
             for blackout in self.blackouts
             if blackout.applies_to(server_name)
             for window in blackout.windows
         )
+
+    @functools.cached_property
+    def _blackouts_by_server(self) -> dict[str, tuple[WeeklyWindow | AbsoluteWindow, ...]]:
+        # Once per config, not once per server and use: planning and fingerprints ask for
+        # every server's blackouts, and each ask scanned every blackout's server patterns.
+        # (Pydantic compares and hashes fields only, so this cache is not part of either.)
+        by_server: dict[str, list[WeeklyWindow | AbsoluteWindow]] = {
+            server.name: [] for server in self.servers
+        }
+        for blackout in self.blackouts:
+            if "*" in blackout.servers:
+                names: Iterable[str] = by_server
+            else:
+                names = [name for name in dict.fromkeys(blackout.servers) if name in by_server]
+            for name in names:
+                by_server[name].extend(blackout.windows)
+        return {name: tuple(windows) for name, windows in by_server.items()}
 
 
 # --- Cross-table rules (on raw data, tolerant of wrong types: the fields report those) ----

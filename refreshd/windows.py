@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -226,9 +226,10 @@ _DAYS_AFTER = 2
 
 @dataclass(frozen=True)
 class Schedule:
-    """Everything about one server's timing, as a pure value."""
+    """Everything about one server's timing, as a pure value. Equal schedules (the name
+    aside: it only labels messages) plan the same runs, so they share memoised work."""
 
-    name: str
+    name: str = field(compare=False)
     tz: ZoneInfo
     windows: tuple[WeeklyWindow, ...]
     blackouts: tuple[WeeklyWindow | AbsoluteWindow, ...] = ()
