@@ -23,29 +23,17 @@ from refreshd.client import Client, client_for
 from refreshd.config import Config, Credentials, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
 from refreshd.metrics import Metrics
-from refreshd.planning import Next, earliest_start, next_fire, retry_until
+from refreshd.planning import Next, earliest_start, next_fire, retry_until, schedule_of
 from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import ServerState, StateStore
-from refreshd.windows import Run, Schedule, open_until, spread_offset
+from refreshd.windows import Run, Schedule, open_until
 
-__all__ = ["Scheduler", "credentials_fingerprint", "schedule_of", "server_fingerprint"]
+__all__ = ["Scheduler", "credentials_fingerprint", "server_fingerprint"]
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def schedule_of(config: Config, server: ServerConfig) -> Schedule:
-    """A server's timing as the pure window arithmetic wants it."""
-    return Schedule(
-        name=server.name,
-        tz=server.zone,
-        windows=server.windows,
-        blackouts=config.blackouts_for(server.name),
-        every=server.every,
-        offset=spread_offset(server.name, config.daemon.spread),
-    )
 
 
 def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str) -> str:
@@ -67,6 +55,11 @@ def credentials_fingerprint(credentials: Credentials) -> str:
     password changes (even across a restart) without storing anything reversible."""
     secret = f"{credentials.user}\0{credentials.password.get_secret_value()}".encode()
     return hashlib.pbkdf2_hmac("sha256", secret, b"refreshd-credentials-v1", 100_000)[:16].hex()
+
+
+# (schedule, not before, last done) -> next_fire's answer, for one planning pass only: keyed
+# by instants, a longer-lived cache would miss in the steady state and only grow.
+_PlanMemo = dict[tuple[Schedule, datetime, datetime | None], Next | None]
 
 
 @dataclass
@@ -198,9 +191,10 @@ class Scheduler:
         """Re-plan every server not in flight (after a wall-clock jump, say)."""
         with self._lock:
             now = self._now()
+            memo: _PlanMemo = {}
             for server in self._servers.values():
                 if not server.in_flight:
-                    self._plan(server, now)
+                    self._plan(server, now, memo)
             # The timing engine computed its sleep from the old wall clock: after a forward
             # step it would oversleep, so give it a fresh wake-up to compute from.
             self._arm(force=True)
@@ -281,8 +275,9 @@ class Scheduler:
                     to_plan.append(fresh)
             self.store.set_server_fingerprints(fingerprints)
             now = self._now()
+            memo: _PlanMemo = {}
             for server in to_plan:
-                self._plan(server, now)
+                self._plan(server, now, memo)
                 if initial:
                     self._show_state(states.get(server.config.name), now)
         if self.metrics is not None:
@@ -322,13 +317,20 @@ class Scheduler:
         waiting = self.gate.waiting(server.config.credentials, now)
         return earliest_start(now, server.suspended_until, waiting)
 
-    def _plan(self, server: _Server, now: datetime) -> None:
-        """Choose the server's next run and queue it."""
+    def _plan(self, server: _Server, now: datetime, memo: _PlanMemo | None = None) -> None:
+        """Choose the server's next run and queue it. `memo`: shared by one planning pass
+        over many servers, where servers with equal schedules get the same answer."""
         if self._stopping:
             return
         name = server.config.name
         previous = server.run_next.run if server.run_next else None
-        chosen = next_fire(server.schedule, self._not_before(server, now), server.last_done)
+        key = (server.schedule, self._not_before(server, now), server.last_done)
+        if memo is None or key not in memo:
+            chosen = next_fire(*key)
+            if memo is not None:
+                memo[key] = chosen
+        else:
+            chosen = memo[key]
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
             if previous is not None and server.attempts:
