@@ -1191,7 +1191,9 @@ def test_a_directory_in_place_of_the_config_is_refused_at_start_and_on_reload(
 _AS_NOBODY = """
 import os, sys
 import refreshd.cli
-# Imported lazily by the daemon; the standard library becomes unreadable after the switch.
+# Imported lazily (by the cli, and by the daemon); the standard library becomes unreadable
+# after the switch.
+import refreshd.daemon, refreshd.manual
 import apscheduler.triggers.date, concurrent.futures.thread, encodings.idna
 os.setgroups([])
 os.setgid(65534)
