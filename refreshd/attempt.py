@@ -22,7 +22,16 @@ from refreshd.vicidial import (
     version_params,
 )
 
-__all__ = ["Attempt", "Reachability", "Target", "probe", "reach", "refresh", "target_of"]
+__all__ = [
+    "Attempt",
+    "Reachability",
+    "Target",
+    "credentials_fingerprint",
+    "probe",
+    "reach",
+    "refresh",
+    "target_of",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,13 @@ def target_of(
         source=config.client.source,
         server_ip=server.server_ip,
     )
+
+
+def credentials_fingerprint(credentials: Credentials) -> str:
+    """A slow salted hash of user and password, so a credentials wait can end when the
+    password changes (even across a restart) without storing anything reversible."""
+    secret = f"{credentials.user}\0{credentials.password.get_secret_value()}".encode()
+    return hashlib.pbkdf2_hmac("sha256", secret, b"refreshd-credentials-v1", 100_000)[:16].hex()
 
 
 @dataclass(frozen=True)

@@ -234,8 +234,9 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         """Every `heartbeat` seconds (monotonic, so immune to clock steps): ask the
-        scheduling loop for a sign of life, feed the watchdog only if it gave one, and
-        re-plan when the wall clock jumped."""
+        scheduling loop for a sign of life, feed the watchdog only if it gave one,
+        re-plan when the wall clock jumped, and take in what another process changed in
+        the state file."""
         assert self.scheduler is not None
         scheduler = self.scheduler
         last_wall, last_mono = time.time(), time.monotonic()
@@ -251,6 +252,10 @@ class Daemon:
             if abs(drift) > CLOCK_JUMP:
                 self.log.warning("clock.jumped", seconds=round(drift, 3))
                 scheduler.replan_all()
+            try:
+                scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
+            except StateError as err:
+                self.log.error("state.error", error=str(err))
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)

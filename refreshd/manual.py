@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from refreshd.attempt import Attempt, probe, reach, target_of
+from refreshd.attempt import Attempt, credentials_fingerprint, probe, reach, target_of
 from refreshd.client import client_for
 from refreshd.config import Config, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
@@ -35,8 +35,19 @@ def refresh_now(
     lock = threading.Lock()
     finished = threading.Semaphore(0)
 
+    fingerprints: dict[str, str] = {}
+
     def job_for(server: ServerConfig) -> Job:
-        ctx = CallContext(server=server.name, credentials=server.credentials)
+        if server.credentials not in fingerprints:
+            # A wait this refresh starts names the login it was for, so a running daemon
+            # takes it in only if it uses the same one.
+            login = config.credentials_for(server)
+            fingerprints[server.credentials] = credentials_fingerprint(login)
+        ctx = CallContext(
+            server=server.name,
+            credentials=server.credentials,
+            credentials_fingerprint=fingerprints[server.credentials],
+        )
 
         def done(attempt: Attempt) -> None:
             recorder.record(ctx, attempt)

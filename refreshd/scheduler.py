@@ -18,18 +18,19 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from refreshd.attempt import Attempt, Target, target_of
+from refreshd.attempt import Attempt, Target, credentials_fingerprint, target_of
 from refreshd.client import Client, client_for
-from refreshd.config import Config, Credentials, ServerConfig
+from refreshd.config import Config, ServerConfig
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
 from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until, schedule_of
 from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import ServerState, StateStore
+from refreshd.vicidial import Outcome
 from refreshd.windows import Run, Schedule, open_until
 
-__all__ = ["Scheduler", "credentials_fingerprint", "server_fingerprint"]
+__all__ = ["Scheduler", "server_fingerprint"]
 
 
 def _utc_now() -> datetime:
@@ -48,13 +49,6 @@ def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str
         credentials_fp,
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def credentials_fingerprint(credentials: Credentials) -> str:
-    """A slow salted hash of user and password, so a credentials wait can end when the
-    password changes (even across a restart) without storing anything reversible."""
-    secret = f"{credentials.user}\0{credentials.password.get_secret_value()}".encode()
-    return hashlib.pbkdf2_hmac("sha256", secret, b"refreshd-credentials-v1", 100_000)[:16].hex()
 
 
 # (schedule, not before, last done) -> next_fire's answer, for one planning pass only: keyed
@@ -80,6 +74,9 @@ class _Server:
     last_done: datetime | None = None  # due of the latest successful run
     suspended_until: datetime | None = None
     last_outcome: str | None = None
+    # The latest success known here (ours, or the store's at start): a later one in the
+    # store was made by another process, i.e. a manual `refreshd refresh`.
+    known_success: datetime | None = None
 
 
 class Scheduler:
@@ -142,6 +139,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._armed: tuple[datetime, str] | None = None  # the wake job in APScheduler
         self._stopping = False
+        self._credentials_fps: dict[str, str] = {}
         self._last_loop_beat = monotonic()
         if metrics is not None:
             metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
@@ -199,6 +197,86 @@ class Scheduler:
             # step it would oversleep, so give it a fresh wake-up to compute from.
             self._arm(force=True)
 
+    def sync_from_store(self) -> None:
+        """Take in what another process wrote to the state file since the last look.
+
+        SPEC: a manual `refreshd refresh` ends a suspension or a credentials wait when it
+        succeeds, and may start one when it fails; the running daemon keeps both in memory
+        (so a failing disk cannot make it forget them), so it has to be told. Only the
+        store's evidence moves it: a success newer than any known here ends the server's
+        suspension and its login's wait; a suspension or a wait (for the credentials as
+        configured now) lasting longer than the one known here is adopted.
+        """
+        if self._stopping or not self.store.changed_by_others():
+            return
+        states = self.store.all_server_states()
+        waits = self.store.all_credentials_waits()
+        with self._lock:
+            now = self._now()
+            touched: dict[str, _Server] = {}
+            logins_worked: set[str] = set()
+            for name, server in self._servers.items():
+                state = states.get(name)
+                if state is None:
+                    continue
+                success = state.last_success_at
+                if success is not None and (
+                    server.known_success is None or success > server.known_success
+                ):
+                    server.known_success = success
+                    logins_worked.add(server.config.credentials)
+                    if server.suspended_until is not None and server.suspended_until > now:
+                        server.suspended_until = None
+                        touched[name] = server
+                        self.log.info(
+                            "server.resumed", server=name, reason="a manual refresh succeeded"
+                        )
+                elif state.suspended_until is not None and state.suspended_until > max(
+                    now, server.suspended_until or now
+                ):
+                    server.suspended_until = state.suspended_until
+                    touched[name] = server
+                    self.log.warning(
+                        "server.suspended",
+                        server=name,
+                        outcome=str(state.last_outcome) if state.last_outcome else None,
+                        suspended_until=state.suspended_until,
+                        suspensions=state.suspensions,
+                        reason=f"{state.suspension_reason} (by a manual refresh)",
+                    )
+            for credentials in self.config.credentials:
+                waiting = self.gate.waiting(credentials, now)
+                wait = waits.get(credentials)
+                if credentials in logins_worked and waiting is not None:
+                    self.gate.clear_wait(credentials)
+                    self.log.info(
+                        "credentials.resumed",
+                        credentials=credentials,
+                        reason="a manual refresh logged in",
+                    )
+                elif (
+                    wait is not None
+                    and wait.until > max(now, waiting or now)
+                    and wait.fingerprint in (None, self._credentials_fps.get(credentials))
+                ):
+                    self.gate.wait(credentials, wait.until)
+                    self.log.warning(
+                        "credentials.suspended",
+                        credentials=credentials,
+                        suspended_until=wait.until,
+                        reason=f"{wait.reason} (by a manual refresh)",
+                    )
+                else:
+                    continue
+                touched.update(
+                    (name, server)
+                    for name, server in self._servers.items()
+                    if server.config.credentials == credentials
+                )
+            for server in touched.values():
+                if not server.in_flight:
+                    self._plan(server, now)
+
     # --- configuration -----------------------------------------------------------------
 
     def _apply_config(self, config: Config, *, initial: bool) -> dict[str, list[str]]:
@@ -207,6 +285,7 @@ class Scheduler:
         new_credentials = config.resolved_credentials()
         credentials_fps = {n: credentials_fingerprint(c) for n, c in new_credentials.items()}
         with self._lock:
+            self._credentials_fps = credentials_fps
             if not initial:
                 self.recorder.backoff = backoff_of(config.backoff)
                 if config.client != self.config.client:
@@ -262,6 +341,7 @@ class Scheduler:
                     fresh.in_flight = current.in_flight
                     fresh.last_done = current.last_done
                     fresh.last_outcome = current.last_outcome
+                    fresh.known_success = current.known_success
                     changes["changed"].append(name)
                     fresh.suspended_until = None if resumed else current.suspended_until
                 else:
@@ -269,6 +349,7 @@ class Scheduler:
                     if state is not None:
                         fresh.suspended_until = None if resumed else state.suspended_until
                         fresh.last_outcome = str(state.last_outcome) if state.last_outcome else None
+                        fresh.known_success = state.last_success_at
                     changes["added"].append(name)
                 self._servers[name] = fresh
                 if not fresh.in_flight:
@@ -465,6 +546,8 @@ class Scheduler:
                 return
             server.in_flight = False
             server.last_outcome = str(attempt.answer.outcome)
+            if attempt.answer.outcome is Outcome.OK:
+                server.known_success = _later(server.known_success, attempt.started_at)
             if decision.action is Action.DONE:
                 # Even when re-configured mid-call: this run did succeed.
                 server.last_done = _later(server.last_done, ctx.due)

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import re
@@ -354,6 +355,14 @@ class Simulator:
                 self._faults.pop(path, None)
             else:
                 self._faults[path] = _Fault(mode, path, count, float(latency))
+
+    def update_user(self, name: str, **changes: Any) -> SimUser:
+        """Change a user as VICIdial's admin screens would (grant API access, say);
+        the login's failure count stays as it is."""
+        with self._lock:
+            user = dataclasses.replace(self._users[name], **changes)
+            self._users[name] = user
+            return user
 
     def clear_faults(self) -> None:
         with self._lock:

@@ -192,6 +192,7 @@ class StateStore:
                 self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
             self._check_integrity()
+            self._data_version = self._read_data_version()
         except BaseException:
             self._conn.close()
             raise
@@ -240,6 +241,7 @@ class StateStore:
                     "then try again."
                 )
             store._refuse_newer(version)
+            store._data_version = store._read_data_version()
         except BaseException:
             store._conn.close()
             raise
@@ -329,6 +331,20 @@ class StateStore:
             row_id = cursor.lastrowid
         assert row_id is not None
         return _call_record((row_id, *values))
+
+    def changed_by_others(self) -> bool:
+        """Whether another connection (a manual `refreshd refresh`, say) committed to the
+        file since the last ask (or since opening). SQLite's data_version, so a cheap
+        query, blind to this store's own writes."""
+        version = self._read_data_version()
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    def _read_data_version(self) -> int:
+        with self._read("check the state file for changes") as conn:
+            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     def run_done(self, server: str, due: datetime) -> bool:
         """Has the run of `server` planned at `due` succeeded?"""

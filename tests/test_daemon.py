@@ -215,6 +215,88 @@ def test_a_permission_denied_server_is_called_at_growing_gaps_only(
         assert instant(line["suspended_until"]) > instant(line["timestamp"])
 
 
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `refreshd` command beside the running daemon, on the same config."""
+    return subprocess.run(
+        [sys.executable, "-m", "refreshd", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_manual_refresh_that_succeeds_ends_the_running_daemons_suspension(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(
+        tmp_path,
+        [server(simulator, 0, window_from_now(-60, 3600))],
+        credentials={"main": {"user": "noapi", "password": "noapi-pass"}},
+        backoff={"suspend_initial": "1h", "suspend_max": "1h"},
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for("server.suspended", timeout=15)
+    simulator.update_user("noapi", api_access=True)  # the operator fixes VICIdial
+
+    manual = run_cli(config, "refresh", "s00")
+    assert manual.returncode == 0, manual.stderr
+
+    # Noticed at the daemon's next heartbeat (10 s), not after the hour's suspension:
+    # the slot's run, tried and not done, goes out again at once.
+    (resumed,) = daemon.wait_for("server.resumed", timeout=25)
+    assert resumed["reason"] == "a manual refresh succeeded"
+    daemon.wait_for("refresh.succeeded", trigger="schedule", timeout=15)
+    kinds = [call["answer_kind"] for call in calls_on(simulator, api_path(0))]
+    assert kinds == ["no_refresh_permission", "success", "success"]
+
+
+def test_a_manual_refresh_that_logs_in_ends_the_running_daemons_credentials_wait(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(
+        tmp_path,
+        [server(simulator, 0, window_from_now(-60, 3600))],
+        credentials={"main": {"user": GOOD_USER, "password": WRONG_PASSWORD}},
+        backoff={"auth_retry": "1h"},
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for("credentials.suspended", timeout=15)
+    simulator.update_user(GOOD_USER, password=WRONG_PASSWORD)  # VICIdial's password changed
+
+    manual = run_cli(config, "refresh", "s00")
+    assert manual.returncode == 0, manual.stderr
+
+    (resumed,) = daemon.wait_for("credentials.resumed", timeout=25)
+    assert resumed["credentials"] == "main"
+    daemon.wait_for("refresh.succeeded", trigger="schedule", timeout=15)
+    assert simulator.stats()["logins"]["failed"] == 1
+
+
+def test_a_manual_refresh_refused_a_login_makes_the_running_daemon_wait_too(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(
+        tmp_path,
+        [server(simulator, 0, window_from_now(3600, 600))],  # not due for an hour
+        backoff={"auth_retry": "1h"},
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for("daemon.started")
+    simulator.update_user(GOOD_USER, password="changed-on-the-dialer")
+
+    manual = run_cli(config, "refresh", "s00")
+    assert manual.returncode == 1
+
+    (adopted,) = daemon.wait_for("credentials.suspended", timeout=25)
+    assert adopted["credentials"] == "main"
+    assert "manual refresh" in adopted["reason"]
+    assert instant(adopted["suspended_until"]) - instant(adopted["timestamp"]) > timedelta(
+        minutes=59
+    )
+    assert simulator.stats()["logins"]["failed"] == 1
+
+
 def test_servers_sharing_wrong_credentials_cost_one_login_attempt_in_all(
     tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
 ) -> None:

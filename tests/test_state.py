@@ -204,6 +204,23 @@ def test_a_success_ends_its_credentials_wait_in_the_same_record(store: StateStor
     assert store.credentials_wait("west") is not None
 
 
+def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
+    store: StateStore, path: Path
+) -> None:
+    assert not store.changed_by_others()
+    record(store)
+    store.suspend_server("east-1", SLOT + 60 * MIN, 1, "permission_denied")
+    assert not store.changed_by_others()  # its own writes
+    with StateStore(path) as other:  # what `refreshd refresh` opens
+        record(other, "east-2")
+    assert store.changed_by_others()
+    assert not store.changed_by_others()
+    reader = StateStore.open_readonly(path)  # `refreshd status`: reads change nothing
+    reader.all_server_states()
+    reader.close()
+    assert not store.changed_by_others()
+
+
 def test_long_details_are_cut(store: StateStore) -> None:
     assert record(store, detail="x" * 5000).detail == "x" * DETAIL_MAX
     assert store.history()[0].detail == "x" * DETAIL_MAX
