@@ -211,6 +211,7 @@ def _parse_instant(value: str, side: str) -> dt.datetime:
 
 _UTC = dt.UTC
 _TICK = dt.timedelta(microseconds=1)
+_ZERO = dt.timedelta(0)
 _MILLISECOND = dt.timedelta(milliseconds=1)
 # Shorter repeats would make a single slot plan tens of thousands of runs for no benefit.
 _MIN_EVERY = dt.timedelta(seconds=1)
@@ -420,9 +421,6 @@ class _SlotRuns:
             if start <= instant < end:
                 return start
         return instant
-
-
-_ZERO = dt.timedelta(0)
 
 
 def run_at_or_before(schedule: Schedule, slot: Slot, instant: dt.datetime) -> Run | None:
