@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import itertools
@@ -28,7 +29,7 @@ from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import ServerState, StateStore
 from refreshd.vicidial import Outcome
-from refreshd.windows import Run, Schedule, open_until
+from refreshd.windows import AbsoluteWindow, Run, Schedule, WeeklyWindow, open_until
 
 __all__ = ["Scheduler", "server_fingerprint"]
 
@@ -43,12 +44,18 @@ def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str
     of the server's or the credentials' config ends it)."""
     parts = (
         server.model_dump_json(),
-        repr(config.blackouts_for(server.name)),
+        _blackouts_text(config.blackouts_for(server.name)),
         str(config.daemon.spread),
         config.client.source,
         credentials_fp,
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=256)
+def _blackouts_text(blackouts: tuple[WeeklyWindow | AbsoluteWindow, ...]) -> str:
+    # A fleet shares a few blackout lists; their repr (datetimes) was half a fingerprint.
+    return repr(blackouts)
 
 
 # (schedule, not before, last done) -> next_fire's answer, for one planning pass only: keyed
