@@ -6,6 +6,11 @@ are staggered by hand), so the figure is the timer's accuracy plus the time to s
 calls at once, not the queueing of a burst (that is bench/dispatch.py). The baseline in
 the same run is the lag of what cron + curl would do: a process started at the instant
 (here by a sleep to it, as cron's one-second tick is the better case) running curl.
+
+Three rounds, each a new daemon, as scale.py takes the median of three: on a shared
+2-CPU machine one stall of the host delays a whole group, and with 200 samples one
+group decides the p99. Every round is printed; the target is judged on the median
+round, whose figures are the ones shown in detail.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ START_IN = 5  # whole seconds from writing the config to the first group's start
 WINDOW = 30  # seconds each window stays open (one refresh per window)
 TARGET_P99_MS = 20.0
 CURL_SAMPLES = 40
+ROUNDS = 3
 
 
 def _windows(now: datetime) -> list[tuple[str, datetime]]:
@@ -125,8 +131,17 @@ def _summary(lags: list[float]) -> dict[str, float]:
 def main() -> int:
     print(f"== 2. firing accuracy: {SERVERS} servers, {GROUP} per instant, lag slot start -> call")
     with SimProcess() as sim:
-        refreshd = run_refreshd(sim)
+        rounds = []
+        for number in range(1, ROUNDS + 1):
+            result = run_refreshd(sim)
+            print(
+                f"  round {number}: refreshd p50 {result['p50_ms']:.1f} ms, p99"
+                f" {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms",
+                flush=True,
+            )
+            rounds.append(result)
         curl = run_cron_curl(sim)
+    refreshd = sorted(rounds, key=lambda r: r["p99_ms"])[ROUNDS // 2]
     for name, result in (("refreshd", refreshd), ("a curl process per instant", curl)):
         print(
             f"  {name:27} p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
@@ -140,6 +155,7 @@ def main() -> int:
     )
     places = ", ".join(f"{lag:.1f}" for lag in refreshd["by_place_p50_ms"])
     print(f"    p50 lag of the 1st..{GROUP}th call of a group due together: {places} ms")
+    print(f"  (the median round of {ROUNDS} by p99 above; every round's p99 is in the results)")
     ok = refreshd["p99_ms"] <= TARGET_P99_MS
     ratio = refreshd["p99_ms"] / curl["p99_ms"]
     print(f"  ratio p99 refreshd / curl process: {ratio:.2f}x")
@@ -149,6 +165,7 @@ def main() -> int:
         {
             "servers": SERVERS,
             "group": GROUP,
+            "rounds": [{k: r[k] for k in ("p50_ms", "p99_ms", "max_ms")} for r in rounds],
             "refreshd": refreshd,
             "curl_process": curl,
             "ratio_p99": ratio,
