@@ -78,6 +78,18 @@ def _proven_gate(*names: str) -> CredentialsGate:
     return gate
 
 
+def _send_each(send: FakeSend, gate: CredentialsGate, workers: int, jobs: int) -> Collector:
+    """Submit `jobs` refreshes of different servers with the same login, one by one, and
+    wait for all of them."""
+    dispatcher = _dispatcher(send, gate, workers)
+    collector = Collector(jobs)
+    for i in range(jobs):
+        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
+    collector.wait()
+    dispatcher.stop(1)
+    return collector
+
+
 def test_never_more_than_max_concurrency_in_flight() -> None:
     send = FakeSend(delay=0.02)
     gate = CredentialsGate()
@@ -118,23 +130,13 @@ def test_identical_requests_pending_together_are_sent_once() -> None:
 
 def test_unproven_credentials_log_in_one_call_at_a_time() -> None:
     send = FakeSend(outcome=Outcome.TRANSIENT, delay=0.02)
-    dispatcher = _dispatcher(send, CredentialsGate(), 8)
-    collector = Collector(6)
-    for i in range(6):
-        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
-    collector.wait()
-    dispatcher.stop(1)
+    _send_each(send, CredentialsGate(), workers=8, jobs=6)
     assert send.peak == 1
 
 
 def test_proven_credentials_allow_a_few_calls_at_once() -> None:
     send = FakeSend(delay=0.05)
-    dispatcher = _dispatcher(send, CredentialsGate(), 8)
-    collector = Collector(9)
-    for i in range(9):
-        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
-    collector.wait()
-    dispatcher.stop(1)
+    _send_each(send, CredentialsGate(), workers=8, jobs=9)
     # The first call proves the login; then up to MAX_LOGINS_IN_FLIGHT (4) at once.
     assert send.peak == 4
 
@@ -152,13 +154,7 @@ def test_once_the_first_login_is_proven_the_next_calls_start_together() -> None:
             first.set()
             return super().__call__(client, target)
 
-    send = Send()
-    dispatcher = _dispatcher(send, CredentialsGate(), 8)
-    collector = Collector(5)
-    for i in range(5):
-        dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}")))
-    collector.wait()
-    dispatcher.stop(1)
+    collector = _send_each(Send(), CredentialsGate(), workers=8, jobs=5)
     assert not barrier.broken
     assert sorted(name for name, _ in collector.done) == [f"s{i}" for i in range(5)]
 

@@ -925,16 +925,28 @@ absolute_texts = st.builds(
     st.datetimes(min_value=dt.datetime(2020, 1, 1), max_value=dt.datetime(2035, 12, 31)),
     st.integers(1, 24 * 30),
 )
-schedules = st.builds(
-    schedule,
-    st.sampled_from(ZONES),
-    st.lists(weekly_texts, min_size=1, max_size=3),
-    st.lists(st.one_of(weekly_texts, absolute_texts), max_size=2),
-    st.one_of(st.none(), st.sampled_from([dt.timedelta(minutes=m) for m in (7, 30, 60, 240)])),
-    st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(hours=3)).map(
-        lambda d: d // dt.timedelta(milliseconds=1) * dt.timedelta(milliseconds=1)
-    ),
-)  # fmt: skip
+
+
+def schedules_of(
+    *, windows: int, blackouts: int, repeats: list[dt.timedelta]
+) -> st.SearchStrategy[Schedule]:
+    """Schedules of up to `windows` windows and `blackouts` blackouts, repeating every one
+    of `repeats` (or once per slot), offset by whole milliseconds up to 3 h."""
+    return st.builds(
+        schedule,
+        st.sampled_from(ZONES),
+        st.lists(weekly_texts, min_size=1, max_size=windows),
+        st.lists(st.one_of(weekly_texts, absolute_texts), max_size=blackouts),
+        st.one_of(st.none(), st.sampled_from(repeats)),
+        st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(hours=3)).map(
+            lambda d: d // dt.timedelta(milliseconds=1) * dt.timedelta(milliseconds=1)
+        ),
+    )
+
+
+schedules = schedules_of(
+    windows=3, blackouts=2, repeats=[dt.timedelta(minutes=m) for m in (7, 30, 60, 240)]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -984,19 +996,9 @@ def test_out_of_range_seconds_are_refused(text: str) -> None:
 
 # Repeats from a minute up, so slots hold up to ~1,400 runs (the table test above has
 # slots of thousands).
-short_repeat_schedules = st.builds(
-    schedule,
-    st.sampled_from(ZONES),
-    st.lists(weekly_texts, min_size=1, max_size=2),
-    st.lists(st.one_of(weekly_texts, absolute_texts), max_size=3),
-    st.one_of(
-        st.none(),
-        st.sampled_from([dt.timedelta(seconds=n) for n in (61, 420, 1800, 3600)]),
-    ),
-    st.timedeltas(min_value=dt.timedelta(0), max_value=dt.timedelta(hours=3)).map(
-        lambda d: d // dt.timedelta(milliseconds=1) * dt.timedelta(milliseconds=1)
-    ),
-)  # fmt: skip
+short_repeat_schedules = schedules_of(
+    windows=2, blackouts=3, repeats=[dt.timedelta(seconds=n) for n in (61, 420, 1800, 3600)]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
