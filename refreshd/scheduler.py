@@ -27,7 +27,7 @@ from refreshd.metrics import Metrics
 from refreshd.planning import Next, earliest_start, next_fire, retry_until, schedule_of
 from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
-from refreshd.state import ServerState, StateStore
+from refreshd.state import CredentialsWait, ServerState, StateStore
 from refreshd.vicidial import Outcome
 from refreshd.windows import AbsoluteWindow, Run, Schedule, WeeklyWindow, open_until
 
@@ -251,7 +251,7 @@ class Scheduler:
                         suspensions=state.suspensions,
                         reason=f"{state.suspension_reason} (by a manual refresh)",
                     )
-            for credentials in self.config.credentials:
+            for credentials, fingerprint in self._credentials_fps.items():
                 waiting = self.gate.waiting(credentials, now)
                 wait = waits.get(credentials)
                 if credentials in logins_worked and waiting is not None:
@@ -264,7 +264,7 @@ class Scheduler:
                 elif (
                     wait is not None
                     and wait.until > max(now, waiting or now)
-                    and wait.fingerprint in (None, self._credentials_fps.get(credentials))
+                    and _for_login(wait, fingerprint)
                 ):
                     self.gate.wait(credentials, wait.until)
                     self.log.warning(
@@ -388,7 +388,7 @@ class Scheduler:
             self.gate.clear(name)
         if wait is None or wait.until <= self._now():
             return
-        if wait.fingerprint is not None and wait.fingerprint != fingerprint:
+        if not _for_login(wait, fingerprint):
             self.store.clear_credentials_wait(name)
             self.log.info("credentials.resumed", credentials=name, reason="credentials changed")
             return
@@ -588,6 +588,12 @@ class Scheduler:
             server.in_flight = False
             if not self._stopping:
                 self._plan(server, self._now())
+
+
+def _for_login(wait: CredentialsWait, fingerprint: str) -> bool:
+    """Whether a stored credentials wait was for the login configured now (one stored
+    without a fingerprint is taken to be)."""
+    return wait.fingerprint is None or wait.fingerprint == fingerprint
 
 
 def _later(known: datetime | None, due: datetime | None) -> datetime | None:
