@@ -295,6 +295,11 @@ def test_a_manual_refresh_refused_a_login_makes_the_running_daemon_wait_too(
         minutes=59
     )
     assert simulator.stats()["logins"]["failed"] == 1
+    # VICIdial echoed the refused password; neither process may repeat it.
+    assert [c["answer_kind"] for c in simulator.calls()] == ["login_incorrect"]
+    daemon.stop()
+    for text in (manual.stdout, manual.stderr, daemon.stdout, daemon.stderr):
+        assert GOOD_PASSWORD not in text
 
 
 def test_servers_sharing_wrong_credentials_cost_one_login_attempt_in_all(
