@@ -31,14 +31,14 @@ from common import (
     write_config,
 )
 
-from refreshd.policy import MAX_LOGINS_IN_FLIGHT
+from refreshd.core.policy import MAX_LOGINS_IN_FLIGHT
 
 SERVERS = 1000
 USERS = 16  # the second fleet spreads the same servers over 16 API users
 LATENCY = 0.020
 START_IN = 6.0  # seconds from writing the config to the window's start (start-up is ~1 s)
 
-# The POST form refreshd sends (refreshd.vicidial.refresh_params), word for word.
+# The POST form refreshd sends (refreshd.core.vicidial.refresh_params), word for word.
 CURL = [
     "curl",
     "-s",

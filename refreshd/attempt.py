@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from refreshd.client import Client
 from refreshd.config import Config, Credentials, ServerConfig
-from refreshd.vicidial import (
+from refreshd.core.vicidial import (
     Answer,
     ProbeResult,
     classify,

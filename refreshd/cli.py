@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 from refreshd import __version__
 from refreshd.config import Config, ConfigError, config_warnings, default_config_path, load_config
-from refreshd.durations import parse_duration
+from refreshd.core.durations import parse_duration
+from refreshd.core.vicidial import Outcome
 from refreshd.logs import configure, get_logger, redactor
 from refreshd.state import StateError, StateStore
-from refreshd.vicidial import Outcome
 from refreshd.views import history_rows, plan_document, status_document
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "main"]

@@ -17,7 +17,7 @@ from urllib3.util.retry import Retry
 
 from refreshd import __version__
 from refreshd.config import Config
-from refreshd.vicidial import Transport
+from refreshd.core.vicidial import Transport
 
 __all__ = ["MAX_BODY", "USER_AGENT", "Client", "RawAnswer", "client_for"]
 

@@ -52,8 +52,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from refreshd.durations import format_duration, parse_duration
-from refreshd.windows import AbsoluteWindow, WeeklyWindow, parse_blackout_window, parse_window
+from refreshd.core.durations import format_duration, parse_duration
+from refreshd.core.windows import AbsoluteWindow, WeeklyWindow, parse_blackout_window, parse_window
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

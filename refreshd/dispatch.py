@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 from refreshd.attempt import Attempt, Target, refresh
 from refreshd.client import Client
+from refreshd.core.policy import LOGIN_PROVEN, credentials_attempt_allowed
+from refreshd.core.vicidial import Answer, Outcome
 from refreshd.logs import get_logger
-from refreshd.policy import LOGIN_PROVEN, credentials_attempt_allowed
-from refreshd.vicidial import Answer, Outcome
 
 __all__ = ["CredentialsGate", "Dispatcher", "Job"]
 

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from refreshd.vicidial import redact
+from refreshd.core.vicidial import redact
 
 __all__ = ["Redactor", "configure", "get_logger", "redactor"]
 

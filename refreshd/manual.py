@@ -9,13 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from refreshd.attempt import Attempt, credentials_fingerprint, probe, reach, target_of
+from refreshd.binding import backoff_of
 from refreshd.client import client_for
 from refreshd.config import Config, ServerConfig
+from refreshd.core.vicidial import Outcome
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.policy import backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import StateStore
-from refreshd.vicidial import Outcome
 
 __all__ = ["ProbeLine", "online_check", "refresh_now"]
 

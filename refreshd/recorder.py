@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from refreshd.attempt import Attempt
+from refreshd.core.policy import SUSPENDING, Action, Backoff, Decision, decide
+from refreshd.core.slots import Slot
+from refreshd.core.vicidial import Outcome
 from refreshd.dispatch import CredentialsGate
 from refreshd.metrics import Metrics
-from refreshd.policy import SUSPENDING, Action, Backoff, Decision, decide
 from refreshd.state import ServerState, StateError, StateStore
-from refreshd.vicidial import Outcome
-from refreshd.windows import Slot
 
 __all__ = ["CallContext", "Recorder"]
 

@@ -20,16 +20,18 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from refreshd.attempt import Attempt, Target, credentials_fingerprint, target_of
+from refreshd.binding import backoff_of, schedule_of
 from refreshd.client import Client, client_for
 from refreshd.config import Config, ServerConfig
+from refreshd.core.planning import Next, earliest_start, next_fire, retry_until
+from refreshd.core.policy import Action, Decision
+from refreshd.core.slots import Run, Schedule, open_until
+from refreshd.core.vicidial import Outcome
+from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
 from refreshd.metrics import Metrics
-from refreshd.planning import Next, earliest_start, next_fire, retry_until, schedule_of
-from refreshd.policy import Action, Decision, backoff_of
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import CredentialsWait, ServerState, StateStore
-from refreshd.vicidial import Outcome
-from refreshd.windows import AbsoluteWindow, Run, Schedule, WeeklyWindow, open_until
 
 __all__ = ["Scheduler", "server_fingerprint"]
 

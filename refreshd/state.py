@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from refreshd.vicidial import Outcome
+from refreshd.core.vicidial import Outcome
 
 __all__ = [
     "BUSY_TIMEOUT",

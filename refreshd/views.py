@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from refreshd.binding import schedule_of
 from refreshd.config import Config
-from refreshd.planning import earliest_start, next_fire, schedule_of
+from refreshd.core.planning import earliest_start, next_fire
+from refreshd.core.slots import Schedule, next_runs
 from refreshd.state import CallRecord, CredentialsWait, ServerState
-from refreshd.windows import Schedule, next_runs
 
 __all__ = ["history_rows", "iso", "plan_document", "status_document"]
 

@@ -41,11 +41,12 @@ from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from refreshd.binding import backoff_of
 from refreshd.client import client_for
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
-from refreshd.policy import backoff_of, decide
+from refreshd.core.policy import decide
+from refreshd.core.vicidial import Outcome, classify
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimServer, Simulator, SimUser
-from refreshd.vicidial import Outcome, classify
 from refreshd.views import plan_document
 
 REPO = Path(__file__).resolve().parent.parent

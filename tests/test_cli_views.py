@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 
+from refreshd.core.vicidial import Outcome
 from refreshd.simulator import Simulator
 from refreshd.state import StateStore
-from refreshd.vicidial import Outcome
 
 # The conftest fixtures' shapes (conftest.py documents them).
 WriteConfig = Callable[..., Path]

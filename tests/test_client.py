@@ -21,8 +21,8 @@ import pytest
 
 from refreshd import __version__
 from refreshd.client import MAX_BODY, Client, RawAnswer
+from refreshd.core.vicidial import Transport
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, Simulator
-from refreshd.vicidial import Transport
 
 GOOD = {
     "function": "server_refresh",

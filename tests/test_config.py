@@ -30,8 +30,8 @@ from refreshd.config import (
     load_config,
     validate_config,
 )
-from refreshd.durations import format_duration, parse_duration
-from refreshd.windows import AbsoluteWindow, WeeklyWindow
+from refreshd.core.durations import format_duration, parse_duration
+from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "refreshd.example.toml"
 PASSWORD = "Hunter2-secret_pw"

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from refreshd.attempt import Attempt, Target
 from refreshd.client import Client
+from refreshd.core.vicidial import Answer, Outcome
 from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.vicidial import Answer, Outcome
 
 NOW = datetime(2027, 1, 5, 2, 0, tzinfo=UTC)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from refreshd.planning import earliest_start, next_fire, retry_until
-from refreshd.windows import Schedule, parse_blackout_window, parse_window
+from refreshd.core.planning import earliest_start, next_fire, retry_until
+from refreshd.core.slots import Schedule
+from refreshd.core.windows import parse_blackout_window, parse_window
 
 NY = ZoneInfo("America/New_York")
 

@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import pytest
 
-from refreshd.policy import (
+from refreshd.core.policy import (
     LOCKOUT_SAFE_AUTH_RETRY,
     LOCKOUT_WAIT,
     MAX_LOGINS_IN_FLIGHT,
@@ -22,7 +22,7 @@ from refreshd.policy import (
     retry_delay,
     suspension_length,
 )
-from refreshd.vicidial import Outcome
+from refreshd.core.vicidial import Outcome
 
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 SLOT_END = NOW + timedelta(hours=2)

@@ -14,12 +14,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from refreshd.attempt import Attempt
+from refreshd.core.policy import LOCKOUT_WAIT, Action, Backoff, Decision
+from refreshd.core.slots import Slot
+from refreshd.core.vicidial import Answer, Outcome
 from refreshd.dispatch import CredentialsGate
-from refreshd.policy import LOCKOUT_WAIT, Action, Backoff, Decision
 from refreshd.recorder import CallContext, Recorder
 from refreshd.state import StateStore
-from refreshd.vicidial import Answer, Outcome
-from refreshd.windows import Slot
 
 SERVER = "east-1"
 CREDENTIALS = "east"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from refreshd.core.vicidial import Outcome
 from refreshd.state import (
     DETAIL_MAX,
     RUNS_DONE_EXTRA_KEEP,
@@ -27,7 +28,6 @@ from refreshd.state import (
     StateStore,
     _explain,
 )
-from refreshd.vicidial import Outcome
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -454,7 +454,7 @@ import resource, signal, sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from refreshd.state import StateError, StateStore
-from refreshd.vicidial import Outcome
+from refreshd.core.vicidial import Outcome
 store = StateStore(Path(sys.argv[1]))
 # A file-size limit stands in for a full disk: writes past it fail like ENOSPC does.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -526,7 +526,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from refreshd.state import StateStore
-from refreshd.vicidial import Outcome
+from refreshd.core.vicidial import Outcome
 store = StateStore(Path(sys.argv[1]))
 slot = datetime.fromisoformat(sys.argv[2])
 for i in range(int(sys.argv[3]), 10**9):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refreshd.vicidial import (
+from refreshd.core.vicidial import (
     MAX_DETAIL,
     Outcome,
     Transport,

@@ -12,19 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refreshd.windows import (
+from refreshd.core.slots import (
     HORIZON,
-    AbsoluteWindow,
     Run,
     Schedule,
     Slot,
-    WeeklyWindow,
-    WindowError,
     in_blackout,
     next_runs,
     open_until,
-    parse_blackout_window,
-    parse_window,
     run_after,
     run_at_or_before,
     run_from,
@@ -32,6 +27,13 @@ from refreshd.windows import (
     slot_at,
     slots_between,
     spread_offset,
+)
+from refreshd.core.windows import (
+    AbsoluteWindow,
+    WeeklyWindow,
+    WindowError,
+    parse_blackout_window,
+    parse_window,
 )
 
 UTC = dt.UTC

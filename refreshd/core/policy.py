@@ -38,9 +38,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from refreshd.config import BackoffConfig
-from refreshd.durations import format_duration
-from refreshd.vicidial import Outcome
+from refreshd.core.durations import format_duration
+from refreshd.core.vicidial import Outcome
 
 __all__ = [
     "LOCKOUT_MARGIN",
@@ -54,7 +53,6 @@ __all__ = [
     "Action",
     "Backoff",
     "Decision",
-    "backoff_of",
     "credentials_attempt_allowed",
     "decide",
     "retry_delay",
@@ -142,17 +140,6 @@ class Decision:
     """The server's consecutive suspension count after this decision (0 after `ok`)."""
     reason: str
     """Short human text for logs; never contains a secret."""
-
-
-def backoff_of(settings: BackoffConfig) -> Backoff:
-    """The policy's value from the config's [backoff] table."""
-    return Backoff(
-        retry_initial=settings.retry_initial,
-        retry_max=settings.retry_max,
-        suspend_initial=settings.suspend_initial,
-        suspend_max=settings.suspend_max,
-        auth_retry=settings.auth_retry,
-    )
 
 
 def retry_delay(attempt: int, backoff: Backoff, rng: random.Random) -> timedelta:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from refreshd.config import Config, ServerConfig
-from refreshd.windows import (
+from refreshd.core.slots import (
     Run,
     Schedule,
     next_runs,
@@ -14,24 +13,11 @@ from refreshd.windows import (
     run_after,
     run_at_or_before,
     slot_at,
-    spread_offset,
 )
 
-__all__ = ["Next", "earliest_start", "next_fire", "retry_until", "schedule_of"]
+__all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
 
 _TICK = timedelta(microseconds=1)
-
-
-def schedule_of(config: Config, server: ServerConfig) -> Schedule:
-    """A server's timing as the pure window arithmetic wants it."""
-    return Schedule(
-        name=server.name,
-        tz=server.zone,
-        windows=server.windows,
-        blackouts=config.blackouts_for(server.name),
-        every=server.every,
-        offset=spread_offset(server.name, config.daemon.spread),
-    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The pure core: decisions as functions of data, time always passed in; no I/O."""
