@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from refreshd.client import Client
+from refreshd.clock import Clock
 from refreshd.config import Config, Credentials, ServerConfig
 from refreshd.core.vicidial import (
-    Answer,
+    Attempt,
     ProbeResult,
     classify,
     classify_probe,
@@ -78,22 +77,9 @@ def credentials_fingerprint(credentials: Credentials) -> str:
     return hashlib.pbkdf2_hmac("sha256", secret, b"refreshd-credentials-v1", 100_000)[:16].hex()
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One refresh call: its answer and when and how long."""
-
-    answer: Answer
-    started_at: datetime
-    duration_ms: int
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def refresh(client: Client, target: Target, *, now: Callable[[], datetime] = _utc_now) -> Attempt:
+def refresh(client: Client, target: Target, clock: Clock) -> Attempt:
     """Send one `server_refresh` and classify what came back."""
-    started = now()
+    started = clock.now()
     raw = client.call(
         target.api_url,
         refresh_params(target.user, target.password, target.source, target.server_ip),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 from refreshd.config import BackoffConfig, Config, ServerConfig
 from refreshd.core.policy import Backoff
 from refreshd.core.slots import Schedule, spread_offset
+from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 
-__all__ = ["backoff_of", "schedule_of"]
+__all__ = ["backoff_of", "schedule_of", "server_fingerprint"]
 
 
 def schedule_of(config: Config, server: ServerConfig) -> Schedule:
@@ -30,3 +34,23 @@ def backoff_of(settings: BackoffConfig) -> Backoff:
         suspend_max=settings.suspend_max,
         auth_retry=settings.auth_retry,
     )
+
+
+def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str) -> str:
+    """Changes whenever anything about how or when the server is refreshed changes, its
+    login included; a suspension recorded under another fingerprint ends (SPEC: a change
+    of the server's or the credentials' config ends it)."""
+    parts = (
+        server.model_dump_json(),
+        _blackouts_text(config.blackouts_for(server.name)),
+        str(config.daemon.spread),
+        config.client.source,
+        credentials_fp,
+    )
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=256)
+def _blackouts_text(blackouts: tuple[WeeklyWindow | AbsoluteWindow, ...]) -> str:
+    # A fleet shares a few blackout lists; their repr (datetimes) was half a fingerprint.
+    return repr(blackouts)

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from refreshd import __version__
+from refreshd.clock import system_clock
 from refreshd.config import Config, ConfigError, config_warnings, default_config_path, load_config
 from refreshd.core.durations import parse_duration
 from refreshd.core.vicidial import Outcome
@@ -127,7 +128,7 @@ def _instant(text: str) -> datetime:
 
 def _since(text: str) -> datetime:
     try:
-        return datetime.now(UTC) - parse_duration(text)
+        return system_clock.now() - parse_duration(text)
     except ValueError:
         return _instant(text)
 
@@ -202,6 +203,7 @@ def _refresh(args: argparse.Namespace) -> int:
     # VICIdial only: check, plan, status and history start ~0.15 s sooner without it.
     from refreshd.attempt import target_of
     from refreshd.manual import refresh_now
+    from refreshd.runner import runner_for
 
     if args.dry_run:
         width = max(len(name) for name in names)
@@ -214,7 +216,12 @@ def _refresh(args: argparse.Namespace) -> int:
     log = get_logger()
     store = _open_store(config, log)
     try:
-        results = refresh_now(config, names, store=store, log=log)
+        try:
+            runner = runner_for(config, store=store, clock=system_clock, log=log)
+        except StateError as err:
+            print(f"refreshd: warning: not recording this refresh: {err}", file=sys.stderr)
+            runner = runner_for(config, store=None, clock=system_clock, log=log)
+        results = refresh_now(runner, names)
     finally:
         if store is not None:
             store.close()
@@ -242,7 +249,7 @@ def _plan(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, int):
         return config
-    start = args.start or datetime.now(UTC)
+    start = args.start or system_clock.now()
     document = plan_document(config, start, args.count)
     if args.json:
         print(json.dumps(document, indent=2))
@@ -270,7 +277,7 @@ def _status(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, int):
         return config
-    now = datetime.now(UTC)
+    now = system_clock.now()
     try:
         store = _read_store(config)
         if store is None:

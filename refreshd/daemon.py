@@ -8,16 +8,17 @@ import queue
 import signal
 import sys
 import threading
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 from refreshd import __version__
+from refreshd.clock import Clock, system_clock
 from refreshd.config import Config, ConfigError, config_warnings, load_config
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics, MetricsServer
+from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
 from refreshd.state import StateError, StateStore
@@ -41,8 +42,14 @@ class Daemon:
     """One running daemon. `run()` is the whole life; signals are turned into queue
     messages, handled one at a time on the main thread."""
 
-    def __init__(self, config_path: Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
         self.config_path = config_path
+        self.clock = clock
         self.environ = os.environ if environ is None else environ
         self.log = get_logger()
         self.notifier = Notifier(self.environ)
@@ -85,7 +92,16 @@ class Daemon:
 
     def _serve(self, config: Config, store: StateStore) -> int:
         address = config.daemon.metrics_address
-        scheduler = Scheduler(config, store=store, log=self.log, metrics=self.metrics)
+        try:
+            runner = Runner(
+                config, store=store, clock=self.clock, log=self.log, metrics=self.metrics
+            )
+        except StateError as err:
+            self.log.error("daemon.failed", error=str(err))
+            return EXIT_FAILED
+        scheduler = Scheduler(
+            config, runner=runner, clock=self.clock, log=self.log, metrics=self.metrics
+        )
         self.scheduler = scheduler
         if address is not None:
             try:
@@ -249,15 +265,16 @@ class Daemon:
         the state file."""
         assert self.scheduler is not None
         scheduler = self.scheduler
-        last_wall, last_mono = time.time(), time.monotonic()
+        clock = self.clock
+        last_wall, last_mono = clock.now(), clock.monotonic()
         last_prune = 0.0
         scheduler.loop_beat()
-        while not self._stop_heartbeat.wait(self.heartbeat):
+        while not clock.wait(self._stop_heartbeat, self.heartbeat):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
             scheduler.loop_beat()
-            wall, mono = time.time(), time.monotonic()
-            drift = (wall - last_wall) - (mono - last_mono)
+            wall, mono = clock.now(), clock.monotonic()
+            drift = (wall - last_wall).total_seconds() - (mono - last_mono)
             last_wall, last_mono = wall, mono
             if abs(drift) > CLOCK_JUMP:
                 self.log.warning("clock.jumped", seconds=round(drift, 3))
@@ -272,8 +289,11 @@ class Daemon:
 
     def _prune(self, scheduler: Scheduler) -> None:
         retention: timedelta = scheduler.config.daemon.history_retention
+        store = scheduler.runner.store
+        if store is None:
+            return
         try:
-            removed = scheduler.store.prune(datetime.now(UTC) - retention)
+            removed = store.prune(self.clock.now() - retention)
         except StateError as err:
             self.log.error("state.error", error=str(err))
             return

@@ -3,93 +3,34 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Protocol
 
-from refreshd.attempt import Attempt, Target, refresh
+from refreshd.attempt import Target, refresh
 from refreshd.client import Client
-from refreshd.core.policy import LOGIN_PROVEN, credentials_attempt_allowed
-from refreshd.core.vicidial import Answer, Outcome
+from refreshd.clock import Clock
+from refreshd.core.policy import LOGIN_PROVEN
+from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.logs import get_logger
 
-__all__ = ["CredentialsGate", "Dispatcher", "Job"]
+__all__ = ["Dispatcher", "Job", "LoginGate"]
 
 _log = get_logger()
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
+class LoginGate(Protocol):
+    """The login rule the dispatcher asks; the runner answers from its ledger."""
 
+    def waiting(self, login: str, now: datetime) -> datetime | None: ...
 
-class CredentialsGate:
-    """Which credentials may log in now: the in-memory side of `policy.credentials_attempt_allowed`.
+    def try_start(self, login: str, now: datetime) -> bool: ...
 
-    Credentials start unproven (one call at a time) until VICIdial accepts a login, and
-    are closed while a credentials wait runs. Thread-safe.
-    """
+    def prove(self, login: str) -> bool: ...
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._in_flight: dict[str, int] = {}
-        self._proven: set[str] = set()
-        self._wait_until: dict[str, datetime] = {}
-
-    def allowed(self, credentials: str, now: datetime) -> bool:
-        with self._lock:
-            return credentials_attempt_allowed(
-                wait_until=self._wait_until.get(credentials),
-                logins_in_flight=self._in_flight.get(credentials, 0),
-                proven=credentials in self._proven,
-                now=now,
-            )
-
-    def waiting(self, credentials: str, now: datetime) -> datetime | None:
-        """The end of the credentials' wait, if one is running at `now`."""
-        with self._lock:
-            until = self._wait_until.get(credentials)
-        return until if until is not None and now < until else None
-
-    def started(self, credentials: str) -> None:
-        with self._lock:
-            self._in_flight[credentials] = self._in_flight.get(credentials, 0) + 1
-
-    def finished(self, credentials: str) -> None:
-        with self._lock:
-            self._in_flight[credentials] = max(0, self._in_flight.get(credentials, 0) - 1)
-
-    def learn(self, credentials: str, outcome: Outcome) -> bool:
-        """What an answer tells about the login: proven by one VICIdial gives only after a
-        good login; unproven again after a refused one. True when it became proven (more
-        calls with it may start at once)."""
-        with self._lock:
-            if outcome in LOGIN_PROVEN:
-                if credentials in self._proven:
-                    return False
-                self._proven.add(credentials)
-                return True
-            if outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
-                self._proven.discard(credentials)
-            return False
-
-    def wait(self, credentials: str, until: datetime) -> None:
-        with self._lock:
-            self._wait_until[credentials] = until
-            self._proven.discard(credentials)
-
-    def clear_wait(self, credentials: str) -> None:
-        """A login just worked: any wait is over."""
-        with self._lock:
-            self._wait_until.pop(credentials, None)
-
-    def clear(self, credentials: str) -> None:
-        """Forget everything about these credentials (their config changed, or an operator
-        asked for a refresh): the next call is one careful login again."""
-        with self._lock:
-            self._wait_until.pop(credentials, None)
-            self._proven.discard(credentials)
+    def finished(self, login: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -98,7 +39,7 @@ class Job:
     slot is released, so what it learns (a refused login) binds the very next call."""
 
     server: str
-    credentials: str
+    login: str
     target: Target
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
@@ -120,14 +61,14 @@ class Dispatcher:
         client: Client,
         *,
         max_concurrency: int,
-        gate: CredentialsGate,
-        now: Callable[[], datetime] = _utc_now,
+        gate: LoginGate,
+        clock: Clock,
         send: Callable[[Client, Target], Attempt] | None = None,
     ) -> None:
         self._client = client
         self._gate = gate
-        self._now = now
-        self._send = send or (lambda c, t: refresh(c, t, now=now))
+        self._clock = clock
+        self._send = send or (lambda c, t: refresh(c, t, clock))
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._by_key: dict[Hashable, Job] = {}
@@ -193,42 +134,41 @@ class Dispatcher:
         for job in dropped:
             for each in (job, *job.followers):
                 each.on_skipped("shutting down")
-        deadline = time.monotonic() + grace
+        deadline = self._clock.monotonic() + grace
         for worker in self._workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+            worker.join(max(0.0, deadline - self._clock.monotonic()))
         return not any(w.is_alive() for w in self._workers)
 
     def _next(self) -> tuple[Job | None, list[tuple[Job, str]]]:
         """The first pending job allowed to start, and the jobs to skip; under the lock."""
-        now = self._now()
+        now = self._clock.now()
         skipped: list[tuple[Job, str]] = []
         chosen: Job | None = None
         # Credentials found at their limit in this scan: with 1,000 jobs queued behind one
         # login, asking the gate once per login, not once per job, keeps a scan cheap.
         full: set[str] = set()
         for job in list(self._pending):
-            if job.credentials in full:
+            if job.login in full:
                 continue
-            until = self._gate.waiting(job.credentials, now)
+            until = self._gate.waiting(job.login, now)
             if until is not None:
                 self._pending.remove(job)
                 self._by_key.pop(job.target.key, None)
                 skipped.append(
                     (
                         job,
-                        f"credentials {job.credentials!r} refused a login: no call with them "
+                        f"credentials {job.login!r} refused a login: no call with them "
                         f"until {until.isoformat().replace('+00:00', 'Z')}",
                     )
                 )
                 continue
-            if self._gate.allowed(job.credentials, now):
+            if self._gate.try_start(job.login, now):
                 chosen = job
                 break
-            full.add(job.credentials)
+            full.add(job.login)
         if chosen is not None:
             self._pending.remove(chosen)
             self._in_flight += 1
-            self._gate.started(chosen.credentials)
         return chosen, skipped
 
     def _release(self, job: Job, *, proven_now: bool = False) -> None:
@@ -239,7 +179,7 @@ class Dispatcher:
         alike. Waking all 16 (or 64) after every answer made each rescan the queue while
         holding up the one call that could start (docs/PERFORMANCE.md).
         """
-        self._gate.finished(job.credentials)
+        self._gate.finished(job.login)
         with self._cond:
             if proven_now:
                 self._cond.notify_all()
@@ -247,7 +187,7 @@ class Dispatcher:
                 self._cond.notify()
 
     def _send_safely(self, job: Job) -> Attempt:
-        started = self._now()
+        started = self._clock.now()
         try:
             with self._cond:
                 client = self._client
@@ -276,8 +216,8 @@ class Dispatcher:
             try:
                 attempt = self._send_safely(job)
                 outcome = attempt.answer.outcome
-                proven_now = self._gate.learn(job.credentials, outcome)
                 if outcome in LOGIN_PROVEN:
+                    proven_now = self._gate.prove(job.login)
                     # The login worked: nothing the recording below can learn would close
                     # the gate, so the next call with these credentials need not wait for it.
                     released = True

@@ -5,63 +5,51 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-from refreshd.attempt import Attempt, credentials_fingerprint, probe, reach, target_of
-from refreshd.binding import backoff_of
+from refreshd.attempt import Attempt, probe, reach, target_of
 from refreshd.client import client_for
 from refreshd.config import Config, ServerConfig
+from refreshd.core.ledger import Event, Kind
 from refreshd.core.vicidial import Outcome
-from refreshd.dispatch import CredentialsGate, Dispatcher, Job
-from refreshd.recorder import CallContext, Recorder
-from refreshd.state import StateStore
+from refreshd.dispatch import Dispatcher, Job
+from refreshd.runner import Runner
 
 __all__ = ["ProbeLine", "online_check", "refresh_now"]
 
 
-def refresh_now(
-    config: Config, names: Sequence[str], *, store: StateStore | None, log: Any
-) -> dict[str, Outcome | None]:
+def refresh_now(runner: Runner, names: Sequence[str]) -> dict[str, Outcome | None]:
     """Refresh the named servers once, now, outside windows and ignoring suspensions and
     credentials waits (the operator asked). Still careful with logins: credentials are
     tried by one call first, so a wrong password costs one failed login, not one per
     server. Returns each server's outcome; None where no call was made."""
-    gate = CredentialsGate()
-    recorder = Recorder(store=store, gate=gate, backoff=backoff_of(config.backoff), log=log)
+    config = runner.config
+    runner.set_aside_waits()
     client = client_for(config)
-    dispatcher = Dispatcher(client, max_concurrency=config.daemon.max_concurrency, gate=gate)
+    dispatcher = Dispatcher(
+        client, max_concurrency=config.daemon.max_concurrency, gate=runner, clock=runner.clock
+    )
     results: dict[str, Outcome | None] = {}
     lock = threading.Lock()
     finished = threading.Semaphore(0)
 
-    fingerprints: dict[str, str] = {}
-
     def job_for(server: ServerConfig) -> Job:
-        if server.credentials not in fingerprints:
-            # A wait this refresh starts names the login it was for, so a running daemon
-            # takes it in only if it uses the same one.
-            login = config.credentials_for(server)
-            fingerprints[server.credentials] = credentials_fingerprint(login)
-        ctx = CallContext(
-            server=server.name,
-            credentials=server.credentials,
-            credentials_fingerprint=fingerprints[server.credentials],
-        )
+        call = runner.call_for(server)
 
         def done(attempt: Attempt) -> None:
-            recorder.record(ctx, attempt)
+            runner.settle(call, attempt)
             with lock:
                 results[server.name] = attempt.answer.outcome
             finished.release()
 
         def skipped(reason: str) -> None:
-            log.error("refresh.skipped", server=server.name, trigger="manual", reason=reason)
+            fields = {"server": server.name, "trigger": "manual", "reason": reason}
+            runner.tell([Event(Kind.REFRESH_SKIPPED, fields)])
             with lock:
                 results[server.name] = None
             finished.release()
 
-        return Job(server.name, server.credentials, target_of(config, server), done, skipped)
+        return Job(server.name, call.login, target_of(config, server), done, skipped)
 
     try:
         for name in names:

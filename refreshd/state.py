@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from refreshd.core.ledger import Ledger, LoginEntry, ServerEntry
 from refreshd.core.vicidial import Outcome
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CallRecord",
     "CredentialsWait",
+    "NewCall",
     "ServerState",
     "StateError",
     "StateStore",
@@ -160,6 +162,22 @@ class CallRecord:
     """Short, already redacted text (the caller redacts; the store cannot)."""
 
 
+@dataclass(frozen=True)
+class NewCall:
+    """A finished call to add to the history."""
+
+    server: str
+    slot_start: datetime | None
+    due: datetime | None
+    attempt: int
+    outcome: Outcome
+    at: datetime
+    duration_ms: int
+    http_status: int | None = None
+    servers_flagged: int | None = None
+    detail: str | None = None
+
+
 class StateStore:
     """The state file, open for the daemon (read-write) or the CLI (read-only).
 
@@ -263,74 +281,88 @@ class StateStore:
 
     # -- calls and runs ------------------------------------------------------------------
 
-    def record_call(
+    def load(self) -> Ledger:
+        """The ledger as journaled: every server's entry (with its latest done run) and
+        every login's wait. What is never journaled (proven, in flight) starts empty."""
+        with self._read("read the ledger") as conn:
+            rows = conn.execute(f"{_SERVER_SELECT} ORDER BY name").fetchall()
+            done = dict(conn.execute("SELECT server, MAX(due) FROM runs_done GROUP BY server"))
+            waits = conn.execute(f"{_WAIT_SELECT} ORDER BY name").fetchall()
+        servers = {}
+        for row in rows:
+            state = _server_state(row)
+            last_done = done.get(state.name)
+            servers[state.name] = ServerEntry(
+                last_done=None if last_done is None else _time(str(last_done)),
+                last_success_at=state.last_success_at,
+                last_outcome=state.last_outcome,
+                last_attempt_at=state.last_attempt_at,
+                suspended_until=state.suspended_until,
+                suspensions=state.suspensions,
+                suspension_reason=state.suspension_reason,
+                fingerprint=state.config_fingerprint,
+            )
+        logins = {}
+        for row in waits:
+            wait = _credentials_wait(row)
+            logins[wait.name] = LoginEntry(
+                wait_until=wait.until, wait_reason=wait.reason, fingerprint=wait.fingerprint
+            )
+        return Ledger(servers, logins)
+
+    def journal(
         self,
         *,
-        server: str,
-        slot_start: datetime | None,
-        due: datetime | None,
-        attempt: int,
-        outcome: Outcome,
-        at: datetime,
-        duration_ms: int,
-        http_status: int | None = None,
-        servers_flagged: int | None = None,
-        detail: str | None = None,
-        credentials: str | None = None,
-    ) -> CallRecord:
-        """Record one finished call, in one transaction, durable when this returns.
-
-        Adds the history row and updates the server's last outcome. An `ok` also sets
-        its last success, clears its suspension, ends the wait of `credentials` (the
-        login just worked) and, when `due` is given (a scheduled run rather than a
-        manual refresh), marks that run done.
-        """
-        if detail is not None:
-            detail = detail[:DETAIL_MAX]
-        values = (
-            server,
-            _opt_text(slot_start),
-            _opt_text(due),
-            attempt,
-            str(outcome),
-            _text(at),
-            duration_ms,
-            http_status,
-            servers_flagged,
-            detail,
-        )
+        servers: Mapping[str, ServerEntry],
+        logins: Mapping[str, LoginEntry],
+        call: NewCall | None = None,
+        done: tuple[str, datetime] | None = None,
+    ) -> None:
+        """Write a change of the ledger in one transaction, durable when this returns: the
+        changed entries, the call that made them (history) and the run it made done
+        (server, due), so a restart never refreshes that run again."""
+        if done is not None and call is None:
+            raise ValueError("a done run is journaled with the call that did it")
         with self._write("record a call") as conn:
-            conn.execute(
-                "INSERT INTO servers (name, last_outcome, last_attempt_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET last_outcome = excluded.last_outcome, "
-                "last_attempt_at = excluded.last_attempt_at",
-                (server, str(outcome), _text(at)),
-            )
-            if outcome is Outcome.OK:
+            if servers:
+                conn.executemany(_SERVER_UPSERT, [_server_row(n, e) for n, e in servers.items()])
+            for key, login in logins.items():
+                if login.wait_until is None:
+                    conn.execute("DELETE FROM credentials_waits WHERE name = ?", (key,))
+                    continue
                 conn.execute(
-                    "UPDATE servers SET last_success_at = ?, suspended_until = NULL, "
-                    "suspensions = 0, suspension_reason = NULL WHERE name = ?",
-                    (_text(at), server),
+                    "INSERT INTO credentials_waits (name, waiting_until, reason, fingerprint) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "waiting_until = excluded.waiting_until, reason = excluded.reason, "
+                    "fingerprint = excluded.fingerprint",
+                    (key, _text(login.wait_until), login.wait_reason or "", login.fingerprint),
                 )
-                if due is not None:
-                    # OR IGNORE: a second success for the same run (a retry whose first
-                    # answer was lost) keeps the first time.
-                    conn.execute(
-                        "INSERT OR IGNORE INTO runs_done (server, due, done_at) VALUES (?, ?, ?)",
-                        (server, _text(due), _text(at)),
-                    )
-                if credentials is not None:
-                    # In this transaction, not a second one: a wait almost never exists,
-                    # and every success paid another commit and fsync for it.
-                    conn.execute("DELETE FROM credentials_waits WHERE name = ?", (credentials,))
-            cursor = conn.execute(
-                "INSERT INTO calls (server, slot_start, due, attempt, outcome, at, duration_ms, "
-                "http_status, servers_flagged, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-            row_id = cursor.lastrowid
-        assert row_id is not None
-        return _call_record((row_id, *values))
+            if done is not None and call is not None:  # (both, checked above)
+                # OR IGNORE: a second success for the same run (a retry whose first
+                # answer was lost) keeps the first time.
+                conn.execute(
+                    "INSERT OR IGNORE INTO runs_done (server, due, done_at) VALUES (?, ?, ?)",
+                    (done[0], _text(done[1]), _text(call.at)),
+                )
+            if call is not None:
+                detail = None if call.detail is None else call.detail[:DETAIL_MAX]
+                conn.execute(
+                    "INSERT INTO calls (server, slot_start, due, attempt, outcome, at, "
+                    "duration_ms, http_status, servers_flagged, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        call.server,
+                        _opt_text(call.slot_start),
+                        _opt_text(call.due),
+                        call.attempt,
+                        str(call.outcome),
+                        _text(call.at),
+                        call.duration_ms,
+                        call.http_status,
+                        call.servers_flagged,
+                        detail,
+                    ),
+                )
 
     def changed_by_others(self) -> bool:
         """Whether another connection (a manual `refreshd refresh`, say) committed to the
@@ -345,22 +377,6 @@ class StateStore:
         with self._read("check the state file for changes") as conn:
             version: int = conn.execute("PRAGMA data_version").fetchone()[0]
         return version
-
-    def run_done(self, server: str, due: datetime) -> bool:
-        """Has the run of `server` planned at `due` succeeded?"""
-        with self._read("look up a done run") as conn:
-            row = conn.execute(
-                "SELECT 1 FROM runs_done WHERE server = ? AND due = ?", (server, _text(due))
-            ).fetchone()
-        return row is not None
-
-    def runs_done_since(self, server: str, since: datetime) -> set[datetime]:
-        """The due times at or after `since` of `server`'s runs that succeeded."""
-        with self._read("list done runs") as conn:
-            rows = conn.execute(
-                "SELECT due FROM runs_done WHERE server = ? AND due >= ?", (server, _text(since))
-            ).fetchall()
-        return {_time(due) for (due,) in rows}
 
     def last_runs_done(self) -> dict[str, datetime]:
         """Each server's latest successful run (its due time). Every run due at or before
@@ -411,43 +427,6 @@ class StateStore:
             rows = conn.execute(f"{_SERVER_SELECT} ORDER BY name").fetchall()
         return {row[0]: _server_state(row) for row in rows}
 
-    def suspend_server(self, name: str, until: datetime, suspensions: int, reason: str) -> None:
-        with self._write("suspend a server") as conn:
-            conn.execute(
-                "INSERT INTO servers (name, suspended_until, suspensions, suspension_reason) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "suspended_until = excluded.suspended_until, "
-                "suspensions = excluded.suspensions, "
-                "suspension_reason = excluded.suspension_reason",
-                (name, _text(until), suspensions, reason),
-            )
-
-    def resume_server(self, name: str, *, forget_suspensions: bool = False) -> None:
-        """End the server's suspension now.
-
-        The consecutive-suspension count stays unless `forget_suspensions` (a config
-        change: the next failure is a fresh start), so a server that fails again right
-        after a manual resume is suspended for longer, as the policy intends.
-        """
-        with self._write("resume a server") as conn:
-            conn.execute(
-                "UPDATE servers SET suspended_until = NULL, suspension_reason = NULL, "
-                "suspensions = CASE WHEN ? THEN 0 ELSE suspensions END WHERE name = ?",
-                (forget_suspensions, name),
-            )
-
-    def set_server_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
-        """Store servers' config fingerprints, all in one transaction (one fsync for a
-        fleet of 10,000 at start-up, not 10,000)."""
-        if not fingerprints:
-            return
-        with self._write("store servers' config fingerprints") as conn:
-            conn.executemany(
-                "INSERT INTO servers (name, config_fingerprint) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET config_fingerprint = excluded.config_fingerprint",
-                list(fingerprints.items()),
-            )
-
     # -- credentials ---------------------------------------------------------------------
 
     def credentials_wait(self, name: str) -> CredentialsWait | None:
@@ -460,23 +439,6 @@ class StateStore:
         with self._read("read the credentials waits") as conn:
             rows = conn.execute(f"{_WAIT_SELECT} ORDER BY name").fetchall()
         return {row[0]: _credentials_wait(row) for row in rows}
-
-    def wait_credentials(
-        self, name: str, until: datetime, reason: str, fingerprint: str | None
-    ) -> None:
-        """Start (or replace) the credentials' wait."""
-        with self._write("store a credentials wait") as conn:
-            conn.execute(
-                "INSERT INTO credentials_waits (name, waiting_until, reason, fingerprint) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "waiting_until = excluded.waiting_until, reason = excluded.reason, "
-                "fingerprint = excluded.fingerprint",
-                (name, _text(until), reason, fingerprint),
-            )
-
-    def clear_credentials_wait(self, name: str) -> None:
-        with self._write("clear a credentials wait") as conn:
-            conn.execute("DELETE FROM credentials_waits WHERE name = ?", (name,))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -553,6 +515,15 @@ class StateStore:
 _SERVER_SELECT = (
     "SELECT name, last_outcome, last_attempt_at, last_success_at, suspended_until, "
     "suspensions, suspension_reason, config_fingerprint FROM servers"
+)
+_SERVER_UPSERT = (
+    "INSERT INTO servers (name, last_outcome, last_attempt_at, last_success_at, "
+    "suspended_until, suspensions, suspension_reason, config_fingerprint) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "last_outcome = excluded.last_outcome, last_attempt_at = excluded.last_attempt_at, "
+    "last_success_at = excluded.last_success_at, suspended_until = excluded.suspended_until, "
+    "suspensions = excluded.suspensions, suspension_reason = excluded.suspension_reason, "
+    "config_fingerprint = excluded.config_fingerprint"
 )
 _WAIT_SELECT = "SELECT name, waiting_until, reason, fingerprint FROM credentials_waits"
 
@@ -642,6 +613,19 @@ def _server_state(row: tuple[object, ...]) -> ServerState:
         suspensions=_int(suspensions),
         suspension_reason=_opt_str(reason),
         config_fingerprint=_opt_str(fingerprint),
+    )
+
+
+def _server_row(name: str, entry: ServerEntry) -> tuple[object, ...]:
+    return (
+        name,
+        None if entry.last_outcome is None else str(entry.last_outcome),
+        _opt_text(entry.last_attempt_at),
+        _opt_text(entry.last_success_at),
+        _opt_text(entry.suspended_until),
+        entry.suspensions,
+        entry.suspension_reason,
+        entry.fingerprint,
     )
 
 

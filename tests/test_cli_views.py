@@ -14,7 +14,7 @@ from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 
 from refreshd.core.vicidial import Outcome
 from refreshd.simulator import Simulator
-from refreshd.state import StateStore
+from refreshd.state import NewCall, StateStore
 
 # The conftest fixtures' shapes (conftest.py documents them).
 WriteConfig = Callable[..., Path]
@@ -449,14 +449,18 @@ def test_history_since_a_duration_leaves_out_older_calls(
     config = write_config({"name": "east-1"})
     run_refreshd(["refresh", "-c", config, "east-1"])
     with StateStore(state_path) as store:  # a call from two hours ago
-        store.record_call(
-            server="east-1",
-            slot_start=None,
-            due=None,
-            attempt=1,
-            outcome=Outcome.TRANSIENT,
-            at=datetime.now(UTC) - timedelta(hours=2),
-            duration_ms=5,
+        store.journal(
+            servers={},
+            logins={},
+            call=NewCall(
+                server="east-1",
+                slot_start=None,
+                due=None,
+                attempt=1,
+                outcome=Outcome.TRANSIENT,
+                at=datetime.now(UTC) - timedelta(hours=2),
+                duration_ms=5,
+            ),
         )
 
     recent = history(run_refreshd, config, "--since", "1h")

@@ -36,8 +36,10 @@ from test_adversarial import (
     sim_users,
 )
 
+from refreshd.clock import system_clock
 from refreshd.config import validate_config
 from refreshd.logs import get_logger
+from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.simulator import API_PATH, Simulator
 from refreshd.state import StateStore
@@ -394,7 +396,9 @@ def test_a_stop_while_the_timing_engine_is_busy_leaves_no_thread_exception(
     try:
         with StateStore(config.daemon.state_path) as store:
             for _ in range(100):  # about one stop in seven loses the race
-                scheduler = Scheduler(config, store=store, log=get_logger())
+                log = get_logger()
+                runner = Runner(config, store=store, clock=system_clock, log=log)
+                scheduler = Scheduler(config, runner=runner, clock=system_clock, log=log)
                 scheduler.start()
                 done = threading.Event()
 

@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from refreshd.attempt import Attempt, Target
+import structlog
+
+from refreshd.attempt import Target
 from refreshd.client import Client
-from refreshd.core.vicidial import Answer, Outcome
-from refreshd.dispatch import CredentialsGate, Dispatcher, Job
+from refreshd.clock import FakeClock
+from refreshd.config import validate_config
+from refreshd.core.ledger import Call
+from refreshd.core.vicidial import Answer, Attempt, Outcome
+from refreshd.dispatch import Dispatcher, Job
+from refreshd.runner import Runner
 
 NOW = datetime(2027, 1, 5, 2, 0, tzinfo=UTC)
+# The runner is the dispatcher's login gate; its config only lends it the back-off.
+CONFIG = validate_config(
+    {
+        "daemon": {"state_path": "/nonexistent/state.db", "metrics_listen": ""},
+        "credentials": {"c": {"user": "u", "password": "pw-123"}},
+        "servers": [
+            {
+                "name": "s",
+                "api_url": "http://127.0.0.1:1/api.php",
+                "credentials": "c",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    },
+    environ={},
+)
+
+
+def _gate() -> Runner:
+    return Runner(CONFIG, store=None, clock=FakeClock(NOW), log=structlog.get_logger())
 
 
 class FakeSend:
@@ -66,19 +92,19 @@ class Collector:
             assert self.remaining.acquire(timeout=10)
 
 
-def _dispatcher(send: FakeSend, gate: CredentialsGate, n: int) -> Dispatcher:
+def _dispatcher(send: FakeSend, gate: Runner, n: int) -> Dispatcher:
     client = Client(timeout=1)
-    return Dispatcher(client, max_concurrency=n, gate=gate, now=lambda: NOW, send=send)
+    return Dispatcher(client, max_concurrency=n, gate=gate, clock=gate.clock, send=send)
 
 
-def _proven_gate(*names: str) -> CredentialsGate:
-    gate = CredentialsGate()
+def _proven_gate(*names: str) -> Runner:
+    gate = _gate()
     for name in names:
-        gate.learn(name, Outcome.OK)
+        gate.prove(name)
     return gate
 
 
-def _send_each(send: FakeSend, gate: CredentialsGate, workers: int, jobs: int) -> Collector:
+def _send_each(send: FakeSend, gate: Runner, workers: int, jobs: int) -> Collector:
     """Submit `jobs` refreshes of different servers with the same login, one by one, and
     wait for all of them."""
     dispatcher = _dispatcher(send, gate, workers)
@@ -92,7 +118,7 @@ def _send_each(send: FakeSend, gate: CredentialsGate, workers: int, jobs: int) -
 
 def test_never_more_than_max_concurrency_in_flight() -> None:
     send = FakeSend(delay=0.02)
-    gate = CredentialsGate()
+    gate = _gate()
     dispatcher = _dispatcher(send, gate, 3)
     collector = Collector(30)
     for i in range(30):
@@ -130,13 +156,13 @@ def test_identical_requests_pending_together_are_sent_once() -> None:
 
 def test_unproven_credentials_log_in_one_call_at_a_time() -> None:
     send = FakeSend(outcome=Outcome.TRANSIENT, delay=0.02)
-    _send_each(send, CredentialsGate(), workers=8, jobs=6)
+    _send_each(send, _gate(), workers=8, jobs=6)
     assert send.peak == 1
 
 
 def test_proven_credentials_allow_a_few_calls_at_once() -> None:
     send = FakeSend(delay=0.05)
-    _send_each(send, CredentialsGate(), workers=8, jobs=9)
+    _send_each(send, _gate(), workers=8, jobs=9)
     # The first call proves the login; then up to MAX_LOGINS_IN_FLIGHT (4) at once.
     assert send.peak == 4
 
@@ -154,7 +180,7 @@ def test_once_the_first_login_is_proven_the_next_calls_start_together() -> None:
             first.set()
             return super().__call__(client, target)
 
-    collector = _send_each(Send(), CredentialsGate(), workers=8, jobs=5)
+    collector = _send_each(Send(), _gate(), workers=8, jobs=5)
     assert not barrier.broken
     assert sorted(name for name, _ in collector.done) == [f"s{i}" for i in range(5)]
 
@@ -173,7 +199,7 @@ def test_identical_requests_submitted_together_are_sent_once_however_fast_the_an
 
 def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
     send = FakeSend(outcome=Outcome.AUTH_FAILED)
-    gate = CredentialsGate()
+    gate = _gate()
     dispatcher = _dispatcher(send, gate, 4)
     collector = Collector(5)
 
@@ -182,7 +208,7 @@ def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
         inner = job.on_done
 
         def on_done(attempt: Attempt) -> None:
-            gate.wait("c", NOW + timedelta(hours=6))  # what the recorder does
+            gate.settle(Call(server=name, login="c", credentials="c"), attempt)
             inner(attempt)
 
         job.on_done = on_done

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import structlog
 
+from refreshd.clock import FakeClock
 from refreshd.config import validate_config
 from refreshd.metrics import Metrics, MetricsServer
+from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.state import StateStore
 
@@ -22,14 +25,6 @@ def _status(port: int, path: str = "/healthz") -> int:
             return int(answer.status)
     except urllib.error.HTTPError as err:
         return err.code
-
-
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -49,48 +44,60 @@ def scheduler(tmp_path: Path) -> Scheduler:
         },
         environ={},
     )
-    return Scheduler(
-        config,
-        store=StateStore(tmp_path / "state.db"),
-        log=structlog.get_logger(),
-        monotonic=FakeMonotonic(),
-    )
+    clock = FakeClock(datetime(2027, 1, 5, 12, 0, tzinfo=UTC))
+    log = structlog.get_logger()
+    runner = Runner(config, store=StateStore(tmp_path / "state.db"), clock=clock, log=log)
+    return Scheduler(config, runner=runner, clock=clock, log=log)
+
+
+def _clock(scheduler: Scheduler) -> FakeClock:
+    clock = scheduler.runner.clock
+    assert isinstance(clock, FakeClock)
+    return clock
+
+
+def _revived_within(scheduler: Scheduler, seconds: float) -> bool:
+    """Whether the loop shows a fresh beat within `seconds` of real time."""
+    deadline = time.monotonic() + seconds
+    while not scheduler.loop_alive(30):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_the_loop_is_alive_until_its_last_beat_is_too_old(scheduler: Scheduler) -> None:
-    clock = scheduler._monotonic
-    assert isinstance(clock, FakeMonotonic)
+    clock = _clock(scheduler)
     assert scheduler.loop_alive(30)
-    clock.now += 29
+    clock.advance(timedelta(seconds=29))
     assert scheduler.loop_alive(30)
-    clock.now += 2
+    clock.advance(timedelta(seconds=2))
     assert not scheduler.loop_alive(30)
 
 
 def test_a_beat_run_by_the_timing_engine_revives_the_loop(scheduler: Scheduler) -> None:
-    clock = scheduler._monotonic
-    assert isinstance(clock, FakeMonotonic)
-    clock.now += 100
+    _clock(scheduler).advance(timedelta(seconds=100))
     scheduler.start()
     try:
         scheduler.loop_beat()
-        deadline = time.monotonic() + 5
-        while not scheduler.loop_alive(30) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert scheduler.loop_alive(30)
+        assert _revived_within(scheduler, 5)
     finally:
         scheduler.stop(1)
 
 
 def test_a_stopped_timing_engine_no_longer_beats(scheduler: Scheduler) -> None:
-    clock = scheduler._monotonic
-    assert isinstance(clock, FakeMonotonic)
+    clock = _clock(scheduler)
     scheduler.start()
+    # The control: while the engine runs, a stale loop is revived by a beat.
+    clock.advance(timedelta(seconds=100))
+    scheduler.loop_beat()
+    assert _revived_within(scheduler, 5)
     scheduler.stop(1)
-    clock.now += 100
-    scheduler.loop_beat()  # nobody runs it
-    time.sleep(0.2)
-    assert not scheduler.loop_alive(30)
+    clock.advance(timedelta(seconds=100))
+    scheduler.loop_beat()  # nobody may run it now
+    # A running engine runs a beat within milliseconds (the control above); half a second
+    # of nothing is the stop's proof.
+    assert not _revived_within(scheduler, 0.5)
 
 
 def test_healthz_answers_200_while_healthy_and_503_once_stalled() -> None:

@@ -1,4 +1,9 @@
-"""The state store, on real SQLite files: round-trips, durability, errors, concurrency."""
+"""The state store, on real SQLite files: round-trips, durability, errors, concurrency.
+
+The store decides nothing: it journals the entries it is given. What a call means (a
+success ends a suspension and a login's wait, marks its run done) is the ledger's, so
+those tests go through the `Runner`, the one path that settles a call and journals it.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,26 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from refreshd.core.vicidial import Outcome
+from refreshd.clock import FakeClock
+from refreshd.config import Config, validate_config
+from refreshd.core.ledger import Ledger, LoginEntry, ServerEntry
+from refreshd.core.slots import Slot
+from refreshd.core.vicidial import Answer, Attempt, Outcome
+from refreshd.runner import Runner
 from refreshd.state import (
     DETAIL_MAX,
     RUNS_DONE_EXTRA_KEEP,
     SCHEMA_VERSION,
     CallRecord,
     CredentialsWait,
+    NewCall,
     ServerState,
     StateError,
     StateStore,
@@ -45,8 +57,7 @@ def store(path: Path) -> Iterator[StateStore]:
         yield opened
 
 
-def record(
-    store: StateStore,
+def new_call(
     server: str = "east-1",
     *,
     outcome: Outcome = Outcome.OK,
@@ -54,9 +65,8 @@ def record(
     at: datetime = SLOT,
     attempt: int = 1,
     detail: str | None = None,
-    credentials: str | None = None,
-) -> CallRecord:
-    return store.record_call(
+) -> NewCall:
+    return NewCall(
         server=server,
         slot_start=None if due is None else SLOT,
         due=due,
@@ -67,16 +77,127 @@ def record(
         http_status=200,
         servers_flagged=3 if outcome is Outcome.OK else None,
         detail=detail,
-        credentials=credentials,
     )
+
+
+def record(
+    store: StateStore,
+    server: str = "east-1",
+    *,
+    outcome: Outcome = Outcome.OK,
+    due: datetime | None = SLOT,
+    at: datetime = SLOT,
+    attempt: int = 1,
+    detail: str | None = None,
+) -> None:
+    """Journal one call as the runner would for a server with nothing else to remember:
+    its entry, the history row and, for a scheduled success, its run done."""
+    ok = outcome is Outcome.OK
+    entry = ServerEntry(
+        last_done=due if ok else None,
+        last_success_at=at if ok else None,
+        last_outcome=outcome,
+        last_attempt_at=at,
+    )
+    store.journal(
+        servers={server: entry},
+        logins={},
+        call=new_call(server, outcome=outcome, due=due, at=at, attempt=attempt, detail=detail),
+        done=(server, due) if ok and due is not None else None,
+    )
+
+
+# -- through the runner: what a call changes, journaled in one go ------------------------
+
+FLEET = {"east-1": "east", "west-1": "west"}
+"""Servers of the test config, and the credentials each logs in with."""
+
+
+def fleet_config(state_path: Path) -> Config:
+    return validate_config(
+        {
+            "daemon": {"state_path": str(state_path), "metrics_listen": ""},
+            "credentials": {
+                name: {"user": "u", "password": f"p-{name}-1234"} for name in set(FLEET.values())
+            },
+            "servers": [
+                {
+                    "name": server,
+                    "api_url": "http://127.0.0.1:9/vicidial/non_agent_api.php",
+                    "credentials": credentials,
+                    "windows": ["02:00-04:00"],
+                }
+                for server, credentials in FLEET.items()
+            ],
+        },
+        environ={},
+    )
+
+
+class Log:
+    """A logger that keeps its lines, as (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, object]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def log(event: str, **fields: object) -> None:
+            self.lines.append((level, event, fields))
+
+        return log
+
+
+class Journals:
+    """Counts the store's `journal` calls (each is one transaction), passing them on."""
+
+    def __init__(self, store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, object]] = []
+        journal = store.journal
+
+        def counted(**changes: object) -> None:
+            self.calls.append(changes)
+            journal(**changes)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "journal", counted)
+
+
+def runner_at(store: StateStore, clock: FakeClock, log: Log) -> Runner:
+    return Runner(fleet_config(store.path), store=store, clock=clock, log=log)
+
+
+def settle(
+    runner: Runner,
+    server: str,
+    outcome: Outcome,
+    *,
+    due: datetime | None = SLOT,
+    at: datetime = SLOT,
+) -> None:
+    """One call of `server` sent at `at` comes back with `outcome`; `due` None: manual."""
+    where: dict[str, object] = {}
+    if due is not None:
+        where = {"slot": Slot(SLOT, SLOT + 120 * MIN), "due": due}
+    call = runner.call_for(runner.config.server(server), **where)
+    answer = Answer(outcome, "SUCCESS: server_refresh |3" if outcome is Outcome.OK else "no")
+    runner.settle(call, Attempt(answer, at, 120))
+
+
+def reopened(path: Path) -> Ledger:
+    """The ledger as another process would read it from the file."""
+    with StateStore(path) as other:
+        return other.load()
+
+
+def errors(log: Log) -> list[tuple[str, str, dict[str, object]]]:
+    return [line for line in log.lines if line[1] == "state.error"]
 
 
 # -- round-trips ------------------------------------------------------------------------
 
 
-def test_a_recorded_call_comes_back_from_the_history(store: StateStore) -> None:
-    written = record(store, detail="SUCCESS: server_refresh ... |3")
-    assert store.history() == [written]
+def test_a_journaled_call_comes_back_from_the_history(store: StateStore) -> None:
+    record(store, detail="SUCCESS: server_refresh ... |3")
+    (written,) = store.history()
     assert written == CallRecord(
         id=written.id,
         server="east-1",
@@ -92,58 +213,64 @@ def test_a_recorded_call_comes_back_from_the_history(store: StateStore) -> None:
     )
 
 
+def test_a_journaled_server_entry_comes_back_from_load(store: StateStore) -> None:
+    entry = ServerEntry(
+        last_done=SLOT + 5 * MIN,
+        last_success_at=SLOT - 60 * MIN,
+        last_outcome=Outcome.PERMISSION_DENIED,
+        last_attempt_at=SLOT + 6 * MIN,
+        suspended_until=SLOT + 66 * MIN,
+        suspensions=1,
+        suspension_reason="permission_denied: server suspended for 1h",
+        fingerprint="sha256:abc",
+    )
+    call = new_call(outcome=Outcome.PERMISSION_DENIED, due=SLOT + 5 * MIN, at=SLOT + 6 * MIN)
+    store.journal(servers={"east-1": entry}, logins={}, call=call, done=("east-1", SLOT + 5 * MIN))
+    assert store.load() == Ledger({"east-1": entry}, {})
+    assert store.load().server("west-1") == ServerEntry()
+
+
 def test_times_come_back_aware_utc_whatever_zone_went_in(store: StateStore) -> None:
     new_york = timezone(timedelta(hours=-5))
     record(store, due=SLOT.astimezone(new_york), at=SLOT.astimezone(new_york))
     (call,) = store.history()
     assert call.at == SLOT
     assert call.at.tzinfo is UTC
-    assert store.run_done("east-1", SLOT)
+    east = store.load().server("east-1")
+    assert (east.last_done, east.last_success_at) == (SLOT, SLOT)
+    assert east.last_done is not None
+    assert east.last_done.tzinfo is UTC
+    assert store.last_runs_done() == {"east-1": SLOT}
 
 
-def test_naive_datetimes_are_refused(store: StateStore) -> None:
+NAIVE = SLOT.replace(tzinfo=None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"call": new_call(at=NAIVE)}, id="call"),
+        pytest.param({"done": ("east-1", NAIVE)}, id="done"),
+        pytest.param({"servers": {"east-1": ServerEntry(suspended_until=NAIVE)}}, id="server"),
+        pytest.param(
+            {"logins": {"east": LoginEntry(wait_until=NAIVE, wait_reason="x")}}, id="login"
+        ),
+    ],
+)
+def test_naive_datetimes_are_refused_and_nothing_is_written(
+    store: StateStore, changes: dict[str, object]
+) -> None:
+    journal: dict[str, object] = {
+        "servers": {"east-1": ServerEntry(last_outcome=Outcome.OK, last_attempt_at=SLOT)},
+        "logins": {},
+        "call": new_call(),
+        "done": ("east-1", SLOT),
+        **changes,
+    }
     with pytest.raises(ValueError, match="naive"):
-        record(store, at=SLOT.replace(tzinfo=None))
-
-
-def test_a_success_marks_its_run_done_and_sets_last_success(store: StateStore) -> None:
-    record(store, due=SLOT + 5 * MIN, at=SLOT + 6 * MIN)
-    assert store.run_done("east-1", SLOT + 5 * MIN)
-    assert not store.run_done("east-1", SLOT)
-    assert not store.run_done("west-1", SLOT + 5 * MIN)
-    state = store.server_state("east-1")
-    assert state.last_outcome is Outcome.OK
-    assert state.last_attempt_at == state.last_success_at == SLOT + 6 * MIN
-
-
-def test_a_failure_updates_the_last_outcome_but_marks_no_run(store: StateStore) -> None:
-    record(store, at=SLOT)
-    record(store, outcome=Outcome.TRANSIENT, due=SLOT + 60 * MIN, at=SLOT + 60 * MIN)
-    assert not store.run_done("east-1", SLOT + 60 * MIN)
-    state = store.server_state("east-1")
-    assert state.last_outcome is Outcome.TRANSIENT
-    assert state.last_attempt_at == SLOT + 60 * MIN
-    assert state.last_success_at == SLOT
-
-
-def test_a_manual_refresh_without_a_due_marks_no_run(store: StateStore) -> None:
-    record(store, due=None, at=SLOT)
-    assert store.runs_done_since("east-1", SLOT - 60 * MIN) == set()
-    assert store.server_state("east-1").last_success_at == SLOT
-
-
-def test_a_success_ends_the_servers_suspension(store: StateStore) -> None:
-    store.suspend_server("east-1", SLOT + 60 * MIN, 3, "permission_denied")
-    record(store, at=SLOT + 61 * MIN)
-    state = store.server_state("east-1")
-    assert (state.suspended_until, state.suspensions, state.suspension_reason) == (None, 0, None)
-
-
-def test_runs_done_since_lists_the_due_times_from_since_on(store: StateStore) -> None:
-    for minutes in (0, 10, 20):
-        record(store, due=SLOT + minutes * MIN)
-    record(store, "west-1", due=SLOT + 30 * MIN)
-    assert store.runs_done_since("east-1", SLOT + 10 * MIN) == {SLOT + 10 * MIN, SLOT + 20 * MIN}
+        store.journal(**journal)  # type: ignore[arg-type]
+    assert store.load() == Ledger({}, {})
+    assert store.history() == []
 
 
 def test_an_unknown_server_has_an_empty_state(store: StateStore) -> None:
@@ -157,51 +284,70 @@ def test_an_unknown_server_has_an_empty_state(store: StateStore) -> None:
         suspension_reason=None,
         config_fingerprint=None,
     )
+    assert store.load().server("nowhere") == ServerEntry()
 
 
 def test_suspension_and_fingerprint_round_trip(store: StateStore) -> None:
-    store.set_server_fingerprints({"east-1": "sha256:abc"})
-    store.suspend_server("east-1", SLOT + 2 * 60 * MIN, 2, "not_found: server IP not found")
-    store.suspend_server("west-1", SLOT + 60 * MIN, 1, "bad_request")
+    east = ServerEntry(
+        suspended_until=SLOT + 2 * 60 * MIN,
+        suspensions=2,
+        suspension_reason="not_found: server IP not found",
+        fingerprint="sha256:abc",
+    )
+    west = ServerEntry(suspended_until=SLOT + 60 * MIN, suspensions=1, suspension_reason="bad")
+    store.journal(servers={"west-1": west, "east-1": east}, logins={})
+    assert list(store.load().servers) == ["east-1", "west-1"]
+    assert store.load().server("east-1") == east
     states = store.all_server_states()
     assert list(states) == ["east-1", "west-1"]
-    east = states["east-1"]
-    assert east.suspended_until == SLOT + 2 * 60 * MIN
-    assert east.suspensions == 2
-    assert east.suspension_reason == "not_found: server IP not found"
-    assert east.config_fingerprint == "sha256:abc"
+    assert states["east-1"] == ServerState(
+        name="east-1",
+        suspended_until=SLOT + 2 * 60 * MIN,
+        suspensions=2,
+        suspension_reason="not_found: server IP not found",
+        config_fingerprint="sha256:abc",
+    )
 
 
-def test_resuming_keeps_the_suspension_count_unless_told_to_forget(store: StateStore) -> None:
-    store.suspend_server("east-1", SLOT + 60 * MIN, 2, "permission_denied")
-    store.resume_server("east-1")
-    state = store.server_state("east-1")
+def test_the_suspension_count_is_kept_apart_from_the_suspension(store: StateStore) -> None:
+    # A suspension that ends keeps counting (the next one is longer) until told otherwise.
+    suspended = ServerEntry(
+        suspended_until=SLOT + 60 * MIN, suspensions=2, suspension_reason="permission_denied"
+    )
+    store.journal(servers={"east-1": suspended}, logins={})
+    store.journal(
+        servers={"east-1": replace(suspended, suspended_until=None, suspension_reason=None)},
+        logins={},
+    )
+    state = store.load().server("east-1")
     assert (state.suspended_until, state.suspension_reason, state.suspensions) == (None, None, 2)
-    store.resume_server("east-1", forget_suspensions=True)
-    assert store.server_state("east-1").suspensions == 0
+    store.journal(servers={"east-1": replace(state, suspensions=0)}, logins={})
+    assert store.load().server("east-1").suspensions == 0
 
 
 def test_credentials_waits_round_trip_and_clear(store: StateStore) -> None:
     assert store.credentials_wait("east") is None
-    store.wait_credentials("east", SLOT + 60 * MIN, "auth_failed", "sha256:1")
-    store.wait_credentials("east", SLOT + 6 * 60 * MIN, "locked_out", None)
-    store.wait_credentials("west", SLOT, "auth_failed", "sha256:2")
+    first = LoginEntry(
+        wait_until=SLOT + 60 * MIN, wait_reason="auth_failed", fingerprint="sha256:1"
+    )
+    longer = LoginEntry(wait_until=SLOT + 6 * 60 * MIN, wait_reason="locked_out")
+    west = LoginEntry(wait_until=SLOT, wait_reason="auth_failed", fingerprint="sha256:2")
+    store.journal(servers={}, logins={"east": first})
+    store.journal(servers={}, logins={"east": longer, "west": west})
+    assert store.load().logins == {"east": longer, "west": west}
     expected = CredentialsWait("east", SLOT + 6 * 60 * MIN, "locked_out", None)
     assert store.credentials_wait("east") == expected
     assert list(store.all_credentials_waits()) == ["east", "west"]
-    store.clear_credentials_wait("east")
+    store.journal(servers={}, logins={"east": LoginEntry()})  # no wait_until: the wait ends
     assert store.credentials_wait("east") is None
     assert list(store.all_credentials_waits()) == ["west"]
+    assert store.load().logins == {"west": west}
 
 
-def test_a_success_ends_its_credentials_wait_in_the_same_record(store: StateStore) -> None:
-    store.wait_credentials("east", SLOT + 60 * MIN, "auth_failed", "sha256:1")
-    store.wait_credentials("west", SLOT + 60 * MIN, "auth_failed", "sha256:2")
-    record(store, outcome=Outcome.TRANSIENT, credentials="east")
-    assert store.credentials_wait("east") is not None
-    record(store, outcome=Outcome.OK, credentials="east")
-    assert store.credentials_wait("east") is None
-    assert store.credentials_wait("west") is not None
+def test_what_a_process_knows_of_a_login_now_is_not_journaled(store: StateStore) -> None:
+    live = LoginEntry(wait_until=SLOT, wait_reason="auth_failed", proven=True, in_flight=2)
+    store.journal(servers={}, logins={"east": live})
+    assert store.load().login("east") == replace(live, proven=False, in_flight=0)
 
 
 def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
@@ -209,7 +355,10 @@ def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
 ) -> None:
     assert not store.changed_by_others()
     record(store)
-    store.suspend_server("east-1", SLOT + 60 * MIN, 1, "permission_denied")
+    store.journal(
+        servers={"east-1": ServerEntry(suspended_until=SLOT + 60 * MIN, suspensions=1)},
+        logins={"east": LoginEntry(wait_until=SLOT + 60 * MIN, wait_reason="auth_failed")},
+    )
     assert not store.changed_by_others()  # its own writes
     with StateStore(path) as other:  # what `refreshd refresh` opens
         record(other, "east-2")
@@ -217,13 +366,139 @@ def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
     assert not store.changed_by_others()
     reader = StateStore.open_readonly(path)  # `refreshd status`: reads change nothing
     reader.all_server_states()
+    reader.load()
     reader.close()
     assert not store.changed_by_others()
 
 
 def test_long_details_are_cut(store: StateStore) -> None:
-    assert record(store, detail="x" * 5000).detail == "x" * DETAIL_MAX
+    record(store, detail="x" * 5000)
     assert store.history()[0].detail == "x" * DETAIL_MAX
+
+
+# -- what a call changes (the ledger's rules), journaled by the runner --------------------
+
+
+def test_a_success_marks_its_run_done_and_sets_last_success(
+    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log()
+    runner = runner_at(store, FakeClock(SLOT + 6 * MIN), log)
+    journals = Journals(store, monkeypatch)
+    settle(runner, "east-1", Outcome.OK, due=SLOT + 5 * MIN, at=SLOT + 6 * MIN)
+    assert len(journals.calls) == 1
+    ledger = reopened(path)
+    east = ledger.server("east-1")
+    assert east.last_done == SLOT + 5 * MIN
+    assert east.last_outcome is Outcome.OK
+    assert east.last_attempt_at == east.last_success_at == SLOT + 6 * MIN
+    assert ledger.server("west-1").last_done is None
+    assert store.last_runs_done() == {"east-1": SLOT + 5 * MIN}
+    (call,) = store.history()
+    assert (call.server, call.due, call.at, call.outcome) == (
+        "east-1",
+        SLOT + 5 * MIN,
+        SLOT + 6 * MIN,
+        Outcome.OK,
+    )
+    assert errors(log) == []
+
+
+def test_a_failure_updates_the_last_outcome_but_marks_no_run(store: StateStore, path: Path) -> None:
+    log = Log()
+    clock = FakeClock(SLOT)
+    runner = runner_at(store, clock, log)
+    settle(runner, "east-1", Outcome.OK, due=SLOT, at=SLOT)
+    clock.set(SLOT + 60 * MIN)
+    settle(runner, "east-1", Outcome.TRANSIENT, due=SLOT + 60 * MIN, at=SLOT + 60 * MIN)
+    east = reopened(path).server("east-1")
+    assert east.last_done == SLOT
+    assert east.last_outcome is Outcome.TRANSIENT
+    assert east.last_attempt_at == SLOT + 60 * MIN
+    assert east.last_success_at == SLOT
+    assert store.last_runs_done() == {"east-1": SLOT}
+    assert [c.outcome for c in store.history()] == [Outcome.TRANSIENT, Outcome.OK]
+    assert errors(log) == []
+
+
+def test_a_manual_refresh_without_a_due_marks_no_run(store: StateStore, path: Path) -> None:
+    log = Log()
+    runner = runner_at(store, FakeClock(SLOT), log)
+    settle(runner, "east-1", Outcome.OK, due=None, at=SLOT)
+    east = reopened(path).server("east-1")
+    assert east.last_done is None
+    assert east.last_success_at == SLOT
+    assert store.last_runs_done() == {}
+    (call,) = store.history()
+    assert (call.slot_start, call.due) == (None, None)
+    assert errors(log) == []
+
+
+def test_a_success_ends_the_servers_suspension(
+    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.journal(
+        servers={
+            "east-1": ServerEntry(
+                suspended_until=SLOT + 60 * MIN,
+                suspensions=3,
+                suspension_reason="permission_denied",
+            )
+        },
+        logins={},
+    )
+    log = Log()
+    runner = runner_at(store, FakeClock(SLOT + 61 * MIN), log)
+    journals = Journals(store, monkeypatch)
+    settle(runner, "east-1", Outcome.OK, due=SLOT + 61 * MIN, at=SLOT + 61 * MIN)
+    assert len(journals.calls) == 1
+    state = reopened(path).server("east-1")
+    assert (state.suspended_until, state.suspensions, state.suspension_reason) == (None, 0, None)
+    assert state.last_done == SLOT + 61 * MIN
+    assert errors(log) == []
+
+
+def test_a_success_ends_its_credentials_wait_in_the_same_record(
+    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wait = LoginEntry(wait_until=SLOT + 60 * MIN, wait_reason="auth_failed")
+    store.journal(servers={}, logins={"east": wait, "west": wait})
+    log = Log()
+    runner = runner_at(store, FakeClock(SLOT), log)
+    journals = Journals(store, monkeypatch)
+    settle(runner, "east-1", Outcome.TRANSIENT)
+    assert reopened(path).logins == {"east": wait, "west": wait}
+    settle(runner, "east-1", Outcome.OK, at=SLOT + MIN)
+    # One journal call, one transaction: the success, its done run and the wait's end.
+    assert len(journals.calls) == 2
+    last = journals.calls[-1]
+    assert last["logins"] == {"east": LoginEntry(proven=True)}
+    assert last["done"] == ("east-1", SLOT)
+    ledger = reopened(path)
+    assert ledger.logins == {"west": wait}
+    assert ledger.server("east-1").last_success_at == SLOT + MIN
+    assert store.credentials_wait("east") is None
+    assert store.credentials_wait("west") is not None
+    assert errors(log) == []
+
+
+def test_a_config_change_ends_the_suspension_and_forgets_its_count(
+    store: StateStore, path: Path
+) -> None:
+    suspended = ServerEntry(
+        suspended_until=SLOT + 60 * MIN,
+        suspensions=2,
+        suspension_reason="permission_denied",
+        fingerprint="sha256:before",
+    )
+    store.journal(servers={"east-1": suspended}, logins={})
+    log = Log()
+    runner = runner_at(store, FakeClock(SLOT), log)
+    runner.configure(runner.config, runner.config.servers, changed_logins=())
+    east = reopened(path).server("east-1")
+    assert (east.suspended_until, east.suspension_reason, east.suspensions) == (None, None, 0)
+    assert east.fingerprint not in (None, "sha256:before")
+    assert errors(log) == []
 
 
 # -- history and pruning ----------------------------------------------------------------
@@ -244,23 +519,31 @@ def test_history_is_newest_first_and_filters_by_server_since_and_limit(store: St
 
 
 def test_history_orders_calls_at_the_same_instant_by_insertion(store: StateStore) -> None:
-    first = record(store, outcome=Outcome.TRANSIENT, attempt=1)
-    second = record(store, outcome=Outcome.OK, attempt=2)
-    assert [c.id for c in store.history()] == [second.id, first.id]
+    record(store, outcome=Outcome.TRANSIENT, attempt=1)
+    record(store, outcome=Outcome.OK, attempt=2)
+    newest, oldest = store.history()
+    assert (newest.attempt, oldest.attempt) == (2, 1)
+    assert newest.id > oldest.id
+
+
+def test_last_runs_done_holds_each_servers_latest_done_run(store: StateStore) -> None:
+    for minutes in (10, 20, 0):  # an older run done late does not hide the latest
+        record(store, due=SLOT + minutes * MIN)
+    record(store, "west-1", due=SLOT + 30 * MIN)
+    assert store.last_runs_done() == {"east-1": SLOT + 20 * MIN, "west-1": SLOT + 30 * MIN}
+    assert store.load().server("east-1").last_done == SLOT + 20 * MIN
 
 
 def test_prune_forgets_old_calls_and_keeps_done_runs_longer(store: StateStore) -> None:
     day = timedelta(days=1)
-    for age_days in (10, 3, 1, 0):
-        record(store, due=SLOT - age_days * day, at=SLOT - age_days * day)
+    ages = (10, 3, 1, 0)
+    for age_days in ages:  # one server each: last_runs_done shows every run still kept
+        record(store, f"aged-{age_days}", due=SLOT - age_days * day, at=SLOT - age_days * day)
     assert store.prune(SLOT - 2 * day) == 2
     assert [c.at for c in store.history()] == [SLOT, SLOT - day]
     assert timedelta(days=1) < RUNS_DONE_EXTRA_KEEP
-    assert store.runs_done_since("east-1", SLOT - 30 * day) == {
-        SLOT - 3 * day,
-        SLOT - day,
-        SLOT,
-    }
+    assert store.last_runs_done() == {f"aged-{age}": SLOT - age * day for age in (3, 1, 0)}
+    assert store.load().server("aged-10").last_done is None
 
 
 # -- durability and migration -----------------------------------------------------------
@@ -271,10 +554,10 @@ def test_a_success_survives_closing_and_reopening(path: Path) -> None:
     record(first)
     # A second store sees it before the first is closed: it was committed, not buffered.
     with StateStore(path) as second:
-        assert second.run_done("east-1", SLOT)
+        assert second.last_runs_done() == {"east-1": SLOT}
     first.close()
     with StateStore(path) as third:
-        assert third.run_done("east-1", SLOT)
+        assert third.load().server("east-1").last_done == SLOT
 
 
 def test_the_file_is_set_up_for_durability(store: StateStore, path: Path) -> None:
@@ -300,8 +583,8 @@ def test_reopening_a_migrated_file_changes_nothing(path: Path) -> None:
     with StateStore(path) as opened:
         record(opened)
     schema = dump_schema(path)
-    with StateStore(path) as reopened:
-        assert reopened.run_done("east-1", SLOT)
+    with StateStore(path) as reopened_store:
+        assert reopened_store.last_runs_done() == {"east-1": SLOT}
     assert dump_schema(path) == schema
     assert user_version(path) == SCHEMA_VERSION
 
@@ -345,16 +628,21 @@ def test_a_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
 
 def test_a_read_only_store_refuses_writes(path: Path) -> None:
     StateStore(path).close()
-    with StateStore.open_readonly(path) as reader, pytest.raises(StateError, match="read-only"):
-        reader.suspend_server("east-1", SLOT, 1, "x")
+    suspended = ServerEntry(suspended_until=SLOT, suspensions=1, suspension_reason="x")
+    with StateStore.open_readonly(path) as reader:
+        with pytest.raises(StateError, match="read-only"):
+            reader.journal(servers={"east-1": suspended}, logins={}, call=new_call())
+        with pytest.raises(StateError, match="read-only"):
+            reader.prune(SLOT)
+        assert reader.load() == Ledger({}, {})
 
 
 def test_the_read_only_store_reads_while_the_daemon_writes(store: StateStore, path: Path) -> None:
     record(store)
     with StateStore.open_readonly(path) as reader:
-        assert reader.run_done("east-1", SLOT)
+        assert reader.last_runs_done() == {"east-1": SLOT}
         record(store, due=SLOT + MIN)
-        assert reader.run_done("east-1", SLOT + MIN)
+        assert reader.load().server("east-1").last_done == SLOT + MIN
 
 
 def test_the_read_only_store_says_when_the_daemon_has_not_run(path: Path) -> None:
@@ -453,17 +741,22 @@ _FILL_DISK = """
 import resource, signal, sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from refreshd.state import StateError, StateStore
+from refreshd.core.ledger import ServerEntry
 from refreshd.core.vicidial import Outcome
+from refreshd.state import NewCall, StateError, StateStore
 store = StateStore(Path(sys.argv[1]))
 # A file-size limit stands in for a full disk: writes past it fail like ENOSPC does.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 slot = datetime.fromisoformat(sys.argv[2])
 for i in range(100_000):
+    due = slot + timedelta(minutes=i)
+    entry = ServerEntry(last_done=due, last_success_at=slot, last_outcome=Outcome.OK,
+                        last_attempt_at=slot)
+    call = NewCall(server="east-1", slot_start=slot, due=due, attempt=1, outcome=Outcome.OK,
+                   at=slot, duration_ms=1, detail="x" * 900)
     try:
-        store.record_call(server="east-1", slot_start=slot, due=slot + timedelta(minutes=i),
-                          attempt=1, outcome=Outcome.OK, at=slot, duration_ms=1, detail="x" * 900)
+        store.journal(servers={"east-1": entry}, logins={}, call=call, done=("east-1", due))
     except StateError as err:
         print(i, err)
         break
@@ -484,15 +777,15 @@ def test_a_write_that_fails_for_space_raises_and_leaves_no_partial_record(path: 
     assert int(failed_at) > 0, "the limit should let a few calls through first"
     assert f"state file {path}: cannot record a call" in message
     assert "file system is not full" in message
-    with StateStore(path) as reopened:
-        assert len(reopened.history(limit=100_000)) == int(failed_at)
-        assert not reopened.run_done("east-1", SLOT + int(failed_at) * MIN)
+    with StateStore(path) as reopened_store:
+        assert len(reopened_store.history(limit=100_000)) == int(failed_at)
+        assert reopened_store.last_runs_done() == {"east-1": SLOT + (int(failed_at) - 1) * MIN}
 
 
 # -- concurrency and crashes ------------------------------------------------------------
 
 
-def test_record_call_from_eight_threads_loses_nothing(store: StateStore) -> None:
+def test_journal_from_eight_threads_loses_nothing(store: StateStore) -> None:
     per_thread = 40
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -504,7 +797,7 @@ def test_record_call_from_eight_threads_loses_nothing(store: StateStore) -> None
                 due = SLOT + i * MIN
                 record(store, f"server-{n}", due=due, at=due)
                 record(store, "shared", outcome=Outcome.TRANSIENT, at=due)
-                assert store.run_done(f"server-{n}", due)
+                assert store.load().server(f"server-{n}").last_done == due
         except BaseException as err:  # checked in the main thread: threads swallow errors
             errors.append(err)
 
@@ -515,25 +808,31 @@ def test_record_call_from_eight_threads_loses_nothing(store: StateStore) -> None
         thread.join()
     assert errors == []
     assert len(store.history(limit=10_000)) == 8 * per_thread * 2
+    last = SLOT + (per_thread - 1) * MIN
+    assert store.last_runs_done() == {f"server-{n}": last for n in range(8)}
     for n in range(8):
-        done = store.runs_done_since(f"server-{n}", SLOT)
-        assert done == {SLOT + i * MIN for i in range(per_thread)}
-    assert store.server_state("shared").last_outcome is Outcome.TRANSIENT
+        dues = {c.due for c in store.history(server=f"server-{n}", limit=10_000)}
+        assert dues == {SLOT + i * MIN for i in range(per_thread)}
+    assert store.load().server("shared").last_outcome is Outcome.TRANSIENT
 
 
-_RECORD_FOREVER = """
+_JOURNAL_FOREVER = """
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from refreshd.state import StateStore
+from refreshd.core.ledger import ServerEntry
 from refreshd.core.vicidial import Outcome
+from refreshd.state import NewCall, StateStore
 store = StateStore(Path(sys.argv[1]))
 slot = datetime.fromisoformat(sys.argv[2])
 for i in range(int(sys.argv[3]), 10**9):
     due = slot + timedelta(minutes=i)
-    store.record_call(server="east-1", slot_start=slot, due=due, attempt=1,
-                      outcome=Outcome.OK, at=due, duration_ms=1)
-    # Printed only once record_call has returned, i.e. after the commit.
+    entry = ServerEntry(last_done=due, last_success_at=due, last_outcome=Outcome.OK,
+                        last_attempt_at=due)
+    call = NewCall(server="east-1", slot_start=slot, due=due, attempt=1, outcome=Outcome.OK,
+                   at=due, duration_ms=1)
+    store.journal(servers={"east-1": entry}, logins={}, call=call, done=("east-1", due))
+    # Printed only once journal has returned, i.e. after the commit.
     print(i, flush=True)
 """
 
@@ -546,7 +845,7 @@ def test_every_run_reported_done_survives_kill_9(path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                _RECORD_FOREVER,
+                _JOURNAL_FOREVER,
                 str(path),
                 SLOT.isoformat(),
                 str(round_number * 100_000),
@@ -565,9 +864,13 @@ def test_every_run_reported_done_survives_kill_9(path: Path) -> None:
         reported.extend(int(line) for line in child.stdout.read().split())
         child.stdout.close()
 
-        with StateStore(path) as reopened:
-            done = reopened.runs_done_since("east-1", SLOT)
-        missing = {SLOT + i * MIN for i in reported} - done
+        with StateStore(path) as reopened_store:
+            latest = reopened_store.last_runs_done()["east-1"]
+            kept = {c.due for c in reopened_store.history(server="east-1", limit=10**6)}
+        # The latest done run covers every earlier one; each run's call row was
+        # committed with it, so none of them may be missing either.
+        assert latest >= SLOT + max(reported) * MIN, f"round {round_number}: latest run lost"
+        missing = {SLOT + i * MIN for i in reported} - kept
         assert not missing, f"round {round_number}: {len(missing)} reported runs lost"
         assert integrity(path) == "ok"
 

@@ -47,6 +47,7 @@ __all__ = [
     "LOCKOUT_WAIT",
     "LOGIN_PROVEN",
     "MAX_LOGINS_IN_FLIGHT",
+    "REFUSED_LOGIN",
     "RETRY_FLOOR",
     "SUSPENDING",
     "VICIDIAL_LOCKOUT",
@@ -89,6 +90,10 @@ LOGIN_PROVEN: frozenset[Outcome] = frozenset({Outcome.OK, Outcome.PERMISSION_DEN
 """Outcomes VICIdial only answers after accepting the login, so they prove the
 credentials good. Others prove nothing (`not_found` may be an HTTP 404 from a proxy,
 `transient` never reached VICIdial) or prove them bad (`auth_failed`, `locked_out`)."""
+
+
+REFUSED_LOGIN: frozenset[Outcome] = frozenset({Outcome.AUTH_FAILED, Outcome.LOCKED_OUT})
+"""Outcomes that prove the login bad: it is unproven again, and waits."""
 
 
 @dataclass(frozen=True)

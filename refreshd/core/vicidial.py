@@ -6,11 +6,13 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote_plus
 
 __all__ = [
     "MAX_DETAIL",
     "Answer",
+    "Attempt",
     "Outcome",
     "ProbeResult",
     "Transport",
@@ -97,6 +99,15 @@ class Answer:
     detail: str  # short, redacted, human: what was seen
     http_status: int | None = None
     servers_flagged: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One refresh call: its answer, when it was sent and how long it took."""
+
+    answer: Answer
+    started_at: datetime
+    duration_ms: int
 
 
 _TAG = re.compile(r"<[^>]*>")

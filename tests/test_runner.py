@@ -1,5 +1,6 @@
-"""refreshd.recorder.Recorder: for each call outcome, the events it logs (captured as dicts
-by structlog.testing.capture_logs) and the rows it leaves in a real state store."""
+"""refreshd.runner.Runner.settle: for each call outcome, the events it logs (captured as dicts
+by structlog.testing.capture_logs), the ledger it leaves and the rows it journals in a real
+state store. The runner's clock is a FakeClock set to the call's time."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from refreshd.attempt import Attempt
+from refreshd.clock import FakeClock
+from refreshd.config import Config, validate_config
+from refreshd.core.ledger import LoginEntry, ServerEntry
 from refreshd.core.policy import LOCKOUT_WAIT, Action, Backoff, Decision
 from refreshd.core.slots import Slot
-from refreshd.core.vicidial import Answer, Outcome
-from refreshd.dispatch import CredentialsGate
-from refreshd.recorder import CallContext, Recorder
+from refreshd.core.vicidial import Answer, Attempt, Outcome
+from refreshd.runner import Runner, runner_for
 from refreshd.state import StateStore
 
 SERVER = "east-1"
@@ -54,49 +56,84 @@ LOCKED = Answer(
 INVALID_SOURCE = Answer(Outcome.BAD_REQUEST, "ERROR: Invalid Source - x", 200)
 
 
+CONFIG = validate_config(
+    {
+        "daemon": {"state_path": "/nonexistent/state.db", "metrics_listen": ""},
+        "credentials": {CREDENTIALS: {"user": "refreshd", "password": "demo-pass-123"}},
+        "servers": [
+            {
+                "name": SERVER,
+                "api_url": "http://127.0.0.1:9/vicidial/non_agent_api.php",
+                "credentials": CREDENTIALS,
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    },
+    environ={},
+)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[StateStore]:
     with StateStore(tmp_path / "state.db") as opened:
         yield opened
 
 
+def runner(store: StateStore | None, *, at: datetime = NOW, backoff: Backoff = BACKOFF) -> Runner:
+    """A runner on `store` (its ledger as journaled), its clock at `at`."""
+    config: Config = CONFIG
+    if backoff != BACKOFF:
+        settings = {
+            name: getattr(backoff, name)
+            for name in ("retry_initial", "retry_max", "suspend_initial", "suspend_max")
+        }
+        config = CONFIG.model_copy(
+            update={
+                "backoff": CONFIG.backoff.model_copy(
+                    update={**settings, "auth_retry": backoff.auth_retry}
+                )
+            }
+        )
+    made = runner_for(config, store=store, clock=FakeClock(at), log=structlog.get_logger())
+    made._rng = random.Random(7)
+    return made
+
+
 def context(
     *, attempt: int = 1, retry_until: datetime | None = SLOT.end, scheduled: bool = True
-) -> CallContext:
+) -> dict[str, Any]:
+    """Where the call belongs: a scheduled run of SLOT, or a manual refresh."""
     if not scheduled:  # a manual `refreshd refresh`
-        return CallContext(server=SERVER, credentials=CREDENTIALS, credentials_fingerprint="fp")
-    return CallContext(
-        server=SERVER,
-        credentials=CREDENTIALS,
-        attempt=attempt,
-        slot=SLOT,
-        due=SLOT.start,
-        retry_until=retry_until,
-        credentials_fingerprint="fp",
-    )
+        return {}
+    return {"attempt": attempt, "slot": SLOT, "due": SLOT.start, "retry_until": retry_until}
 
 
 def record(
     store: StateStore | None,
     answer: Answer,
     *,
-    ctx: CallContext | None = None,
+    ctx: dict[str, Any] | None = None,
     at: datetime = NOW,
-    gate: CredentialsGate | None = None,
+    on: Runner | None = None,
     backoff: Backoff = BACKOFF,
 ) -> tuple[Decision, list[MutableMapping[str, Any]]]:
-    """Record one call of `answer` sent at `at` (the recorder's clock reads `at` too)."""
+    """Settle one call of `answer` sent at `at` (the runner's clock reads `at` too)."""
     with capture_logs() as logs:
-        recorder = Recorder(
-            store=store,
-            gate=gate or CredentialsGate(),
-            backoff=backoff,
-            log=structlog.get_logger(),
-            rng=random.Random(7),
-            now=lambda: at,
-        )
-        decision = recorder.record(ctx or context(), Attempt(answer, at, 42))
+        settling = on or runner(store, at=at, backoff=backoff)
+        call = settling.call_for(CONFIG.server(SERVER), **(context() if ctx is None else ctx))
+        decision = settling.settle(call, Attempt(answer, at, 42))
     return decision, logs
+
+
+def suspend(store: StateStore, until: datetime, suspensions: int = 1) -> None:
+    entry = ServerEntry(
+        suspended_until=until, suspensions=suspensions, suspension_reason="permission_denied"
+    )
+    store.journal(servers={SERVER: entry}, logins={})
+
+
+def fingerprint() -> str | None:
+    return runner(None).login_fingerprint(CREDENTIALS)
 
 
 def events(logs: list[MutableMapping[str, Any]]) -> list[str]:
@@ -136,38 +173,37 @@ def test_ok_writes_a_history_row_and_marks_the_run_done(store: StateStore) -> No
     assert (row.server, row.outcome, row.attempt, row.at) == (SERVER, Outcome.OK, 1, NOW)
     assert (row.slot_start, row.due, row.duration_ms) == (SLOT.start, SLOT.start, 42)
     assert (row.http_status, row.servers_flagged) == (200, 2)
-    assert store.run_done(SERVER, SLOT.start)
-    state = store.server_state(SERVER)
-    assert state.last_outcome is Outcome.OK
-    assert state.last_success_at == NOW
+    entry = store.load().server(SERVER)
+    assert entry.last_done == SLOT.start
+    assert entry.last_outcome is Outcome.OK
+    assert entry.last_success_at == NOW
 
 
 def test_a_later_run_of_the_slot_is_logged_with_its_due(store: StateStore) -> None:
     due = SLOT.start + timedelta(hours=1)
-    ctx = CallContext(
-        server=SERVER, credentials=CREDENTIALS, slot=SLOT, due=due, retry_until=SLOT.end
-    )
+    ctx = {"slot": SLOT, "due": due, "retry_until": SLOT.end}
 
     _, logs = record(store, SUCCESS, ctx=ctx, at=due)
 
     assert only(logs, "refresh.succeeded")["due"] == due
-    assert store.run_done(SERVER, due)
-    assert not store.run_done(SERVER, SLOT.start)
+    assert store.load().server(SERVER).last_done == due
 
 
-def test_ok_ends_a_credentials_wait_in_the_store_and_the_gate(store: StateStore) -> None:
-    gate = CredentialsGate()
-    store.wait_credentials(CREDENTIALS, NOW + timedelta(hours=1), "login refused", "fp")
-    gate.wait(CREDENTIALS, NOW + timedelta(hours=1))
+def test_ok_ends_a_credentials_wait_in_the_store_and_the_ledger(store: StateStore) -> None:
+    wait = LoginEntry(NOW + timedelta(hours=1), "login refused", fingerprint())
+    store.journal(servers={}, logins={CREDENTIALS: wait})
+    settling = runner(store)
+    assert settling.waiting(CREDENTIALS, NOW) == NOW + timedelta(hours=1)
 
-    record(store, SUCCESS, gate=gate)
+    _, logs = record(store, SUCCESS, ctx={}, on=settling)
 
     assert store.credentials_wait(CREDENTIALS) is None
-    assert gate.waiting(CREDENTIALS, NOW) is None
+    assert settling.waiting(CREDENTIALS, NOW) is None
+    assert only(logs, "credentials.resumed")["credentials"] == CREDENTIALS
 
 
 def test_a_success_during_a_suspension_logs_server_resumed(store: StateStore) -> None:
-    store.suspend_server(SERVER, NOW + timedelta(hours=1), 1, "permission_denied")
+    suspend(store, NOW + timedelta(hours=1))
 
     _, logs = record(store, SUCCESS, ctx=context(scheduled=False))  # an operator's refresh
 
@@ -181,7 +217,7 @@ def test_a_success_right_after_a_suspension_ran_out_logs_server_resumed(
     store: StateStore,
 ) -> None:
     until = NOW - timedelta(milliseconds=5)  # the daemon fires at the suspension's end
-    store.suspend_server(SERVER, until, 1, "permission_denied")
+    suspend(store, until)
 
     _, logs = record(store, SUCCESS)
 
@@ -206,7 +242,7 @@ def test_a_transient_failure_with_time_left_logs_refresh_retrying_with_retry_at(
     assert line["detail"] == HTTP_500.detail
     (row,) = store.history()
     assert (row.outcome, row.http_status, row.detail) == (Outcome.TRANSIENT, 500, HTTP_500.detail)
-    assert not store.run_done(SERVER, SLOT.start)
+    assert store.load().server(SERVER).last_done is None
 
 
 def test_an_unexpected_answer_is_retried_with_its_detail_in_the_log(store: StateStore) -> None:
@@ -321,16 +357,16 @@ def test_auth_failed_logs_refresh_failed_and_credentials_suspended(store: StateS
 
 
 def test_auth_failed_writes_a_credentials_wait_and_closes_the_gate(store: StateStore) -> None:
-    gate = CredentialsGate()
+    settling = runner(store)
 
-    record(store, LOGIN_INCORRECT, gate=gate)
+    record(store, LOGIN_INCORRECT, on=settling)
 
     wait = store.credentials_wait(CREDENTIALS)
     assert wait is not None
-    assert (wait.until, wait.fingerprint) == (NOW + BACKOFF.auth_retry, "fp")
+    assert (wait.until, wait.fingerprint) == (NOW + BACKOFF.auth_retry, fingerprint())
     assert "auth_retry" in wait.reason
-    assert gate.waiting(CREDENTIALS, NOW) == NOW + BACKOFF.auth_retry
-    assert not gate.allowed(CREDENTIALS, NOW + timedelta(minutes=1))
+    assert settling.waiting(CREDENTIALS, NOW) == NOW + BACKOFF.auth_retry
+    assert not settling.try_start(CREDENTIALS, NOW + timedelta(minutes=1))
     assert store.server_state(SERVER).suspended_until is None  # the login, not the server
 
 

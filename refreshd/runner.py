@@ -1,0 +1,267 @@
+"""The one path every call takes: the login gate, then settle -> ledger -> journal -> events.
+
+The daemon (through the scheduler), `refreshd refresh` and `refreshd check --online` each
+hold a `Runner`: it owns the process's only live state, the ledger, loaded from the store
+and journaled back after every change. Two questions have exactly one answer here:
+
+- may this login be tried now? (`try_start`, asking `policy.credentials_attempt_allowed`
+  with the ledger's entry), and
+- what does this finished call change? (`settle`: the core decides and applies, the store
+  journals in one transaction, `Events` logs and counts).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from refreshd.attempt import credentials_fingerprint
+from refreshd.binding import backoff_of, server_fingerprint
+from refreshd.clock import Clock
+from refreshd.config import Config, ServerConfig
+from refreshd.core.ledger import (
+    Call,
+    Event,
+    Ledger,
+    LoginEntry,
+    Merged,
+    ServerEntry,
+    merge,
+    reconfigure,
+    settle,
+)
+from refreshd.core.policy import Decision, credentials_attempt_allowed
+from refreshd.core.vicidial import Attempt, Outcome
+from refreshd.events import Events
+from refreshd.metrics import Metrics
+from refreshd.state import NewCall, StateError, StateStore
+
+__all__ = ["Runner", "login_key", "runner_for"]
+
+
+def login_key(server: ServerConfig) -> str:
+    """Which ledger entry a server's calls log in with."""
+    return server.credentials
+
+
+class Runner:
+    """The ledger of one process, the login gate on it, and the path after each call.
+
+    Thread-safe: the scheduler's workers settle calls concurrently; every change of the
+    ledger happens under one lock, journaled before the lock is released, so the journal
+    holds changes in the order they were made.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: StateStore | None,
+        clock: Clock,
+        log: Any,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.log = log
+        self.events = Events(log, metrics)
+        self.backoff = backoff_of(config.backoff)
+        self._rng = rng or random.Random()
+        self._lock = threading.RLock()
+        self._ledger = Ledger() if store is None else store.load()
+        self._login_fps: dict[str, str] = {}
+        self._server_logins: dict[str, str] = {}
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    # --- configuration -----------------------------------------------------------------
+
+    def configure(
+        self, config: Config, servers: Iterable[ServerConfig], *, changed_logins: Iterable[str]
+    ) -> None:
+        """Take a (new) config: `servers` are those added or changed (their suspension ends
+        if their config changed), `changed_logins` those whose credentials changed."""
+        fingerprints = {
+            name: credentials_fingerprint(creds)
+            for name, creds in config.resolved_credentials().items()
+        }
+        with self._lock:
+            self.config = config
+            self.backoff = backoff_of(config.backoff)
+            self._login_fps = fingerprints
+            self._server_logins = {s.name: login_key(s) for s in config.servers}
+            done = reconfigure(
+                self._ledger,
+                server_fingerprints={
+                    s.name: server_fingerprint(config, s, fingerprints[s.credentials])
+                    for s in servers
+                },
+                login_fingerprints=fingerprints,
+                changed_logins=frozenset(changed_logins),
+                now=self.clock.now(),
+            )
+            self._ledger = done.ledger
+            self._journal(done.servers, done.logins)
+        self.events.emit(done.events)
+
+    def login_fingerprint(self, login: str) -> str | None:
+        return self._login_fps.get(login)
+
+    # --- the login gate ----------------------------------------------------------------
+
+    def waiting(self, login: str, now: datetime) -> datetime | None:
+        """The end of the login's wait, if one runs at `now`."""
+        return self._ledger.login(login).waiting_at(now)
+
+    def try_start(self, login: str, now: datetime) -> bool:
+        """May one more call log in with `login` now? If so it counts as in flight until
+        `finished`. The one place that answers, for every path."""
+        with self._lock:
+            entry = self._ledger.login(login)
+            allowed = credentials_attempt_allowed(
+                wait_until=entry.wait_until,
+                logins_in_flight=entry.in_flight,
+                proven=entry.proven,
+                now=now,
+            )
+            if allowed:
+                self._set_login(login, replace(entry, in_flight=entry.in_flight + 1))
+            return allowed
+
+    def finished(self, login: str) -> None:
+        with self._lock:
+            entry = self._ledger.login(login)
+            self._set_login(login, replace(entry, in_flight=max(0, entry.in_flight - 1)))
+
+    def prove(self, login: str) -> bool:
+        """VICIdial accepted the login: more calls may start at once. True when it just
+        became proven."""
+        with self._lock:
+            entry = self._ledger.login(login)
+            if entry.proven:
+                return False
+            self._set_login(login, replace(entry, proven=True))
+            return True
+
+    def set_aside_waits(self) -> None:
+        """The operator asked for calls now (`refreshd refresh`): journaled waits do not
+        hold this process back. What its calls learn is still settled and journaled (a
+        success ends the wait, a refused login starts a new one)."""
+        with self._lock:
+            self._ledger = self._ledger.with_logins(
+                {
+                    key: replace(entry, wait_until=None, wait_reason=None)
+                    for key, entry in self._ledger.logins.items()
+                }
+            )
+
+    def _set_login(self, login: str, entry: LoginEntry) -> None:
+        self._ledger = self._ledger.with_logins({login: entry})
+
+    # --- after a call ------------------------------------------------------------------
+
+    def call_for(self, server: ServerConfig, **where: Any) -> Call:
+        """A call's place for `server`; `where`: attempt, slot, due, retry_until."""
+        login = login_key(server)
+        return Call(
+            server=server.name,
+            login=login,
+            credentials=server.credentials,
+            login_fingerprint=self._login_fps.get(login),
+            **where,
+        )
+
+    def settle(self, call: Call, attempt: Attempt) -> Decision:
+        """Decide, update the ledger, journal it (durable before the next plan), then log
+        and count: in that order (SPEC.md)."""
+        with self._lock:
+            done = settle(
+                self._ledger,
+                call,
+                attempt,
+                backoff=self.backoff,
+                rng=self._rng,
+                now=self.clock.now(),
+            )
+            # In memory first: a failing disk must not make this process forget a
+            # success, a suspension or a wait.
+            self._ledger = done.ledger
+            answer = attempt.answer
+            record = NewCall(
+                server=call.server,
+                slot_start=call.slot.start if call.slot else None,
+                due=call.due,
+                attempt=call.attempt,
+                outcome=answer.outcome,
+                at=attempt.started_at,
+                duration_ms=attempt.duration_ms,
+                http_status=answer.http_status,
+                servers_flagged=answer.servers_flagged,
+                detail=answer.detail,
+            )
+            due = (call.server, call.due) if done.run_done and call.due is not None else None
+            self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
+        self.events.emit(done.events)
+        self.events.called(call.server, call.credentials, attempt)
+        return done.decision
+
+    def tell(self, events: Iterable[Event]) -> None:
+        """Log and count events that change no entry (a skipped call, a missed slot)."""
+        self.events.emit(events)
+
+    def _journal(
+        self,
+        servers: Mapping[str, ServerEntry],
+        logins: Mapping[str, LoginEntry],
+        call: NewCall | None = None,
+        done: tuple[str, datetime] | None = None,
+        *,
+        outcome: Outcome | None = None,
+    ) -> None:
+        if self.store is None or not (servers or logins or call):
+            return
+        try:
+            self.store.journal(servers=servers, logins=logins, call=call, done=done)
+        except StateError as err:
+            # The call happened; only its record failed. Say so loudly: after a restart
+            # this run could be refreshed again.
+            fields: dict[str, object] = {"error": str(err)}
+            if call is not None:
+                fields.update(server=call.server, outcome=str(outcome))
+            self.log.error("state.error", **fields)
+
+    # --- other processes ---------------------------------------------------------------
+
+    def sync(self) -> Merged | None:
+        """Take in what another process journaled since the last look; None if nothing.
+        Raises StateError when the store cannot be read."""
+        if self.store is None or not self.store.changed_by_others():
+            return None
+        stored = self.store.load()
+        with self._lock:
+            merged = merge(
+                self._ledger,
+                stored,
+                server_logins=self._server_logins,
+                login_fingerprints=self._login_fps,
+                now=self.clock.now(),
+            )
+            self._ledger = merged.ledger
+        self.events.emit(merged.events)
+        return merged
+
+
+def runner_for(config: Config, *, store: StateStore | None, clock: Clock, log: Any) -> Runner:
+    """The runner of a one-shot command: the ledger as journaled, the config applied.
+    Raises StateError when the store cannot be read."""
+    runner = Runner(config, store=store, clock=clock, log=log)
+    runner.configure(config, [], changed_logins=[])
+    return runner
