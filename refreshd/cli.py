@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from refreshd import __version__
@@ -18,6 +19,9 @@ from refreshd.core.durations import parse_duration
 from refreshd.core.vicidial import Outcome
 from refreshd.logs import configure, get_logger, redactor
 from refreshd.state import StateError, StateStore
+
+if TYPE_CHECKING:
+    from refreshd.runner import Runner
 from refreshd.views import history_rows, plan_document, status_document
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "main"]
@@ -170,7 +174,14 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_OK
     from refreshd.manual import online_check  # the HTTP stack: only for commands that call
 
-    lines = online_check(config)
+    configure(sys.stderr)  # the report is stdout's; what the probes change is logged aside
+    log = get_logger()
+    store = _open_store(config, log, doing="recording what the probes learn")
+    try:
+        lines = online_check(_command_runner(config, store, log))
+    finally:
+        if store is not None:
+            store.close()
     width = max(len(line.subject) for line in lines)
     for line in lines:
         mark = "ok  " if line.ok else "FAIL"
@@ -203,7 +214,6 @@ def _refresh(args: argparse.Namespace) -> int:
     # VICIdial only: check, plan, status and history start ~0.15 s sooner without it.
     from refreshd.attempt import target_of
     from refreshd.manual import refresh_now
-    from refreshd.runner import runner_for
 
     if args.dry_run:
         width = max(len(name) for name in names)
@@ -214,28 +224,34 @@ def _refresh(args: argparse.Namespace) -> int:
         return EXIT_OK
     configure()
     log = get_logger()
-    store = _open_store(config, log)
+    store = _open_store(config, log, doing="recording this refresh")
     try:
-        try:
-            runner = runner_for(config, store=store, clock=system_clock, log=log)
-        except StateError as err:
-            print(f"refreshd: warning: not recording this refresh: {err}", file=sys.stderr)
-            runner = runner_for(config, store=None, clock=system_clock, log=log)
-        results = refresh_now(runner, names)
+        results = refresh_now(_command_runner(config, store, log), names)
     finally:
         if store is not None:
             store.close()
     return EXIT_OK if all(results.get(n) is Outcome.OK for n in names) else EXIT_FAILED
 
 
-def _open_store(config: Config, log: object) -> StateStore | None:
+def _open_store(config: Config, log: object, *, doing: str) -> StateStore | None:
     """The state store, or None (with a warning) when it cannot be opened: a manual
-    refresh is still worth doing, it just leaves no history."""
+    refresh or a probe is still worth doing, it just leaves no record."""
     try:
         return StateStore(config.daemon.state_path)
     except StateError as err:
-        print(f"refreshd: warning: not recording this refresh: {err}", file=sys.stderr)
+        print(f"refreshd: warning: not {doing}: {err}", file=sys.stderr)
         return None
+
+
+def _command_runner(config: Config, store: StateStore | None, log: object) -> Runner:
+    """A one-shot command's runner, on the journaled ledger when it can be read."""
+    from refreshd.runner import runner_for
+
+    try:
+        return runner_for(config, store=store, clock=system_clock, log=log)
+    except StateError as err:
+        print(f"refreshd: warning: not using the state file: {err}", file=sys.stderr)
+        return runner_for(config, store=None, clock=system_clock, log=log)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -69,10 +69,13 @@ class Dispatcher:
         self._gate = gate
         self._clock = clock
         self._send = send or (lambda c, t: refresh(c, t, clock))
-        self._cond = threading.Condition()
+        mutex = threading.Lock()
+        self._cond = threading.Condition(mutex)  # workers: a job may start
+        self._idle = threading.Condition(mutex)  # wait_idle: nothing pending or in flight
         self._pending: deque[Job] = deque()
         self._by_key: dict[Hashable, Job] = {}
         self._in_flight = 0
+        self._skipping = 0
         self._stopping = False
         self._workers = [
             threading.Thread(target=self._work, name=f"refresh-{i}", daemon=True)
@@ -97,6 +100,11 @@ class Dispatcher:
     def pending(self) -> int:
         with self._cond:
             return len(self._pending)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job is pending or in flight (True), or `timeout` seconds pass."""
+        with self._idle:
+            return self._idle.wait_for(self._idle_now, timeout)
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the dispatcher is stopping (the job is not run)."""
@@ -169,7 +177,16 @@ class Dispatcher:
         if chosen is not None:
             self._pending.remove(chosen)
             self._in_flight += 1
+        self._skipping += len(skipped)  # until their callbacks have run: not idle yet
         return chosen, skipped
+
+    def _idle_now(self) -> bool:
+        return not self._pending and not self._in_flight and not self._skipping
+
+    def _notify_if_idle(self) -> None:
+        """Under the lock: tell `wait_idle` once the last job has been handed back."""
+        if self._idle_now():
+            self._idle.notify_all()
 
     def _release(self, job: Job, *, proven_now: bool = False) -> None:
         """The job's credentials slot is free again: wake a worker that may be waiting on it.
@@ -208,6 +225,10 @@ class Dispatcher:
             for each_job, reason in skipped:
                 for each in (each_job, *each_job.followers):
                     each.on_skipped(reason)
+            if skipped:
+                with self._cond:
+                    self._skipping -= len(skipped)
+                    self._notify_if_idle()
             if job is None:
                 if self._stopping:
                     return
@@ -237,3 +258,4 @@ class Dispatcher:
                     self._release(job)
                 with self._cond:
                     self._in_flight -= 1
+                    self._notify_if_idle()

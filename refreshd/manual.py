@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from refreshd.attempt import Attempt, probe, reach, target_of
-from refreshd.client import client_for
+from refreshd.client import Client, client_for
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import Event, Kind
+from refreshd.core.policy import REFUSED_LOGIN
 from refreshd.core.vicidial import Outcome
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.runner import Runner
@@ -80,49 +82,75 @@ class ProbeLine:
     duration_ms: int
 
 
-def online_check(config: Config) -> list[ProbeLine]:
+def online_check(runner: Runner) -> list[ProbeLine]:
     """One side-effect-free login probe per credentials and VICIdial (api_url), and one
-    reachability check per api_url. Never more than one login attempt per credentials
-    and URL in a run: each failed one counts toward VICIdial's lock-out."""
+    reachability check per api_url. A probe is a login like any other: it goes through the
+    runner's gate (never during a credentials wait, one at a time while unproven) and what
+    it learns is journaled (a refused login starts the wait). Never more than one login
+    attempt per credentials in a run: each failed one counts toward VICIdial's lock-out."""
+    config = runner.config
     client = client_for(config)
-    lines: list[ProbeLine] = []
     try:
-        probed: set[tuple[str, str]] = set()
-        refused: dict[str, str] = {}  # credentials -> the URL that refused the login
-        for server in config.servers:
-            key = (server.credentials, server.api_url)
-            if key in probed:
-                continue
-            probed.add(key)
-            subject = f"credentials {server.credentials} @ {_host(server.api_url)}"
-            if server.credentials in refused:
-                # Another web server of (likely) the same cluster already refused this
-                # login; a second try would only be one more failed login toward a lock-out.
-                detail = f"not tried: the login was refused at {refused[server.credentials]}"
-                lines.append(ProbeLine("login", subject, server.api_url, False, detail, 0))
-                continue
-            result, ms = probe(client, target_of(config, server))
-            if result.outcome in (Outcome.AUTH_FAILED, Outcome.LOCKED_OUT):
-                refused[server.credentials] = _host(server.api_url)
-            detail = result.detail if result.ok else f"{result.outcome}: {result.detail}"
-            lines.append(ProbeLine("login", subject, server.api_url, result.ok, detail, ms))
-        reached: dict[str, ProbeLine] = {}
-        for server in config.servers:
-            known = reached.get(server.api_url)
-            if known is None:
-                r = reach(client, server.api_url)
-                known = ProbeLine("reach", "", server.api_url, r.ok, r.detail, r.duration_ms)
-                reached[server.api_url] = known
-            lines.append(
-                ProbeLine(
-                    "reach",
-                    f"server {server.name}",
-                    server.api_url,
-                    known.ok,
-                    known.detail,
-                    known.duration_ms,
-                )
-            )
+        lines = _login_lines(runner, client)
+        lines += _reach_lines(config, client)
     finally:
         client.close()
     return lines
+
+
+def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
+    config = runner.config
+    lines: list[ProbeLine] = []
+    probed: set[tuple[str, str]] = set()
+    refused: dict[str, str] = {}  # login -> the URL that refused it
+    for server in config.servers:
+        key = (server.credentials, server.api_url)
+        if key in probed:
+            continue
+        probed.add(key)
+        subject = f"credentials {server.credentials} @ {_host(server.api_url)}"
+        call = runner.call_for(server)
+        now = runner.clock.now()
+        not_tried = None
+        if call.login in refused:
+            # Another web server of (likely) the same cluster already refused this login;
+            # a second try would only be one more failed login toward a lock-out.
+            not_tried = f"not tried: the login was refused at {refused[call.login]}"
+        elif (until := runner.waiting(call.login, now)) is not None:
+            reason = runner.ledger.login(call.login).wait_reason
+            not_tried = f"not tried: credentials wait until {_iso(until)} ({reason})"
+        elif not runner.try_start(call.login, now):
+            not_tried = "not tried: another call is logging in with these credentials"
+        if not_tried is not None:
+            lines.append(ProbeLine("login", subject, server.api_url, False, not_tried, 0))
+            continue
+        try:
+            result, ms = probe(client, target_of(config, server))
+            runner.learn(call, result.outcome)
+        finally:
+            runner.finished(call.login)
+        if result.outcome in REFUSED_LOGIN:
+            refused[call.login] = _host(server.api_url)
+        detail = result.detail if result.ok else f"{result.outcome}: {result.detail}"
+        lines.append(ProbeLine("login", subject, server.api_url, result.ok, detail, ms))
+    return lines
+
+
+def _reach_lines(config: Config, client: Client) -> list[ProbeLine]:
+    lines: list[ProbeLine] = []
+    reached: dict[str, ProbeLine] = {}
+    for server in config.servers:
+        known = reached.get(server.api_url)
+        if known is None:
+            r = reach(client, server.api_url)
+            known = ProbeLine("reach", "", server.api_url, r.ok, r.detail, r.duration_ms)
+            reached[server.api_url] = known
+        subject = f"server {server.name}"
+        lines.append(
+            ProbeLine("reach", subject, server.api_url, known.ok, known.detail, known.duration_ms)
+        )
+    return lines
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

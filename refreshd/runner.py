@@ -23,18 +23,10 @@ from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, server_fingerprint
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
-from refreshd.core.ledger import (
-    Call,
-    Event,
-    Ledger,
-    LoginEntry,
-    Merged,
-    ServerEntry,
-    merge,
-    reconfigure,
-    settle,
-)
+from refreshd.core.ledger import Call, Event, Ledger, LoginEntry, ServerEntry
+from refreshd.core.merge import Merged, merge, reconfigure
 from refreshd.core.policy import Decision, credentials_attempt_allowed
+from refreshd.core.settle import learn, settle
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
 from refreshd.metrics import Metrics
@@ -212,6 +204,20 @@ class Runner:
         self.events.emit(done.events)
         self.events.called(call.server, call.credentials, attempt)
         return done.decision
+
+    def learn(self, call: Call, outcome: Outcome) -> None:
+        """Take in what a login probe's answer says of its login (never of a server)."""
+        with self._lock:
+            self._ledger, logins, events = learn(
+                self._ledger,
+                call,
+                outcome,
+                backoff=self.backoff,
+                rng=self._rng,
+                now=self.clock.now(),
+            )
+            self._journal({}, logins)
+        self.events.emit(events)
 
     def tell(self, events: Iterable[Event]) -> None:
         """Log and count events that change no entry (a skipped call, a missed slot)."""

@@ -6,7 +6,7 @@ import contextlib
 import heapq
 import itertools
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +79,7 @@ class Scheduler:
         log: Any,
         metrics: Metrics | None = None,
         client: Client | None = None,
+        send: Callable[[Client, Target], Attempt] | None = None,
     ) -> None:
         self.config = config
         self.runner = runner
@@ -89,7 +90,11 @@ class Scheduler:
         self._client = client or client_for(config)
         self._retired_clients: list[Client] = []
         self.dispatcher = Dispatcher(
-            self._client, max_concurrency=config.daemon.max_concurrency, gate=runner, clock=clock
+            self._client,
+            max_concurrency=config.daemon.max_concurrency,
+            gate=runner,
+            clock=clock,
+            send=send,
         )
         self._aps = BackgroundScheduler(
             timezone=UTC,
@@ -114,8 +119,24 @@ class Scheduler:
 
     def start(self) -> None:
         """Plan every server from the ledger, start the timing engine."""
-        self._apply_config(self.config, initial=True)
+        self.prepare()
         self._aps.start()
+
+    def prepare(self) -> None:
+        """Plan every server from the ledger, without starting the timing engine: a test
+        on a fake clock then drives the loop itself with `next_wake` and `run_due`."""
+        self._apply_config(self.config, initial=True)
+
+    def next_wake(self) -> datetime | None:
+        """The earliest queued instant, the one the timing engine is armed for."""
+        with self._lock:
+            while self._queue and self._stale(self._queue[0]):
+                heapq.heappop(self._queue)
+            return self._queue[0][0] if self._queue else None
+
+    def run_due(self) -> None:
+        """What the timing engine does at the armed instant: fire every server due now."""
+        self._wake()
 
     def stop(self, grace: float) -> bool:
         """No new calls; calls in flight get `grace` seconds. True if all finished."""

@@ -1,0 +1,228 @@
+"""What a finished call means for the ledger: decide, then apply, then say what changed (pure)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from refreshd.core.ledger import Call, Event, Kind, Ledger, LoginEntry, ServerEntry
+from refreshd.core.policy import (
+    LOGIN_PROVEN,
+    REFUSED_LOGIN,
+    Action,
+    Backoff,
+    Decision,
+    decide,
+)
+from refreshd.core.vicidial import Attempt, Outcome
+
+__all__ = ["Settled", "learn", "login_after", "settle"]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A call's consequences: the new ledger, the entries to journal, what to tell."""
+
+    ledger: Ledger
+    decision: Decision
+    servers: Mapping[str, ServerEntry]
+    logins: Mapping[str, LoginEntry]
+    events: tuple[Event, ...]
+    run_done: bool
+    """The call's run is newly done: the journal records (server, due)."""
+
+
+def settle(
+    ledger: Ledger,
+    call: Call,
+    attempt: Attempt,
+    *,
+    backoff: Backoff,
+    rng: random.Random,
+    now: datetime,
+) -> Settled:
+    """Decide what a finished call means and apply it: the one place where an outcome
+    changes a server (done, suspended, resumed) or a login (proven, waiting, resumed)."""
+    before = ledger.server(call.server)
+    outcome = attempt.answer.outcome
+    decision = decide(
+        outcome,
+        attempt=call.attempt,
+        now=now,
+        retry_until=call.retry_until or attempt.started_at,
+        suspensions=before.suspensions,
+        backoff=backoff,
+        rng=rng,
+    )
+    server = _server_after(before, call, attempt, decision)
+    login_before = ledger.login(call.login)
+    login = login_after(login_before, call, outcome, decision)
+    logins = {call.login: login} if login != login_before else {}
+    run_done = server.last_done != before.last_done
+    events = _call_events(call, attempt, decision, was_suspended=before.suspended_until is not None)
+    if login_before.waiting_at(now) is not None and login.wait_until is None:
+        events += (_resumed_login(call, "a login worked"),)
+    return Settled(
+        ledger=ledger.with_servers({call.server: server}).with_logins(logins),
+        decision=decision,
+        servers={call.server: server},
+        logins=logins,
+        events=events,
+        run_done=run_done,
+    )
+
+
+def learn(
+    ledger: Ledger,
+    call: Call,
+    outcome: Outcome,
+    *,
+    backoff: Backoff,
+    rng: random.Random,
+    now: datetime,
+) -> tuple[Ledger, Mapping[str, LoginEntry], tuple[Event, ...]]:
+    """What a login probe (`check --online`) teaches about its login, and nothing about
+    any server: a good login proves it, a refused one starts the wait a refresh would."""
+    decision = decide(
+        outcome, attempt=1, now=now, retry_until=now, suspensions=0, backoff=backoff, rng=rng
+    )
+    before = ledger.login(call.login)
+    if decision.action is not Action.WAIT_CREDENTIALS and outcome not in LOGIN_PROVEN:
+        return ledger, {}, ()
+    after = login_after(before, call, outcome, decision)
+    events: tuple[Event, ...] = ()
+    if decision.action is Action.WAIT_CREDENTIALS:
+        events = (
+            Event(
+                Kind.CREDENTIALS_SUSPENDED,
+                {
+                    "credentials": call.credentials,
+                    "outcome": str(outcome),
+                    "suspended_until": decision.at,
+                    "reason": f"{decision.reason} (check --online)",
+                },
+            ),
+        )
+    elif before.waiting_at(now) is not None:
+        events = (_resumed_login(call, "check --online logged in"),)
+    if after == before:
+        return ledger, {}, events
+    return ledger.with_logins({call.login: after}), {call.login: after}, events
+
+
+def _server_after(
+    entry: ServerEntry, call: Call, attempt: Attempt, decision: Decision
+) -> ServerEntry:
+    outcome = attempt.answer.outcome
+    entry = replace(entry, last_outcome=outcome, last_attempt_at=attempt.started_at)
+    if outcome is Outcome.OK:
+        done = entry.last_done
+        if call.due is not None and (done is None or call.due > done):
+            done = call.due
+        success = entry.last_success_at
+        if success is None or attempt.started_at > success:
+            success = attempt.started_at
+        return replace(
+            entry,
+            last_done=done,
+            last_success_at=success,
+            suspended_until=None,
+            suspensions=0,
+            suspension_reason=None,
+        )
+    if decision.action is Action.SUSPEND_SERVER:
+        return replace(
+            entry,
+            suspended_until=decision.at,
+            suspensions=decision.suspensions,
+            suspension_reason=decision.reason,
+        )
+    return entry
+
+
+def login_after(entry: LoginEntry, call: Call, outcome: Outcome, decision: Decision) -> LoginEntry:
+    if decision.action is Action.WAIT_CREDENTIALS and decision.at is not None:
+        return replace(
+            entry,
+            wait_until=decision.at,
+            wait_reason=decision.reason,
+            fingerprint=call.login_fingerprint,
+            proven=False,
+        )
+    if outcome in LOGIN_PROVEN:
+        # A login that worked ends any wait (SPEC: a success ends the credentials wait).
+        return replace(entry, proven=True, wait_until=None, wait_reason=None)
+    if outcome in REFUSED_LOGIN:
+        return replace(entry, proven=False)
+    return entry
+
+
+def _call_events(
+    call: Call, attempt: Attempt, decision: Decision, *, was_suspended: bool
+) -> tuple[Event, ...]:
+    answer = attempt.answer
+    fields: dict[str, object] = {
+        "server": call.server,
+        "outcome": str(answer.outcome),
+        "attempt": call.attempt,
+        "duration_ms": attempt.duration_ms,
+        "trigger": "manual" if call.manual else "schedule",
+    }
+    if call.slot is not None:
+        fields["slot"] = call.slot.start
+        if call.due is not None and call.due != call.slot.start:
+            fields["due"] = call.due
+    if answer.servers_flagged is not None:
+        fields["servers_flagged"] = answer.servers_flagged
+    if answer.http_status is not None:
+        fields["http_status"] = answer.http_status
+    if answer.outcome is Outcome.OK:
+        ok = Event(Kind.REFRESH_SUCCEEDED, fields)
+        if not was_suspended:
+            return (ok,)
+        return ok, Event(
+            Kind.SERVER_RESUMED, {"server": call.server, "reason": "refresh succeeded"}
+        )
+    fields["detail"] = answer.detail
+    if answer.outcome is Outcome.BAD_REQUEST:
+        fields["config_error"] = (
+            "VICIdial refused the request itself: check [client].source and the server's api_url"
+        )
+    if decision.action is Action.RETRY and not call.manual:
+        return (Event(Kind.REFRESH_RETRYING, {"retry_at": decision.at, **fields}),)
+    reason = decision.reason
+    if call.manual and decision.action is Action.GIVE_UP:
+        reason = f"{answer.outcome}: a manual refresh makes one attempt"
+    failed = Event(Kind.REFRESH_FAILED, {"reason": reason, **fields})
+    if decision.action is Action.SUSPEND_SERVER:
+        return failed, Event(
+            Kind.SERVER_SUSPENDED,
+            {
+                "server": call.server,
+                "outcome": str(answer.outcome),
+                "suspended_until": decision.at,
+                "suspensions": decision.suspensions,
+                "reason": decision.reason,
+            },
+        )
+    if decision.action is Action.WAIT_CREDENTIALS:
+        return failed, Event(
+            Kind.CREDENTIALS_SUSPENDED,
+            {
+                "credentials": call.credentials,
+                "server": call.server,
+                "outcome": str(answer.outcome),
+                "suspended_until": decision.at,
+                "reason": decision.reason,
+            },
+        )
+    return (failed,)
+
+
+def _resumed_login(call: Call, reason: str) -> Event:
+    return Event(
+        Kind.CREDENTIALS_RESUMED,
+        {"credentials": call.credentials, "reason": reason},
+    )
