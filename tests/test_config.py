@@ -695,10 +695,17 @@ def test_an_override_that_is_not_json_where_json_is_needed_is_refused() -> None:
 
 
 def test_unrelated_refreshd_variables_are_ignored() -> None:
+    # REFRESHD_CONFIG names the file; REFRESHD_WEST__PASSWORD looks like an override of a
+    # table 'west' but is a password_env variable. Neither is refused, neither sets a key.
     environ = {**ENV, "REFRESHD_CONFIG": "/etc/x.toml", "REFRESHD_WEST__PASSWORD": "x"}
     data = base()
     data["credentials"]["west"] = {"user": "w", "password_env": "REFRESHD_WEST__PASSWORD"}
-    validate_config(data, environ=environ)
+    config = validate_config(data, environ=environ)
+    file_alone = validate_config(base(), environ=ENV)
+    assert config.model_dump(exclude={"credentials"}) == file_alone.model_dump(
+        exclude={"credentials"}
+    )
+    assert config.resolved_credentials()["west"].password.get_secret_value() == "x"
 
 
 def test_loading_does_not_read_os_environ_when_given_an_environ(
