@@ -681,9 +681,18 @@ def _items(value: object) -> list[tuple[int, object]]:
 def _reference_problems(data: object) -> list[_Problem]:
     if not isinstance(data, Mapping):
         return []
-    problems: list[_Problem] = []
     servers = _items(data.get("servers"))
+    problems, first_at = _duplicate_server_names(servers)
+    problems += _unknown_credentials(servers, data.get("credentials", {}))
+    problems += _blackout_problems(_items(data.get("blackouts")), first_at)
+    return problems
 
+
+def _duplicate_server_names(
+    servers: list[tuple[int, object]],
+) -> tuple[list[_Problem], dict[str, int]]:
+    """The repeated server names, and where each name first appears."""
+    problems: list[_Problem] = []
     first_at: dict[str, int] = {}
     for index, server in servers:
         name = _field(server, "name")
@@ -699,38 +708,51 @@ def _reference_problems(data: object) -> list[_Problem]:
             )
         else:
             first_at[name] = index
+    return problems, first_at
 
-    credentials = data.get("credentials", {})
-    if isinstance(credentials, Mapping):
-        known = ", ".join(sorted(str(key) for key in credentials)) or "none"
-        for index, server in servers:
-            wanted = _field(server, "credentials")
-            if isinstance(wanted, str) and wanted and wanted not in credentials:
-                problems.append(
-                    (
-                        ("servers", index, "credentials"),
-                        f"unknown credentials {wanted!r}: add a [credentials.{wanted}] table "
-                        f"or use one that exists ({known})",
-                    )
+
+def _unknown_credentials(servers: list[tuple[int, object]], credentials: object) -> list[_Problem]:
+    """Servers naming a [credentials.NAME] table that does not exist."""
+    if not isinstance(credentials, Mapping):
+        return []
+    problems: list[_Problem] = []
+    known = ", ".join(sorted(str(key) for key in credentials)) or "none"
+    for index, server in servers:
+        wanted = _field(server, "credentials")
+        if isinstance(wanted, str) and wanted and wanted not in credentials:
+            problems.append(
+                (
+                    ("servers", index, "credentials"),
+                    f"unknown credentials {wanted!r}: add a [credentials.{wanted}] table "
+                    f"or use one that exists ({known})",
                 )
+            )
+    return problems
 
-    blackout_first_at: dict[str, int] = {}
-    server_names = ", ".join(first_at) or "none"
-    for index, blackout in _items(data.get("blackouts")):
+
+def _blackout_problems(
+    blackouts: list[tuple[int, object]], servers_first_at: Mapping[str, int]
+) -> list[_Problem]:
+    """Repeated blackout names, and blackouts naming a server that does not exist."""
+    problems: list[_Problem] = []
+    first_at: dict[str, int] = {}
+    server_names = ", ".join(servers_first_at) or "none"
+    for index, blackout in blackouts:
         name = _field(blackout, "name")
         if isinstance(name, str):
-            if name in blackout_first_at:
+            if name in first_at:
                 problems.append(
                     (
                         ("blackouts", index, "name"),
-                        f"duplicate blackout name {name!r} (first at "
-                        f"blackouts[{blackout_first_at[name]}])",
+                        f"duplicate blackout name {name!r} (first at blackouts[{first_at[name]}])",
                     )
                 )
             else:
-                blackout_first_at[name] = index
+                first_at[name] = index
         for position, wanted in _items(_field(blackout, "servers")):
-            if isinstance(wanted, str) and wanted and wanted != "*" and wanted not in first_at:
+            if wanted in ("*", "") or not isinstance(wanted, str):
+                continue
+            if wanted not in servers_first_at:
                 problems.append(
                     (
                         ("blackouts", index, "servers", position),
@@ -1155,6 +1177,18 @@ def is_loopback_host(host: str) -> bool:
 
 def config_warnings(config: Config) -> list[str]:
     """Non-fatal advice about a valid config, each 'place: message'."""
+    return [
+        *_credentials_warnings(config),
+        *_client_and_backoff_warnings(config),
+        *(
+            warning
+            for index, server in enumerate(config.servers)
+            for warning in _server_warnings(_place(("servers", index)), server)
+        ),
+    ]
+
+
+def _credentials_warnings(config: Config) -> list[str]:
     warnings: list[str] = []
     used = {server.credentials for server in config.servers}
     for name, table in config.credentials.items():
@@ -1166,6 +1200,11 @@ def config_warnings(config: Config) -> list[str]:
             )
         if name not in used:
             warnings.append(f"{place}: not used by any server")
+    return warnings
+
+
+def _client_and_backoff_warnings(config: Config) -> list[str]:
+    warnings: list[str] = []
     if not config.client.verify_tls:
         warnings.append(
             "client.verify_tls: false, so TLS certificates are not checked and anyone on the "
@@ -1178,20 +1217,21 @@ def config_warnings(config: Config) -> list[str]:
             "VICIdial locks a login for every use (web screens included) after 10 failed "
             "logins within 15 minutes, and each retry of a wrong password counts"
         )
-    for index, server in enumerate(config.servers):
-        place = _place(("servers", index))
-        url = urlsplit(server.api_url)
-        # A password sent to this machine itself never crosses a network.
-        if url.scheme == "http" and not is_loopback_host(url.hostname or ""):
-            warnings.append(
-                f"{place}.api_url: http:// sends the password in clear text; use https://"
-            )
-        if not urlsplit(server.api_url).path.endswith(_API_PATH):
-            warnings.append(f"{place}.api_url: does not end in {_API_PATH}, VICIdial's API script")
-        if server.every is not None and server.every < _SHORTEST_SENSIBLE_EVERY:
-            warnings.append(
-                f"{place}.every: {format_duration(server.every)} is under 5 minutes; each "
-                "refresh makes every telephony server rebuild and reload its Asterisk "
-                "configuration, which takes about a minute"
-            )
+    return warnings
+
+
+def _server_warnings(place: str, server: ServerConfig) -> list[str]:
+    warnings: list[str] = []
+    url = urlsplit(server.api_url)
+    # A password sent to this machine itself never crosses a network.
+    if url.scheme == "http" and not is_loopback_host(url.hostname or ""):
+        warnings.append(f"{place}.api_url: http:// sends the password in clear text; use https://")
+    if not url.path.endswith(_API_PATH):
+        warnings.append(f"{place}.api_url: does not end in {_API_PATH}, VICIdial's API script")
+    if server.every is not None and server.every < _SHORTEST_SENSIBLE_EVERY:
+        warnings.append(
+            f"{place}.every: {format_duration(server.every)} is under 5 minutes; each "
+            "refresh makes every telephony server rebuild and reload its Asterisk "
+            "configuration, which takes about a minute"
+        )
     return warnings
