@@ -25,18 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
-    PlainSerializer,
-    PlainValidator,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -52,8 +49,28 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from refreshd.durations import format_duration, parse_duration
-from refreshd.windows import AbsoluteWindow, WeeklyWindow, parse_blackout_window, parse_window
+from refreshd.config.fields import (
+    LOGIN_KEEPS,
+    ApiUrl,
+    BlackoutWindow,
+    Count,
+    Duration,
+    IpAddress,
+    ListenAddress,
+    Name,
+    NonEmpty,
+    PositiveDuration,
+    Source,
+    TimeZoneName,
+    VicidialUser,
+    Window,
+    at_least_one,
+    between,
+    is_known_zone,
+    split_listen,
+)
+from refreshd.durations import format_duration
+from refreshd.windows import AbsoluteWindow, WeeklyWindow
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -78,252 +95,14 @@ ENV_PREFIX = "REFRESHD_"
 _ENV_DELIMITER = "__"
 _EXAMPLE = "config/refreshd.example.toml"
 
-# VICIdial's input filters (VICIDIAL_API.md): user and pass keep only these characters,
-# source keeps only letters and digits and must keep 2 to 20 of them.
-_LOGIN_KEEPS = re.compile(r"[A-Za-z0-9_-]+")
-_SOURCE_DROPS = re.compile(r"[^A-Za-z0-9]")
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _LOCKOUT_WINDOW = timedelta(minutes=15)
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
-_T = TypeVar("_T")
 _MAX_PASSWORD_FILE = 4096
 _API_PATH = "/vicidial/non_agent_api.php"
-
-
-# --- Field types: each carries its own rule and its plain-language refusal --------------
-
-
-def _duration(value: object) -> timedelta:
-    if isinstance(value, timedelta):
-        if value < timedelta(0):
-            raise ValueError("a duration cannot be negative")
-        return value
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("must be a duration: a number of seconds or a string like '30s' or '10m'")
-    return parse_duration(value)
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0s")
-    return value
-
-
-def _between(low: timedelta, high: timedelta) -> AfterValidator:
-    """A duration within [low, high]: past the bounds a value is a typo, and far enough
-    past them it would overflow the date arithmetic it is added to."""
-
-    def check(value: timedelta) -> timedelta:
-        if value < low:
-            raise ValueError(f"must be at least {format_duration(low)}")
-        if value > high:
-            raise ValueError(f"must be at most {format_duration(high)}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _not_bool(value: object) -> object:
-    # TOML's true is a Python bool, and bool is an int: refuse it where a count is meant.
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number, not true or false")
-    return value
-
-
-def _known_zone(value: str) -> str:
-    if not _is_known_zone(value):
-        raise ValueError(f"unknown time zone {value!r}{_zone_hint(value)}")
-    return value
-
-
-def _is_known_zone(value: object) -> bool:
-    if not isinstance(value, str) or not value:
-        return False
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
-        return False
-    return True
-
-
-@functools.cache
-def _all_zones() -> tuple[str, ...]:
-    return tuple(sorted(zoneinfo.available_timezones()))
-
-
-def _zone_hint(value: str) -> str:
-    zones = _all_zones()
-    same_but_case = [zone for zone in zones if zone.lower() == value.lower()]
-    close = same_but_case or difflib.get_close_matches(value, zones, n=1, cutoff=0.8)
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return "; use an IANA name like 'America/New_York', 'Europe/Paris' or 'UTC'"
-
-
-def _name(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"{value!r}: use only letters, digits, '.', '_' and '-' "
-            "(names appear in logs, metrics and on the command line)"
-        )
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-def _vicidial_user(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    if not _LOGIN_KEEPS.fullmatch(value):
-        dropped = "".join(sorted(set(_LOGIN_KEEPS.sub("", value))))
-        raise ValueError(
-            f"{value!r} contains {dropped!r}, which VICIdial removes from the user before "
-            "checking the login (it keeps only letters, digits, '-' and '_'), so this user "
-            "can never log in; give the VICIdial user name without them"
-        )
-    return value
-
-
-def _source(value: str) -> str:
-    kept = _SOURCE_DROPS.sub("", value)
-    if not 2 <= len(kept) <= 20:
-        raise ValueError(
-            f"{value!r} keeps {len(kept)} letters and digits; VICIdial drops every other "
-            "character of 'source' before checking it and needs 2 to 20 letters and digits "
-            "(it is what VICIdial's API log shows as the caller), e.g. 'refreshd'"
-        )
-    return value
-
-
-def _api_url(value: str) -> str:
-    # Never quote the URL in an error: a wrong one may carry a password.
-    example = "e.g. 'https://dialer.example.com/vicidial/non_agent_api.php'"
-    if not value or any(char.isspace() for char in value):
-        raise ValueError(f"must be a URL without spaces, {example}")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- parsing the port is what validates it
-    except ValueError:
-        raise ValueError(f"is not a valid URL, {example}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must start with https:// (or http://), {example}")
-    if not parts.hostname:
-        raise ValueError(f"has no host name, {example}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "must not contain a user or password (user:password@host): give them in a "
-            "[credentials.NAME] table and name it in the server's 'credentials'"
-        )
-    if "?" in value:
-        raise ValueError(
-            "must not contain a query string ('?...'): refreshd adds the parameters itself; "
-            "give the login in a [credentials.NAME] table"
-        )
-    if "#" in value:
-        raise ValueError(f"must not contain a '#' fragment, {example}")
-    return value
-
-
-def _ip_address(value: str) -> str:
-    # Kept as written, not normalised: VICIdial compares it with its servers table as text.
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not an IP address; give the server's IP as VICIdial's Servers "
-            "screen lists it, e.g. '10.0.0.11'"
-        ) from None
-    return value
-
-
-def _listen_address(value: str) -> str:
-    if value == "":
-        return value
-    if _split_listen(value) is None:
-        raise ValueError(
-            f"{value!r}: write HOST:PORT, e.g. '127.0.0.1:9464' or '[::1]:9464', "
-            'or "" to turn the metrics endpoint off'
-        )
-    return value
-
-
-def _split_listen(value: str) -> tuple[str, int] | None:
-    host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isascii() or not port.isdigit():
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None
-    elif ":" in host or any(char.isspace() for char in host):
-        return None
-    number = int(port)
-    return (host, number) if number <= 65535 else None
-
-
-def _window(value: object) -> WeeklyWindow:
-    if isinstance(value, WeeklyWindow):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("a window must be a string, e.g. 'mon-fri 02:00-04:00'")
-    return _parsed_window(value)  # WindowError is a ValueError with a user-facing message
-
-
-# A fleet repeats a handful of window texts thousands of times; the result is immutable.
-_parsed_window = functools.lru_cache(maxsize=1024)(parse_window)
-
-
-def _blackout_window(value: object) -> WeeklyWindow | AbsoluteWindow:
-    if isinstance(value, WeeklyWindow | AbsoluteWindow):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(
-            "a blackout window must be a string, e.g. 'mon-fri 09:00-17:00' or "
-            "'2026-12-24T00:00/2026-12-27T00:00'"
-        )
-    return parse_blackout_window(value)
-
-
-def _window_text(window: WeeklyWindow | AbsoluteWindow) -> str:
-    return window.text
-
-
-def _at_least_one(values: tuple[_T, ...]) -> tuple[_T, ...]:
-    # Not Field(min_length=1): pydantic counts only the items that validated, so one bad
-    # item would also report the list as empty.
-    if not values:
-        raise PydanticCustomError("too_short", "must not be empty")
-    return values
-
-
 _DAY = timedelta(days=1)
 _MONTH = timedelta(days=30)
-
-Duration = Annotated[
-    timedelta,
-    PlainValidator(_duration),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-]
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
-Count = Annotated[int, BeforeValidator(_not_bool)]
-TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
-Name = Annotated[str, AfterValidator(_name)]
-Window = Annotated[WeeklyWindow, PlainValidator(_window), PlainSerializer(_window_text)]
-BlackoutWindow = Annotated[
-    WeeklyWindow | AbsoluteWindow,
-    PlainValidator(_blackout_window),
-    PlainSerializer(_window_text),
-]
 
 
 # --- Models: one per TOML table ---------------------------------------------------------
@@ -341,13 +120,13 @@ class DaemonConfig(_Table):
     state_path: Path = Path("/var/lib/refreshd/state.db")
     timezone: TimeZoneName = "UTC"
     max_concurrency: Annotated[Count, Field(ge=1, le=1024)] = 16
-    spread: Annotated[Duration, _between(timedelta(0), timedelta(days=7))] = timedelta(0)
-    metrics_listen: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9464"
-    shutdown_grace: Annotated[Duration, _between(timedelta(0), timedelta(hours=1))] = timedelta(
+    spread: Annotated[Duration, between(timedelta(0), timedelta(days=7))] = timedelta(0)
+    metrics_listen: ListenAddress = "127.0.0.1:9464"
+    shutdown_grace: Annotated[Duration, between(timedelta(0), timedelta(hours=1))] = timedelta(
         seconds=20
     )
     history_retention: Annotated[
-        PositiveDuration, _between(timedelta(hours=1), timedelta(days=3650))
+        PositiveDuration, between(timedelta(hours=1), timedelta(days=3650))
     ] = timedelta(days=30)
 
     @field_validator("state_path", mode="before")
@@ -364,30 +143,28 @@ class DaemonConfig(_Table):
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """(host, port) to serve /metrics and /healthz on, brackets of IPv6 removed; None = off."""
-        return _split_listen(self.metrics_listen) if self.metrics_listen else None
+        return split_listen(self.metrics_listen) if self.metrics_listen else None
 
 
 class ClientConfig(_Table):
     """`[client]`: the shared HTTP client and what every request says about its caller."""
 
-    timeout: Annotated[PositiveDuration, _between(timedelta(0), timedelta(minutes=10))] = timedelta(
+    timeout: Annotated[PositiveDuration, between(timedelta(0), timedelta(minutes=10))] = timedelta(
         seconds=10
     )
     verify_tls: bool = True
-    source: Annotated[str, AfterValidator(_source)] = "refreshd"
+    source: Source = "refreshd"
 
 
 class BackoffConfig(_Table):
     """`[backoff]`: how long to wait after each kind of failure (see SPEC.md, Outcomes)."""
 
-    retry_initial: Annotated[PositiveDuration, _between(timedelta(0), _DAY)] = timedelta(seconds=30)
-    retry_max: Annotated[PositiveDuration, _between(timedelta(0), _DAY)] = timedelta(minutes=10)
-    suspend_initial: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(
-        hours=1
-    )
-    suspend_max: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(hours=24)
+    retry_initial: Annotated[PositiveDuration, between(timedelta(0), _DAY)] = timedelta(seconds=30)
+    retry_max: Annotated[PositiveDuration, between(timedelta(0), _DAY)] = timedelta(minutes=10)
+    suspend_initial: Annotated[PositiveDuration, between(timedelta(0), _MONTH)] = timedelta(hours=1)
+    suspend_max: Annotated[PositiveDuration, between(timedelta(0), _MONTH)] = timedelta(hours=24)
     # Short values are allowed (tests need them) but config_warnings() flags them.
-    auth_retry: Annotated[PositiveDuration, _between(timedelta(0), _MONTH)] = timedelta(hours=6)
+    auth_retry: Annotated[PositiveDuration, between(timedelta(0), _MONTH)] = timedelta(hours=6)
 
     @model_validator(mode="after")
     def _initial_not_above_max(self) -> Self:
@@ -456,7 +233,7 @@ def _check_password(secret: str, where: str) -> None:
     # Never quote the secret, nor the characters that are wrong in it.
     if not secret:
         raise ValueError(f"{where} is empty")
-    if not _LOGIN_KEEPS.fullmatch(secret):
+    if not LOGIN_KEEPS.fullmatch(secret):
         raise ValueError(
             f"{where} contains characters VICIdial removes before checking the login (it "
             "keeps only letters, digits, '-' and '_'), so this password can never log in; "
@@ -473,7 +250,7 @@ class CredentialsConfig(_Table):
     LoadCredential=) when that is set, else from the config file's directory.
     """
 
-    user: Annotated[str, AfterValidator(_vicidial_user)]
+    user: VicidialUser
     password: SecretStr | None = None
     password_env: str | None = None
     password_file: Path | None = None
@@ -540,13 +317,13 @@ class ServerConfig(_Table):
     """`[[servers]]`: one VICIdial cluster's API endpoint and its refresh windows."""
 
     name: Name
-    api_url: Annotated[str, AfterValidator(_api_url)]
-    credentials: Annotated[str, AfterValidator(_non_empty)]  # a [credentials.NAME] table
-    server_ip: Annotated[str, AfterValidator(_ip_address)] | None = None
+    api_url: ApiUrl
+    credentials: NonEmpty  # a [credentials.NAME] table
+    server_ip: IpAddress | None = None
     timezone: TimeZoneName | None = None  # inside a Config: filled in from daemon.timezone
-    windows: Annotated[tuple[Window, ...], AfterValidator(_at_least_one)]
+    windows: Annotated[tuple[Window, ...], AfterValidator(at_least_one)]
     # None: once per window. At least 1 s (the window arithmetic's floor), at most a week.
-    every: Annotated[PositiveDuration, _between(timedelta(seconds=1), timedelta(days=7))] | None = (
+    every: Annotated[PositiveDuration, between(timedelta(seconds=1), timedelta(days=7))] | None = (
         None
     )
 
@@ -560,10 +337,8 @@ class BlackoutConfig(_Table):
     """`[[blackouts]]`: times at which no refresh starts, for some servers or all ('*')."""
 
     name: Name
-    servers: Annotated[
-        tuple[Annotated[str, AfterValidator(_non_empty)], ...], AfterValidator(_at_least_one)
-    ] = ("*",)
-    windows: Annotated[tuple[BlackoutWindow, ...], AfterValidator(_at_least_one)]
+    servers: Annotated[tuple[NonEmpty, ...], AfterValidator(at_least_one)] = ("*",)
+    windows: Annotated[tuple[BlackoutWindow, ...], AfterValidator(at_least_one)]
 
     def applies_to(self, server_name: str) -> bool:
         return "*" in self.servers or server_name in self.servers
@@ -582,7 +357,7 @@ class Config(BaseModel):
     client: ClientConfig = ClientConfig()
     backoff: BackoffConfig = BackoffConfig()
     credentials: Mapping[str, CredentialsConfig] = Field(default_factory=dict)
-    servers: Annotated[tuple[ServerConfig, ...], AfterValidator(_at_least_one)]
+    servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
 
     @model_validator(mode="wrap")
@@ -769,7 +544,7 @@ def _with_default_timezones(data: object) -> object:
         return data
     daemon = data.get("daemon")
     default = _field(daemon, "timezone") if daemon is not None else DaemonConfig().timezone
-    if not _is_known_zone(default):
+    if not is_known_zone(default):
         return data  # daemon.timezone's own error says it; do not repeat it per server
     servers: list[object] = []
     for server in data["servers"]:
