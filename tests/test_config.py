@@ -450,6 +450,15 @@ def test_a_backoff_that_starts_above_its_maximum_is_refused() -> None:
     assert "1h is longer than retry_max (10m)" in errors[0]
 
 
+@pytest.mark.parametrize(
+    "key", ["retry_initial", "retry_max", "suspend_initial", "suspend_max", "auth_retry"]
+)
+def test_a_backoff_of_zero_is_refused_at_its_place(key: str) -> None:
+    # The config is the one place these are checked: the policy trusts what it is given.
+    errors = errors_of({**base(), "backoff": {key: "0s"}})
+    assert places(errors) == [f"backoff.{key}"]
+
+
 def test_a_short_auth_retry_is_allowed_but_warned_about() -> None:
     config = validate_config({**base(), "backoff": {"auth_retry": "2s"}}, environ=ENV)
     assert config.backoff.auth_retry == timedelta(seconds=2)
@@ -695,10 +704,17 @@ def test_an_override_that_is_not_json_where_json_is_needed_is_refused() -> None:
 
 
 def test_unrelated_refreshd_variables_are_ignored() -> None:
+    # REFRESHD_CONFIG names the file; REFRESHD_WEST__PASSWORD looks like an override of a
+    # table 'west' but is a password_env variable. Neither is refused, neither sets a key.
     environ = {**ENV, "REFRESHD_CONFIG": "/etc/x.toml", "REFRESHD_WEST__PASSWORD": "x"}
     data = base()
     data["credentials"]["west"] = {"user": "w", "password_env": "REFRESHD_WEST__PASSWORD"}
-    validate_config(data, environ=environ)
+    config = validate_config(data, environ=environ)
+    file_alone = validate_config(base(), environ=ENV)
+    assert config.model_dump(exclude={"credentials"}) == file_alone.model_dump(
+        exclude={"credentials"}
+    )
+    assert config.resolved_credentials()["west"].password.get_secret_value() == "x"
 
 
 def test_loading_does_not_read_os_environ_when_given_an_environ(

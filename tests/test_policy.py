@@ -237,25 +237,6 @@ def test_suspension_length_rejects_a_negative_count() -> None:
         suspension_length(-1, DEFAULT)
 
 
-# -- settings ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"retry_initial": timedelta(0)}, "backoff.retry_initial must be positive"),
-        ({"retry_max": 10 * S}, "backoff.retry_max must not be shorter"),
-        ({"suspend_max": 30 * M}, "backoff.suspend_max must not be shorter"),
-        ({"auth_retry": timedelta(0)}, "backoff.auth_retry must be positive"),
-    ],
-)
-def test_backoff_refuses_empty_or_inverted_settings(
-    changes: dict[str, timedelta], message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        Backoff(**changes)
-
-
 # -- the credentials gate ---------------------------------------------------------------
 
 

@@ -98,25 +98,14 @@ REFUSED_LOGIN: frozenset[Outcome] = frozenset({Outcome.AUTH_FAILED, Outcome.LOCK
 
 @dataclass(frozen=True)
 class Backoff:
-    """The `[backoff]` settings; checked once here so the functions below can trust them.
-
-    Raises `ValueError` naming the setting (config.py refuses the same values first).
-    """
+    """The `[backoff]` settings as plain durations. The config validates them (positive,
+    each initial no longer than its max), in one place, with the place in the file."""
 
     retry_initial: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(minutes=10)
     suspend_initial: timedelta = timedelta(hours=1)
     suspend_max: timedelta = timedelta(hours=24)
     auth_retry: timedelta = timedelta(hours=6)
-
-    def __post_init__(self) -> None:
-        for name in ("retry_initial", "retry_max", "suspend_initial", "suspend_max", "auth_retry"):
-            if getattr(self, name) <= timedelta(0):
-                raise ValueError(f"backoff.{name} must be positive")
-        if self.retry_max < self.retry_initial:
-            raise ValueError("backoff.retry_max must not be shorter than backoff.retry_initial")
-        if self.suspend_max < self.suspend_initial:
-            raise ValueError("backoff.suspend_max must not be shorter than backoff.suspend_initial")
 
 
 class Action(enum.StrEnum):

@@ -1,0 +1,87 @@
+"""Config advice: what a valid config may still get wrong, as non-fatal warnings."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from refreshd.config.messages import place
+from refreshd.config.models import Config, ServerConfig
+from refreshd.core.durations import format_duration
+from refreshd.core.policy import VICIDIAL_LOCKOUT
+
+_SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
+_API_PATH = "/vicidial/non_agent_api.php"
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost or a loopback address: traffic there never leaves this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Non-fatal advice about a valid config, each 'place: message'."""
+    return [
+        *_credentials_warnings(config),
+        *_client_and_backoff_warnings(config),
+        *(
+            warning
+            for index, server in enumerate(config.servers)
+            for warning in _server_warnings(place(("servers", index)), server)
+        ),
+    ]
+
+
+def _credentials_warnings(config: Config) -> list[str]:
+    warnings: list[str] = []
+    used = {server.credentials for server in config.servers}
+    for name, table in config.credentials.items():
+        where = place(("credentials", name))
+        if table.password is not None:
+            warnings.append(
+                f"{where}.password: the password is written in the config file; prefer "
+                "password_env or password_file (e.g. a systemd credential)"
+            )
+        if name not in used:
+            warnings.append(f"{where}: not used by any server")
+    return warnings
+
+
+def _client_and_backoff_warnings(config: Config) -> list[str]:
+    warnings: list[str] = []
+    if not config.client.verify_tls:
+        warnings.append(
+            "client.verify_tls: false, so TLS certificates are not checked and anyone on the "
+            "path can pose as VICIdial and read the password; install the CA instead"
+        )
+    auth_retry = config.backoff.auth_retry
+    if auth_retry < VICIDIAL_LOCKOUT:
+        warnings.append(
+            f"backoff.auth_retry: {format_duration(auth_retry)} is under 15 minutes; "
+            "VICIdial locks a login for every use (web screens included) after 10 failed "
+            "logins within 15 minutes, and each retry of a wrong password counts"
+        )
+    return warnings
+
+
+def _server_warnings(where: str, server: ServerConfig) -> list[str]:
+    warnings: list[str] = []
+    url = urlsplit(server.api_url)
+    # A password sent to this machine itself never crosses a network.
+    if url.scheme == "http" and not is_loopback_host(url.hostname or ""):
+        warnings.append(f"{where}.api_url: http:// sends the password in clear text; use https://")
+    if not url.path.endswith(_API_PATH):
+        warnings.append(f"{where}.api_url: does not end in {_API_PATH}, VICIdial's API script")
+    if server.every is not None and server.every < _SHORTEST_SENSIBLE_EVERY:
+        warnings.append(
+            f"{where}.every: {format_duration(server.every)} is under 5 minutes; each "
+            "refresh makes every telephony server rebuild and reload its Asterisk "
+            "configuration, which takes about a minute"
+        )
+    return warnings

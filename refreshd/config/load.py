@@ -1,0 +1,226 @@
+"""Loading the config: the TOML file, REFRESHD_ environment overrides, and ConfigError."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from refreshd.config.messages import EXAMPLE, describe, format_problems
+from refreshd.config.models import Config
+from refreshd.config.passwords import PasswordSources
+from refreshd.config.problems import Loc, Problem
+from refreshd.config.references import raw_field
+
+DEFAULT_CONFIG_PATH = Path("/etc/refreshd/refreshd.toml")
+ENV_PREFIX = "REFRESHD_"
+_ENV_DELIMITER = "__"
+
+
+class ConfigError(Exception):
+    """An invalid or unreadable config. `errors`: every problem, each 'place: message'."""
+
+    def __init__(self, errors: Sequence[str], path: Path | None = None) -> None:
+        self.errors = list(errors)
+        self.path = path
+        super().__init__(self.errors, path)
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path is not None else ""
+        count = len(self.errors)
+        heading = f"{where}{count} config error{'s' if count != 1 else ''}:"
+        return "\n  ".join([heading, *self.errors])
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """$REFRESHD_CONFIG if set and not empty, else /etc/refreshd/refreshd.toml."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(f"{ENV_PREFIX}CONFIG", "")
+    return Path(chosen) if chosen else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at `path`, apply REFRESHD_ overrides from `environ` (default:
+    os.environ; an override wins over the file), and validate everything.
+
+    Raises ConfigError listing every problem at once; never anything else.
+    """
+    return validate_config(_read_toml(path), environ=environ, path=path)
+
+
+def validate_config(
+    data: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+) -> Config:
+    """Validate parsed TOML `data` with REFRESHD_ overrides from `environ` (default:
+    os.environ), which is also where password_env and $CREDENTIALS_DIRECTORY are looked up.
+
+    `path` names the file in errors and anchors relative password_file paths.
+    Raises ConfigError listing every problem at once; never anything else.
+    """
+    environ = os.environ if environ is None else environ
+    overrides, problems = _environment_overrides(environ, data)
+    context = PasswordSources(environ, config_dir=path.parent if path is not None else None)
+    try:
+        config = Config.model_validate(_merge(data, overrides), context=context)
+    except ValidationError as error:
+        for detail in error.errors():
+            set_by = _env_origin(tuple(detail["loc"]), environ, overrides)
+            problems.append(describe(detail, set_by))
+    else:
+        if not problems:
+            return config
+    raise ConfigError(format_problems(problems), path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML as a dict; ConfigError saying what to do when there is none."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text)
+    except FileNotFoundError:
+        problem = (
+            f"no such file; create it (every key is explained in {EXAMPLE}) or choose "
+            f"another one with -c/--config or {ENV_PREFIX}CONFIG"
+        )
+    except IsADirectoryError:
+        problem = "is a directory; point -c/--config at the .toml file inside it"
+    except PermissionError:
+        problem = (
+            "permission denied; make the file readable by the user refreshd runs as "
+            "(e.g. chmod 0640 and that user's group)"
+        )
+    except OSError as error:
+        problem = f"cannot read the file: {error.strerror or error}"
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start}); save the file as UTF-8"
+    except tomllib.TOMLDecodeError as error:
+        problem = f"TOML syntax error: {error}; fix the syntax there"
+    else:
+        if data:
+            return data
+        problem = f"the file has no settings; at least one [[servers]] table is needed ({EXAMPLE})"
+    raise ConfigError([problem], path)
+
+
+class _EnvironmentOverrides(BaseSettings, Config):
+    """Config's shape as pydantic-settings sees it: REFRESHD_ prefix, '__' between levels.
+
+    Only used to read overrides (Config itself is a plain model: a pydantic-settings model
+    re-runs __init__ on validation, which would drop the validation context that carries
+    the environment to the password lookups).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=_ENV_DELIMITER, case_sensitive=False
+    )
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ.
+
+    Narrow workaround: EnvSettingsSource has no parameter for the mapping, so this
+    overrides the one method that reads os.environ; prefix, nested delimiter, JSON for
+    tables and lists all stay pydantic-settings' own.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.case_sensitive:
+            return dict(self._environ)
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+def _environment_overrides(
+    environ: Mapping[str, str], data: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[Problem]]:
+    problems = _unknown_env_problems(environ, data)
+    try:
+        overrides = _MappingEnvSource(_EnvironmentOverrides, environ)()
+    except (SettingsError, ValueError) as error:
+        field = re.search(r'field "([^"]+)"', str(error))
+        name = f"{ENV_PREFIX}{field[1].upper()}" if field else "environment"
+        cause = error.__cause__
+        detail = f" ({cause})" if isinstance(cause, json.JSONDecodeError) else ""
+        problems.append(
+            (
+                (name,),
+                f"not valid JSON{detail}; a table or list set from the environment must be "
+                f"JSON, or set single keys as {ENV_PREFIX}TABLE__KEY",
+            )
+        )
+        return {}, problems
+    return overrides, problems
+
+
+def _unknown_env_problems(environ: Mapping[str, str], data: Mapping[str, Any]) -> list[Problem]:
+    # REFRESHD_X__Y can only be meant as an override: refuse it when X is no table, or a
+    # typo would pass silently. (Not REFRESHD_X alone: password_env variables are often
+    # called REFRESHD_SOMETHING.)
+    credentials = data.get("credentials")
+    tables = credentials.values() if isinstance(credentials, Mapping) else ()
+    password_vars = {str(raw_field(table, "password_env")).upper() for table in tables}
+    problems: list[Problem] = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or _ENV_DELIMITER not in upper:
+            continue
+        head = upper.removeprefix(ENV_PREFIX).split(_ENV_DELIMITER)[0].lower()
+        if head in Config.model_fields or upper in password_vars:
+            continue
+        close = difflib.get_close_matches(head, list(Config.model_fields), n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}{_ENV_DELIMITER}...?" if close else ""
+        problems.append(((name,), f"unknown table {head!r} in an environment override{hint}"))
+    return problems
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """base with override's values winning; tables merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_origin(loc: Loc, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> str | None:
+    """The REFRESHD_ variable that set the value at loc, if one did."""
+    names = {name.upper(): name for name in environ}
+    for length in range(len(loc), 0, -1):
+        path = loc[:length]
+        if not all(isinstance(part, str) for part in path) or not _has_path(overrides, path):
+            continue
+        upper = ENV_PREFIX + _ENV_DELIMITER.join(str(part) for part in path).upper()
+        if upper in names:
+            return names[upper]
+    return None
+
+
+def _has_path(tree: Mapping[str, Any], path: Loc) -> bool:
+    node: object = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

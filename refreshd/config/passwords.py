@@ -1,0 +1,95 @@
+"""Reading the password a [credentials.NAME] table points to, and checking VICIdial can use it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationInfo
+
+from refreshd.config.fields import LOGIN_KEEPS
+
+_MAX_PASSWORD_FILE = 4096
+
+
+@dataclass(frozen=True)
+class PasswordSources:
+    """The validation context: where password_env and a relative password_file are looked up."""
+
+    environ: Mapping[str, str]
+    config_dir: Path | None = None
+
+    def password_file_path(self, path: Path) -> Path:
+        if path.is_absolute():
+            return path
+        credentials_dir = self.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials_dir:
+            return Path(credentials_dir) / path
+        return (self.config_dir or Path.cwd()) / path
+
+    def file_hint(self, path: Path) -> str:
+        if path.is_absolute():
+            return ""
+        if self.environ.get("CREDENTIALS_DIRECTORY"):
+            return " (a relative password_file is read from $CREDENTIALS_DIRECTORY)"
+        return (
+            " (a relative password_file is read from $CREDENTIALS_DIRECTORY when set, "
+            "else from the config file's directory)"
+        )
+
+
+def password_sources(info: ValidationInfo) -> PasswordSources:
+    """The validation's PasswordSources; os.environ when validated without one."""
+    context = info.context
+    if isinstance(context, PasswordSources):
+        return context
+    return PasswordSources(environ=os.environ)
+
+
+def password_from_env(name: str, environ: Mapping[str, str]) -> SecretStr:
+    """The password in the environment variable `name`; ValueError saying what to fix."""
+    value = environ.get(name)
+    if value is None:
+        raise ValueError(
+            f"environment variable {name} is not set; set it in refreshd's environment "
+            "(systemd Environment= or EnvironmentFile=, docker -e) or use password_file"
+        )
+    check_password(value, f"environment variable {name}")
+    return SecretStr(value)
+
+
+def password_from_file(path: Path, context: PasswordSources) -> SecretStr:
+    """The password in the file at `path`, one final newline removed; ValueError saying what
+    to fix."""
+    full = context.password_file_path(path)
+    try:
+        with full.open("rb") as file:
+            raw = file.read(_MAX_PASSWORD_FILE + 1)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{full} is not UTF-8 text") from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or "cannot be opened"
+        raise ValueError(f"cannot read {full}: {reason}{context.file_hint(path)}") from None
+    if len(raw) > _MAX_PASSWORD_FILE:
+        raise ValueError(f"{full} is larger than 4 KiB: it should hold just the password")
+    # `echo pw > file` and editors add one newline; it is not part of the password.
+    # A second one stays, and is refused as a filtered character.
+    text = text.removesuffix("\n").removesuffix("\r")
+    check_password(text, str(full))
+    return SecretStr(text)
+
+
+def check_password(secret: str, where: str) -> None:
+    """ValueError unless VICIdial would check `secret` as given (`where` names its origin)."""
+    # Never quote the secret, nor the characters that are wrong in it.
+    if not secret:
+        raise ValueError(f"{where} is empty")
+    if not LOGIN_KEEPS.fullmatch(secret):
+        raise ValueError(
+            f"{where} contains characters VICIdial removes before checking the login (it "
+            "keeps only letters, digits, '-' and '_'), so this password can never log in; "
+            "set a password of only those characters, in VICIdial and here"
+        )
