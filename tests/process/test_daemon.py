@@ -8,35 +8,32 @@ import itertools
 import json
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 
 from refreshd.simulator import API_PATH, Simulator
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    instant,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import StartDaemon, assert_json_lines_only, run_refreshd
+from tests.support.simulator import api_path, calls_on, total_requests
 
 pytestmark = pytest.mark.slow
 
-GOOD_USER = "refreshd"  # config/simulator.toml: allowed server_refresh only
-GOOD_PASSWORD = "demo-pass-123"
 WRONG_PASSWORD = "Wr0ngSecret7qX"  # letters and digits: VICIdial echoes it back unfiltered
-LEVELS = {"debug", "info", "warning", "error", "critical"}
 REFRESH_EVENTS = ("refresh.succeeded", "refresh.failed", "refresh.retrying")
-
-StartDaemon = Callable[[Path], DaemonProcess]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def api_path(index: int) -> str:
-    """Each server's own path on the simulator, so its requests are counted apart."""
-    return f"/s{index}{API_PATH}"
 
 
 def server(sim: Simulator, index: int, window: str, **extra: Any) -> dict[str, Any]:
@@ -74,53 +71,8 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def calls_on(sim: Simulator, path: str) -> list[dict[str, Any]]:
-    return [call for call in sim.calls() if call["path"] == path]
-
-
 def gaps(calls: list[dict[str, Any]]) -> list[float]:
     return [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(calls)]
-
-
-def total_requests(sim: Simulator) -> int:
-    return sum(sim.stats()["requests"].values())
-
-
-def instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def assert_json_lines_only(daemon: DaemonProcess) -> None:
-    """stdout holds JSON objects only, each with an ISO UTC timestamp, a level and an event."""
-    assert daemon.bad_lines == [], f"non-JSON lines on stdout: {daemon.bad_lines!r}"
-    for event in daemon.events:
-        assert isinstance(event, dict), event
-        assert {"timestamp", "level", "event"} <= set(event), event
-        assert instant(event["timestamp"]).utcoffset() == timedelta(0), event
-        assert event["level"] in LEVELS, event
-        assert isinstance(event["event"], str), event
-        assert event["event"], event
-
-
-@pytest.fixture
-def start_daemon() -> Iterator[StartDaemon]:
-    """Factory: start `refreshd run -c CONFIG`; every daemon is stopped after the test and
-    its stdout checked to hold JSON lines only."""
-    started: list[DaemonProcess] = []
-
-    def start(config: Path) -> DaemonProcess:
-        daemon = DaemonProcess(config).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        try:
-            daemon.stop(timeout=30)
-        except subprocess.TimeoutExpired:  # stop() has killed it
-            pytest.fail(f"daemon {daemon.pid} ignored SIGTERM for 30 s:\n{daemon.stderr}")
-    for daemon in started:
-        assert_json_lines_only(daemon)
 
 
 # -- once per slot ---------------------------------------------------------------------------
@@ -217,13 +169,7 @@ def test_a_permission_denied_server_is_called_at_growing_gaps_only(
 
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real `refreshd` command beside the running daemon, on the same config."""
-    return subprocess.run(
-        [sys.executable, "-m", "refreshd", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_refreshd(*args, "-c", config)
 
 
 def test_a_manual_refresh_that_succeeds_ends_the_running_daemons_suspension(
@@ -486,13 +432,7 @@ def test_an_idle_daemon_makes_no_request_and_status_shows_its_next_run(
     daemon.wait_for("daemon.started", timeout=15)
 
     time.sleep(3)
-    status = subprocess.run(
-        [sys.executable, "-m", "refreshd", "status", "--json", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    status = run_cli(config, "status", "--json")
 
     assert total_requests(simulator) == 0
     assert [line for line in daemon.events if line["event"] in REFRESH_EVENTS] == []

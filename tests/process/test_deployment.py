@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import random
 import re
 import shlex
 import shutil
@@ -23,11 +22,12 @@ import pytest
 import refreshd
 from refreshd.cli import EXIT_CONFIG
 from refreshd.config import DEFAULT_CONFIG_PATH, DaemonConfig
+from tests.support.ports import free_port
+from tests.support.repo import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "refreshd.service"
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
+UNIT = REPO / "systemd" / "refreshd.service"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 DEFAULTS = DaemonConfig()
 DAEMON_ARGS = ["run", "-c", str(DEFAULT_CONFIG_PATH)]
@@ -350,7 +350,7 @@ def test_dockerfile_copies_only_files_that_exist_and_are_not_ignored(
             continue
         *sources, _destination = shlex.split(instruction.args)
         for source in sources:
-            assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+            assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
             assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
 
 
@@ -480,20 +480,6 @@ def test_healthcheck_fails_when_nothing_listens(runtime: list[Instruction]) -> N
 # --- The image's command and health check against the real daemon ----------------------
 
 
-def _free_port() -> int:
-    # Below the ephemeral range, so a concurrent test's client sockets cannot take it.
-
-    for _ in range(50):
-        port = random.randint(10000, 30000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     runtime: list[Instruction], tmp_path: Path
 ) -> None:
@@ -502,7 +488,7 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     entry = json.loads(the_one(runtime, "ENTRYPOINT").args)
     command = json.loads(the_one(runtime, "CMD").args)
     assert entry == ["refreshd"]
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "refreshd.toml"
     config.write_text(
         f'[daemon]\nstate_path = "{tmp_path / "state.db"}"\n'

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import window_from_now
-from test_adversarial import PASSWORD, SIM_SERVERS, Fleet, api_path, instant, report, sim_users
 
-from refreshd.simulator import Simulator, SimUser
+from refreshd.simulator import SimUser
+from tests.support.config import instant, window_from_now
+from tests.support.fleet import PASSWORD, Fleet, open_fleet, report
+from tests.support.simulator import api_path
 
 SERVERS = 2000
 MAX_CONCURRENCY = 16
@@ -31,13 +32,8 @@ LOGINS = 8
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    users = [*sim_users(), *(SimUser(f"load-{n}", PASSWORD) for n in range(LOGINS))]
-    with Simulator(host="127.0.0.1", port=0, users=users, servers=SIM_SERVERS) as sim:
-        each = Fleet(tmp_path, sim)
-        try:
-            yield each
-        finally:
-            each.close()
+    with open_fleet(tmp_path, [SimUser(f"load-{n}", PASSWORD) for n in range(LOGINS)]) as each:
+        yield each
 
 
 @pytest.mark.slow

@@ -8,14 +8,11 @@ exactly which server was called how often.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import random
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,18 +24,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from refreshd.simulator import API_PATH, Simulator
+from refreshd.simulator import Simulator
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    NOAPI_PASSWORD,
+    NOAPI_USER,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    DaemonProcess,
+    StartDaemon,
+    assert_json_lines_only,
+)
+from tests.support.ports import free_port
+from tests.support.simulator import api_path
+from tests.support.waiting import eventually
 
-GOOD_USER = "refreshd"
-GOOD_PASSWORD = "demo-pass-123"
 WRONG_PASSWORD = "wrong-pass-77"  # valid characters, refused by the simulator
-NOAPI_USER, NOAPI_PASSWORD = "noapi", "noapi-pass"  # logs in, may not refresh
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 
 # A daily window opened two seconds ago and lasting ten minutes: the daemon refreshes at
 # once (catch-up) and never reaches the window's end during a test.
@@ -47,11 +57,6 @@ WINDOW_LENGTH = 600.0
 
 
 # --- Helpers -----------------------------------------------------------------------------
-
-
-def api_path(index: int) -> str:
-    """Server `s<index>`'s own path on the simulator."""
-    return f"/s{index}{API_PATH}"
 
 
 def requests_to(sim: Simulator, index: int) -> int:
@@ -66,32 +71,6 @@ def refreshes_of(sim: Simulator, index: int) -> int:
         for call in sim.calls()
         if call["path"] == api_path(index) and call["answer_kind"] == "success"
     )
-
-
-def free_port() -> int:
-    """A loopback port free now, for metrics_listen, taken below the kernel's ephemeral
-    range: a port from `bind(0)` is in that range, where any busy process on the machine
-    (a benchmark, another test run) may take it for an outgoing connection before the
-    daemon binds it."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(10_000, min(ephemeral_low, 30_000))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
-
-
-def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or check}")
-        time.sleep(0.05)
 
 
 def index_of(daemon: DaemonProcess, event: str, **fields: Any) -> int:
@@ -137,11 +116,6 @@ def metric(samples: Sequence[Sample], name: str, **labels: str) -> float | None:
         if sample.name == name and sample.labels == labels:
             return float(sample.value)
     return None
-
-
-def no_traceback(daemon: DaemonProcess) -> None:
-    assert "Traceback" not in daemon.stderr, daemon.stderr
-    assert daemon.bad_lines == [], daemon.bad_lines
 
 
 # --- Fixtures ----------------------------------------------------------------------------
@@ -192,23 +166,6 @@ def setup(tmp_path: Path, simulator: Simulator) -> Setup:
         sim=simulator,
         window=window_from_now(WINDOW_OPEN_SINCE, WINDOW_LENGTH),
     )
-
-
-@pytest.fixture
-def start_daemon(simulator: Simulator) -> Iterator[Callable[..., DaemonProcess]]:
-    """Factory: start the real daemon on a config; every one is stopped (killed if it will
-    not go) before the simulator stops."""
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(config, env=env)
-        started.append(daemon)
-        return daemon.start()
-
-    yield start
-    for daemon in started:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.stop(timeout=5)
 
 
 class NotifyListener:
@@ -285,7 +242,7 @@ def metrics_port() -> int:
 
 
 def test_reload_adds_a_new_server_and_leaves_the_unchanged_one_alone(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("refresh.succeeded", server="s0")
@@ -331,7 +288,7 @@ def _removed(setup: Setup, valid: str) -> str:
 )
 def test_reload_of_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
     setup: Setup,
-    start_daemon: Callable[..., DaemonProcess],
+    start_daemon: StartDaemon,
     break_config: Callable[[Setup, str], str],
 ) -> None:
     config = setup.write([setup.server(0, every="2s")])
@@ -351,11 +308,11 @@ def test_reload_of_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
     assert daemon.matching("config.reloaded") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_reload_with_a_new_password_ends_the_credentials_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     wrong = {"main": {"user": GOOD_USER, "password": WRONG_PASSWORD}}
     config = setup.write([setup.server(0)], credentials=wrong, backoff={"auth_retry": "1h"})
@@ -373,7 +330,7 @@ def test_reload_with_a_new_password_ends_the_credentials_wait(
 
 
 def test_reload_keeps_the_suspension_of_an_unchanged_server(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     both = {
         "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
@@ -392,7 +349,7 @@ def test_reload_keeps_the_suspension_of_an_unchanged_server(
 
 
 def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     both = {
         "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
@@ -409,7 +366,7 @@ def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
 
 
 def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     noapi = {"ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD}}
     daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=noapi))
@@ -423,7 +380,7 @@ def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
 
 
 def test_reload_that_removes_a_server_stops_its_calls(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0, every="1s"), setup.server(1, every="1s")]))
     daemon.wait_for("refresh.succeeded", server="s1")
@@ -440,9 +397,7 @@ def test_reload_that_removes_a_server_stops_its_calls(
     assert requests_to(setup.sim, 0) >= calls_to_kept + 2
 
 
-def test_reload_applies_a_changed_client_timeout(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: StartDaemon) -> None:
     setup.sim.set_fault("latency", latency=2.0, path=api_path(0))
     config = setup.write([setup.server(0, every="2s")], client={"timeout": "10s"})
     daemon = start_daemon(config)
@@ -467,7 +422,7 @@ def test_reload_applies_a_changed_client_timeout(
 
 
 def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
     config = setup.write(
@@ -486,11 +441,11 @@ def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
     assert refreshes_of(setup.sim, 0) == 1
     assert index_of(daemon, "daemon.stopping") < index_of(daemon, "refresh.succeeded", server="s0")
     assert index_of(daemon, "refresh.succeeded", server="s0") < index_of(daemon, "daemon.stopped")
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_sigterm_waits_no_longer_than_shutdown_grace(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
     config = setup.write(
@@ -508,11 +463,11 @@ def test_sigterm_waits_no_longer_than_shutdown_grace(
     assert 1.5 < took < 5, f"took {took:.1f}s for a 2 s grace"
     assert daemon.matching("daemon.stopped")
     assert daemon.matching("refresh.succeeded") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_sigterm_starts_no_new_call_during_the_graceful_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=4.0, path=api_path(0))
     config = setup.write(
@@ -536,7 +491,7 @@ def test_sigterm_starts_no_new_call_during_the_graceful_wait(
 
 
 def test_second_sigterm_during_the_graceful_wait_exits_at_once(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
     config = setup.write(
@@ -558,12 +513,10 @@ def test_second_sigterm_during_the_graceful_wait_exits_at_once(
     assert code == EXIT_FAILED  # README: "A second signal exits at once (exit 1)."
     assert took < 2, f"took {took:.1f}s after the second SIGTERM"
     assert daemon.matching("daemon.stopped", forced=True)
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
-def test_sigint_stops_cleanly_like_sigterm(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_sigint_stops_cleanly_like_sigterm(setup: Setup, start_daemon: StartDaemon) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("refresh.succeeded", server="s0")
 
@@ -572,11 +525,11 @@ def test_sigint_stops_cleanly_like_sigterm(
     assert daemon.wait(timeout=10) == EXIT_OK
     assert daemon.wait_for("daemon.stopping")[0]["signal"] == "SIGINT"
     assert daemon.matching("daemon.stopped")
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_restart_does_not_refresh_a_slot_already_refreshed(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     config = setup.write([setup.server(0)])
     first = start_daemon(config)
@@ -591,9 +544,7 @@ def test_restart_does_not_refresh_a_slot_already_refreshed(
     assert second.matching("refresh.succeeded") == []
 
 
-def test_restart_keeps_a_credentials_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_restart_keeps_a_credentials_wait(setup: Setup, start_daemon: StartDaemon) -> None:
     wrong = {"main": {"user": GOOD_USER, "password": WRONG_PASSWORD}}
     config = setup.write([setup.server(0)], credentials=wrong, backoff={"auth_retry": "1h"})
     first = start_daemon(config)
@@ -612,7 +563,7 @@ def test_restart_keeps_a_credentials_wait(
 
 
 def test_notify_ready_once_scheduled(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     daemon = start_daemon(
         setup.write([setup.server(0)]), {"NOTIFY_SOCKET": str(notify_socket.path)}
@@ -624,7 +575,7 @@ def test_notify_ready_once_scheduled(
 
 
 def test_notify_reloading_then_ready_around_a_reload(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     config = setup.write([setup.server(0)])
     daemon = start_daemon(config, {"NOTIFY_SOCKET": str(notify_socket.path)})
@@ -639,7 +590,7 @@ def test_notify_reloading_then_ready_around_a_reload(
 
 
 def test_notify_ready_after_a_rejected_reload_too(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     config = setup.write([setup.server(0)])
     daemon = start_daemon(config, {"NOTIFY_SOCKET": str(notify_socket.path)})
@@ -655,7 +606,7 @@ def test_notify_ready_after_a_rejected_reload_too(
 
 
 def test_notify_stopping_on_sigterm(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     daemon = start_daemon(
         setup.write([setup.server(0)]), {"NOTIFY_SOCKET": str(notify_socket.path)}
@@ -670,7 +621,7 @@ def test_notify_stopping_on_sigterm(
 
 
 def test_notify_watchdog_pings_at_half_watchdog_usec(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "2000000"}
     start_daemon(setup.write([setup.server(0)]), env)
@@ -701,7 +652,7 @@ def _two_servers_one_denied(setup: Setup, port: int) -> Path:
 
 
 def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
     daemon.wait_for("refresh.succeeded", server="s0")
@@ -724,7 +675,7 @@ def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
 
 
 def test_metrics_show_last_success_next_slot_and_suspension_per_server(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     before = time.time()
     daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
@@ -751,7 +702,7 @@ def test_metrics_show_last_success_next_slot_and_suspension_per_server(
 
 
 def test_metrics_count_config_reloads_by_result(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     valid = config.read_text(encoding="utf-8")
@@ -770,7 +721,7 @@ def test_metrics_count_config_reloads_by_result(
 
 
 def test_healthz_answers_200_while_running(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     daemon = start_daemon(config)
@@ -783,7 +734,7 @@ def test_healthz_answers_200_while_running(
 
 
 def test_metrics_show_a_call_in_flight(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
     config = setup.write(
@@ -801,7 +752,7 @@ def test_metrics_show_a_call_in_flight(
 
 
 def test_metrics_show_a_suspension_carried_over_a_restart(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     config = _two_servers_one_denied(setup, metrics_port)
     first = start_daemon(config)
@@ -817,7 +768,7 @@ def test_metrics_show_a_suspension_carried_over_a_restart(
 
 
 def test_busy_metrics_port_refuses_to_start_naming_the_setting(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon, metrics_port: int
 ) -> None:
     config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
@@ -833,14 +784,14 @@ def test_busy_metrics_port_refuses_to_start_naming_the_setting(
     assert str(metrics_port) in failed[0]["error"]
     assert daemon.matching("daemon.started") == []
     assert requests_to(setup.sim, 0) == 0
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 # --- Start-up refusals and secrets -------------------------------------------------------
 
 
 def test_invalid_config_at_start_exits_78_with_every_error(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     config = setup.write(
         [{**setup.server(0), "windows": ["25:00-26:00"]}], daemon={"shutdwon_grace": "5s"}
@@ -855,12 +806,12 @@ def test_invalid_config_at_start_exits_78_with_every_error(
     assert any(e.startswith("daemon.shutdwon_grace") for e in errors), errors
     assert any(e.startswith("servers[0].windows[0]") for e in errors), errors
     assert daemon.matching("daemon.started") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_passwords_never_appear_in_metrics_stdout_or_stderr(
     setup: Setup,
-    start_daemon: Callable[..., DaemonProcess],
+    start_daemon: StartDaemon,
     metrics_port: int,
 ) -> None:
     # s1's wrong password is echoed back by VICIdial in its "Login incorrect" answer.
@@ -890,7 +841,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
 
 
 def test_a_rejected_reload_never_shows_the_new_passwords(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("daemon.started")
