@@ -504,7 +504,8 @@ def _most_in_window(times: Sequence[float], window: float) -> int:
 def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(tmp_path: Path) -> None:
     """Two daemons at once, ten servers each sharing one wrong password: one with the default
     auth_retry (6 h) and one with the shortest lock-out-safe auth_retry (5 min), both divided
-    by SCALE. tests/test_policy.py simulates a week of the pure policy; this runs the daemon."""
+    by SCALE. tests/unit/test_policy.py simulates a week of the pure policy; this runs the
+    daemon."""
     clock = ScaledClock(SCALE)
     users = [SimUser(USER, PASSWORD, user_level=8), SimUser(SECOND_USER, SECOND_PASSWORD)]
     with running_simulator(users=users, clock=clock) as sim:
