@@ -21,6 +21,7 @@ from tests.support.daemon import (
 from tests.support.daemon import run_refreshd as run_command
 from tests.support.fleet import FIGURES, Fleet, open_fleet, report
 from tests.support.nobody import shared_directory
+from tests.support.ports import refused_port as refusing_port
 from tests.support.simulator import running_simulator
 
 
@@ -105,3 +106,11 @@ def shared_dir() -> Iterator[Path]:
     """A directory `nobody` can enter; removed after the test."""
     with shared_directory() as made:
         yield made
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (bound, never listening,
+    so no other process can take it meanwhile)."""
+    with refusing_port() as port:
+        yield port

@@ -58,7 +58,7 @@ from tests.support.fleet import (
     report,
 )
 from tests.support.nobody import NobodyDaemon
-from tests.support.ports import free_port
+from tests.support.ports import refused_port
 from tests.support.simulator import api_path, calls_on, running_simulator
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -84,11 +84,11 @@ FAULTS: list[tuple[str, str, str]] = [
 
 @pytest.mark.slow
 def test_every_network_fault_ends_in_its_outcome_and_is_retried_inside_the_slot(
-    fleet: Fleet,
+    fleet: Fleet, refused_port: int
 ) -> None:
     sim = fleet.sim
     window = window_from_now(-2, 120)
-    refused_url = f"http://127.0.0.1:{free_port()}{API_PATH}"
+    refused_url = f"http://127.0.0.1:{refused_port}{API_PATH}"
     servers = [fleet.server(i, window) for i in range(len(FAULTS))]
     php = len(FAULTS)  # PHP warnings before the SUCCESS line: no retry at all
     refused = php + 1
@@ -768,7 +768,8 @@ def _use_every_part(config: Config) -> None:
     now - config.daemon.history_retention
     client = client_for(config)
     try:
-        client.call(f"http://127.0.0.1:{free_port()}{API_PATH}", {"function": "version"})
+        with refused_port() as port:
+            client.call(f"http://127.0.0.1:{port}{API_PATH}", {"function": "version"})
     finally:
         client.close()
     worker = threading.Thread(target=lambda: None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from refreshd.simulator import API_PATH, Simulator
@@ -158,12 +157,10 @@ def test_online_check_reports_reachability_per_server(
 
 
 def test_online_check_reports_a_closed_port_as_refused(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_refreshd: RunRefreshd, refused_port: int
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = write_config({"name": "east-1", "api_url": f"http://127.0.0.1:{port}{API_PATH}"})
+    url = f"http://127.0.0.1:{refused_port}{API_PATH}"
+    config = write_config({"name": "east-1", "api_url": url})
 
     code, out, _ = run_refreshd(["check", "--online", "-c", config])
 

@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import refreshd
 from refreshd.cli import EXIT_CONFIG
 from refreshd.config import DEFAULT_CONFIG_PATH, DaemonConfig
-from tests.support.ports import free_port
 from tests.support.repo import REPO
 
 UNIT = REPO / "systemd" / "refreshd.service"
@@ -468,11 +468,10 @@ def test_healthcheck_fails_when_healthz_answers_503(
     assert "503" in result.stderr
 
 
-def test_healthcheck_fails_when_nothing_listens(runtime: list[Instruction]) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        free_port = int(probe.getsockname()[1])
-    result = run_healthcheck(runtime, free_port)
+def test_healthcheck_fails_when_nothing_listens(
+    runtime: list[Instruction], refused_port: int
+) -> None:
+    result = run_healthcheck(runtime, refused_port)
     assert result.returncode == 1
     assert "Connection refused" in result.stderr
 
@@ -488,11 +487,10 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     entry = json.loads(the_one(runtime, "ENTRYPOINT").args)
     command = json.loads(the_one(runtime, "CMD").args)
     assert entry == ["refreshd"]
-    port = free_port()
     config = tmp_path / "refreshd.toml"
     config.write_text(
         f'[daemon]\nstate_path = "{tmp_path / "state.db"}"\n'
-        f'metrics_listen = "127.0.0.1:{port}"\n'
+        'metrics_listen = "127.0.0.1:0"\n'
         '[credentials.east]\nuser = "refreshd"\npassword_env = "REFRESHD_EAST_PASSWORD"\n'
         '[[servers]]\nname = "east-1"\n'
         'api_url = "http://127.0.0.1:9/vicidial/non_agent_api.php"\n'
@@ -507,10 +505,14 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     )
     try:
         assert daemon.stdout is not None
-        for _ in range(20):
-            line = daemon.stdout.readline()
-            if not line or json.loads(line)["event"] == "daemon.started":
+        started: dict[str, Any] = {}
+        for line in daemon.stdout:  # the daemon picks the port; daemon.started says which
+            started = json.loads(line)
+            if started["event"] == "daemon.started":
                 break
+        assert started.get("event") == "daemon.started", started
+        port = urlsplit(started["metrics"]).port
+        assert port is not None, started
         result = run_healthcheck(runtime, port)
         assert result.returncode == 0, result.stderr
     finally:

@@ -44,7 +44,6 @@ from tests.support.daemon import (
     StartDaemon,
     assert_json_lines_only,
 )
-from tests.support.ports import free_port
 from tests.support.simulator import api_path
 from tests.support.waiting import eventually
 
@@ -231,11 +230,6 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifyListener]:
     listener = NotifyListener(path)
     yield listener
     listener.close()
-
-
-@pytest.fixture
-def metrics_port() -> int:
-    return free_port()
 
 
 # --- SIGHUP: reload -------------------------------------------------------------------
@@ -640,26 +634,31 @@ def test_notify_watchdog_pings_at_half_watchdog_usec(
 SERVERS = ("s0", "s1")
 
 
-def _two_servers_one_denied(setup: Setup, port: int) -> Path:
+# Metrics on a port the daemon picks; its daemon.started line says which.
+ANY_PORT = {"metrics_listen": "127.0.0.1:0"}
+
+
+def _two_servers_one_denied(setup: Setup) -> Path:
     return setup.write(
         [setup.server(0), setup.server(1, credentials="noapi")],
         credentials={
             "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
             "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
         },
-        daemon={"metrics_listen": f"127.0.0.1:{port}"},
+        daemon=ANY_PORT,
     )
 
 
 def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
+    daemon = start_daemon(_two_servers_one_denied(setup))
     daemon.wait_for("refresh.succeeded", server="s0")
     daemon.wait_for("server.suspended", server="s1")
 
     samples = scrape_once_settled(
-        metrics_port, lambda got: metric(got, "refreshd_refresh_duration_seconds_count") == 2
+        daemon.metrics_port(),
+        lambda got: metric(got, "refreshd_refresh_duration_seconds_count") == 2,
     )
 
     total = "refreshd_refresh_total"
@@ -675,10 +674,10 @@ def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
 
 
 def test_metrics_show_last_success_next_slot_and_suspension_per_server(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     before = time.time()
-    daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
+    daemon = start_daemon(_two_servers_one_denied(setup))
     daemon.wait_for("refresh.succeeded", server="s0")
     daemon.wait_for("server.suspended", server="s1")
 
@@ -686,7 +685,7 @@ def test_metrics_show_last_success_next_slot_and_suspension_per_server(
         slots = [metric(got, "refreshd_next_slot_timestamp_seconds", server=s) for s in SERVERS]
         return all(slot is not None and slot > time.time() for slot in slots)
 
-    samples = scrape_once_settled(metrics_port, planned_ahead)
+    samples = scrape_once_settled(daemon.metrics_port(), planned_ahead)
     now = time.time()
 
     last_success = metric(samples, "refreshd_last_success_timestamp_seconds", server="s0")
@@ -701,10 +700,8 @@ def test_metrics_show_last_success_next_slot_and_suspension_per_server(
     assert metric(samples, "refreshd_server_suspended", server="s0") == 0
 
 
-def test_metrics_count_config_reloads_by_result(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
-) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
+def test_metrics_count_config_reloads_by_result(setup: Setup, start_daemon: StartDaemon) -> None:
+    config = setup.write([setup.server(0)], daemon=ANY_PORT)
     valid = config.read_text(encoding="utf-8")
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started")
@@ -715,65 +712,61 @@ def test_metrics_count_config_reloads_by_result(
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("config.rejected")
 
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(daemon.metrics_port())
     assert metric(samples, "refreshd_config_reloads_total", result="ok") == 1
     assert metric(samples, "refreshd_config_reloads_total", result="rejected") == 1
 
 
-def test_healthz_answers_200_while_running(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
-) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
+def test_healthz_answers_200_while_running(setup: Setup, start_daemon: StartDaemon) -> None:
+    config = setup.write([setup.server(0)], daemon=ANY_PORT)
     daemon = start_daemon(config)
-    daemon.wait_for("daemon.started")
+    port = daemon.metrics_port()
 
     for _ in range(3):
-        status, body = http_get(metrics_port, "/healthz")
+        status, body = http_get(port, "/healthz")
         assert status == 200, body
         time.sleep(0.5)
 
 
-def test_metrics_show_a_call_in_flight(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
-) -> None:
+def test_metrics_show_a_call_in_flight(setup: Setup, start_daemon: StartDaemon) -> None:
     setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
     config = setup.write(
         [setup.server(0)],
-        daemon={"metrics_listen": f"127.0.0.1:{metrics_port}", "shutdown_grace": "1s"},
+        daemon={**ANY_PORT, "shutdown_grace": "1s"},
         client={"timeout": "10s"},
     )
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started")
     eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
 
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(daemon.metrics_port())
 
     assert metric(samples, "refreshd_calls_in_flight") == 1
 
 
 def test_metrics_show_a_suspension_carried_over_a_restart(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    config = _two_servers_one_denied(setup, metrics_port)
+    config = _two_servers_one_denied(setup)
     first = start_daemon(config)
     first.wait_for("server.suspended", server="s1")
     assert first.stop() == EXIT_OK
 
     second = start_daemon(config)
-    second.wait_for("daemon.started")
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(second.metrics_port())
 
     assert requests_to(setup.sim, 1) == 1  # still suspended: not called again
     assert metric(samples, "refreshd_server_suspended", server="s1") == 1
 
 
 def test_busy_metrics_port_refuses_to_start_naming_the_setting(
-    setup: Setup, start_daemon: StartDaemon, metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", metrics_port))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
+        busy = int(taken.getsockname()[1])
+        config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{busy}"})
         daemon = start_daemon(config)
         code = daemon.wait(timeout=15)
 
@@ -781,7 +774,7 @@ def test_busy_metrics_port_refuses_to_start_naming_the_setting(
     failed = daemon.matching("daemon.failed")
     assert len(failed) == 1
     assert "metrics_listen" in failed[0]["error"]
-    assert str(metrics_port) in failed[0]["error"]
+    assert str(busy) in failed[0]["error"]
     assert daemon.matching("daemon.started") == []
     assert requests_to(setup.sim, 0) == 0
     assert_json_lines_only(daemon)
@@ -812,7 +805,6 @@ def test_invalid_config_at_start_exits_78_with_every_error(
 def test_passwords_never_appear_in_metrics_stdout_or_stderr(
     setup: Setup,
     start_daemon: StartDaemon,
-    metrics_port: int,
 ) -> None:
     # s1's wrong password is echoed back by VICIdial in its "Login incorrect" answer.
     config = setup.write(
@@ -821,7 +813,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
             "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
             "wrong": {"user": "admin", "password": WRONG_PASSWORD},
         },
-        daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        daemon=ANY_PORT,
         backoff={"auth_retry": "1h"},
     )
     daemon = start_daemon(config)
@@ -830,7 +822,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("config.reloaded")
 
-    text, _ = scrape(metrics_port)
+    text, _ = scrape(daemon.metrics_port())
     assert daemon.stop() == EXIT_OK
 
     assert daemon.matching("refresh.failed", server="s1", outcome="auth_failed")

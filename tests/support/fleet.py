@@ -19,7 +19,6 @@ from typing import Any
 from refreshd.simulator import SimServer, Simulator, SimUser
 from tests.support.config import write_daemon_config
 from tests.support.daemon import DaemonProcess, assert_json_lines_only, clean_env, run_refreshd
-from tests.support.ports import free_port
 from tests.support.repo import REPO
 from tests.support.simulator import api_path, running_simulator
 
@@ -96,7 +95,6 @@ class Fleet:
     def __init__(self, tmp_path: Path, sim: Simulator) -> None:
         self.tmp_path = tmp_path
         self.sim = sim
-        self.metrics_port = free_port()
         self.config_path = tmp_path / "refreshd.toml"
         self.state_path = tmp_path / "state" / "state.db"
         self.daemons: list[DaemonProcess] = []
@@ -123,6 +121,7 @@ class Fleet:
         backoff: Mapping[str, Any] | None = None,
         path: Path | None = None,
     ) -> Path:
+        """The config, metrics on a port each daemon picks (its `daemon.started` says)."""
         self.metrics = (daemon or {}).get("metrics_listen", "on") != ""
         return write_daemon_config(
             path or self.config_path,
@@ -130,7 +129,7 @@ class Fleet:
             credentials=credentials or MAIN,
             daemon={
                 "state_path": str(self.state_path),
-                "metrics_listen": f"127.0.0.1:{self.metrics_port}",
+                "metrics_listen": "127.0.0.1:0",
                 **(daemon or {}),
             },
             client={"timeout": "3s", **(client or {})},
@@ -173,7 +172,7 @@ class Fleet:
         assert none is found and return how many places were searched."""
         places: dict[str, str | bytes] = {}
         if daemon is not None and daemon.alive() and self.metrics:
-            status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+            status, text = http_get(f"http://127.0.0.1:{daemon.metrics_port()}/metrics")
             if status == 200:
                 places["/metrics"] = text
         views = self.views(config or self.config_path)

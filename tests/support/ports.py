@@ -1,25 +1,19 @@
-"""Loopback ports for tests."""
+"""Loopback ports for tests. A port to listen on is never picked here: the daemon and the
+simulator take port 0 and say which port they got. What is left is a port where nothing
+listens."""
 
 from __future__ import annotations
 
-import random
 import socket
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
-def free_port() -> int:
-    """A loopback port free now, for a daemon to listen on, taken below the kernel's
-    ephemeral range: a port from `bind(0)` is in that range, where any busy process on the
-    machine (a benchmark, another test run) may take it for an outgoing connection before
-    the daemon binds it."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(10_000, min(ephemeral_low, 30_000))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound and
+    held, never listening, so that no other process can take it meanwhile (a port bound,
+    released and handed on could be)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
