@@ -60,6 +60,7 @@ from tests.support.fleet import (
 from tests.support.nobody import NobodyDaemon
 from tests.support.ports import refused_port
 from tests.support.simulator import api_path, calls_on, running_simulator
+from tests.support.waiting import holds_for
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -446,7 +447,15 @@ def test_a_lock_out_that_begins_mid_run_stops_every_attempt_for_at_least_17_minu
     assert sim.stats()["users"][USER]["locked"]
     line = daemon.wait_for("credentials.suspended", timeout=10)[0]
     locked_at = time.time()
-    time.sleep(6)  # three more runs were due
+
+    def late_calls() -> list[dict[str, Any]]:
+        return [c for c in sim.calls() if c["t"] > locked_at + 0.5 and c["user"] == USER]
+
+    holds_for(
+        lambda: late_calls() == [],
+        seconds=6,  # three more runs were due
+        what="no attempt during the lock-out",
+    )
 
     assert line["outcome"] == "locked_out"
     assert line["credentials"] == "main"
@@ -460,8 +469,7 @@ def test_a_lock_out_that_begins_mid_run_stops_every_attempt_for_at_least_17_minu
     answered = min(c["t"] for c in daemon_locked)
     waited = instant(line["suspended_until"]) - datetime.fromtimestamp(answered, UTC)
     assert waited >= timedelta(minutes=17), waited
-    late = [c for c in sim.calls() if c["t"] > locked_at + 0.5 and c["user"] == USER]
-    assert late == [], "the daemon tried again during the lock-out"
+    assert late_calls() == [], "the daemon tried again during the lock-out"
     status = json.loads(fleet.cli("status", "--json").stdout)
     for entry in status["servers"]:
         until = instant(entry["credentials_wait_until"])
@@ -530,7 +538,11 @@ def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(tmp_path: Pat
                     backoff={"auth_retry": f"{auth_retry / SCALE:.3f}s"},
                 )
                 daemons[label] = each.start()
-            time.sleep(RUN_SECONDS)
+            holds_for(
+                lambda: sim.stats()["logins"]["locked"] == 0,
+                seconds=RUN_SECONDS,
+                what="neither login locked in 45 simulated minutes",
+            )
 
             figures = {}
             for label, (each, user, auth_retry) in fleets.items():
@@ -1021,15 +1033,24 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         daemon.wait_for("refresh.succeeded", server="s0002", count=2, timeout=20)
         before_back = len(daemon.matching("refresh.succeeded", server="s0002"))
 
+        def no_run_twice() -> bool:
+            dues = _dues(daemon, "s0002")
+            return (
+                len(calls_on(fleet.sim, api_path(0))) <= 1
+                and len(calls_on(fleet.sim, api_path(1))) <= 1
+                and len(set(dues)) == len(dues)
+                and all(due > max(dues[:before_back]) for due in dues[before_back:])
+            )
+
         # Back 12 s, to before the window opened: its start comes round again.
         offset.write_text("-12\n")
         daemon.wait_for("clock.jumped", timeout=10)
-        time.sleep(9)
+        holds_for(no_run_twice, seconds=9, what="no run refreshed twice after the step back")
         # Forward an hour: s0000's window is open now, the other two have closed.
         offset.write_text("+3600\n")
         daemon.wait_for("clock.jumped", count=2, timeout=10)
         daemon.wait_for("refresh.succeeded", server="s0000", timeout=10)
-        time.sleep(2)
+        holds_for(no_run_twice, seconds=2, what="no run refreshed twice after the step ahead")
         fleet.audit(daemon)
         return {
             "daemon": daemon,
@@ -1162,7 +1183,11 @@ def test_fifty_time_zones_plan_a_year_of_sane_slots_and_the_daemon_refreshes_the
     fleet.write(servers)
     daemon = fleet.start()
     daemon.wait_for("refresh.succeeded", count=50, timeout=30)
-    time.sleep(1)
+    holds_for(
+        lambda: max(fleet.sim.stats()["requests"].values()) <= 1,
+        seconds=1,
+        what="no zone's server refreshed twice",
+    )
 
     requests = fleet.sim.stats()["requests"]
     assert [requests.get(api_path(i), 0) for i in range(50)] == [1] * 50

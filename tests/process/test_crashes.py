@@ -32,6 +32,7 @@ from tests.support.fleet import FIGURES, Fleet, report
 from tests.support.nobody import NobodyDaemon
 from tests.support.simulator import api_path, calls_on
 from tests.support.state import checkpoint, integrity, query
+from tests.support.waiting import eventually, holds_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,12 @@ def history(fleet: Fleet) -> list[dict[str, Any]]:
     done = fleet.cli("history", "--json", "--limit", "100000")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def most_refreshes(sim: Simulator) -> int:
+    """How many times the most refreshed server was refreshed."""
+    counts = Counter(c["path"] for c in sim.calls() if c["answer_kind"] == "success")
+    return max(counts.values(), default=0)
 
 
 def successes(sim: Simulator, index: int) -> list[float]:
@@ -65,14 +72,13 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     first.wait_for("daemon.started", timeout=15)
     # The call is on the wire: VICIdial (the simulator) will carry it out, the daemon will
     # never hear the answer.
-    deadline = time.monotonic() + 10
-    while sim.stats()["in_flight"] < 1:
-        assert time.monotonic() < deadline, "the call never started"
-        time.sleep(0.02)
+    eventually(lambda: sim.stats()["in_flight"] >= 1, what="the call on the wire")
     first.kill()
     killed_at = time.time()
-    time.sleep(3.5)  # the simulator finishes the killed call: the refresh did happen
-    assert len(successes(sim, 0)) == 1
+    eventually(
+        lambda: len(successes(sim, 0)) == 1,
+        what="the simulator finishing the killed call: the refresh did happen",
+    )
 
     second = fleet.start()
     (retried,) = second.wait_for("refresh.succeeded", timeout=15)
@@ -80,7 +86,11 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     assert second.stop() == EXIT_OK
     third = fleet.start()
     third.wait_for("daemon.started", timeout=15)
-    time.sleep(1.5)  # a catch-up would fire at once
+    holds_for(
+        lambda: sim.stats()["requests"].get(api_path(0), 0) <= 2,
+        seconds=1.5,  # a catch-up would fire at once
+        what="no third call once the repeat is recorded",
+    )
 
     assert integrity(fleet.state_path) == "ok"
     assert retried["attempt"] == 1
@@ -124,7 +134,9 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
         else:
             assert len(recorded_before) < count, "every kill must hit a daemon with work left"
             daemon.wait_for("refresh.succeeded", count=count - len(recorded_before), timeout=60)
-            time.sleep(1)
+            holds_for(
+                lambda: most_refreshes(sim) <= 2, seconds=1, what="no server refreshed thrice"
+            )
             assert daemon.stop() == EXIT_OK
 
     rows = history(fleet)
@@ -194,7 +206,11 @@ def test_garbage_in_the_wal_is_ignored_and_a_done_slot_stays_done(fleet: Fleet) 
 
     daemon = fleet.start()
     daemon.wait_for("daemon.started", timeout=15)
-    time.sleep(1.5)
+    holds_for(
+        lambda: len(calls_on(fleet.sim, api_path(0))) <= 1,
+        seconds=1.5,  # a catch-up would fire at once
+        what="the done slot is not refreshed again",
+    )
 
     assert len(calls_on(fleet.sim, api_path(0))) == 1
     assert daemon.matching("refresh.succeeded") == []
@@ -279,7 +295,9 @@ def test_a_full_disk_is_logged_and_never_turns_into_repeated_refreshes(fleet: Fl
     daemon = fleet.adopt(DaemonProcess(fleet.config_path, env=fleet.env, preexec_fn=limit))
 
     (error,) = daemon.wait_for("state.error", timeout=20)[:1]
-    time.sleep(2)
+    # Two more runs of `every = "1s"` under the full disk.
+    runs = len(daemon.matching("refresh.succeeded"))
+    daemon.wait_for("refresh.succeeded", count=runs + 2, timeout=10)
     # SIGTERM, not kill -9: a call in flight at the kill would reach the simulator without
     # its log line and look like a repeat.
     assert daemon.stop() == EXIT_OK

@@ -45,7 +45,7 @@ from tests.support.daemon import (
     assert_json_lines_only,
 )
 from tests.support.simulator import api_path
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, holds_for
 
 WRONG_PASSWORD = "wrong-pass-77"  # valid characters, refused by the simulator
 
@@ -249,7 +249,11 @@ def test_reload_adds_a_new_server_and_leaves_the_unchanged_one_alone(
     assert reloaded["removed"] == []
     assert reloaded["changed"] == []
     daemon.wait_for("refresh.succeeded", server="s1")
-    time.sleep(1.0)  # room for a wrong second refresh of s0 to show
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.0,
+        what="s0, unchanged, is not refreshed again after the reload",
+    )
     assert requests_to(setup.sim, 0) == 1
     assert requests_to(setup.sim, 1) == 1
     assert len(daemon.matching("refresh.succeeded", server="s0")) == 1
@@ -336,7 +340,11 @@ def test_reload_keeps_the_suspension_of_an_unchanged_server(
     setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=both)
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("refresh.succeeded", server="s1")
-    time.sleep(1.0)
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.0,
+        what="the suspended s0 is not called after the reload",
+    )
 
     assert requests_to(setup.sim, 0) == 1
     assert daemon.matching("server.resumed") == []
@@ -383,12 +391,19 @@ def test_reload_that_removes_a_server_stops_its_calls(
     daemon.signal(signal.SIGHUP)
 
     assert daemon.wait_for("config.reloaded")[0]["removed"] == ["s1"]
-    time.sleep(1.0)  # a call already on the wire may still land
+    # A call to s1 already on the wire may still land; it has once s0 is called again.
+    calls_to_kept = requests_to(setup.sim, 0)
+    eventually(
+        lambda: requests_to(setup.sim, 0) > calls_to_kept, what="s0's next call after the reload"
+    )
     calls_to_removed = requests_to(setup.sim, 1)
     calls_to_kept = requests_to(setup.sim, 0)
-    time.sleep(3.0)  # three `every` periods
-    assert requests_to(setup.sim, 1) == calls_to_removed
-    assert requests_to(setup.sim, 0) >= calls_to_kept + 2
+
+    def kept_called_twice_more() -> bool:
+        assert requests_to(setup.sim, 1) == calls_to_removed, "the removed s1 was called"
+        return requests_to(setup.sim, 0) >= calls_to_kept + 2
+
+    eventually(kept_called_twice_more, timeout=6, what="two more `every` periods of s0")
 
 
 def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: StartDaemon) -> None:
@@ -532,7 +547,11 @@ def test_restart_does_not_refresh_a_slot_already_refreshed(
 
     second = start_daemon(config)
     second.wait_for("daemon.started")
-    time.sleep(1.5)  # a catch-up would fire at once
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.5,  # a catch-up would fire at once
+        what="no catch-up of the slot refreshed before the restart",
+    )
 
     assert requests_to(setup.sim, 0) == 1
     assert second.matching("refresh.succeeded") == []
@@ -547,7 +566,11 @@ def test_restart_keeps_a_credentials_wait(setup: Setup, start_daemon: StartDaemo
 
     second = start_daemon(config)
     second.wait_for("daemon.started")
-    time.sleep(1.5)  # a login attempt would be made at once
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.5,  # a login attempt would be made at once
+        what="no login attempt during the credentials wait kept over the restart",
+    )
 
     assert setup.sim.stats()["logins"]["failed"] == 1
     assert requests_to(setup.sim, 0) == 1
