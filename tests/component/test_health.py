@@ -14,6 +14,7 @@ from refreshd.config import validate_config
 from refreshd.metrics import Metrics, MetricsServer
 from refreshd.scheduler import Scheduler
 from refreshd.state import StateStore
+from tests.support.waiting import eventually, holds_for
 
 
 def _status(port: int, path: str = "/healthz") -> int:
@@ -86,11 +87,26 @@ def test_a_stopped_timing_engine_no_longer_beats(scheduler: Scheduler) -> None:
     clock = scheduler._monotonic
     assert isinstance(clock, FakeMonotonic)
     scheduler.start()
+    # The control: while the engine runs, a beat revives a loop gone quiet. Without it, a
+    # beat that never worked at all would pass this test.
+    clock.now += 100
+    assert not scheduler.loop_alive(30)
+    asked = time.monotonic()
+    scheduler.loop_beat()
+    eventually(lambda: scheduler.loop_alive(30), timeout=5, what="the running engine's beat")
+    revived_in = time.monotonic() - asked
     scheduler.stop(1)
     clock.now += 100
-    scheduler.loop_beat()  # nobody runs it
-    time.sleep(0.2)
     assert not scheduler.loop_alive(30)
+
+    scheduler.loop_beat()  # nobody may run it now
+
+    # Many times as long as the running engine took to beat: room for a beat to show.
+    holds_for(
+        lambda: not scheduler.loop_alive(30),
+        seconds=min(5.0, max(0.5, 20 * revived_in)),
+        what="a stopped engine's loop stays quiet",
+    )
 
 
 def test_healthz_answers_200_while_healthy_and_503_once_stalled() -> None:
