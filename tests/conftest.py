@@ -1,5 +1,5 @@
-"""The fixtures every test may ask for. What they do lives in tests/support/; here they
-are only registered."""
+"""The fixtures every test may ask for, and the `process` mark. What they do lives in
+tests/support/; here they are only registered."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ from tests.support.fleet import FIGURES, Fleet, open_fleet, report
 from tests.support.nobody import shared_directory
 from tests.support.ports import refused_port as refusing_port
 from tests.support.simulator import running_simulator
+
+PROCESS_TESTS = Path(__file__).parent / "process"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/process/ runs the real command: marked `process`, so that
+    `pytest -m "not process"` runs the fast rest."""
+    for item in items:
+        if item.path.is_relative_to(PROCESS_TESTS):
+            item.add_marker(pytest.mark.process)
 
 
 @pytest.fixture(scope="session", autouse=True)
