@@ -31,7 +31,7 @@ RUN pip wheel --wheel-dir /wheels . tzdata
 
 # --- Runtime ----------------------------------------------------------------------------
 FROM python:3.11-slim
-# Keep in step with refreshd.__version__ (tests/test_deployment.py checks it).
+# Keep in step with refreshd.__version__ (tests/process/test_deployment.py checks it).
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="refreshd" \
       org.opencontainers.image.description="Schedules VICIdial server_refresh calls inside refresh windows, safely." \

@@ -27,7 +27,7 @@ rules that together bound the failures refreshd can cause in any 15 minutes:
 Worst case, a password changed under calls in flight: `MAX_LOGINS_IN_FLIGHT` failures
 at once, then one per `auth_retry`. For any `auth_retry` of at least
 `LOCKOUT_SAFE_AUTH_RETRY` that is at most 4 + 15 min / 5 min + 1 = 8 in any 15 minutes,
-below VICIdial's 10 (tests/test_policy.py simulates a week of it). `Backoff` accepts
+below VICIdial's 10 (tests/unit/test_policy.py simulates a week of it). `Backoff` accepts
 shorter values, which tests need; config_warnings() warns under 15 minutes.
 """
 
@@ -233,7 +233,7 @@ def credentials_attempt_allowed(
       failures when the password changes under calls already in flight.
 
     With `decide`'s waits this makes "at most one failed login per credentials per
-    auth_retry, after at most one burst" an invariant (tests/test_policy.py simulates it).
+    auth_retry, after at most one burst" an invariant (tests/unit/test_policy.py simulates it).
     """
     if wait_until is not None and now < wait_until:
         return False

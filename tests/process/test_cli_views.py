@@ -4,23 +4,26 @@ subprocess, its exit code, its JSON documents (README "JSON shapes") and its ali
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 
 from refreshd.core.vicidial import Outcome
 from refreshd.simulator import Simulator
 from refreshd.state import NewCall, StateStore
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    WriteConfig,
+    instant,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import DaemonProcess, RunRefreshd
 
-# The conftest fixtures' shapes (conftest.py documents them).
-WriteConfig = Callable[..., Path]
-RunRefreshd = Callable[..., tuple[int, str, str]]
-
-GOOD_PASSWORD = "demo-pass-123"  # user "refreshd" in config/simulator.toml
 WRONG_PASSWORD = "Wr0ngSecret7qX"  # letters and digits: the simulator echoes it back as is
 API_URL = "https://dialer.example.com/vicidial/non_agent_api.php"  # plan never calls it
 
@@ -68,7 +71,7 @@ def plan_config(tmp_path: Path, *servers: tuple[str, str, str]) -> Path:
     return write_daemon_config(
         tmp_path / "plan.toml",
         daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": "refreshd", "password": GOOD_PASSWORD}},
+        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
         servers=[
             {
                 "name": name,
@@ -107,10 +110,6 @@ def history(run: RunRefreshd, config: Path, *args: str) -> list[dict[str, Any]]:
 def status(run: RunRefreshd, config: Path) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(run_ok(run, ["status", "-c", config, "--json"]))
     return document
-
-
-def instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def assert_aligned(out: str, headers: list[str], rows: int) -> list[list[str]]:
@@ -267,7 +266,7 @@ def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
     config = write_daemon_config(
         tmp_path / "refreshd.toml",
         daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": "refreshd", "password": GOOD_PASSWORD}},
+        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
         servers=[
             {
                 "name": "east-1",
@@ -401,7 +400,7 @@ def test_history_after_a_daemon_run_shows_the_slot_and_due(
     config = write_daemon_config(
         tmp_path / "refreshd.toml",
         daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": "refreshd", "password": GOOD_PASSWORD}},
+        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
         servers=[
             {
                 "name": "east-1",

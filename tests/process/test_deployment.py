@@ -5,11 +5,9 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import random
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +15,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import refreshd
 from refreshd.cli import EXIT_CONFIG
 from refreshd.config import DEFAULT_CONFIG_PATH, DaemonConfig
+from tests.support.repo import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "refreshd.service"
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
+UNIT = REPO / "systemd" / "refreshd.service"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 DEFAULTS = DaemonConfig()
 DAEMON_ARGS = ["run", "-c", str(DEFAULT_CONFIG_PATH)]
@@ -350,7 +350,7 @@ def test_dockerfile_copies_only_files_that_exist_and_are_not_ignored(
             continue
         *sources, _destination = shlex.split(instruction.args)
         for source in sources:
-            assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+            assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
             assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
 
 
@@ -468,30 +468,15 @@ def test_healthcheck_fails_when_healthz_answers_503(
     assert "503" in result.stderr
 
 
-def test_healthcheck_fails_when_nothing_listens(runtime: list[Instruction]) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        free_port = int(probe.getsockname()[1])
-    result = run_healthcheck(runtime, free_port)
+def test_healthcheck_fails_when_nothing_listens(
+    runtime: list[Instruction], refused_port: int
+) -> None:
+    result = run_healthcheck(runtime, refused_port)
     assert result.returncode == 1
     assert "Connection refused" in result.stderr
 
 
 # --- The image's command and health check against the real daemon ----------------------
-
-
-def _free_port() -> int:
-    # Below the ephemeral range, so a concurrent test's client sockets cannot take it.
-
-    for _ in range(50):
-        port = random.randint(10000, 30000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
@@ -502,11 +487,10 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     entry = json.loads(the_one(runtime, "ENTRYPOINT").args)
     command = json.loads(the_one(runtime, "CMD").args)
     assert entry == ["refreshd"]
-    port = _free_port()
     config = tmp_path / "refreshd.toml"
     config.write_text(
         f'[daemon]\nstate_path = "{tmp_path / "state.db"}"\n'
-        f'metrics_listen = "127.0.0.1:{port}"\n'
+        'metrics_listen = "127.0.0.1:0"\n'
         '[credentials.east]\nuser = "refreshd"\npassword_env = "REFRESHD_EAST_PASSWORD"\n'
         '[[servers]]\nname = "east-1"\n'
         'api_url = "http://127.0.0.1:9/vicidial/non_agent_api.php"\n'
@@ -521,10 +505,14 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
     )
     try:
         assert daemon.stdout is not None
-        for _ in range(20):
-            line = daemon.stdout.readline()
-            if not line or json.loads(line)["event"] == "daemon.started":
+        started: dict[str, Any] = {}
+        for line in daemon.stdout:  # the daemon picks the port; daemon.started says which
+            started = json.loads(line)
+            if started["event"] == "daemon.started":
                 break
+        assert started.get("event") == "daemon.started", started
+        port = urlsplit(started["metrics"]).port
+        assert port is not None, started
         result = run_healthcheck(runtime, port)
         assert result.returncode == 0, result.stderr
     finally:

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import window_from_now
-from test_adversarial import PASSWORD, SIM_SERVERS, Fleet, api_path, instant, report, sim_users
 
-from refreshd.simulator import Simulator, SimUser
+from refreshd.simulator import SimUser
+from tests.support.config import instant, window_from_now
+from tests.support.fleet import PASSWORD, Fleet, open_fleet, report
+from tests.support.simulator import api_path
+from tests.support.waiting import holds_for
 
 SERVERS = 2000
 MAX_CONCURRENCY = 16
@@ -31,13 +33,8 @@ LOGINS = 8
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    users = [*sim_users(), *(SimUser(f"load-{n}", PASSWORD) for n in range(LOGINS))]
-    with Simulator(host="127.0.0.1", port=0, users=users, servers=SIM_SERVERS) as sim:
-        each = Fleet(tmp_path, sim)
-        try:
-            yield each
-        finally:
-            each.close()
+    with open_fleet(tmp_path, [SimUser(f"load-{n}", PASSWORD) for n in range(LOGINS)]) as each:
+        yield each
 
 
 @pytest.mark.slow
@@ -62,7 +59,11 @@ def test_two_thousand_servers_due_within_a_minute_are_each_refreshed_once_within
     ready = time.monotonic() - started
 
     daemon.wait_for("refresh.succeeded", count=SERVERS, timeout=SPREAD + 20)
-    time.sleep(1)
+    holds_for(
+        lambda: max(sim.stats()["requests"].values()) <= 1,
+        seconds=1,
+        what="no server refreshed twice",
+    )
 
     stats = sim.stats()
     counts = [stats["requests"].get(api_path(i), 0) for i in range(SERVERS)]

@@ -8,14 +8,11 @@ exactly which server was called how often.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import random
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,18 +24,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from refreshd.simulator import API_PATH, Simulator
+from refreshd.simulator import Simulator
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    NOAPI_PASSWORD,
+    NOAPI_USER,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    DaemonProcess,
+    StartDaemon,
+    assert_json_lines_only,
+)
+from tests.support.simulator import api_path
+from tests.support.waiting import eventually, holds_for
 
-GOOD_USER = "refreshd"
-GOOD_PASSWORD = "demo-pass-123"
 WRONG_PASSWORD = "wrong-pass-77"  # valid characters, refused by the simulator
-NOAPI_USER, NOAPI_PASSWORD = "noapi", "noapi-pass"  # logs in, may not refresh
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 
 # A daily window opened two seconds ago and lasting ten minutes: the daemon refreshes at
 # once (catch-up) and never reaches the window's end during a test.
@@ -47,11 +56,6 @@ WINDOW_LENGTH = 600.0
 
 
 # --- Helpers -----------------------------------------------------------------------------
-
-
-def api_path(index: int) -> str:
-    """Server `s<index>`'s own path on the simulator."""
-    return f"/s{index}{API_PATH}"
 
 
 def requests_to(sim: Simulator, index: int) -> int:
@@ -66,32 +70,6 @@ def refreshes_of(sim: Simulator, index: int) -> int:
         for call in sim.calls()
         if call["path"] == api_path(index) and call["answer_kind"] == "success"
     )
-
-
-def free_port() -> int:
-    """A loopback port free now, for metrics_listen, taken below the kernel's ephemeral
-    range: a port from `bind(0)` is in that range, where any busy process on the machine
-    (a benchmark, another test run) may take it for an outgoing connection before the
-    daemon binds it."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(10_000, min(ephemeral_low, 30_000))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
-
-
-def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or check}")
-        time.sleep(0.05)
 
 
 def index_of(daemon: DaemonProcess, event: str, **fields: Any) -> int:
@@ -137,11 +115,6 @@ def metric(samples: Sequence[Sample], name: str, **labels: str) -> float | None:
         if sample.name == name and sample.labels == labels:
             return float(sample.value)
     return None
-
-
-def no_traceback(daemon: DaemonProcess) -> None:
-    assert "Traceback" not in daemon.stderr, daemon.stderr
-    assert daemon.bad_lines == [], daemon.bad_lines
 
 
 # --- Fixtures ----------------------------------------------------------------------------
@@ -192,23 +165,6 @@ def setup(tmp_path: Path, simulator: Simulator) -> Setup:
         sim=simulator,
         window=window_from_now(WINDOW_OPEN_SINCE, WINDOW_LENGTH),
     )
-
-
-@pytest.fixture
-def start_daemon(simulator: Simulator) -> Iterator[Callable[..., DaemonProcess]]:
-    """Factory: start the real daemon on a config; every one is stopped (killed if it will
-    not go) before the simulator stops."""
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(config, env=env)
-        started.append(daemon)
-        return daemon.start()
-
-    yield start
-    for daemon in started:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.stop(timeout=5)
 
 
 class NotifyListener:
@@ -276,16 +232,11 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifyListener]:
     listener.close()
 
 
-@pytest.fixture
-def metrics_port() -> int:
-    return free_port()
-
-
 # --- SIGHUP: reload -------------------------------------------------------------------
 
 
 def test_reload_adds_a_new_server_and_leaves_the_unchanged_one_alone(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("refresh.succeeded", server="s0")
@@ -298,7 +249,11 @@ def test_reload_adds_a_new_server_and_leaves_the_unchanged_one_alone(
     assert reloaded["removed"] == []
     assert reloaded["changed"] == []
     daemon.wait_for("refresh.succeeded", server="s1")
-    time.sleep(1.0)  # room for a wrong second refresh of s0 to show
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.0,
+        what="s0, unchanged, is not refreshed again after the reload",
+    )
     assert requests_to(setup.sim, 0) == 1
     assert requests_to(setup.sim, 1) == 1
     assert len(daemon.matching("refresh.succeeded", server="s0")) == 1
@@ -331,7 +286,7 @@ def _removed(setup: Setup, valid: str) -> str:
 )
 def test_reload_of_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
     setup: Setup,
-    start_daemon: Callable[..., DaemonProcess],
+    start_daemon: StartDaemon,
     break_config: Callable[[Setup, str], str],
 ) -> None:
     config = setup.write([setup.server(0, every="2s")])
@@ -351,11 +306,11 @@ def test_reload_of_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
     assert daemon.matching("config.reloaded") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_reload_with_a_new_password_ends_the_credentials_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     wrong = {"main": {"user": GOOD_USER, "password": WRONG_PASSWORD}}
     config = setup.write([setup.server(0)], credentials=wrong, backoff={"auth_retry": "1h"})
@@ -373,7 +328,7 @@ def test_reload_with_a_new_password_ends_the_credentials_wait(
 
 
 def test_reload_keeps_the_suspension_of_an_unchanged_server(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     both = {
         "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
@@ -385,14 +340,18 @@ def test_reload_keeps_the_suspension_of_an_unchanged_server(
     setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=both)
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("refresh.succeeded", server="s1")
-    time.sleep(1.0)
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.0,
+        what="the suspended s0 is not called after the reload",
+    )
 
     assert requests_to(setup.sim, 0) == 1
     assert daemon.matching("server.resumed") == []
 
 
 def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     both = {
         "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
@@ -409,7 +368,7 @@ def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
 
 
 def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     noapi = {"ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD}}
     daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=noapi))
@@ -423,7 +382,7 @@ def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
 
 
 def test_reload_that_removes_a_server_stops_its_calls(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0, every="1s"), setup.server(1, every="1s")]))
     daemon.wait_for("refresh.succeeded", server="s1")
@@ -432,17 +391,22 @@ def test_reload_that_removes_a_server_stops_its_calls(
     daemon.signal(signal.SIGHUP)
 
     assert daemon.wait_for("config.reloaded")[0]["removed"] == ["s1"]
-    time.sleep(1.0)  # a call already on the wire may still land
+    # A call to s1 already on the wire may still land; it has once s0 is called again.
+    calls_to_kept = requests_to(setup.sim, 0)
+    eventually(
+        lambda: requests_to(setup.sim, 0) > calls_to_kept, what="s0's next call after the reload"
+    )
     calls_to_removed = requests_to(setup.sim, 1)
     calls_to_kept = requests_to(setup.sim, 0)
-    time.sleep(3.0)  # three `every` periods
-    assert requests_to(setup.sim, 1) == calls_to_removed
-    assert requests_to(setup.sim, 0) >= calls_to_kept + 2
+
+    def kept_called_twice_more() -> bool:
+        assert requests_to(setup.sim, 1) == calls_to_removed, "the removed s1 was called"
+        return requests_to(setup.sim, 0) >= calls_to_kept + 2
+
+    eventually(kept_called_twice_more, timeout=6, what="two more `every` periods of s0")
 
 
-def test_reload_applies_a_changed_client_timeout(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: StartDaemon) -> None:
     setup.sim.set_fault("latency", latency=2.0, path=api_path(0))
     config = setup.write([setup.server(0, every="2s")], client={"timeout": "10s"})
     daemon = start_daemon(config)
@@ -467,7 +431,7 @@ def test_reload_applies_a_changed_client_timeout(
 
 
 def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
     config = setup.write(
@@ -486,11 +450,11 @@ def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
     assert refreshes_of(setup.sim, 0) == 1
     assert index_of(daemon, "daemon.stopping") < index_of(daemon, "refresh.succeeded", server="s0")
     assert index_of(daemon, "refresh.succeeded", server="s0") < index_of(daemon, "daemon.stopped")
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_sigterm_waits_no_longer_than_shutdown_grace(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
     config = setup.write(
@@ -508,11 +472,11 @@ def test_sigterm_waits_no_longer_than_shutdown_grace(
     assert 1.5 < took < 5, f"took {took:.1f}s for a 2 s grace"
     assert daemon.matching("daemon.stopped")
     assert daemon.matching("refresh.succeeded") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_sigterm_starts_no_new_call_during_the_graceful_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=4.0, path=api_path(0))
     config = setup.write(
@@ -536,7 +500,7 @@ def test_sigterm_starts_no_new_call_during_the_graceful_wait(
 
 
 def test_second_sigterm_during_the_graceful_wait_exits_at_once(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
     config = setup.write(
@@ -558,12 +522,10 @@ def test_second_sigterm_during_the_graceful_wait_exits_at_once(
     assert code == EXIT_FAILED  # README: "A second signal exits at once (exit 1)."
     assert took < 2, f"took {took:.1f}s after the second SIGTERM"
     assert daemon.matching("daemon.stopped", forced=True)
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
-def test_sigint_stops_cleanly_like_sigterm(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_sigint_stops_cleanly_like_sigterm(setup: Setup, start_daemon: StartDaemon) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("refresh.succeeded", server="s0")
 
@@ -572,11 +534,11 @@ def test_sigint_stops_cleanly_like_sigterm(
     assert daemon.wait(timeout=10) == EXIT_OK
     assert daemon.wait_for("daemon.stopping")[0]["signal"] == "SIGINT"
     assert daemon.matching("daemon.stopped")
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_restart_does_not_refresh_a_slot_already_refreshed(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     config = setup.write([setup.server(0)])
     first = start_daemon(config)
@@ -585,15 +547,17 @@ def test_restart_does_not_refresh_a_slot_already_refreshed(
 
     second = start_daemon(config)
     second.wait_for("daemon.started")
-    time.sleep(1.5)  # a catch-up would fire at once
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.5,  # a catch-up would fire at once
+        what="no catch-up of the slot refreshed before the restart",
+    )
 
     assert requests_to(setup.sim, 0) == 1
     assert second.matching("refresh.succeeded") == []
 
 
-def test_restart_keeps_a_credentials_wait(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
-) -> None:
+def test_restart_keeps_a_credentials_wait(setup: Setup, start_daemon: StartDaemon) -> None:
     wrong = {"main": {"user": GOOD_USER, "password": WRONG_PASSWORD}}
     config = setup.write([setup.server(0)], credentials=wrong, backoff={"auth_retry": "1h"})
     first = start_daemon(config)
@@ -602,7 +566,11 @@ def test_restart_keeps_a_credentials_wait(
 
     second = start_daemon(config)
     second.wait_for("daemon.started")
-    time.sleep(1.5)  # a login attempt would be made at once
+    holds_for(
+        lambda: requests_to(setup.sim, 0) == 1,
+        seconds=1.5,  # a login attempt would be made at once
+        what="no login attempt during the credentials wait kept over the restart",
+    )
 
     assert setup.sim.stats()["logins"]["failed"] == 1
     assert requests_to(setup.sim, 0) == 1
@@ -612,7 +580,7 @@ def test_restart_keeps_a_credentials_wait(
 
 
 def test_notify_ready_once_scheduled(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     daemon = start_daemon(
         setup.write([setup.server(0)]), {"NOTIFY_SOCKET": str(notify_socket.path)}
@@ -624,7 +592,7 @@ def test_notify_ready_once_scheduled(
 
 
 def test_notify_reloading_then_ready_around_a_reload(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     config = setup.write([setup.server(0)])
     daemon = start_daemon(config, {"NOTIFY_SOCKET": str(notify_socket.path)})
@@ -639,7 +607,7 @@ def test_notify_reloading_then_ready_around_a_reload(
 
 
 def test_notify_ready_after_a_rejected_reload_too(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     config = setup.write([setup.server(0)])
     daemon = start_daemon(config, {"NOTIFY_SOCKET": str(notify_socket.path)})
@@ -655,7 +623,7 @@ def test_notify_ready_after_a_rejected_reload_too(
 
 
 def test_notify_stopping_on_sigterm(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     daemon = start_daemon(
         setup.write([setup.server(0)]), {"NOTIFY_SOCKET": str(notify_socket.path)}
@@ -670,7 +638,7 @@ def test_notify_stopping_on_sigterm(
 
 
 def test_notify_watchdog_pings_at_half_watchdog_usec(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], notify_socket: NotifyListener
+    setup: Setup, start_daemon: StartDaemon, notify_socket: NotifyListener
 ) -> None:
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "2000000"}
     start_daemon(setup.write([setup.server(0)]), env)
@@ -689,26 +657,31 @@ def test_notify_watchdog_pings_at_half_watchdog_usec(
 SERVERS = ("s0", "s1")
 
 
-def _two_servers_one_denied(setup: Setup, port: int) -> Path:
+# Metrics on a port the daemon picks; its daemon.started line says which.
+ANY_PORT = {"metrics_listen": "127.0.0.1:0"}
+
+
+def _two_servers_one_denied(setup: Setup) -> Path:
     return setup.write(
         [setup.server(0), setup.server(1, credentials="noapi")],
         credentials={
             "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
             "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
         },
-        daemon={"metrics_listen": f"127.0.0.1:{port}"},
+        daemon=ANY_PORT,
     )
 
 
 def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
+    daemon = start_daemon(_two_servers_one_denied(setup))
     daemon.wait_for("refresh.succeeded", server="s0")
     daemon.wait_for("server.suspended", server="s1")
 
     samples = scrape_once_settled(
-        metrics_port, lambda got: metric(got, "refreshd_refresh_duration_seconds_count") == 2
+        daemon.metrics_port(),
+        lambda got: metric(got, "refreshd_refresh_duration_seconds_count") == 2,
     )
 
     total = "refreshd_refresh_total"
@@ -724,10 +697,10 @@ def test_metrics_count_refreshes_by_outcome_as_the_simulator_saw_them(
 
 
 def test_metrics_show_last_success_next_slot_and_suspension_per_server(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     before = time.time()
-    daemon = start_daemon(_two_servers_one_denied(setup, metrics_port))
+    daemon = start_daemon(_two_servers_one_denied(setup))
     daemon.wait_for("refresh.succeeded", server="s0")
     daemon.wait_for("server.suspended", server="s1")
 
@@ -735,7 +708,7 @@ def test_metrics_show_last_success_next_slot_and_suspension_per_server(
         slots = [metric(got, "refreshd_next_slot_timestamp_seconds", server=s) for s in SERVERS]
         return all(slot is not None and slot > time.time() for slot in slots)
 
-    samples = scrape_once_settled(metrics_port, planned_ahead)
+    samples = scrape_once_settled(daemon.metrics_port(), planned_ahead)
     now = time.time()
 
     last_success = metric(samples, "refreshd_last_success_timestamp_seconds", server="s0")
@@ -750,10 +723,8 @@ def test_metrics_show_last_success_next_slot_and_suspension_per_server(
     assert metric(samples, "refreshd_server_suspended", server="s0") == 0
 
 
-def test_metrics_count_config_reloads_by_result(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
-) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
+def test_metrics_count_config_reloads_by_result(setup: Setup, start_daemon: StartDaemon) -> None:
+    config = setup.write([setup.server(0)], daemon=ANY_PORT)
     valid = config.read_text(encoding="utf-8")
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started")
@@ -764,65 +735,61 @@ def test_metrics_count_config_reloads_by_result(
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("config.rejected")
 
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(daemon.metrics_port())
     assert metric(samples, "refreshd_config_reloads_total", result="ok") == 1
     assert metric(samples, "refreshd_config_reloads_total", result="rejected") == 1
 
 
-def test_healthz_answers_200_while_running(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
-) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
+def test_healthz_answers_200_while_running(setup: Setup, start_daemon: StartDaemon) -> None:
+    config = setup.write([setup.server(0)], daemon=ANY_PORT)
     daemon = start_daemon(config)
-    daemon.wait_for("daemon.started")
+    port = daemon.metrics_port()
 
     for _ in range(3):
-        status, body = http_get(metrics_port, "/healthz")
+        status, body = http_get(port, "/healthz")
         assert status == 200, body
         time.sleep(0.5)
 
 
-def test_metrics_show_a_call_in_flight(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
-) -> None:
+def test_metrics_show_a_call_in_flight(setup: Setup, start_daemon: StartDaemon) -> None:
     setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
     config = setup.write(
         [setup.server(0)],
-        daemon={"metrics_listen": f"127.0.0.1:{metrics_port}", "shutdown_grace": "1s"},
+        daemon={**ANY_PORT, "shutdown_grace": "1s"},
         client={"timeout": "10s"},
     )
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started")
     eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
 
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(daemon.metrics_port())
 
     assert metric(samples, "refreshd_calls_in_flight") == 1
 
 
 def test_metrics_show_a_suspension_carried_over_a_restart(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    config = _two_servers_one_denied(setup, metrics_port)
+    config = _two_servers_one_denied(setup)
     first = start_daemon(config)
     first.wait_for("server.suspended", server="s1")
     assert first.stop() == EXIT_OK
 
     second = start_daemon(config)
-    second.wait_for("daemon.started")
-    _, samples = scrape(metrics_port)
+    _, samples = scrape(second.metrics_port())
 
     assert requests_to(setup.sim, 1) == 1  # still suspended: not called again
     assert metric(samples, "refreshd_server_suspended", server="s1") == 1
 
 
 def test_busy_metrics_port_refuses_to_start_naming_the_setting(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess], metrics_port: int
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", metrics_port))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
+        busy = int(taken.getsockname()[1])
+        config = setup.write([setup.server(0)], daemon={"metrics_listen": f"127.0.0.1:{busy}"})
         daemon = start_daemon(config)
         code = daemon.wait(timeout=15)
 
@@ -830,17 +797,17 @@ def test_busy_metrics_port_refuses_to_start_naming_the_setting(
     failed = daemon.matching("daemon.failed")
     assert len(failed) == 1
     assert "metrics_listen" in failed[0]["error"]
-    assert str(metrics_port) in failed[0]["error"]
+    assert str(busy) in failed[0]["error"]
     assert daemon.matching("daemon.started") == []
     assert requests_to(setup.sim, 0) == 0
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 # --- Start-up refusals and secrets -------------------------------------------------------
 
 
 def test_invalid_config_at_start_exits_78_with_every_error(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     config = setup.write(
         [{**setup.server(0), "windows": ["25:00-26:00"]}], daemon={"shutdwon_grace": "5s"}
@@ -855,13 +822,12 @@ def test_invalid_config_at_start_exits_78_with_every_error(
     assert any(e.startswith("daemon.shutdwon_grace") for e in errors), errors
     assert any(e.startswith("servers[0].windows[0]") for e in errors), errors
     assert daemon.matching("daemon.started") == []
-    no_traceback(daemon)
+    assert_json_lines_only(daemon)
 
 
 def test_passwords_never_appear_in_metrics_stdout_or_stderr(
     setup: Setup,
-    start_daemon: Callable[..., DaemonProcess],
-    metrics_port: int,
+    start_daemon: StartDaemon,
 ) -> None:
     # s1's wrong password is echoed back by VICIdial in its "Login incorrect" answer.
     config = setup.write(
@@ -870,7 +836,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
             "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
             "wrong": {"user": "admin", "password": WRONG_PASSWORD},
         },
-        daemon={"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        daemon=ANY_PORT,
         backoff={"auth_retry": "1h"},
     )
     daemon = start_daemon(config)
@@ -879,7 +845,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("config.reloaded")
 
-    text, _ = scrape(metrics_port)
+    text, _ = scrape(daemon.metrics_port())
     assert daemon.stop() == EXIT_OK
 
     assert daemon.matching("refresh.failed", server="s1", outcome="auth_failed")
@@ -890,7 +856,7 @@ def test_passwords_never_appear_in_metrics_stdout_or_stderr(
 
 
 def test_a_rejected_reload_never_shows_the_new_passwords(
-    setup: Setup, start_daemon: Callable[..., DaemonProcess]
+    setup: Setup, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(setup.write([setup.server(0)]))
     daemon.wait_for("daemon.started")

@@ -1,5 +1,6 @@
-"""The real `refreshd run` as a child process, its JSON lines collected as they come,
-and daemon configs written from plain dicts. Used by the daemon and service tests."""
+"""The real `refreshd` command as a child process: `refreshd run` with its JSON lines
+collected as they come, one-shot commands beside it, and the checks every daemon's output
+must pass."""
 
 from __future__ import annotations
 
@@ -10,60 +11,49 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.config import instant
+from tests.support.repo import REPO
+
+LEVELS = {"debug", "info", "warning", "error", "critical"}
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78  # README: what each exit code means
+
+# The shapes of the conftest fixtures `run_refreshd` and `start_daemon`.
+RunResult = tuple[int, str, str]  # (returncode, stdout, stderr)
+RunRefreshd = Callable[..., RunResult]
+StartDaemon = Callable[..., "DaemonProcess"]
 
 
-def toml_value(value: Any) -> str:
-    """Just enough TOML for test configs: strings, numbers, booleans, lists."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """PATH and LANG only, plus `extra`: no REFRESHD_* override or CREDENTIALS_DIRECTORY
+    inherited from the developer's shell."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **(extra or {})}
 
 
-def write_daemon_config(
-    path: Path,
-    *,
-    servers: list[Mapping[str, Any]],
-    credentials: Mapping[str, Mapping[str, Any]],
-    daemon: Mapping[str, Any] | None = None,
-    client: Mapping[str, Any] | None = None,
-    backoff: Mapping[str, Any] | None = None,
-    blackouts: list[Mapping[str, Any]] | None = None,
-) -> Path:
-    """Write a refreshd config; tables are given as dicts, exactly as in TOML."""
-    parts: list[str] = []
-    for table, values in (("daemon", daemon), ("client", client), ("backoff", backoff)):
-        if values:
-            parts.append(f"[{table}]\n" + _pairs(values))
-    for name, values in credentials.items():
-        parts.append(f"[credentials.{name}]\n" + _pairs(values))
-    for server in servers:
-        parts.append("[[servers]]\n" + _pairs(server))
-    for blackout in blackouts or []:
-        parts.append("[[blackouts]]\n" + _pairs(blackout))
-    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
-    return path
-
-
-def _pairs(values: Mapping[str, Any]) -> str:
-    return "\n".join(f"{key} = {toml_value(value)}" for key, value in values.items())
-
-
-def window_from_now(start_in: float, length: float, *, now: datetime | None = None) -> str:
-    """A daily window "HH:MM:SS-HH:MM:SS" (UTC) opening `start_in` seconds from now."""
-    base = (now or datetime.now(UTC)).replace(microsecond=0) + timedelta(seconds=1)
-    start = base + timedelta(seconds=start_in)
-    end = start + timedelta(seconds=length)
-    return f"{start:%H:%M:%S}-{end:%H:%M:%S}"
+def run_refreshd(
+    *args: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """The real `python -m refreshd ARGS...`, run to its end in a clean environment plus
+    `env`; raises subprocess.TimeoutExpired after `timeout` seconds."""
+    return subprocess.run(
+        [sys.executable, "-m", "refreshd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=clean_env(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class DaemonProcess:
@@ -75,15 +65,17 @@ class DaemonProcess:
     """
 
     def __init__(
-        self, config: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            **(env or {}),
-        }
+        self.env = clean_env(env)
         self.cwd = cwd or config.parent
+        self.preexec_fn = preexec_fn  # run in the child before refreshd starts
         self.events: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
         self.stdout_lines: list[str] = []
@@ -92,14 +84,19 @@ class DaemonProcess:
         self.proc: subprocess.Popen[str] | None = None
         self._readers: list[threading.Thread] = []
 
+    def command(self) -> list[str]:
+        """The child's argv; a subclass may run refreshd another way."""
+        return [sys.executable, "-m", "refreshd", "run", "-c", str(self.config)]
+
     def start(self) -> DaemonProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "refreshd", "run", "-c", str(self.config)],
+            self.command(),
             cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.preexec_fn,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -166,6 +163,18 @@ class DaemonProcess:
                     )
                 self._cond.wait(min(left, 0.2))
 
+    def metrics_port(self, timeout: float = 15.0) -> int:
+        """The port /metrics and /healthz are served on, from the `daemon.started` line
+        (with `metrics_listen = "127.0.0.1:0"` the daemon picks a free one)."""
+        (started,) = self.wait_for("daemon.started", timeout=timeout)[:1]
+        assert started["metrics"], f"metrics are off: {started}"
+        port = urlsplit(started["metrics"]).port
+        assert port is not None, started
+        return port
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
@@ -204,3 +213,43 @@ class DaemonProcess:
     def stderr(self) -> str:
         with self._cond:
             return "".join(self.stderr_lines)
+
+
+def assert_json_lines_only(daemon: DaemonProcess) -> None:
+    """stdout holds JSON objects only, each with an ISO UTC timestamp, a level and an event;
+    stderr holds no traceback. (A kill -9 may cut the last line short: a final line without
+    its newline is the kill's, not the daemon's.)"""
+    bad = [line for line in daemon.bad_lines if line.endswith("\n")]
+    assert bad == [], f"non-JSON lines on stdout: {bad[:5]!r}"
+    for event in daemon.events:
+        assert isinstance(event, dict), event
+        assert {"timestamp", "level", "event"} <= set(event), event
+        assert instant(event["timestamp"]).utcoffset() == timedelta(0), event
+        assert event["level"] in LEVELS, event
+        assert isinstance(event["event"], str), event
+        assert event["event"], event
+    assert "Traceback" not in daemon.stderr, daemon.stderr[-3000:]
+
+
+class Daemons:
+    """The daemons one test started: each is stopped at the end (SIGTERM, then SIGKILL if
+    it ignores it) and its output checked with `assert_json_lines_only`."""
+
+    def __init__(self) -> None:
+        self.started: list[DaemonProcess] = []
+
+    def start(
+        self, config: Path, env: Mapping[str, str] | None = None, **options: Any
+    ) -> DaemonProcess:
+        daemon = DaemonProcess(config, env=env, **options)
+        self.started.append(daemon)
+        return daemon.start()
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        for daemon in self.started:
+            try:
+                daemon.stop(timeout=timeout)
+            except subprocess.TimeoutExpired:  # stop() has killed it
+                pytest.fail(f"daemon {daemon.pid} ignored SIGTERM for {timeout}s:\n{daemon.stderr}")
+        for daemon in self.started:
+            assert_json_lines_only(daemon)

@@ -167,23 +167,16 @@ def test_a_trickling_body_times_out_on_the_total_deadline(simulator: Simulator) 
     assert 0.9 <= time.monotonic() - started < 2.5
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on: bound, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_a_closed_port_is_a_refused_connection() -> None:
-    answer = call_url(f"http://127.0.0.1:{closed_port()}{API_PATH}")
+def test_a_closed_port_is_a_refused_connection(refused_port: int) -> None:
+    answer = call_url(f"http://127.0.0.1:{refused_port}{API_PATH}")
 
     assert answer.transport is Transport.CONNECTION_REFUSED
 
 
-def test_a_closed_port_fails_at_once_without_a_response() -> None:
+def test_a_closed_port_fails_at_once_without_a_response(refused_port: int) -> None:
     started = time.monotonic()
 
-    answer = call_url(f"http://127.0.0.1:{closed_port()}{API_PATH}")
+    answer = call_url(f"http://127.0.0.1:{refused_port}{API_PATH}")
 
     assert (answer.status, answer.body) == (None, None)
     assert answer.transport is not None

@@ -8,35 +8,33 @@ import itertools
 import json
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 
 from refreshd.simulator import API_PATH, Simulator
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    instant,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import StartDaemon, assert_json_lines_only, run_refreshd
+from tests.support.simulator import api_path, calls_on, total_requests
+from tests.support.waiting import holds_for
 
 pytestmark = pytest.mark.slow
 
-GOOD_USER = "refreshd"  # config/simulator.toml: allowed server_refresh only
-GOOD_PASSWORD = "demo-pass-123"
 WRONG_PASSWORD = "Wr0ngSecret7qX"  # letters and digits: VICIdial echoes it back unfiltered
-LEVELS = {"debug", "info", "warning", "error", "critical"}
 REFRESH_EVENTS = ("refresh.succeeded", "refresh.failed", "refresh.retrying")
-
-StartDaemon = Callable[[Path], DaemonProcess]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def api_path(index: int) -> str:
-    """Each server's own path on the simulator, so its requests are counted apart."""
-    return f"/s{index}{API_PATH}"
 
 
 def server(sim: Simulator, index: int, window: str, **extra: Any) -> dict[str, Any]:
@@ -74,53 +72,8 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def calls_on(sim: Simulator, path: str) -> list[dict[str, Any]]:
-    return [call for call in sim.calls() if call["path"] == path]
-
-
 def gaps(calls: list[dict[str, Any]]) -> list[float]:
     return [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(calls)]
-
-
-def total_requests(sim: Simulator) -> int:
-    return sum(sim.stats()["requests"].values())
-
-
-def instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def assert_json_lines_only(daemon: DaemonProcess) -> None:
-    """stdout holds JSON objects only, each with an ISO UTC timestamp, a level and an event."""
-    assert daemon.bad_lines == [], f"non-JSON lines on stdout: {daemon.bad_lines!r}"
-    for event in daemon.events:
-        assert isinstance(event, dict), event
-        assert {"timestamp", "level", "event"} <= set(event), event
-        assert instant(event["timestamp"]).utcoffset() == timedelta(0), event
-        assert event["level"] in LEVELS, event
-        assert isinstance(event["event"], str), event
-        assert event["event"], event
-
-
-@pytest.fixture
-def start_daemon() -> Iterator[StartDaemon]:
-    """Factory: start `refreshd run -c CONFIG`; every daemon is stopped after the test and
-    its stdout checked to hold JSON lines only."""
-    started: list[DaemonProcess] = []
-
-    def start(config: Path) -> DaemonProcess:
-        daemon = DaemonProcess(config).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        try:
-            daemon.stop(timeout=30)
-        except subprocess.TimeoutExpired:  # stop() has killed it
-            pytest.fail(f"daemon {daemon.pid} ignored SIGTERM for 30 s:\n{daemon.stderr}")
-    for daemon in started:
-        assert_json_lines_only(daemon)
 
 
 # -- once per slot ---------------------------------------------------------------------------
@@ -134,7 +87,11 @@ def test_twenty_servers_are_each_refreshed_exactly_once_in_their_window(
     daemon = start_daemon(config)
 
     daemon.wait_for("refresh.succeeded", count=20, timeout=20)
-    time.sleep(4)  # the window is still open: nothing more may come
+    holds_for(
+        lambda: total_requests(simulator) <= 20,
+        seconds=4,
+        what="no second refresh while the window is still open",
+    )
 
     requests = simulator.stats()["requests"]
     assert {api_path(i): requests.get(api_path(i), 0) for i in range(20)} == {
@@ -174,7 +131,11 @@ def test_a_restart_inside_the_same_window_does_not_refresh_again(
 
     second = start_daemon(config)
     second.wait_for("daemon.started", timeout=15)
-    time.sleep(5)  # the window is still open
+    holds_for(
+        lambda: total_requests(simulator) <= 20,
+        seconds=5,
+        what="no refresh after the restart while the window is still open",
+    )
 
     requests = simulator.stats()["requests"]
     assert [requests.get(api_path(i), 0) for i in range(20)] == [1] * 20
@@ -197,12 +158,12 @@ def test_a_permission_denied_server_is_called_at_growing_gaps_only(
     daemon = start_daemon(config)
     daemon.wait_for("server.suspended", timeout=15)
 
-    time.sleep(30)
+    # 5 s, then 10 s: calls at 0, 5 and 15 s (the next would come at 35 s).
+    daemon.wait_for("server.suspended", count=3, timeout=30)
 
     calls = calls_on(simulator, api_path(0))
     assert [call["answer_kind"] for call in calls] == ["no_refresh_permission"] * len(calls)
-    # 5 s, then 10 s, then 20 s: calls at 0, 5 and 15 s fall in 30 s, the next at 35 s.
-    assert 3 <= len(calls) <= 4, gaps(calls)
+    assert len(calls) == 3, gaps(calls)
     between = gaps(calls)
     assert all(later > earlier for earlier, later in itertools.pairwise(between))
     for number, gap in enumerate(between):
@@ -217,13 +178,7 @@ def test_a_permission_denied_server_is_called_at_growing_gaps_only(
 
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real `refreshd` command beside the running daemon, on the same config."""
-    return subprocess.run(
-        [sys.executable, "-m", "refreshd", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_refreshd(*args, "-c", config)
 
 
 def test_a_manual_refresh_that_succeeds_ends_the_running_daemons_suspension(
@@ -314,7 +269,11 @@ def test_servers_sharing_wrong_credentials_cost_one_login_attempt_in_all(
     daemon = start_daemon(config)
     daemon.wait_for("credentials.suspended", timeout=15)
 
-    time.sleep(30)
+    holds_for(
+        lambda: total_requests(simulator) <= 1,
+        seconds=30,  # three heartbeats, each of which reads the state file again
+        what="no second login attempt during the credentials wait",
+    )
 
     stats = simulator.stats()
     assert stats["logins"]["failed"] == 1
@@ -371,7 +330,11 @@ def test_a_slot_that_ends_without_success_is_logged_slot_missed(
     daemon = start_daemon(config)
 
     (missed,) = daemon.wait_for("slot.missed", timeout=20)
-    time.sleep(1)
+    holds_for(
+        lambda: len(calls_on(simulator, api_path(0))) <= missed["attempts"],
+        seconds=1,
+        what="no call after the slot was missed",
+    )
 
     calls = calls_on(simulator, api_path(0))
     assert missed["server"] == "s00"
@@ -415,7 +378,11 @@ def test_no_call_is_made_in_a_blackout_covering_the_window(
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started", timeout=15)
 
-    time.sleep(9)  # past the window's end
+    holds_for(
+        lambda: total_requests(simulator) == 0,
+        seconds=9,  # past the window's end
+        what="no call during the blackout",
+    )
 
     assert total_requests(simulator) == 0
     assert [line for line in daemon.events if line["event"] in REFRESH_EVENTS] == []
@@ -430,7 +397,11 @@ def test_every_repeats_the_refresh_once_per_period_inside_the_window(
     first = time.monotonic()
 
     daemon.wait_for("refresh.succeeded", count=4, timeout=15)
-    time.sleep(1.5)
+    holds_for(
+        lambda: len(calls_on(simulator, api_path(0))) <= 2 + (time.monotonic() - first) // 3,
+        seconds=1.5,
+        what="no more than one run per 3 s period",
+    )
     elapsed = time.monotonic() - first
 
     calls = calls_on(simulator, api_path(0))
@@ -452,7 +423,7 @@ def test_two_servers_sending_the_identical_request_at_the_same_moment_send_it_on
     daemon = start_daemon(config)
 
     daemon.wait_for("refresh.succeeded", count=2, timeout=15)
-    time.sleep(1)
+    holds_for(lambda: total_requests(simulator) <= 1, seconds=1, what="the request is sent once")
 
     assert simulator.stats()["requests"] == {API_PATH: 1}
     succeeded = daemon.matching("refresh.succeeded")
@@ -471,7 +442,7 @@ def test_forty_servers_sending_the_identical_request_at_the_same_moment_send_it_
     daemon = start_daemon(config)
 
     daemon.wait_for("refresh.succeeded", count=40, timeout=20)
-    time.sleep(1)
+    holds_for(lambda: total_requests(simulator) <= 1, seconds=1, what="the request is sent once")
 
     assert simulator.stats()["requests"] == {API_PATH: 1}
 
@@ -485,14 +456,8 @@ def test_an_idle_daemon_makes_no_request_and_status_shows_its_next_run(
     daemon = start_daemon(config)
     daemon.wait_for("daemon.started", timeout=15)
 
-    time.sleep(3)
-    status = subprocess.run(
-        [sys.executable, "-m", "refreshd", "status", "--json", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    holds_for(lambda: total_requests(simulator) == 0, seconds=3, what="an idle daemon calls no one")
+    status = run_cli(config, "status", "--json")
 
     assert total_requests(simulator) == 0
     assert [line for line in daemon.events if line["event"] in REFRESH_EVENTS] == []

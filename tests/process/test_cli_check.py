@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from pathlib import Path
 
 from refreshd.simulator import API_PATH, Simulator
+from tests.support.config import GOOD_PASSWORD, WriteConfig
+from tests.support.daemon import EXIT_CONFIG, RunRefreshd
+from tests.support.repo import EXAMPLE_CONFIG
 
-# The conftest fixtures' shapes (conftest.py documents them).
-WriteConfig = Callable[..., Path]
-RunRefreshd = Callable[..., tuple[int, str, str]]
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "config" / "refreshd.example.toml"
-GOOD_PASSWORD = "demo-pass-123"  # user "refreshd" in config/simulator.toml
 WRONG_PASSWORD = "Wr0ng-Secret_7qX"
-EXIT_CONFIG = 78
 
 INVALID = """\
 [daemon]
@@ -58,7 +51,7 @@ def test_the_example_config_passes_with_the_environment_it_documents(
     (credentials / "west.password").write_text("west-pass-1\n")
 
     code, out, err = run_refreshd(
-        ["check", "-c", EXAMPLE],
+        ["check", "-c", EXAMPLE_CONFIG],
         env={"REFRESHD_EAST_PASSWORD": "east-pass-1", "CREDENTIALS_DIRECTORY": str(credentials)},
     )
 
@@ -164,12 +157,10 @@ def test_online_check_reports_reachability_per_server(
 
 
 def test_online_check_reports_a_closed_port_as_refused(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_refreshd: RunRefreshd, refused_port: int
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = write_config({"name": "east-1", "api_url": f"http://127.0.0.1:{port}{API_PATH}"})
+    url = f"http://127.0.0.1:{refused_port}{API_PATH}"
+    config = write_config({"name": "east-1", "api_url": url})
 
     code, out, _ = run_refreshd(["check", "--online", "-c", config])
 

@@ -4,7 +4,6 @@ simulator on loopback, judged by its JSON log lines, its exit code and what the 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,9 @@ from urllib.parse import quote_plus
 import pytest
 
 from refreshd.simulator import API_PATH, Simulator
+from tests.support.config import GOOD_PASSWORD, WriteConfig
+from tests.support.daemon import RunRefreshd
 
-# The conftest fixtures' shapes (conftest.py documents them).
-WriteConfig = Callable[..., Path]
-RunRefreshd = Callable[..., tuple[int, str, str]]
-
-GOOD_PASSWORD = "demo-pass-123"  # user "refreshd" in config/simulator.toml
 WRONG_PASSWORD = "Wr0ng-Secret_7qX"  # distinctive: a match anywhere can only be a leak
 
 

@@ -26,8 +26,8 @@ from refreshd.simulator import (
     load_simulator_config,
     serve,
 )
+from tests.support.repo import SIMULATOR_CONFIG
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator.toml"
 T0 = 1_700_000_000.0
 GOOD = {"user": "refreshd", "pass": "demo-pass-123", "source": "test"}
 TIMEOUT = 5.0
@@ -51,7 +51,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def sim(clock: FakeClock) -> Iterator[Simulator]:
-    users, servers = load_simulator_config(EXAMPLE_CONFIG)
+    users, servers = load_simulator_config(SIMULATOR_CONFIG)
     with Simulator(users=users, servers=servers, clock=clock) as running:
         yield running
 
@@ -541,7 +541,7 @@ def test_keep_alive_session_serves_a_thousand_requests_quickly(sim: Simulator) -
 
 
 def test_example_config_has_each_permission_variant() -> None:
-    users, servers = load_simulator_config(EXAMPLE_CONFIG)
+    users, servers = load_simulator_config(SIMULATOR_CONFIG)
     by_name = {u.user: u for u in users}
     assert by_name["refreshd"] == SimUser(
         "refreshd", "demo-pass-123", user_level=8, api_functions=("server_refresh",)

@@ -7,34 +7,19 @@ on the killed call."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
-import shutil
 import sqlite3
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now
-from test_adversarial import (
-    EXIT_FAILED,
-    EXIT_OK,
-    FIGURES,
-    SIM_SERVERS,
-    Fleet,
-    NobodyDaemon,
-    api_path,
-    calls_on,
-    instant,
-    report,
-    sim_users,
-)
 
 from refreshd.clock import system_clock
 from refreshd.config import validate_config
@@ -43,47 +28,33 @@ from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.simulator import API_PATH, Simulator
 from refreshd.state import StateStore
+from tests.support.config import instant, window_from_now
+from tests.support.daemon import EXIT_FAILED, EXIT_OK, DaemonProcess
+from tests.support.fleet import FIGURES, Fleet, report
+from tests.support.nobody import NobodyDaemon
+from tests.support.simulator import api_path, calls_on
+from tests.support.state import checkpoint, integrity, query
+from tests.support.waiting import eventually, holds_for
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Simulator(host="127.0.0.1", port=0, users=sim_users(), servers=SIM_SERVERS) as sim:
-        each = Fleet(tmp_path, sim)
-        try:
-            yield each
-        finally:
-            each.close()
-
-
-def integrity(path: Path) -> str:
-    conn = sqlite3.connect(path)
-    try:
-        result: str = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-    return result
-
-
 def recorded_successes(path: Path) -> list[tuple[str, str]]:
     """(server, at) of every ok call in the state file, read directly (and quickly)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        rows: list[tuple[str, str]] = conn.execute(
-            "SELECT server, at FROM calls WHERE outcome = 'ok'"
-        ).fetchall()
-    finally:
-        conn.close()
-    return rows
+    rows = query(path, "SELECT server, at FROM calls WHERE outcome = 'ok'", read_only=True)
+    return [(server, at) for server, at in rows]
 
 
 def history(fleet: Fleet) -> list[dict[str, Any]]:
-    import json
-
     done = fleet.cli("history", "--json", "--limit", "100000")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def most_refreshes(sim: Simulator) -> int:
+    """How many times the most refreshed server was refreshed."""
+    counts = Counter(c["path"] for c in sim.calls() if c["answer_kind"] == "success")
+    return max(counts.values(), default=0)
 
 
 def successes(sim: Simulator, index: int) -> list[float]:
@@ -103,14 +74,13 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     first.wait_for("daemon.started", timeout=15)
     # The call is on the wire: VICIdial (the simulator) will carry it out, the daemon will
     # never hear the answer.
-    deadline = time.monotonic() + 10
-    while sim.stats()["in_flight"] < 1:
-        assert time.monotonic() < deadline, "the call never started"
-        time.sleep(0.02)
+    eventually(lambda: sim.stats()["in_flight"] >= 1, what="the call on the wire")
     first.kill()
     killed_at = time.time()
-    time.sleep(3.5)  # the simulator finishes the killed call: the refresh did happen
-    assert len(successes(sim, 0)) == 1
+    eventually(
+        lambda: len(successes(sim, 0)) == 1,
+        what="the simulator finishing the killed call: the refresh did happen",
+    )
 
     second = fleet.start()
     (retried,) = second.wait_for("refresh.succeeded", timeout=15)
@@ -118,7 +88,11 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     assert second.stop() == EXIT_OK
     third = fleet.start()
     third.wait_for("daemon.started", timeout=15)
-    time.sleep(1.5)  # a catch-up would fire at once
+    holds_for(
+        lambda: sim.stats()["requests"].get(api_path(0), 0) <= 2,
+        seconds=1.5,  # a catch-up would fire at once
+        what="no third call once the repeat is recorded",
+    )
 
     assert integrity(fleet.state_path) == "ok"
     assert retried["attempt"] == 1
@@ -162,7 +136,9 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
         else:
             assert len(recorded_before) < count, "every kill must hit a daemon with work left"
             daemon.wait_for("refresh.succeeded", count=count - len(recorded_before), timeout=60)
-            time.sleep(1)
+            holds_for(
+                lambda: most_refreshes(sim) <= 2, seconds=1, what="no server refreshed thrice"
+            )
             assert daemon.stop() == EXIT_OK
 
     rows = history(fleet)
@@ -206,9 +182,7 @@ def _prepare_state(fleet: Fleet) -> None:
     daemon = fleet.start()
     daemon.wait_for("refresh.succeeded", timeout=15)
     assert daemon.stop() == EXIT_OK
-    conn = sqlite3.connect(fleet.state_path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    checkpoint(fleet.state_path)
 
 
 def test_a_state_file_of_garbage_stops_the_daemon_with_daemon_failed_and_the_fix(
@@ -234,7 +208,11 @@ def test_garbage_in_the_wal_is_ignored_and_a_done_slot_stays_done(fleet: Fleet) 
 
     daemon = fleet.start()
     daemon.wait_for("daemon.started", timeout=15)
-    time.sleep(1.5)
+    holds_for(
+        lambda: len(calls_on(fleet.sim, api_path(0))) <= 1,
+        seconds=1.5,  # a catch-up would fire at once
+        what="the done slot is not refreshed again",
+    )
 
     assert len(calls_on(fleet.sim, api_path(0))) == 1
     assert daemon.matching("refresh.succeeded") == []
@@ -277,17 +255,6 @@ def test_a_directory_in_place_of_the_state_file_stops_the_daemon_with_daemon_fai
     assert daemon.stderr == ""
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory `nobody` can enter (pytest's tmp_path parents are 0700)."""
-    import tempfile
-
-    made = Path(tempfile.mkdtemp(prefix="refreshd-crash-"))
-    made.chmod(0o755)
-    yield made
-    shutil.rmtree(made)
-
-
 def test_a_read_only_state_file_stops_the_daemon_with_daemon_failed(
     fleet: Fleet, shared_dir: Path
 ) -> None:
@@ -299,8 +266,7 @@ def test_a_read_only_state_file_stops_the_daemon_with_daemon_failed(
     fleet.state_path.parent.chmod(0o755)  # nobody may enter, not write
     fleet.state_path.chmod(0o644)
     config = fleet.write([fleet.server(0, window_from_now(-2, 600))], path=shared_dir / "r.toml")
-    daemon = NobodyDaemon(config, env=fleet.env).start()
-    fleet.daemons.append(daemon)
+    daemon = fleet.adopt(NobodyDaemon(config, env=fleet.env))
 
     assert daemon.wait(timeout=20) == EXIT_FAILED
     (failed,) = daemon.matching("daemon.failed")
@@ -308,30 +274,14 @@ def test_a_read_only_state_file_stops_the_daemon_with_daemon_failed(
     assert len(calls_on(fleet.sim, api_path(0))) == 1  # only the first run's
 
 
-def _file_size_limit(limit: int) -> Any:
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A file-size limit for the daemon's process, standing in for a full disk."""
+
     def apply() -> None:
         # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG like ENOSPC.
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
-
-
-class LimitedDaemon(DaemonProcess):
-    """The real daemon with a file-size limit standing in for a full disk."""
-
-    limit = 0
-
-    def start(self) -> DaemonProcess:
-        real_popen = subprocess.Popen
-
-        def limited(*args: Any, **kwargs: Any) -> Any:
-            return real_popen(*args, preexec_fn=_file_size_limit(self.limit), **kwargs)
-
-        subprocess.Popen = limited  # type: ignore[misc]
-        try:
-            return super().start()
-        finally:
-            subprocess.Popen = real_popen  # type: ignore[misc]
 
 
 def test_a_full_disk_is_logged_and_never_turns_into_repeated_refreshes(fleet: Fleet) -> None:
@@ -341,17 +291,15 @@ def test_a_full_disk_is_logged_and_never_turns_into_repeated_refreshes(fleet: Fl
     idle = fleet.start()
     idle.wait_for("daemon.started", timeout=15)
     assert idle.stop() == EXIT_OK
-    conn = sqlite3.connect(fleet.state_path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    checkpoint(fleet.state_path)
     fleet.write([fleet.server(0, window_from_now(-2, 600), every="1s")])
-    daemon = LimitedDaemon(fleet.config_path, env=fleet.env)
-    daemon.limit = fleet.state_path.stat().st_size + 4096
-    daemon.start()
-    fleet.daemons.append(daemon)
+    limit = _file_size_limit(fleet.state_path.stat().st_size + 4096)
+    daemon = fleet.adopt(DaemonProcess(fleet.config_path, env=fleet.env, preexec_fn=limit))
 
     (error,) = daemon.wait_for("state.error", timeout=20)[:1]
-    time.sleep(2)
+    # Two more runs of `every = "1s"` under the full disk.
+    runs = len(daemon.matching("refresh.succeeded"))
+    daemon.wait_for("refresh.succeeded", count=runs + 2, timeout=10)
     # SIGTERM, not kill -9: a call in flight at the kill would reach the simulator without
     # its log line and look like a repeat.
     assert daemon.stop() == EXIT_OK

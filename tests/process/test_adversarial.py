@@ -3,24 +3,20 @@ answer in its variants, a lock-out that begins mid-run, bad and unreadable confi
 steps and fifty time zones. Every daemon scenario ends with a secrets audit of everything
 the daemon and its CLI show (stdout, stderr, /metrics, status, history, the state files).
 
-`Fleet`, `audit_secrets` and the passwords are shared with test_crashes.py and
-test_load.py. docs/RELIABILITY.md lists each scenario with what was observed.
+The fleet, its passwords and the secrets audit live in tests/support/fleet.py.
+docs/RELIABILITY.md lists each scenario with what was observed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -29,7 +25,7 @@ import urllib.parse
 import urllib.request
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, window_from_now, write_daemon_config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -46,265 +41,28 @@ from refreshd.client import client_for
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
 from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
-from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimServer, Simulator, SimUser
+from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, Simulator, SimUser
 from refreshd.views import plan_document
+from tests.support.config import instant, window_from_now
+from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
+from tests.support.fleet import (
+    FIGURES,
+    PASSWORD,
+    PASSWORD_ENV,
+    SECOND_PASSWORD,
+    SECOND_USER,
+    USER,
+    WRONG_PASSWORD,
+    Fleet,
+    open_fleet,
+    report,
+)
+from tests.support.nobody import NobodyDaemon
+from tests.support.ports import refused_port
+from tests.support.simulator import api_path, calls_on, running_simulator
+from tests.support.waiting import holds_for
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Passwords with '-' and '_' (the only punctuation VICIdial keeps), so that the raw, the
-# URL-encoded and the filtered forms are all searched for.
-USER = "rel-api_user"
-PASSWORD = "Rel-i_ab1e-Pa55_w0rd"
-SECOND_USER = "rel-second_user"
-SECOND_PASSWORD = "Sec0nd-pa55_w0rd-X"
-WRONG_PASSWORD = "Wr0ng-pa55_Word-9"
-NOAPI_USER, NOAPI_PASSWORD = "rel-noapi_user", "No-api_pa55-w0rd"
-SECRETS = (PASSWORD, SECOND_PASSWORD, WRONG_PASSWORD, NOAPI_PASSWORD)
-PASSWORD_ENV = {
-    "REL_MAIN_PASSWORD": PASSWORD,
-    "REL_SECOND_PASSWORD": SECOND_PASSWORD,
-    "REL_WRONG_PASSWORD": WRONG_PASSWORD,
-    "REL_NOAPI_PASSWORD": NOAPI_PASSWORD,
-}
-MAIN = {"main": {"user": USER, "password_env": "REL_MAIN_PASSWORD"}}
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-# Figures for docs/RELIABILITY.md: `pytest -s` prints one `RELIABILITY {...}` line per run.
-FIGURES: Counter[str] = Counter()
-
-
-def report(scenario: str, **figures: Any) -> None:
-    print("RELIABILITY " + json.dumps({"scenario": scenario, **figures}, default=str))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _print_figures() -> Iterator[None]:
-    yield
-    if FIGURES:
-        report("totals", **FIGURES)
-
-
-def sim_users() -> list[SimUser]:
-    return [
-        SimUser(USER, PASSWORD, user_level=8, api_functions=("server_refresh",)),
-        SimUser(SECOND_USER, SECOND_PASSWORD, user_level=9),
-        SimUser(NOAPI_USER, NOAPI_PASSWORD, user_level=8, api_access=False),
-    ]
-
-
-SIM_SERVERS = [SimServer("10.0.0.11"), SimServer("10.0.0.12")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def api_path(index: int) -> str:
-    return f"/s{index}{API_PATH}"
-
-
-def instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def calls_on(sim: Simulator, path: str) -> list[dict[str, Any]]:
-    return [call for call in sim.calls() if call["path"] == path]
-
-
-def eventually(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
-def secret_forms(secret: str) -> set[str]:
-    """The password as typed, URL-encoded both ways, and as VICIdial filters it."""
-    return {
-        secret,
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote_plus(secret),
-        re.sub(r"[^0-9A-Za-z_-]", "", secret),
-    }
-
-
-def run_refreshd(
-    *args: str | os.PathLike[str], env: Mapping[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    """The real `python -m refreshd ARGS...` with a clean environment plus `env`."""
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "refreshd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode("utf-8", "replace")
-
-
-def assert_clean_output(daemon: DaemonProcess) -> None:
-    """stdout is JSON lines only; stderr holds no traceback. (A kill -9 may cut the last
-    line short: a final line without its newline is the kill's, not the daemon's.)"""
-    bad = [line for line in daemon.bad_lines if line.endswith("\n")]
-    assert bad == [], f"non-JSON on stdout: {bad[:5]!r}"
-    for line in daemon.events:
-        assert {"timestamp", "level", "event"} <= set(line), line
-    assert "Traceback" not in daemon.stderr, daemon.stderr[-3000:]
-
-
-# --- the fleet: a simulator, configs, daemons and the secrets audit --------------------------
-
-_VIEWS = """
-import sys
-from refreshd.cli import main
-config = sys.argv[1]
-codes = [
-    main(["status", "-c", config]),
-    main(["status", "--json", "-c", config]),
-    main(["history", "--limit", "100000", "-c", config]),
-    main(["history", "--json", "--limit", "100000", "-c", config]),
-]
-print("views:", codes)
-"""
-
-
-class Fleet:
-    """A simulator on loopback plus the real daemons run against it in one test."""
-
-    def __init__(self, tmp_path: Path, sim: Simulator) -> None:
-        self.tmp_path = tmp_path
-        self.sim = sim
-        self.metrics_port = free_port()
-        self.config_path = tmp_path / "refreshd.toml"
-        self.state_path = tmp_path / "state" / "state.db"
-        self.daemons: list[DaemonProcess] = []
-        self.env: dict[str, str] = dict(PASSWORD_ENV)
-        self.audits = 0
-        self.metrics = True
-
-    def server(self, index: int, window: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "name": f"s{index:04d}",
-            "api_url": self.sim.url + api_path(index),
-            "credentials": "main",
-            "windows": [window],
-            **extra,
-        }
-
-    def write(
-        self,
-        servers: Sequence[Mapping[str, Any]],
-        *,
-        credentials: Mapping[str, Mapping[str, Any]] | None = None,
-        daemon: Mapping[str, Any] | None = None,
-        client: Mapping[str, Any] | None = None,
-        backoff: Mapping[str, Any] | None = None,
-        path: Path | None = None,
-    ) -> Path:
-        self.metrics = (daemon or {}).get("metrics_listen", "on") != ""
-        return write_daemon_config(
-            path or self.config_path,
-            servers=list(servers),
-            credentials=credentials or MAIN,
-            daemon={
-                "state_path": str(self.state_path),
-                "metrics_listen": f"127.0.0.1:{self.metrics_port}",
-                **(daemon or {}),
-            },
-            client={"timeout": "3s", **(client or {})},
-            backoff=backoff,
-        )
-
-    def start(
-        self, config: Path | None = None, env: Mapping[str, str] | None = None
-    ) -> DaemonProcess:
-        daemon = DaemonProcess(config or self.config_path, env={**self.env, **(env or {})})
-        self.daemons.append(daemon)
-        return daemon.start()
-
-    def cli(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return run_refreshd(*args, "-c", config or self.config_path, env=self.env)
-
-    def views(self, config: Path) -> str:
-        """What `refreshd status` and `refreshd history` print, human and --json, from one
-        real process (one interpreter start instead of four)."""
-        done = subprocess.run(
-            [sys.executable, "-c", _VIEWS, str(config)],
-            capture_output=True,
-            text=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **self.env},
-            cwd=REPO,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.rstrip().endswith("views: [0, 0, 0, 0]"), done.stdout[-500:]
-        return done.stdout + done.stderr
-
-    def audit(self, daemon: DaemonProcess | None = None, *, config: Path | None = None) -> int:
-        """Search everything a person or a scraper sees for every form of every password;
-        assert none is found and return how many places were searched."""
-        places: dict[str, str | bytes] = {}
-        alive = daemon is not None and daemon.proc is not None and daemon.proc.poll() is None
-        if alive and self.metrics:
-            status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-            if status == 200:
-                places["/metrics"] = text
-        views = self.views(config or self.config_path)
-        places["refreshd status, status --json, history, history --json"] = views
-        for each in self.daemons:
-            places[f"daemon {each.pid} stdout"] = each.stdout
-            places[f"daemon {each.pid} stderr"] = each.stderr
-        if self.state_path.parent.is_dir():
-            for file in sorted(self.state_path.parent.iterdir()):
-                if file.is_file():
-                    places[file.name] = file.read_bytes()
-        hits = []
-        for place, content in places.items():
-            for secret in SECRETS:
-                for form in secret_forms(secret):
-                    needle: str | bytes = form.encode() if isinstance(content, bytes) else form
-                    if needle in content:  # type: ignore[operator]
-                        hits.append((place, secret[:3] + "..."))
-        FIGURES["places searched"] += len(places)
-        FIGURES["secrets found"] += len(hits)
-        self.audits += 1
-        assert hits == [], f"passwords found in: {hits}"
-        return len(places)
-
-    def close(self) -> None:
-        for daemon in self.daemons:
-            if daemon.proc is None:
-                continue
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                daemon.stop(timeout=10)
-        FIGURES["daemon processes"] += len(self.daemons)
-        for daemon in self.daemons:
-            assert_clean_output(daemon)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Simulator(host="127.0.0.1", port=0, users=sim_users(), servers=SIM_SERVERS) as sim:
-        each = Fleet(tmp_path, sim)
-        try:
-            yield each
-        finally:
-            each.close()
 
 
 # --- network faults through the daemon ---------------------------------------------------------
@@ -327,11 +85,11 @@ FAULTS: list[tuple[str, str, str]] = [
 
 @pytest.mark.slow
 def test_every_network_fault_ends_in_its_outcome_and_is_retried_inside_the_slot(
-    fleet: Fleet,
+    fleet: Fleet, refused_port: int
 ) -> None:
     sim = fleet.sim
     window = window_from_now(-2, 120)
-    refused_url = f"http://127.0.0.1:{free_port()}{API_PATH}"
+    refused_url = f"http://127.0.0.1:{refused_port}{API_PATH}"
     servers = [fleet.server(i, window) for i in range(len(FAULTS))]
     php = len(FAULTS)  # PHP warnings before the SUCCESS line: no retry at all
     refused = php + 1
@@ -689,7 +447,15 @@ def test_a_lock_out_that_begins_mid_run_stops_every_attempt_for_at_least_17_minu
     assert sim.stats()["users"][USER]["locked"]
     line = daemon.wait_for("credentials.suspended", timeout=10)[0]
     locked_at = time.time()
-    time.sleep(6)  # three more runs were due
+
+    def late_calls() -> list[dict[str, Any]]:
+        return [c for c in sim.calls() if c["t"] > locked_at + 0.5 and c["user"] == USER]
+
+    holds_for(
+        lambda: late_calls() == [],
+        seconds=6,  # three more runs were due
+        what="no attempt during the lock-out",
+    )
 
     assert line["outcome"] == "locked_out"
     assert line["credentials"] == "main"
@@ -703,8 +469,7 @@ def test_a_lock_out_that_begins_mid_run_stops_every_attempt_for_at_least_17_minu
     answered = min(c["t"] for c in daemon_locked)
     waited = instant(line["suspended_until"]) - datetime.fromtimestamp(answered, UTC)
     assert waited >= timedelta(minutes=17), waited
-    late = [c for c in sim.calls() if c["t"] > locked_at + 0.5 and c["user"] == USER]
-    assert late == [], "the daemon tried again during the lock-out"
+    assert late_calls() == [], "the daemon tried again during the lock-out"
     status = json.loads(fleet.cli("status", "--json").stdout)
     for entry in status["servers"]:
         until = instant(entry["credentials_wait_until"])
@@ -747,10 +512,11 @@ def _most_in_window(times: Sequence[float], window: float) -> int:
 def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(tmp_path: Path) -> None:
     """Two daemons at once, ten servers each sharing one wrong password: one with the default
     auth_retry (6 h) and one with the shortest lock-out-safe auth_retry (5 min), both divided
-    by SCALE. tests/test_policy.py simulates a week of the pure policy; this runs the daemon."""
+    by SCALE. tests/unit/test_policy.py simulates a week of the pure policy; this runs the
+    daemon."""
     clock = ScaledClock(SCALE)
     users = [SimUser(USER, PASSWORD, user_level=8), SimUser(SECOND_USER, SECOND_PASSWORD)]
-    with Simulator(host="127.0.0.1", port=0, users=users, clock=clock) as sim:
+    with running_simulator(users=users, clock=clock) as sim:
         fleets = {
             "default 6h": (Fleet(tmp_path / "default", sim), USER, 6 * 3600),
             "lock-out-safe 5m": (Fleet(tmp_path / "short", sim), SECOND_USER, 5 * 60),
@@ -772,7 +538,11 @@ def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(tmp_path: Pat
                     backoff={"auth_retry": f"{auth_retry / SCALE:.3f}s"},
                 )
                 daemons[label] = each.start()
-            time.sleep(RUN_SECONDS)
+            holds_for(
+                lambda: sim.stats()["logins"]["locked"] == 0,
+                seconds=RUN_SECONDS,
+                what="neither login locked in 45 simulated minutes",
+            )
 
             figures = {}
             for label, (each, user, auth_retry) in fleets.items():
@@ -1010,7 +780,8 @@ def _use_every_part(config: Config) -> None:
     now - config.daemon.history_retention
     client = client_for(config)
     try:
-        client.call(f"http://127.0.0.1:{free_port()}{API_PATH}", {"function": "version"})
+        with refused_port() as port:
+            client.call(f"http://127.0.0.1:{port}{API_PATH}", {"function": "version"})
     finally:
         client.close()
     worker = threading.Thread(target=lambda: None)
@@ -1187,48 +958,6 @@ def test_a_directory_in_place_of_the_config_is_refused_at_start_and_on_reload(
     fleet.audit(daemon, config=kept)
 
 
-# The interpreter lives under /root (0700), so it cannot be started as `nobody`: it starts as
-# root, imports refreshd, then drops to nobody before reading the config or the state.
-_AS_NOBODY = """
-import os, sys
-import refreshd.cli
-# Imported lazily (by the cli, and by the daemon); the standard library becomes unreadable
-# after the switch.
-import refreshd.daemon, refreshd.manual
-import apscheduler.triggers.date, concurrent.futures.thread, encodings.idna
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-sys.exit(refreshd.cli.main(sys.argv[1:]))
-"""
-
-
-class NobodyDaemon(DaemonProcess):
-    """The real daemon run as user `nobody` (tests run as root, and root reads any file)."""
-
-    def start(self) -> DaemonProcess:
-        real_popen = subprocess.Popen
-
-        def as_nobody(args: list[str], **kwargs: Any) -> Any:
-            assert args[1:3] == ["-m", "refreshd"], args
-            return real_popen([args[0], "-c", _AS_NOBODY, *args[3:]], **kwargs)
-
-        subprocess.Popen = as_nobody  # type: ignore[assignment,misc]
-        try:
-            return super().start()
-        finally:
-            subprocess.Popen = real_popen  # type: ignore[misc]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory `nobody` can enter (pytest's tmp_path parents are 0700)."""
-    made = Path(tempfile.mkdtemp(prefix="refreshd-adv-"))
-    made.chmod(0o755)
-    yield made
-    shutil.rmtree(made)
-
-
 @pytest.mark.slow
 def test_an_unreadable_config_is_refused_at_start_and_on_reload_as_a_non_root_user(
     fleet: Fleet, shared_dir: Path
@@ -1243,15 +972,13 @@ def test_an_unreadable_config_is_refused_at_start_and_on_reload_as_a_non_root_us
         [fleet.server(0, window_from_now(-2, 600), every="2s")], path=shared_dir / "r.toml"
     )
     config.chmod(0o000)
-    refused = NobodyDaemon(config, env=fleet.env).start()
-    fleet.daemons.append(refused)
+    refused = fleet.adopt(NobodyDaemon(config, env=fleet.env))
     assert refused.wait(timeout=20) == EXIT_CONFIG
     (line,) = refused.matching("config.rejected")
     assert "permission denied" in line["errors"][0]
 
     config.chmod(0o644)
-    daemon = NobodyDaemon(config, env=fleet.env).start()
-    fleet.daemons.append(daemon)
+    daemon = fleet.adopt(NobodyDaemon(config, env=fleet.env))
     daemon.wait_for("refresh.succeeded", timeout=15)
     config.chmod(0o000)
     daemon.signal(signal.SIGHUP)
@@ -1292,39 +1019,44 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "NOTIFY_SOCKET": f"@refreshd-test-{os.getpid()}-{time.monotonic_ns()}",
         "WATCHDOG_USEC": "2000000",
     }
-    with Simulator(host="127.0.0.1", port=0, users=sim_users(), servers=SIM_SERVERS) as sim:
-        fleet = Fleet(tmp_path, sim)
-        try:
-            window_open = window_from_now(-6, 120)
-            fleet.write(
-                [
-                    fleet.server(0, window_from_now(3600, 600)),  # reached by the forward step
-                    fleet.server(1, window_open),  # once per slot: refreshed at start
-                    fleet.server(2, window_open, every="2s"),  # a run every 2 s
-                ]
-            )
-            daemon = fleet.start(env=env)
-            daemon.wait_for("refresh.succeeded", server="s0001", timeout=20)
-            daemon.wait_for("refresh.succeeded", server="s0002", count=2, timeout=20)
-            before_back = len(daemon.matching("refresh.succeeded", server="s0002"))
+    with open_fleet(tmp_path) as fleet:
+        window_open = window_from_now(-6, 120)
+        fleet.write(
+            [
+                fleet.server(0, window_from_now(3600, 600)),  # reached by the forward step
+                fleet.server(1, window_open),  # once per slot: refreshed at start
+                fleet.server(2, window_open, every="2s"),  # a run every 2 s
+            ]
+        )
+        daemon = fleet.start(env=env)
+        daemon.wait_for("refresh.succeeded", server="s0001", timeout=20)
+        daemon.wait_for("refresh.succeeded", server="s0002", count=2, timeout=20)
+        before_back = len(daemon.matching("refresh.succeeded", server="s0002"))
 
-            # Back 12 s, to before the window opened: its start comes round again.
-            offset.write_text("-12\n")
-            daemon.wait_for("clock.jumped", timeout=10)
-            time.sleep(9)
-            # Forward an hour: s0000's window is open now, the other two have closed.
-            offset.write_text("+3600\n")
-            daemon.wait_for("clock.jumped", count=2, timeout=10)
-            daemon.wait_for("refresh.succeeded", server="s0000", timeout=10)
-            time.sleep(2)
-            fleet.audit(daemon)
-            return {
-                "daemon": daemon,
-                "calls": {index: calls_on(sim, api_path(index)) for index in range(3)},
-                "runs_before_back": before_back,
-            }
-        finally:
-            fleet.close()
+        def no_run_twice() -> bool:
+            dues = _dues(daemon, "s0002")
+            return (
+                len(calls_on(fleet.sim, api_path(0))) <= 1
+                and len(calls_on(fleet.sim, api_path(1))) <= 1
+                and len(set(dues)) == len(dues)
+                and all(due > max(dues[:before_back]) for due in dues[before_back:])
+            )
+
+        # Back 12 s, to before the window opened: its start comes round again.
+        offset.write_text("-12\n")
+        daemon.wait_for("clock.jumped", timeout=10)
+        holds_for(no_run_twice, seconds=9, what="no run refreshed twice after the step back")
+        # Forward an hour: s0000's window is open now, the other two have closed.
+        offset.write_text("+3600\n")
+        daemon.wait_for("clock.jumped", count=2, timeout=10)
+        daemon.wait_for("refresh.succeeded", server="s0000", timeout=10)
+        holds_for(no_run_twice, seconds=2, what="no run refreshed twice after the step ahead")
+        fleet.audit(daemon)
+        return {
+            "daemon": daemon,
+            "calls": {index: calls_on(fleet.sim, api_path(index)) for index in range(3)},
+            "runs_before_back": before_back,
+        }
 
 
 def _dues(daemon: DaemonProcess, server: str) -> list[datetime]:
@@ -1451,7 +1183,11 @@ def test_fifty_time_zones_plan_a_year_of_sane_slots_and_the_daemon_refreshes_the
     fleet.write(servers)
     daemon = fleet.start()
     daemon.wait_for("refresh.succeeded", count=50, timeout=30)
-    time.sleep(1)
+    holds_for(
+        lambda: max(fleet.sim.stats()["requests"].values()) <= 1,
+        seconds=1,
+        what="no zone's server refreshed twice",
+    )
 
     requests = fleet.sim.stats()["requests"]
     assert [requests.get(api_path(i), 0) for i in range(50)] == [1] * 50

@@ -7,13 +7,11 @@ those tests go through the `Runner`, the one path that settles a call and journa
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -40,10 +38,11 @@ from refreshd.state import (
     StateStore,
     _explain,
 )
+from tests.support.repo import REPO
+from tests.support.state import integrity, query
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -698,16 +697,6 @@ except StateError as err:
 """
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory others can enter (tmp_path's parents are 0700); read-only once set up."""
-    made = Path(tempfile.mkdtemp(prefix="refreshd-test-"))
-    made.chmod(0o755)
-    yield made
-    made.chmod(0o700)
-    shutil.rmtree(made)
-
-
 def open_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _AS_NOBODY, str(path)],
@@ -879,29 +868,11 @@ def test_every_run_reported_done_survives_kill_9(path: Path) -> None:
 
 
 def user_version(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    finally:
-        conn.close()
-    return version
+    return int(query(path, "PRAGMA user_version")[0][0])
 
 
 def dump_schema(path: Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(path)
-    try:
-        rows: list[tuple[str, str]] = conn.execute(
-            "SELECT name, sql FROM sqlite_schema ORDER BY name"
-        ).fetchall()
-    finally:
-        conn.close()
-    return rows
-
-
-def integrity(path: Path) -> str:
-    conn = sqlite3.connect(path)
-    try:
-        result: str = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-    return result
+    return [
+        (name, sql)
+        for name, sql in query(path, "SELECT name, sql FROM sqlite_schema ORDER BY name")
+    ]

@@ -32,8 +32,8 @@ from refreshd.config import (
 )
 from refreshd.core.durations import format_duration, parse_duration
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
+from tests.support.repo import EXAMPLE_CONFIG
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "refreshd.example.toml"
 PASSWORD = "Hunter2-secret_pw"
 BAD_PASSWORD = "Hunter2 secret!pw"  # has characters VICIdial filters out
 ENV = {"REFRESHD_EAST_PASSWORD": PASSWORD}
@@ -82,7 +82,7 @@ def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) 
     (tmp_path / "west.password").write_text("westPW_1\n")
     environ = {"REFRESHD_EAST_PASSWORD": PASSWORD, "CREDENTIALS_DIRECTORY": str(tmp_path)}
 
-    config = load_config(EXAMPLE, environ=environ)
+    config = load_config(EXAMPLE_CONFIG, environ=environ)
 
     assert [server.name for server in config.servers] == ["east-1", "west-1", "west-2"]
     assert config.credentials_for("east-1").password.get_secret_value() == PASSWORD
@@ -91,13 +91,13 @@ def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) 
 
 
 def test_example_config_states_its_required_environment_at_the_top() -> None:
-    header = EXAMPLE.read_text().split("[daemon]")[0]
+    header = EXAMPLE_CONFIG.read_text().split("[daemon]")[0]
     assert "REFRESHD_EAST_PASSWORD" in header
     assert "CREDENTIALS_DIRECTORY" in header
 
 
 def test_example_config_shows_every_key_of_every_table() -> None:
-    text = EXAMPLE.read_text()
+    text = EXAMPLE_CONFIG.read_text()
     data = tomllib.loads(text)
     assert set(data["daemon"]) == set(DaemonConfig.model_fields)
     assert set(data["client"]) == set(ClientConfig.model_fields)
@@ -109,7 +109,7 @@ def test_example_config_shows_every_key_of_every_table() -> None:
 
 
 def test_example_config_gives_the_defaults_for_daemon_client_and_backoff() -> None:
-    data = tomllib.loads(EXAMPLE.read_text())
+    data = tomllib.loads(EXAMPLE_CONFIG.read_text())
     defaults = validate_config(base(), environ=ENV)
     for table in ("daemon", "client", "backoff"):
         written = validate_config({**base(), table: data[table]}, environ=ENV)

@@ -259,7 +259,7 @@ def test_a_transient_failure_with_no_retry_left_logs_refresh_failed(
     store: StateStore,
 ) -> None:
     # slot.missed is the scheduler's: only it knows whether the slot goes on (a later
-    # repeat) or had a success earlier (tests/test_daemon.py covers it).
+    # repeat) or had a success earlier (tests/process/test_daemon.py covers it).
     ctx = context(attempt=5, retry_until=NOW + timedelta(milliseconds=500))
 
     decision, logs = record(store, HTTP_500, ctx=ctx)

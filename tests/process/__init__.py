@@ -1,0 +1,1 @@
+"""The real `refreshd` command as a child process: daemon, service, CLI, crashes, deployment."""

@@ -1,0 +1,1 @@
+"""Pure logic: windows, slots, planning, policy, VICIdial answers, config parsing."""
