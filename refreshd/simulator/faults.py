@@ -1,0 +1,199 @@
+"""Fault modes: which exist, their settings, and what each does to an API answer on the wire."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from refreshd.simulator.rules import Answer
+
+__all__ = ["FAULT_MODES", "Fault", "Wire", "answer_without_php", "deliver", "make_fault"]
+
+FAULT_MODES = (
+    "none",
+    "latency",
+    "http500",
+    "http502",
+    "http503",
+    "http429",
+    "html",
+    "php_warning",
+    "empty",
+    "reset",
+    "timeout",
+    "trickle",
+    "redirect_login",
+    "big",
+)
+# Modes in which the PHP still runs (side effects happen); the others answer
+# before reaching it, so no login is counted and no flag changes.
+_EXECUTING_MODES = frozenset({"none", "latency", "php_warning", "trickle"})
+
+TIMEOUT_FAULT_SECONDS = 30.0
+TRICKLE_SECONDS_PER_BYTE = 0.5
+BIG_BODY_BYTES = 10 * 1024 * 1024
+
+LOGIN_PAGE_PATH = "/login.php"
+HTML = "text/html; charset=UTF-8"
+
+Headers = Sequence[tuple[str, str]]
+
+
+class Wire(Protocol):
+    """The connection one API request came in on, as the fault modes use it."""
+
+    def head(self, status: int, length: int, extra: Headers = ()) -> bytes:
+        """The status line and headers of an answer with a body of `length` bytes."""
+        ...
+
+    def send(self, status: int, body: bytes, *, extra: Headers = ()) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) when the simulator is stopping."""
+        ...
+
+    def abort(self) -> None:
+        """Close the connection with a TCP reset."""
+        ...
+
+
+@dataclass
+class Fault:
+    """A fault set on one path (or on every path when `path` is None)."""
+
+    mode: str
+    path: str | None
+    remaining: int | None  # calls left before it clears itself; None: until cleared
+    latency: float  # seconds added before the request reaches the PHP, with any mode
+
+    @property
+    def runs_php(self) -> bool:
+        return self.mode in _EXECUTING_MODES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "path": self.path,
+            "remaining": self.remaining,
+            "latency": self.latency,
+        }
+
+
+def make_fault(
+    mode: str,
+    *,
+    path: str | None = None,
+    count: int | None = None,
+    latency: float = 0.0,
+) -> Fault:
+    """A checked fault; values may come straight from JSON (POST /_sim/faults), so their
+    types are checked too. ValueError says what was wrong."""
+    if mode not in FAULT_MODES:
+        raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(FAULT_MODES)}")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+        raise ValueError("fault count must be a positive integer or null")
+    if count is not None and count < 1:
+        raise ValueError("fault count must be a positive integer or null")
+    if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
+        raise ValueError("fault latency must be zero or more seconds")
+    if path is not None and not isinstance(path, str):
+        raise ValueError("fault path must be a string or null")
+    if path is not None and not path.startswith("/"):
+        path = "/" + path
+    return Fault(mode, path, count, float(latency))
+
+
+# -- modes that answer before the PHP runs ---------------------------------------------
+
+_HTML_ERROR_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>Database Error</title></head>\n"
+    "<body><h1>Service temporarily unavailable</h1>\n"
+    "<p>MySQL connection failed: Too many connections</p></body></html>\n"
+)
+_STATUS_FAULTS = {"http500": 500, "http502": 502, "http503": 503, "http429": 429}
+
+
+def answer_without_php(fault: Fault, wire: Wire) -> None:
+    """Answer in place of the PHP, which never sees the request."""
+    mode = fault.mode
+    if mode in _STATUS_FAULTS:
+        status = _STATUS_FAULTS[mode]
+        extra = [("Retry-After", "1")] if status == 429 else []
+        wire.send(status, error_page(status).encode(), extra=extra)
+    elif mode == "html":
+        wire.send(200, _HTML_ERROR_PAGE.encode())
+    elif mode == "empty":
+        wire.send(200, b"")
+    elif mode == "redirect_login":
+        wire.send(302, error_page(302).encode(), extra=[("Location", LOGIN_PAGE_PATH)])
+    elif mode == "big":
+        wire.send(200, _big_body())
+    elif mode == "reset":
+        # Half a status block, then RST instead of FIN: the client sees a reset.
+        with contextlib.suppress(OSError):
+            wire.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/")
+        wire.abort()
+    elif mode == "timeout":
+        wire.wait(TIMEOUT_FAULT_SECONDS)
+        wire.abort()
+    else:  # pragma: no cover - FAULT_MODES and this dispatch are kept in step
+        raise AssertionError(mode)
+
+
+# -- modes in which the PHP runs ------------------------------------------------------
+
+_PHP_WARNING = (
+    "<br />\n<b>Warning</b>:  mysqli_fetch_row() expects parameter 1 to be mysqli_result, "
+    "bool given in <b>/srv/www/htdocs/vicidial/non_agent_api.php</b> on line <b>1290</b>"
+    "<br />\n<br />\n<b>Notice</b>:  Undefined offset: 0 in "
+    "<b>/srv/www/htdocs/vicidial/non_agent_api.php</b> on line <b>1291</b><br />\n"
+)
+
+
+def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
+    """Send the PHP's answer, as the fault (if any) bends it."""
+    body = answer.body.encode("utf-8")
+    mode = "none" if fault is None else fault.mode
+    if mode == "php_warning":
+        body = _PHP_WARNING.encode() + body
+    if mode == "trickle":
+        _trickle_body(wire, answer.status, body)
+    else:
+        wire.send(answer.status, body)
+
+
+def _trickle_body(wire: Wire, status: int, body: bytes) -> None:
+    wire.write(wire.head(status, len(body)))
+    for i in range(len(body)):
+        wire.write(body[i : i + 1])
+        if wire.wait(TRICKLE_SECONDS_PER_BYTE):
+            wire.abort()
+            return
+
+
+# -- pages -----------------------------------------------------------------------------
+
+_big_body_cache: list[bytes] = []
+
+
+def _big_body() -> bytes:
+    if not _big_body_cache:
+        line = b"<!-- padding padding padding padding padding padding padding padding -->\n"
+        body = b"<html><body>\n" + line * (BIG_BODY_BYTES // len(line) + 1)
+        _big_body_cache.append(body[:BIG_BODY_BYTES])
+    return _big_body_cache[0]
+
+
+def error_page(status: int) -> str:
+    """Apache's page for an error status."""
+    phrase = HTTPStatus(status).phrase
+    return (
+        '<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n'
+        f"<html><head>\n<title>{status} {phrase}</title>\n</head><body>\n"
+        f"<h1>{phrase}</h1>\n</body></html>\n"
+    )
