@@ -341,6 +341,13 @@ def test_trickle_fault_sends_one_byte_per_half_second(sim: Simulator) -> None:
     assert time.monotonic() - started >= 0.9
 
 
+def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
+    sim.set_fault("trickle", interval=0.01)
+    started = time.monotonic()
+    assert refresh(sim).startswith("SUCCESS")
+    assert time.monotonic() - started < 2.0  # 70-odd bytes, not 35 s
+
+
 def test_redirect_login_fault_leads_to_a_login_form(sim: Simulator) -> None:
     sim.set_fault("redirect_login")
     answer = call(sim, function="version")
@@ -481,6 +488,8 @@ def test_faults_can_be_set_and_cleared_over_http(sim: Simulator) -> None:
         ({"mode": "latency", "latency": -1}, "latency must be zero or more"),
         ({"mode": "http500", "path": 7}, "path must be a string"),
         ({"mode": "http500", "colour": "red"}, "unknown keys: colour"),
+        ({"mode": "http500", "interval": 1}, "interval applies only to modes trickle"),
+        ({"mode": "trickle", "interval": 0}, "interval must be more than zero"),
     ],
 )
 def test_bad_fault_request_is_refused_with_the_reason(

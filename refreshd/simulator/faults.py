@@ -34,6 +34,9 @@ _EXECUTING_MODES = frozenset({"none", "latency", "php_warning", "trickle"})
 
 TIMEOUT_FAULT_SECONDS = 30.0
 TRICKLE_SECONDS_PER_BYTE = 0.5
+# A fault's `interval` (seconds between two writes) applies to these modes only;
+# unset, it takes these defaults.
+_INTERVAL_DEFAULTS = {"trickle": TRICKLE_SECONDS_PER_BYTE}
 BIG_BODY_BYTES = 10 * 1024 * 1024
 
 LOGIN_PAGE_PATH = "/login.php"
@@ -70,10 +73,15 @@ class Fault:
     path: str | None
     remaining: int | None  # calls left before it clears itself; None: until cleared
     latency: float  # seconds added before the request reaches the PHP, with any mode
+    interval: float | None = None  # None: the mode's default
 
     @property
     def runs_php(self) -> bool:
         return self.mode in _EXECUTING_MODES
+
+    @property
+    def interval_seconds(self) -> float:
+        return _INTERVAL_DEFAULTS[self.mode] if self.interval is None else self.interval
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +89,7 @@ class Fault:
             "path": self.path,
             "remaining": self.remaining,
             "latency": self.latency,
+            "interval": self.interval,
         }
 
 
@@ -90,6 +99,7 @@ def make_fault(
     path: str | None = None,
     count: int | None = None,
     latency: float = 0.0,
+    interval: float | None = None,
 ) -> Fault:
     """A checked fault; values may come straight from JSON (POST /_sim/faults), so their
     types are checked too. ValueError says what was wrong."""
@@ -105,7 +115,23 @@ def make_fault(
         raise ValueError("fault path must be a string or null")
     if path is not None and not path.startswith("/"):
         path = "/" + path
-    return Fault(mode, path, count, float(latency))
+    return Fault(
+        mode,
+        path,
+        count,
+        float(latency),
+        interval=_mode_seconds("interval", interval, mode, _INTERVAL_DEFAULTS),
+    )
+
+
+def _mode_seconds(name: str, value: object, mode: str, defaults: dict[str, float]) -> float | None:
+    if value is None:
+        return None
+    if mode not in defaults:
+        raise ValueError(f"fault {name} applies only to modes {', '.join(defaults)}")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"fault {name} must be more than zero seconds")
+    return float(value)
 
 
 # -- modes that answer before the PHP runs ---------------------------------------------
@@ -161,19 +187,22 @@ def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
     mode = "none" if fault is None else fault.mode
     if mode == "php_warning":
         body = _PHP_WARNING.encode() + body
-    if mode == "trickle":
-        _trickle_body(wire, answer.status, body)
+    if fault is not None and mode == "trickle":
+        wire.write(wire.head(answer.status, len(body)))
+        if not _drip(wire, body, fault.interval_seconds):
+            wire.abort()
     else:
         wire.send(answer.status, body)
 
 
-def _trickle_body(wire: Wire, status: int, body: bytes) -> None:
-    wire.write(wire.head(status, len(body)))
-    for i in range(len(body)):
-        wire.write(body[i : i + 1])
-        if wire.wait(TRICKLE_SECONDS_PER_BYTE):
-            wire.abort()
-            return
+def _drip(wire: Wire, data: bytes, interval: float) -> bool:
+    """Write `data` a byte at a time, `interval` seconds apart; False if the simulator
+    stopped first."""
+    for i in range(len(data)):
+        wire.write(data[i : i + 1])
+        if wire.wait(interval):
+            return False
+    return True
 
 
 # -- pages -----------------------------------------------------------------------------

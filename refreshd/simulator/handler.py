@@ -243,7 +243,7 @@ def _admin(handler: _Handler, path: str, body: bytes) -> None:
         handler.send_json(404, {"error": f"no admin endpoint {method} {path}"})
 
 
-_FAULT_KEYS = ("mode", "path", "count", "latency")
+_FAULT_KEYS = ("mode", "path", "count", "latency", "interval")
 
 
 def _fault_spec(body: bytes) -> dict[str, Any]:

@@ -193,11 +193,13 @@ class Simulator:
         path: str | None = None,
         count: int | None = None,
         latency: float = 0.0,
+        interval: float | None = None,
     ) -> None:
         """Make API calls misbehave: on `path` only (else every path), for `count` calls
         (else until cleared). A fault for a path replaces that path's previous one and
-        wins over the global one."""
-        fault = faults.make_fault(mode, path=path, count=count, latency=latency)
+        wins over the global one. `interval` (seconds between two writes of a slow mode)
+        changes the mode's default."""
+        fault = faults.make_fault(mode, path=path, count=count, latency=latency, interval=interval)
         with self._lock:
             if fault.mode == "none" and fault.latency == 0 and fault.remaining is None:
                 self._faults.pop(fault.path, None)
