@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -26,6 +28,7 @@ from refreshd.simulator import (
     load_simulator_config,
     serve,
 )
+from refreshd.simulator.faults import accepts_gzip
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator.toml"
 T0 = 1_700_000_000.0
@@ -342,10 +345,10 @@ def test_trickle_fault_sends_one_byte_per_half_second(sim: Simulator) -> None:
 
 
 def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
-    sim.set_fault("trickle", interval=0.01)
+    sim.set_fault("trickle", interval=0.001)
     started = time.monotonic()
     assert refresh(sim).startswith("SUCCESS")
-    assert time.monotonic() - started < 2.0  # 70-odd bytes, not 35 s
+    assert time.monotonic() - started < 10.0  # 72 bytes at the default 0.5 s: 36 s
 
 
 def test_redirect_login_fault_leads_to_a_login_form(sim: Simulator) -> None:
@@ -359,6 +362,84 @@ def test_redirect_login_fault_leads_to_a_login_form(sim: Simulator) -> None:
 def test_big_fault_answers_ten_megabytes(sim: Simulator) -> None:
     sim.set_fault("big")
     assert len(call(sim, function="version").content) == 10 * 1024 * 1024
+
+
+def raw_get(
+    sim: Simulator, fields: dict[str, str], headers: dict[str, str]
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """A GET with exactly these headers (requests and http.client add Accept-Encoding)."""
+    conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=TIMEOUT)
+    try:
+        conn.putrequest("GET", API_PATH + "?" + urlencode(fields), skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        answer = conn.getresponse()
+        return answer.status, answer.headers, answer.read()
+    finally:
+        conn.close()
+
+
+REFRESH = {"function": "server_refresh", "stage": "REFRESH", **GOOD}
+SUCCESS = b"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - refreshd|2\n"
+
+
+def test_gzip_fault_compresses_the_real_answer_for_a_client_that_accepts_gzip(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("gzip")
+    status, headers, body = raw_get(sim, REFRESH, {"Accept-Encoding": "deflate, gzip"})
+    assert (status, headers["Content-Encoding"], headers["Vary"]) == (
+        200,
+        "gzip",
+        "Accept-Encoding",
+    )
+    assert gzip.decompress(body) == SUCCESS
+    assert int(headers["Content-Length"]) == len(body)
+    assert flags(sim)["10.0.0.11"] == "Y"
+
+
+@pytest.mark.parametrize("accept", [None, "identity", "gzip;q=0", "br"])
+def test_gzip_fault_sends_plain_text_to_a_client_that_does_not_accept_gzip(
+    sim: Simulator, accept: str | None
+) -> None:
+    sim.set_fault("gzip")
+    status, headers, body = raw_get(
+        sim, REFRESH, {} if accept is None else {"Accept-Encoding": accept}
+    )
+    assert (status, body) == (200, SUCCESS)
+    assert "Content-Encoding" not in headers
+    assert headers["Vary"] == "Accept-Encoding"
+
+
+def test_gzip_always_fault_compresses_even_for_a_client_that_refuses_it(sim: Simulator) -> None:
+    sim.set_fault("gzip_always")
+    wrong = {**REFRESH, "pass": "wrong"}
+    status, headers, body = raw_get(sim, wrong, {"Accept-Encoding": "identity"})
+    assert (status, headers["Content-Encoding"]) == (200, "gzip")
+    assert gzip.decompress(body).startswith(b"ERROR: Login incorrect")
+    assert sim.stats()["users"]["refreshd"]["failed_login_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("x-gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("br, *;q=0.1", True),
+        ("*", True),
+        ("", False),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0, *", False),
+        ("*;q=0", False),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accept_encoding_is_read_as_apache_reads_it(header: str, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
 
 
 def test_latency_delays_the_normal_answer(sim: Simulator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,10 +28,12 @@ FAULT_MODES = (
     "trickle",
     "redirect_login",
     "big",
+    "gzip",  # the answer gzipped when Accept-Encoding allows it, as mod_deflate does
+    "gzip_always",  # gzipped whatever the client accepts: a misconfigured server
 )
 # Modes in which the PHP still runs (side effects happen); the others answer
 # before reaching it, so no login is counted and no flag changes.
-_EXECUTING_MODES = frozenset({"none", "latency", "php_warning", "trickle"})
+_EXECUTING_MODES = frozenset({"none", "latency", "php_warning", "trickle", "gzip", "gzip_always"})
 
 TIMEOUT_FAULT_SECONDS = 30.0
 TRICKLE_SECONDS_PER_BYTE = 0.5
@@ -62,6 +65,11 @@ class Wire(Protocol):
 
     def abort(self) -> None:
         """Close the connection with a TCP reset."""
+        ...
+
+    @property
+    def accept_encoding(self) -> str:
+        """The request's Accept-Encoding header; empty when it has none."""
         ...
 
 
@@ -191,8 +199,41 @@ def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
         wire.write(wire.head(answer.status, len(body)))
         if not _drip(wire, body, fault.interval_seconds):
             wire.abort()
+    elif mode in ("gzip", "gzip_always"):
+        _send_gzipped(wire, answer.status, body, always=mode == "gzip_always")
     else:
         wire.send(answer.status, body)
+
+
+def _send_gzipped(wire: Wire, status: int, body: bytes, *, always: bool) -> None:
+    extra: list[tuple[str, str]] = []
+    if always or accepts_gzip(wire.accept_encoding):
+        body = gzip.compress(body, mtime=0)
+        extra.append(("Content-Encoding", "gzip"))
+    if not always:
+        # What mod_deflate adds to every answer it may compress.
+        extra.append(("Vary", "Accept-Encoding"))
+    wire.send(status, body, extra=extra)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows a gzip body (RFC 9110 section 12.5.3);
+    no header means no compression, as Apache and nginx read it."""
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        quality = 1.0
+        name, _, value = params.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                quality = 0.0
+        qualities[coding.strip().lower()] = quality
+    for coding in ("gzip", "x-gzip"):
+        if coding in qualities:
+            return qualities[coding] > 0
+    return qualities.get("*", 0.0) > 0
 
 
 def _drip(wire: Wire, data: bytes, interval: float) -> bool:

@@ -202,6 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
     def wait(self, seconds: float) -> bool:
         return self.sim._stopping.wait(seconds)
 
+    @property
+    def accept_encoding(self) -> str:
+        return str(self.headers.get("Accept-Encoding", ""))
+
     def abort(self) -> None:
         """Close with SO_LINGER 0, so the peer gets a TCP reset."""
         self.close_connection = True
