@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,8 @@ from refreshd.simulator.faults import accepts_gzip
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator.toml"
 T0 = 1_700_000_000.0
 GOOD = {"user": "refreshd", "pass": "demo-pass-123", "source": "test"}
+REFRESH = {"function": "server_refresh", "stage": "REFRESH", **GOOD}
+SUCCESS = b"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - refreshd|2\n"
 TIMEOUT = 5.0
 
 
@@ -344,6 +347,29 @@ def test_trickle_fault_sends_one_byte_per_half_second(sim: Simulator) -> None:
     assert time.monotonic() - started >= 0.9
 
 
+def test_trickle_headers_fault_sends_the_head_a_byte_per_interval_after_the_php_ran(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("trickle_headers", interval=0.2)
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=TIMEOUT) as conn:
+        conn.sendall(f"GET {API_PATH}?{urlencode(REFRESH)} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+        started = time.monotonic()
+        head = b""
+        while len(head) < 4:
+            head += conn.recv(100)
+        took = time.monotonic() - started
+    assert head.startswith(b"HTTP")
+    assert took >= 0.6 - 0.05  # three pauses between four bytes
+    assert sim.stats()["refreshes"] == 1  # the PHP ran before the first byte
+
+
+def test_trickle_headers_fault_ends_with_the_real_answer(sim: Simulator) -> None:
+    sim.set_fault("trickle_headers", interval=0.001)
+    answer = requests.get(sim.api_url, params=REFRESH, timeout=TIMEOUT)
+    assert (answer.status_code, answer.content) == (200, SUCCESS)
+    assert answer.headers["Server"] == "Apache"
+
+
 def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
     sim.set_fault("trickle", interval=0.001)
     started = time.monotonic()
@@ -378,10 +404,6 @@ def raw_get(
         return answer.status, answer.headers, answer.read()
     finally:
         conn.close()
-
-
-REFRESH = {"function": "server_refresh", "stage": "REFRESH", **GOOD}
-SUCCESS = b"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - refreshd|2\n"
 
 
 def test_gzip_fault_compresses_the_real_answer_for_a_client_that_accepts_gzip(

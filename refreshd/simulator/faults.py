@@ -30,16 +30,22 @@ FAULT_MODES = (
     "big",
     "gzip",  # the answer gzipped when Accept-Encoding allows it, as mod_deflate does
     "gzip_always",  # gzipped whatever the client accepts: a misconfigured server
+    "trickle_headers",  # status line and headers a byte per interval, then the body
 )
 # Modes in which the PHP still runs (side effects happen); the others answer
 # before reaching it, so no login is counted and no flag changes.
-_EXECUTING_MODES = frozenset({"none", "latency", "php_warning", "trickle", "gzip", "gzip_always"})
+_EXECUTING_MODES = frozenset(
+    {"none", "latency", "php_warning", "trickle", "gzip", "gzip_always", "trickle_headers"}
+)
 
 TIMEOUT_FAULT_SECONDS = 30.0
 TRICKLE_SECONDS_PER_BYTE = 0.5
 # A fault's `interval` (seconds between two writes) applies to these modes only;
 # unset, it takes these defaults.
-_INTERVAL_DEFAULTS = {"trickle": TRICKLE_SECONDS_PER_BYTE}
+_INTERVAL_DEFAULTS = {
+    "trickle": TRICKLE_SECONDS_PER_BYTE,
+    "trickle_headers": TRICKLE_SECONDS_PER_BYTE,
+}
 BIG_BODY_BYTES = 10 * 1024 * 1024
 
 LOGIN_PAGE_PATH = "/login.php"
@@ -198,6 +204,12 @@ def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
     if fault is not None and mode == "trickle":
         wire.write(wire.head(answer.status, len(body)))
         if not _drip(wire, body, fault.interval_seconds):
+            wire.abort()
+    elif fault is not None and mode == "trickle_headers":
+        # Every read gets a byte well within a per-read timeout: only a total deadline ends it.
+        if _drip(wire, wire.head(answer.status, len(body)), fault.interval_seconds):
+            wire.write(body)
+        else:
             wire.abort()
     elif mode in ("gzip", "gzip_always"):
         _send_gzipped(wire, answer.status, body, always=mode == "gzip_always")
