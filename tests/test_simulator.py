@@ -26,6 +26,7 @@ from refreshd.simulator import (
     SimServer,
     Simulator,
     SimUser,
+    faults,
     load_simulator_config,
     serve,
 )
@@ -351,8 +352,7 @@ def test_trickle_headers_fault_sends_the_head_a_byte_per_interval_after_the_php_
     sim: Simulator,
 ) -> None:
     sim.set_fault("trickle_headers", interval=0.2)
-    with socket.create_connection(("127.0.0.1", sim.port), timeout=TIMEOUT) as conn:
-        conn.sendall(f"GET {API_PATH}?{urlencode(REFRESH)} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+    with send_raw(sim, REFRESH) as conn:
         started = time.monotonic()
         head = b""
         while len(head) < 4:
@@ -368,6 +368,71 @@ def test_trickle_headers_fault_ends_with_the_real_answer(sim: Simulator) -> None
     answer = requests.get(sim.api_url, params=REFRESH, timeout=TIMEOUT)
     assert (answer.status_code, answer.content) == (200, SUCCESS)
     assert answer.headers["Server"] == "Apache"
+
+
+def send_raw(sim: Simulator, fields: dict[str, str]) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", sim.port), timeout=TIMEOUT)
+    conn.sendall(f"GET {API_PATH}?{urlencode(fields)} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+    return conn
+
+
+def read_for(conn: socket.socket, seconds: float) -> bytes:
+    """What arrives in `seconds`, or until the server closes or resets the connection."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    conn.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def test_continue_forever_fault_sends_100_continue_and_nothing_else(sim: Simulator) -> None:
+    sim.set_fault("continue_forever", interval=0.05)
+    with send_raw(sim, REFRESH) as conn:
+        received = read_for(conn, 0.6)
+    assert received.count(CONTINUE) >= 3
+    assert received == CONTINUE * received.count(CONTINUE)
+    # The request never reached the PHP.
+    assert sim.stats()["logins"]["ok"] == 0
+    assert [c["answer_kind"] for c in sim.calls()] == ["fault_continue_forever"]
+
+
+def wait_until_idle(sim: Simulator, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while sim.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sim.stats()["in_flight"] == 0
+
+
+def test_continue_forever_fault_stops_when_the_client_hangs_up(sim: Simulator) -> None:
+    sim.set_fault("continue_forever", interval=0.05)
+    with send_raw(sim, REFRESH) as conn:
+        assert read_for(conn, 0.2).startswith(CONTINUE)
+    assert wait_until_idle(sim, 2.0)
+
+
+def test_continue_forever_fault_gives_up_after_its_bound(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faults, "CONTINUE_FOREVER_SECONDS", 0.3)
+    sim.set_fault("continue_forever", interval=0.05)
+    started = time.monotonic()
+    with send_raw(sim, REFRESH) as conn:
+        received = read_for(conn, 5.0)  # returns early: the simulator resets the connection
+    assert time.monotonic() - started < 3.0
+    assert received == CONTINUE * received.count(CONTINUE)
+    assert wait_until_idle(sim, 2.0)
 
 
 def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
@@ -616,9 +681,10 @@ def test_reset_and_keepalive_endpoints(sim: Simulator) -> None:
     assert stats["users"]["refreshd"]["failed_login_count"] == 0
 
 
-def test_stop_is_quick_with_a_request_stuck_in_timeout(clock: FakeClock) -> None:
+@pytest.mark.parametrize("mode", ["timeout", "trickle_headers", "continue_forever"])
+def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mode: str) -> None:
     sim = Simulator(clock=clock).start()
-    sim.set_fault("timeout")
+    sim.set_fault(mode)
     outcome: list[str] = []
 
     def wait_for_answer() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -31,6 +32,7 @@ FAULT_MODES = (
     "gzip",  # the answer gzipped when Accept-Encoding allows it, as mod_deflate does
     "gzip_always",  # gzipped whatever the client accepts: a misconfigured server
     "trickle_headers",  # status line and headers a byte per interval, then the body
+    "continue_forever",  # 100 Continue every interval, never a final answer, no PHP
 )
 # Modes in which the PHP still runs (side effects happen); the others answer
 # before reaching it, so no login is counted and no flag changes.
@@ -40,11 +42,15 @@ _EXECUTING_MODES = frozenset(
 
 TIMEOUT_FAULT_SECONDS = 30.0
 TRICKLE_SECONDS_PER_BYTE = 0.5
+CONTINUE_SECONDS = 0.2
+# continue_forever's bound, so no thread serves one request for ever.
+CONTINUE_FOREVER_SECONDS = 120.0
 # A fault's `interval` (seconds between two writes) applies to these modes only;
 # unset, it takes these defaults.
 _INTERVAL_DEFAULTS = {
     "trickle": TRICKLE_SECONDS_PER_BYTE,
     "trickle_headers": TRICKLE_SECONDS_PER_BYTE,
+    "continue_forever": CONTINUE_SECONDS,
 }
 BIG_BODY_BYTES = 10 * 1024 * 1024
 
@@ -181,8 +187,28 @@ def answer_without_php(fault: Fault, wire: Wire) -> None:
     elif mode == "timeout":
         wire.wait(TIMEOUT_FAULT_SECONDS)
         wire.abort()
+    elif mode == "continue_forever":
+        _continue_forever(wire, fault.interval_seconds)
     else:  # pragma: no cover - FAULT_MODES and this dispatch are kept in step
         raise AssertionError(mode)
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _continue_forever(wire: Wire, interval: float) -> None:
+    """Informational answers, each a sign of life that resets a per-read timeout, and
+    never a final one; until the client hangs up, the simulator stops or
+    CONTINUE_FOREVER_SECONDS have passed. Then a reset."""
+    deadline = time.monotonic() + CONTINUE_FOREVER_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            wire.write(_CONTINUE)
+        except OSError:  # the client has gone
+            break
+        if wire.wait(interval):
+            break
+    wire.abort()
 
 
 # -- modes in which the PHP runs ------------------------------------------------------
