@@ -435,6 +435,29 @@ def test_continue_forever_fault_gives_up_after_its_bound(
     assert wait_until_idle(sim, 2.0)
 
 
+def test_slow_after_login_fault_counts_the_failed_login_before_the_client_gives_up(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("slow_after_login", delay=3.0)
+    with pytest.raises(requests.Timeout):
+        requests.get(sim.api_url, params={**REFRESH, "pass": "changed"}, timeout=0.3)
+    assert sim.stats()["users"]["refreshd"]["failed_login_count"] == 1
+    assert [c["answer_kind"] for c in sim.calls()] == ["login_incorrect"]
+
+
+def test_slow_after_login_fault_sends_the_real_answer_after_the_delay(sim: Simulator) -> None:
+    sim.set_fault("slow_after_login", delay=0.3)
+    started = time.monotonic()
+    answer = requests.get(sim.api_url, params=REFRESH, timeout=TIMEOUT)
+    assert time.monotonic() - started >= 0.3
+    assert answer.content == SUCCESS
+    assert flags(sim)["10.0.0.11"] == "Y"
+
+
+def test_slow_after_login_holds_the_answer_30_seconds_unless_told() -> None:
+    assert faults.make_fault("slow_after_login").delay_seconds == 30.0
+
+
 def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
     sim.set_fault("trickle", interval=0.001)
     started = time.monotonic()
@@ -658,6 +681,9 @@ def test_faults_can_be_set_and_cleared_over_http(sim: Simulator) -> None:
         ({"mode": "http500", "colour": "red"}, "unknown keys: colour"),
         ({"mode": "http500", "interval": 1}, "interval applies only to modes trickle"),
         ({"mode": "trickle", "interval": 0}, "interval must be more than zero"),
+        ({"mode": "latency", "delay": 1}, "delay applies only to modes slow_after_login"),
+        ({"mode": "slow_after_login", "delay": -1}, "delay must be more than zero"),
+        ({"mode": "slow_after_login", "delay": True}, "delay must be more than zero"),
     ],
 )
 def test_bad_fault_request_is_refused_with_the_reason(
@@ -681,7 +707,9 @@ def test_reset_and_keepalive_endpoints(sim: Simulator) -> None:
     assert stats["users"]["refreshd"]["failed_login_count"] == 0
 
 
-@pytest.mark.parametrize("mode", ["timeout", "trickle_headers", "continue_forever"])
+@pytest.mark.parametrize(
+    "mode", ["timeout", "trickle_headers", "continue_forever", "slow_after_login"]
+)
 def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mode: str) -> None:
     sim = Simulator(clock=clock).start()
     sim.set_fault(mode)

@@ -33,11 +33,21 @@ FAULT_MODES = (
     "gzip_always",  # gzipped whatever the client accepts: a misconfigured server
     "trickle_headers",  # status line and headers a byte per interval, then the body
     "continue_forever",  # 100 Continue every interval, never a final answer, no PHP
+    "slow_after_login",  # the PHP runs (login counted), then the answer waits `delay`
 )
 # Modes in which the PHP still runs (side effects happen); the others answer
 # before reaching it, so no login is counted and no flag changes.
 _EXECUTING_MODES = frozenset(
-    {"none", "latency", "php_warning", "trickle", "gzip", "gzip_always", "trickle_headers"}
+    {
+        "none",
+        "latency",
+        "php_warning",
+        "trickle",
+        "gzip",
+        "gzip_always",
+        "trickle_headers",
+        "slow_after_login",
+    }
 )
 
 TIMEOUT_FAULT_SECONDS = 30.0
@@ -45,13 +55,16 @@ TRICKLE_SECONDS_PER_BYTE = 0.5
 CONTINUE_SECONDS = 0.2
 # continue_forever's bound, so no thread serves one request for ever.
 CONTINUE_FOREVER_SECONDS = 120.0
-# A fault's `interval` (seconds between two writes) applies to these modes only;
-# unset, it takes these defaults.
+# Longer than any sensible client timeout: "VICIdial is slower than client.timeout".
+SLOW_AFTER_LOGIN_SECONDS = 30.0
+# A fault's `interval` (seconds between two writes) and `delay` (seconds the PHP's
+# answer is held) apply to these modes only; unset, they take these defaults.
 _INTERVAL_DEFAULTS = {
     "trickle": TRICKLE_SECONDS_PER_BYTE,
     "trickle_headers": TRICKLE_SECONDS_PER_BYTE,
     "continue_forever": CONTINUE_SECONDS,
 }
+_DELAY_DEFAULTS = {"slow_after_login": SLOW_AFTER_LOGIN_SECONDS}
 BIG_BODY_BYTES = 10 * 1024 * 1024
 
 LOGIN_PAGE_PATH = "/login.php"
@@ -94,6 +107,7 @@ class Fault:
     remaining: int | None  # calls left before it clears itself; None: until cleared
     latency: float  # seconds added before the request reaches the PHP, with any mode
     interval: float | None = None  # None: the mode's default
+    delay: float | None = None  # None: the mode's default
 
     @property
     def runs_php(self) -> bool:
@@ -103,6 +117,10 @@ class Fault:
     def interval_seconds(self) -> float:
         return _INTERVAL_DEFAULTS[self.mode] if self.interval is None else self.interval
 
+    @property
+    def delay_seconds(self) -> float:
+        return _DELAY_DEFAULTS[self.mode] if self.delay is None else self.delay
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
@@ -110,6 +128,7 @@ class Fault:
             "remaining": self.remaining,
             "latency": self.latency,
             "interval": self.interval,
+            "delay": self.delay,
         }
 
 
@@ -120,6 +139,7 @@ def make_fault(
     count: int | None = None,
     latency: float = 0.0,
     interval: float | None = None,
+    delay: float | None = None,
 ) -> Fault:
     """A checked fault; values may come straight from JSON (POST /_sim/faults), so their
     types are checked too. ValueError says what was wrong."""
@@ -141,6 +161,7 @@ def make_fault(
         count,
         float(latency),
         interval=_mode_seconds("interval", interval, mode, _INTERVAL_DEFAULTS),
+        delay=_mode_seconds("delay", delay, mode, _DELAY_DEFAULTS),
     )
 
 
@@ -237,6 +258,12 @@ def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
             wire.write(body)
         else:
             wire.abort()
+    elif fault is not None and mode == "slow_after_login":
+        # The login is already counted (failed or good) when the client gives up waiting.
+        if wire.wait(fault.delay_seconds):
+            wire.abort()
+        else:
+            wire.send(answer.status, body)
     elif mode in ("gzip", "gzip_always"):
         _send_gzipped(wire, answer.status, body, always=mode == "gzip_always")
     else:

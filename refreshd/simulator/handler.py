@@ -247,7 +247,7 @@ def _admin(handler: _Handler, path: str, body: bytes) -> None:
         handler.send_json(404, {"error": f"no admin endpoint {method} {path}"})
 
 
-_FAULT_KEYS = ("mode", "path", "count", "latency", "interval")
+_FAULT_KEYS = ("mode", "path", "count", "latency", "interval", "delay")
 
 
 def _fault_spec(body: bytes) -> dict[str, Any]:

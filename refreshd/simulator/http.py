@@ -194,12 +194,15 @@ class Simulator:
         count: int | None = None,
         latency: float = 0.0,
         interval: float | None = None,
+        delay: float | None = None,
     ) -> None:
         """Make API calls misbehave: on `path` only (else every path), for `count` calls
         (else until cleared). A fault for a path replaces that path's previous one and
         wins over the global one. `interval` (seconds between two writes of a slow mode)
-        changes the mode's default."""
-        fault = faults.make_fault(mode, path=path, count=count, latency=latency, interval=interval)
+        and `delay` (seconds the PHP's answer is held) change the mode's default."""
+        fault = faults.make_fault(
+            mode, path=path, count=count, latency=latency, interval=interval, delay=delay
+        )
         with self._lock:
             if fault.mode == "none" and fault.latency == 0 and fault.remaining is None:
                 self._faults.pop(fault.path, None)
