@@ -12,7 +12,15 @@ from typing import Any, Protocol
 
 from refreshd.simulator.rules import Answer
 
-__all__ = ["FAULT_MODES", "Fault", "Wire", "answer_without_php", "deliver", "make_fault"]
+__all__ = [
+    "FAULT_MODES",
+    "Fault",
+    "Wire",
+    "accepts_gzip",
+    "answer_without_php",
+    "deliver",
+    "make_fault",
+]
 
 FAULT_MODES = (
     "none",
@@ -244,30 +252,31 @@ _PHP_WARNING = (
 
 def deliver(fault: Fault | None, answer: Answer, wire: Wire) -> None:
     """Send the PHP's answer, as the fault (if any) bends it."""
-    body = answer.body.encode("utf-8")
-    mode = "none" if fault is None else fault.mode
-    if mode == "php_warning":
-        body = _PHP_WARNING.encode() + body
-    if fault is not None and mode == "trickle":
-        wire.write(wire.head(answer.status, len(body)))
+    status, body = answer.status, answer.body.encode("utf-8")
+    if fault is None or fault.mode in ("none", "latency"):
+        wire.send(status, body)
+    elif fault.mode == "php_warning":
+        wire.send(status, _PHP_WARNING.encode() + body)
+    elif fault.mode in ("gzip", "gzip_always"):
+        _send_gzipped(wire, status, body, always=fault.mode == "gzip_always")
+    elif fault.mode == "trickle":
+        wire.write(wire.head(status, len(body)))
         if not _drip(wire, body, fault.interval_seconds):
             wire.abort()
-    elif fault is not None and mode == "trickle_headers":
+    elif fault.mode == "trickle_headers":
         # Every read gets a byte well within a per-read timeout: only a total deadline ends it.
-        if _drip(wire, wire.head(answer.status, len(body)), fault.interval_seconds):
+        if _drip(wire, wire.head(status, len(body)), fault.interval_seconds):
             wire.write(body)
         else:
             wire.abort()
-    elif fault is not None and mode == "slow_after_login":
+    elif fault.mode == "slow_after_login":
         # The login is already counted (failed or good) when the client gives up waiting.
         if wire.wait(fault.delay_seconds):
             wire.abort()
         else:
-            wire.send(answer.status, body)
-    elif mode in ("gzip", "gzip_always"):
-        _send_gzipped(wire, answer.status, body, always=mode == "gzip_always")
-    else:
-        wire.send(answer.status, body)
+            wire.send(status, body)
+    else:  # pragma: no cover - _EXECUTING_MODES and this dispatch are kept in step
+        raise AssertionError(fault.mode)
 
 
 def _send_gzipped(wire: Wire, status: int, body: bytes, *, always: bool) -> None:
