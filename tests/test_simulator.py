@@ -31,6 +31,7 @@ from refreshd.simulator import (
     serve,
 )
 from refreshd.simulator.faults import accepts_gzip
+from refreshd.simulator.rules import LOCK_SECONDS
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "simulator.toml"
 T0 = 1_700_000_000.0
@@ -280,6 +281,16 @@ def test_failure_after_an_old_stamp_restarts_the_count(sim: Simulator) -> None:
     assert all("Login incorrect" in a for a in answers[:20])
     assert sim.stats()["users"]["refreshd"]["failed_login_count"] == 10
     assert "LOCK" in answers[20]
+
+
+def test_stats_list_every_lockout_even_once_lifted(sim: Simulator, clock: FakeClock) -> None:
+    assert sim.stats()["lockouts"] == []
+    fail_logins(sim, 20)
+    clock.advance(LOCK_SECONDS + 1)
+    assert refresh(sim).startswith("SUCCESS")
+    served = requests.get(sim.url + "/_sim/stats", timeout=TIMEOUT).json()
+    assert served["lockouts"] == [{"user": "refreshd", "at": T0, "until": T0 + LOCK_SECONDS}]
+    assert served["users"]["refreshd"]["locked"] is False
 
 
 def test_success_zeroes_the_failure_count(sim: Simulator) -> None:

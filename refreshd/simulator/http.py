@@ -166,6 +166,8 @@ class Simulator:
                     }
                     for name in vicidial.user_names
                 },
+                # Every lock-out since the start, lifted or not: "never locked" is [].
+                "lockouts": [dataclasses.asdict(lock) for lock in vicidial.lockouts],
                 "servers": [
                     {
                         "server_ip": s.server_ip,
