@@ -40,6 +40,7 @@ __all__ = [
     "Request",
     "SimServer",
     "SimUser",
+    "Tally",
     "Vicidial",
 ]
 
