@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -23,13 +26,18 @@ from refreshd.simulator import (
     SimServer,
     Simulator,
     SimUser,
+    faults,
     load_simulator_config,
     serve,
 )
+from refreshd.simulator.faults import accepts_gzip
+from refreshd.simulator.rules import LOCK_SECONDS
 from tests.support.repo import SIMULATOR_CONFIG
 
 T0 = 1_700_000_000.0
 GOOD = {"user": "refreshd", "pass": "demo-pass-123", "source": "test"}
+REFRESH = {"function": "server_refresh", "stage": "REFRESH", **GOOD}
+SUCCESS = b"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - refreshd|2\n"
 TIMEOUT = 5.0
 
 
@@ -275,6 +283,16 @@ def test_failure_after_an_old_stamp_restarts_the_count(sim: Simulator) -> None:
     assert "LOCK" in answers[20]
 
 
+def test_stats_list_every_lockout_even_once_lifted(sim: Simulator, clock: FakeClock) -> None:
+    assert sim.stats()["lockouts"] == []
+    fail_logins(sim, 20)
+    clock.advance(LOCK_SECONDS + 1)
+    assert refresh(sim).startswith("SUCCESS")
+    served = requests.get(sim.url + "/_sim/stats", timeout=TIMEOUT).json()
+    assert served["lockouts"] == [{"user": "refreshd", "at": T0, "until": T0 + LOCK_SECONDS}]
+    assert served["users"]["refreshd"]["locked"] is False
+
+
 def test_success_zeroes_the_failure_count(sim: Simulator) -> None:
     fail_logins(sim, 9)
     assert refresh(sim).startswith("SUCCESS")
@@ -341,6 +359,123 @@ def test_trickle_fault_sends_one_byte_per_half_second(sim: Simulator) -> None:
     assert time.monotonic() - started >= 0.9
 
 
+def test_trickle_headers_fault_sends_the_head_a_byte_per_interval_after_the_php_ran(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("trickle_headers", interval=0.2)
+    with send_raw(sim, REFRESH) as conn:
+        started = time.monotonic()
+        head = b""
+        while len(head) < 4:
+            head += conn.recv(100)
+        took = time.monotonic() - started
+    assert head.startswith(b"HTTP")
+    assert took >= 0.6 - 0.05  # three pauses between four bytes
+    assert sim.stats()["refreshes"] == 1  # the PHP ran before the first byte
+
+
+def test_trickle_headers_fault_ends_with_the_real_answer(sim: Simulator) -> None:
+    sim.set_fault("trickle_headers", interval=0.001)
+    answer = requests.get(sim.api_url, params=REFRESH, timeout=TIMEOUT)
+    assert (answer.status_code, answer.content) == (200, SUCCESS)
+    assert answer.headers["Server"] == "Apache"
+
+
+def send_raw(sim: Simulator, fields: dict[str, str]) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", sim.port), timeout=TIMEOUT)
+    conn.sendall(f"GET {API_PATH}?{urlencode(fields)} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+    return conn
+
+
+def read_for(conn: socket.socket, seconds: float) -> bytes:
+    """What arrives in `seconds`, or until the server closes or resets the connection."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    conn.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def test_continue_forever_fault_sends_100_continue_and_nothing_else(sim: Simulator) -> None:
+    sim.set_fault("continue_forever", interval=0.05)
+    with send_raw(sim, REFRESH) as conn:
+        received = read_for(conn, 0.6)
+    assert received.count(CONTINUE) >= 3
+    assert received == CONTINUE * received.count(CONTINUE)
+    # The request never reached the PHP.
+    assert sim.stats()["logins"]["ok"] == 0
+    assert [c["answer_kind"] for c in sim.calls()] == ["fault_continue_forever"]
+
+
+def wait_until_idle(sim: Simulator, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while sim.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sim.stats()["in_flight"] == 0
+
+
+def test_continue_forever_fault_stops_when_the_client_hangs_up(sim: Simulator) -> None:
+    sim.set_fault("continue_forever", interval=0.05)
+    with send_raw(sim, REFRESH) as conn:
+        assert read_for(conn, 0.2).startswith(CONTINUE)
+    assert wait_until_idle(sim, 2.0)
+
+
+def test_continue_forever_fault_gives_up_after_its_bound(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faults, "CONTINUE_FOREVER_SECONDS", 0.3)
+    sim.set_fault("continue_forever", interval=0.05)
+    started = time.monotonic()
+    with send_raw(sim, REFRESH) as conn:
+        received = read_for(conn, 5.0)  # returns early: the simulator resets the connection
+    assert time.monotonic() - started < 3.0
+    assert received == CONTINUE * received.count(CONTINUE)
+    assert wait_until_idle(sim, 2.0)
+
+
+def test_slow_after_login_fault_counts_the_failed_login_before_the_client_gives_up(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("slow_after_login", delay=3.0)
+    with pytest.raises(requests.Timeout):
+        requests.get(sim.api_url, params={**REFRESH, "pass": "changed"}, timeout=0.3)
+    assert sim.stats()["users"]["refreshd"]["failed_login_count"] == 1
+    assert [c["answer_kind"] for c in sim.calls()] == ["login_incorrect"]
+
+
+def test_slow_after_login_fault_sends_the_real_answer_after_the_delay(sim: Simulator) -> None:
+    sim.set_fault("slow_after_login", delay=0.3)
+    started = time.monotonic()
+    answer = requests.get(sim.api_url, params=REFRESH, timeout=TIMEOUT)
+    assert time.monotonic() - started >= 0.3
+    assert answer.content == SUCCESS
+    assert flags(sim)["10.0.0.11"] == "Y"
+
+
+def test_slow_after_login_holds_the_answer_30_seconds_unless_told() -> None:
+    assert faults.make_fault("slow_after_login").delay_seconds == 30.0
+
+
+def test_trickle_interval_sets_the_pause_between_bytes(sim: Simulator) -> None:
+    sim.set_fault("trickle", interval=0.001)
+    started = time.monotonic()
+    assert refresh(sim).startswith("SUCCESS")
+    assert time.monotonic() - started < 10.0  # 72 bytes at the default 0.5 s: 36 s
+
+
 def test_redirect_login_fault_leads_to_a_login_form(sim: Simulator) -> None:
     sim.set_fault("redirect_login")
     answer = call(sim, function="version")
@@ -352,6 +487,80 @@ def test_redirect_login_fault_leads_to_a_login_form(sim: Simulator) -> None:
 def test_big_fault_answers_ten_megabytes(sim: Simulator) -> None:
     sim.set_fault("big")
     assert len(call(sim, function="version").content) == 10 * 1024 * 1024
+
+
+def raw_get(
+    sim: Simulator, fields: dict[str, str], headers: dict[str, str]
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """A GET with exactly these headers (requests and http.client add Accept-Encoding)."""
+    conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=TIMEOUT)
+    try:
+        conn.putrequest("GET", API_PATH + "?" + urlencode(fields), skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        answer = conn.getresponse()
+        return answer.status, answer.headers, answer.read()
+    finally:
+        conn.close()
+
+
+def test_gzip_fault_compresses_the_real_answer_for_a_client_that_accepts_gzip(
+    sim: Simulator,
+) -> None:
+    sim.set_fault("gzip")
+    status, headers, body = raw_get(sim, REFRESH, {"Accept-Encoding": "deflate, gzip"})
+    assert (status, headers["Content-Encoding"], headers["Vary"]) == (
+        200,
+        "gzip",
+        "Accept-Encoding",
+    )
+    assert gzip.decompress(body) == SUCCESS
+    assert int(headers["Content-Length"]) == len(body)
+    assert flags(sim)["10.0.0.11"] == "Y"
+
+
+@pytest.mark.parametrize("accept", [None, "identity", "gzip;q=0", "br"])
+def test_gzip_fault_sends_plain_text_to_a_client_that_does_not_accept_gzip(
+    sim: Simulator, accept: str | None
+) -> None:
+    sim.set_fault("gzip")
+    status, headers, body = raw_get(
+        sim, REFRESH, {} if accept is None else {"Accept-Encoding": accept}
+    )
+    assert (status, body) == (200, SUCCESS)
+    assert "Content-Encoding" not in headers
+    assert headers["Vary"] == "Accept-Encoding"
+
+
+def test_gzip_always_fault_compresses_even_for_a_client_that_refuses_it(sim: Simulator) -> None:
+    sim.set_fault("gzip_always")
+    wrong = {**REFRESH, "pass": "wrong"}
+    status, headers, body = raw_get(sim, wrong, {"Accept-Encoding": "identity"})
+    assert (status, headers["Content-Encoding"]) == (200, "gzip")
+    assert gzip.decompress(body).startswith(b"ERROR: Login incorrect")
+    assert sim.stats()["users"]["refreshd"]["failed_login_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("x-gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("br, *;q=0.1", True),
+        ("*", True),
+        ("", False),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0, *", False),
+        ("*;q=0", False),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accept_encoding_is_read_as_apache_reads_it(header: str, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
 
 
 def test_latency_delays_the_normal_answer(sim: Simulator) -> None:
@@ -481,6 +690,11 @@ def test_faults_can_be_set_and_cleared_over_http(sim: Simulator) -> None:
         ({"mode": "latency", "latency": -1}, "latency must be zero or more"),
         ({"mode": "http500", "path": 7}, "path must be a string"),
         ({"mode": "http500", "colour": "red"}, "unknown keys: colour"),
+        ({"mode": "http500", "interval": 1}, "interval applies only to modes trickle"),
+        ({"mode": "trickle", "interval": 0}, "interval must be more than zero"),
+        ({"mode": "latency", "delay": 1}, "delay applies only to modes slow_after_login"),
+        ({"mode": "slow_after_login", "delay": -1}, "delay must be more than zero"),
+        ({"mode": "slow_after_login", "delay": True}, "delay must be more than zero"),
     ],
 )
 def test_bad_fault_request_is_refused_with_the_reason(
@@ -504,9 +718,12 @@ def test_reset_and_keepalive_endpoints(sim: Simulator) -> None:
     assert stats["users"]["refreshd"]["failed_login_count"] == 0
 
 
-def test_stop_is_quick_with_a_request_stuck_in_timeout(clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    "mode", ["timeout", "trickle_headers", "continue_forever", "slow_after_login"]
+)
+def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mode: str) -> None:
     sim = Simulator(clock=clock).start()
-    sim.set_fault("timeout")
+    sim.set_fault(mode)
     outcome: list[str] = []
 
     def wait_for_answer() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -22,7 +21,8 @@ from refreshd.core.policy import (
     retry_delay,
     suspension_length,
 )
-from refreshd.core.vicidial import Outcome
+from refreshd.core.vicidial import Outcome, classify, refresh_params
+from refreshd.simulator.rules import LOCK_SECONDS, LOCK_TRIGGER_ATTEMPTS, SimUser, Vicidial
 
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 SLOT_END = NOW + timedelta(hours=2)
@@ -266,29 +266,16 @@ def test_proven_credentials_allow_a_bounded_number_of_calls_in_flight() -> None:
 
 # -- lock-out safety: a simulated week ----------------------------------------------------
 
-LOCK_WINDOW = timedelta(minutes=15)
-LOCK_FAILURES = 10
+LOCK_WINDOW = timedelta(seconds=LOCK_SECONDS)
+# The login every server shares, and the call each makes once its password has changed.
+API_USER = SimUser("refreshd", "the-new-password")
+WRONG_PASSWORD_CALL = refresh_params("refreshd", "the-old-password", "refreshd")
 
 
-@dataclass
-class VicidialLogin:
-    """One VICIdial login with a wrong password, locking as VICIDIAL_API.md describes."""
-
-    failed_login_count: int = 0
-    stamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-    answers: list[Outcome] = field(default_factory=list)
-
-    def attempt(self, now: datetime) -> Outcome:
-        if self.failed_login_count >= LOCK_FAILURES and now - self.stamp < LOCK_WINDOW:
-            answer = Outcome.LOCKED_OUT
-        elif self.failed_login_count >= LOCK_FAILURES:
-            self.failed_login_count, self.stamp = 1, now
-            answer = Outcome.AUTH_FAILED
-        else:
-            self.failed_login_count += 1
-            answer = Outcome.AUTH_FAILED
-        self.answers.append(answer)
-        return answer
+def call_vicidial(vicidial: Vicidial, now: datetime) -> Outcome:
+    """One call as VICIdial answers it (the simulator's rules) and refreshd reads it."""
+    answer = vicidial.answer(WRONG_PASSWORD_CALL, "192.0.2.10", now.timestamp())
+    return classify(answer.status, answer.body).outcome
 
 
 def simulate_shared_wrong_password(
@@ -298,7 +285,7 @@ def simulate_shared_wrong_password(
     gated: bool = True,
     servers: int = 10,
     days: int = 7,
-) -> tuple[list[datetime], VicidialLogin]:
+) -> tuple[list[datetime], Vicidial]:
     """Login failure times when `servers` share one wrong password for `days`.
 
     Every server wants a refresh every minute (a one-minute slot). Calls allowed in a
@@ -308,7 +295,7 @@ def simulate_shared_wrong_password(
     succeeding: the worst case, as proven credentials allow a burst.
     """
     start = datetime(2026, 1, 5, tzinfo=UTC)
-    login = VicidialLogin()
+    vicidial = Vicidial(users=[API_USER])
     rng = random.Random(7)
     wait_until: datetime | None = None
     proven = proven_at_start
@@ -323,7 +310,7 @@ def simulate_shared_wrong_password(
                 continue
             in_flight += 1
         for _call in range(in_flight):
-            outcome = login.attempt(now)
+            outcome = call_vicidial(vicidial, now)
             failures.append(now)
             d = decide(
                 outcome,
@@ -338,7 +325,7 @@ def simulate_shared_wrong_password(
             assert d.at is not None
             wait_until = d.at if wait_until is None else max(wait_until, d.at)
             proven = False
-    return failures, login
+    return failures, vicidial
 
 
 def most_in_any_window(times: Sequence[datetime], window: timedelta) -> int:
@@ -361,10 +348,12 @@ def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(
     auth_retry: timedelta, proven_at_start: bool
 ) -> None:
     backoff = Backoff(auth_retry=auth_retry)
-    failures, login = simulate_shared_wrong_password(backoff, proven_at_start=proven_at_start)
+    failures, vicidial = simulate_shared_wrong_password(backoff, proven_at_start=proven_at_start)
     most = most_in_any_window(failures, LOCK_WINDOW)
-    assert most < LOCK_FAILURES, f"{most} failed logins within 15 minutes (auth_retry {auth_retry})"
-    assert Outcome.LOCKED_OUT not in login.answers
+    assert most < LOCK_TRIGGER_ATTEMPTS, (
+        f"{most} failed logins within 15 minutes (auth_retry {auth_retry})"
+    )
+    assert vicidial.lockouts == []
     # At most one login per credentials per auth_retry, after the first burst.
     attempt_minutes = sorted(set(failures))
     gaps = [b - a for a, b in pairwise(attempt_minutes)]
@@ -373,9 +362,12 @@ def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(
 
 
 def test_the_simulation_catches_a_client_that_ignores_the_gate() -> None:
-    failures, login = simulate_shared_wrong_password(DEFAULT, proven_at_start=True, gated=False)
-    assert most_in_any_window(failures, LOCK_WINDOW) >= LOCK_FAILURES
-    assert Outcome.LOCKED_OUT in login.answers
+    # A day is plenty: such a client locks the login in its second minute.
+    failures, vicidial = simulate_shared_wrong_password(
+        DEFAULT, proven_at_start=True, gated=False, days=1
+    )
+    assert most_in_any_window(failures, LOCK_WINDOW) >= LOCK_TRIGGER_ATTEMPTS
+    assert vicidial.lockouts
 
 
 def test_backoff_accepts_short_auth_retry_for_tests() -> None:

@@ -1,0 +1,98 @@
+"""`refreshd simulator`: run a simulator on loopback until Ctrl-C, SIGTERM or a stop event."""
+
+from __future__ import annotations
+
+import gc
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from refreshd.config import is_loopback_host
+from refreshd.simulator.http import Simulator
+from refreshd.simulator.rules import SimServer, SimUser
+from refreshd.simulator.settings import load_simulator_config
+
+__all__ = ["serve"]
+
+
+def serve(
+    listen: str,
+    config: Path | None,
+    *,
+    stop: threading.Event | None = None,
+    allow_remote: bool = False,
+) -> int:
+    """Run a simulator until Ctrl-C, SIGTERM or `stop`; 0 after a clean stop,
+    2 for a bad --listen, 78 for a bad config, 1 when the address cannot be bound."""
+    try:
+        host, port = _parse_listen(listen)
+    except ValueError as exc:
+        print(f"refreshd simulator: --listen {listen!r}: {exc}", file=sys.stderr)
+        return 2
+    if not allow_remote and not is_loopback_host(host):
+        print(
+            f"refreshd simulator: refusing to listen on {host!r}: the simulator accepts any "
+            "password-shaped request and serves its call log, so it listens on loopback "
+            "only (127.0.0.1, ::1 or localhost)",
+            file=sys.stderr,
+        )
+        return 2
+    users: list[SimUser] | None = None
+    servers: list[SimServer] | None = None
+    if config is not None:
+        try:
+            users, servers = load_simulator_config(config)
+        except ValueError as exc:
+            print(f"refreshd simulator: {exc}", file=sys.stderr)
+            return 78
+    sim = Simulator(host=host, port=port, users=users, servers=servers)
+    try:
+        sim.start()
+    except OSError as exc:
+        print(f"refreshd simulator: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    _run_until_stopped(sim, stop if stop is not None else threading.Event())
+    return 0
+
+
+def _run_until_stopped(sim: Simulator, stopped: threading.Event) -> None:
+    """Announce the simulator's address on stdout, then serve until Ctrl-C, SIGTERM or
+    `stopped`, and stop it."""
+    previous: Any = None
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            stopped.set()
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        # As the daemon does: a full garbage collection of the start-up objects would
+        # hold every request for ~20 ms, and the benchmarks time calls by this clock.
+        gc.freeze()
+    try:
+        event = {"event": "simulator.started", "url": sim.url, "api_url": sim.api_url}
+        print(json.dumps(event), flush=True)
+        while not stopped.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
