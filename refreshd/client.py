@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import ssl
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from refreshd import __version__
+from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.core.vicidial import Transport
 
@@ -54,7 +54,7 @@ class Client:
         verify_tls: bool = True,
         pool_size: int = 16,
         max_body: int = MAX_BODY,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = system_clock.monotonic,
     ) -> None:
         self.timeout = timeout
         self.verify_tls = verify_tls

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from refreshd.clock import system_clock
 from refreshd.core.vicidial import redact
 
 __all__ = ["Redactor", "configure", "get_logger", "redactor"]
@@ -59,7 +60,7 @@ def _timestamp(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     event_dict["timestamp"] = (
-        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        system_clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
     return event_dict
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from refreshd.clock import system_clock
 from refreshd.simulator.rules import Answer
 
 __all__ = [
@@ -229,8 +229,8 @@ def _continue_forever(wire: Wire, interval: float) -> None:
     """Informational answers, each a sign of life that resets a per-read timeout, and
     never a final one; until the client hangs up, the simulator stops or
     CONTINUE_FOREVER_SECONDS have passed. Then a reset."""
-    deadline = time.monotonic() + CONTINUE_FOREVER_SECONDS
-    while time.monotonic() < deadline:
+    deadline = system_clock.monotonic() + CONTINUE_FOREVER_SECONDS
+    while system_clock.monotonic() < deadline:
         try:
             wire.write(_CONTINUE)
         except OSError:  # the client has gone

@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         # Called as soon as the request line has been read: the call has arrived.
-        self._received = self.sim._clock()
+        self._received = self.sim._now()
         return super().parse_request()
 
     def do_GET(self) -> None:

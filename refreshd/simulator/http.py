@@ -10,12 +10,12 @@ import contextlib
 import dataclasses
 import socket
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from refreshd.clock import Clock, system_clock
 from refreshd.simulator import faults
 from refreshd.simulator.faults import LOGIN_PAGE_PATH, Fault
 from refreshd.simulator.handler import Server, Server6
@@ -53,7 +53,7 @@ class Simulator:
         port: int = 0,
         users: Sequence[SimUser] | None = None,
         servers: Sequence[SimServer] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = system_clock,
         check_server_ip: bool = False,
         keepalive_interval: float | None = None,
     ) -> None:
@@ -152,7 +152,7 @@ class Simulator:
     # -- control and observation ----------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        now = self._clock()
+        now = self._now()
         with self._lock:
             vicidial, tally, traffic = self._vicidial, self._vicidial.tally, self._traffic
             return {
@@ -272,12 +272,16 @@ class Simulator:
     def _record(self, path: str, fields: Mapping[str, str], kind: str, received: float) -> None:
         """Log a call that never reached the PHP (a fault answered first)."""
         with self._lock:
-            self._log_call(path, Request.parse(fields), kind, self._clock(), received)
+            self._log_call(path, Request.parse(fields), kind, self._now(), received)
+
+    def _now(self) -> float:
+        """The wall clock, in seconds: what the PHP's time() returns."""
+        return self._clock.now().timestamp()
 
     def _php(self, path: str, fields: Mapping[str, str], client_ip: str, received: float) -> Answer:
         """What non_agent_api.php answers to these request fields, with its side effects."""
         req = Request.parse(fields)
-        now = self._clock()
+        now = self._now()
         with self._lock:
             answer = self._vicidial.answer_request(req, client_ip, now)
             self._log_call(path, req, answer.kind, now, received)

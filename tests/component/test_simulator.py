@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
+from refreshd.clock import FakeClock
 from refreshd.simulator import (
     API_PATH,
     FAULT_MODES,
@@ -41,20 +43,9 @@ SUCCESS = b"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - refreshd
 TIMEOUT = 5.0
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(datetime.fromtimestamp(T0, UTC))
 
 
 @pytest.fixture
@@ -246,7 +237,7 @@ def test_ten_failures_within_15_minutes_lock_even_the_right_password(
     sim: Simulator, clock: FakeClock
 ) -> None:
     assert refresh(sim).startswith("SUCCESS")  # stamps the login time
-    clock.advance(60)
+    clock.advance(timedelta(seconds=60))
     assert all("Login incorrect" in a for a in fail_logins(sim, 10))
     assert refresh(sim) == (
         "ERROR: Too many login attempts, try again in 15 minutes: |refreshd|LOCK|\n"
@@ -267,9 +258,9 @@ def test_locked_attempts_do_not_count_as_failures(sim: Simulator, clock: FakeClo
 def test_lock_lifts_15_minutes_after_the_last_login_stamp(sim: Simulator, clock: FakeClock) -> None:
     refresh(sim)
     fail_logins(sim, 10)
-    clock.advance(899)
+    clock.advance(timedelta(seconds=899))
     assert "LOCK" in refresh(sim)
-    clock.advance(2)
+    clock.advance(timedelta(seconds=2))
     assert refresh(sim).startswith("SUCCESS")
     assert sim.stats()["users"]["refreshd"] == {"failed_login_count": 0, "locked": False}
 
@@ -286,7 +277,7 @@ def test_failure_after_an_old_stamp_restarts_the_count(sim: Simulator) -> None:
 def test_stats_list_every_lockout_even_once_lifted(sim: Simulator, clock: FakeClock) -> None:
     assert sim.stats()["lockouts"] == []
     fail_logins(sim, 20)
-    clock.advance(LOCK_SECONDS + 1)
+    clock.advance(timedelta(seconds=LOCK_SECONDS + 1))
     assert refresh(sim).startswith("SUCCESS")
     served = requests.get(sim.url + "/_sim/stats", timeout=TIMEOUT).json()
     assert served["lockouts"] == [{"user": "refreshd", "at": T0, "until": T0 + LOCK_SECONDS}]

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 from refreshd.binding import backoff_of
 from refreshd.client import client_for
+from refreshd.clock import SystemClock
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
 from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
@@ -489,13 +490,15 @@ RUN_SECONDS = 15.0  # 45 simulated minutes: three lock-out windows
 LOCK_WINDOW_SIM = 900.0
 
 
-class ScaledClock:
+class ScaledClock(SystemClock):
+    """The system clock, running `scale` times faster from its creation."""
+
     def __init__(self, scale: float) -> None:
         self.scale = scale
-        self.start = time.time()
+        self.start = super().now()
 
-    def __call__(self) -> float:
-        return self.start + (time.time() - self.start) * self.scale
+    def now(self) -> datetime:
+        return self.start + (super().now() - self.start) * self.scale
 
 
 def _most_in_window(times: Sequence[float], window: float) -> int:
