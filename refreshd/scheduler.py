@@ -134,6 +134,11 @@ class Scheduler:
                 heapq.heappop(self._queue)
             return self._queue[0][0] if self._queue else None
 
+    def target(self, name: str) -> Target:
+        """The request a server's refresh sends, as configured now."""
+        with self._lock:
+            return self._servers[name].target
+
     def run_due(self) -> None:
         """What the timing engine does at the armed instant: fire every server due now."""
         self._wake()

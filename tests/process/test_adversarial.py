@@ -1,7 +1,8 @@
 """Production's worst day, on the real `refreshd run` process: network faults, every VICIdial
-answer in its variants, a lock-out that begins mid-run, bad and unreadable configs, clock
-steps and fifty time zones. Every daemon scenario ends with a secrets audit of everything
-the daemon and its CLI show (stdout, stderr, /metrics, status, history, the state files).
+answer in its variants, bad and unreadable configs, clock steps and fifty time zones (the
+lock-out scenarios run on a fake clock in tests/component/test_loop.py). Every daemon
+scenario ends with a secrets audit of everything the daemon and its CLI show (stdout,
+stderr, /metrics, status, history, the state files).
 
 The fleet, its passwords and the secrets audit live in tests/support/fleet.py.
 docs/RELIABILITY.md lists each scenario with what was observed.
@@ -20,12 +21,9 @@ import subprocess
 import threading
 import time
 import tomllib
-import urllib.error
-import urllib.parse
-import urllib.request
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,11 +36,10 @@ from hypothesis import strategies as st
 
 from refreshd.binding import backoff_of
 from refreshd.client import client_for
-from refreshd.clock import SystemClock
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
 from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
-from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, Simulator, SimUser
+from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH
 from refreshd.views import plan_document
 from tests.support.config import instant, window_from_now
 from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
@@ -50,17 +47,13 @@ from tests.support.fleet import (
     FIGURES,
     PASSWORD,
     PASSWORD_ENV,
-    SECOND_PASSWORD,
-    SECOND_USER,
-    USER,
-    WRONG_PASSWORD,
     Fleet,
     open_fleet,
     report,
 )
 from tests.support.nobody import NobodyDaemon
 from tests.support.ports import refused_port
-from tests.support.simulator import api_path, calls_on, running_simulator
+from tests.support.simulator import api_path, calls_on
 from tests.support.waiting import holds_for
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -405,174 +398,6 @@ def test_every_vicidial_answer_and_its_variants_lead_the_daemon_to_the_right_out
 def test_an_answer_after_a_byte_order_mark_keeps_its_meaning(template: str, outcome: str) -> None:
     body = "\ufeff" + template.format(user="apiuser", password=PASSWORD) + "\r\n"
     assert classify(200, body, secrets=(PASSWORD,)).outcome == Outcome(outcome)
-
-
-# --- lock-outs -----------------------------------------------------------------------------------
-
-
-def _bad_logins(sim: Simulator, user: str, count: int) -> None:
-    """What a person with a wrong password (or an attacker) does: `count` failed logins."""
-    form = urllib.parse.urlencode(
-        {"function": "server_refresh", "user": user, "pass": WRONG_PASSWORD, "source": "person"}
-    ).encode()
-    for _ in range(count):
-        request = urllib.request.Request(sim.api_url, data=form)
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            body = answer.read()
-        # Once the ten failures have locked the login, VICIdial answers LOCK instead.
-        assert b"Login incorrect" in body or b"Too many login attempts" in body, body
-
-
-@pytest.mark.slow
-def test_a_lock_out_that_begins_mid_run_stops_every_attempt_for_at_least_17_minutes(
-    fleet: Fleet,
-) -> None:
-    sim = fleet.sim
-    window = window_from_now(-2, 600)
-    # auth_retry 1m: the 17 minutes must come from the lock-out rule, not from auth_retry.
-    fleet.write(
-        [fleet.server(i, window, every="2s") for i in range(3)],
-        daemon={"spread": "1s"},
-        backoff={"auth_retry": "1m"},
-    )
-    daemon = fleet.start()
-    daemon.wait_for("refresh.succeeded", count=3, timeout=15)
-
-    # Someone types the wrong password ten times: VICIdial locks the login for everyone,
-    # the daemon included, although its password is right. A daemon success between two
-    # bad logins zeroes the count, so repeat the burst until the simulator says locked.
-    for _ in range(5):
-        _bad_logins(sim, USER, 10)
-        if sim.stats()["users"][USER]["locked"]:
-            break
-    assert sim.stats()["users"][USER]["locked"]
-    line = daemon.wait_for("credentials.suspended", timeout=10)[0]
-    locked_at = time.time()
-
-    def late_calls() -> list[dict[str, Any]]:
-        return [c for c in sim.calls() if c["t"] > locked_at + 0.5 and c["user"] == USER]
-
-    holds_for(
-        lambda: late_calls() == [],
-        seconds=6,  # three more runs were due
-        what="no attempt during the lock-out",
-    )
-
-    assert line["outcome"] == "locked_out"
-    assert line["credentials"] == "main"
-    failed = daemon.matching("refresh.failed", outcome="locked_out")
-    assert 1 <= len(failed) <= 3  # calls already in flight when the lock began
-    daemon_locked = [
-        c for c in sim.calls() if c["answer_kind"] == "locked" and c["path"] != API_PATH
-    ]
-    assert len(daemon_locked) == len(failed)
-    # Measured from the locked answer as VICIdial sent it (the log line comes a little later).
-    answered = min(c["t"] for c in daemon_locked)
-    waited = instant(line["suspended_until"]) - datetime.fromtimestamp(answered, UTC)
-    assert waited >= timedelta(minutes=17), waited
-    assert late_calls() == [], "the daemon tried again during the lock-out"
-    status = json.loads(fleet.cli("status", "--json").stdout)
-    for entry in status["servers"]:
-        until = instant(entry["credentials_wait_until"])
-        assert until - datetime.now(UTC) >= timedelta(minutes=16, seconds=50), entry
-        assert instant(entry["next_run"]) >= until, entry
-    fleet.audit(daemon)
-    report(
-        "lock-out mid-run", locked_answers=len(failed), wait_minutes=waited / timedelta(minutes=1)
-    )
-
-
-# Lock-out safety with the real daemon, compressed: the simulator's clock runs SCALE times
-# faster than the wall clock, so its 15-minute lock-out window lasts 900/SCALE real seconds,
-# and auth_retry is divided by SCALE too: the same ratios, a week of risk in seconds.
-SCALE = 180.0
-RUN_SECONDS = 15.0  # 45 simulated minutes: three lock-out windows
-LOCK_WINDOW_SIM = 900.0
-
-
-class ScaledClock(SystemClock):
-    """The system clock, running `scale` times faster from its creation."""
-
-    def __init__(self, scale: float) -> None:
-        self.scale = scale
-        self.start = super().now()
-
-    def now(self) -> datetime:
-        return self.start + (super().now() - self.start) * self.scale
-
-
-def _most_in_window(times: Sequence[float], window: float) -> int:
-    most, first = 0, 0
-    ordered = sorted(times)
-    for last, t in enumerate(ordered):
-        while t - ordered[first] > window:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
-@pytest.mark.slow
-def test_ten_servers_sharing_a_wrong_password_never_lock_the_login(tmp_path: Path) -> None:
-    """Two daemons at once, ten servers each sharing one wrong password: one with the default
-    auth_retry (6 h) and one with the shortest lock-out-safe auth_retry (5 min), both divided
-    by SCALE. tests/unit/test_policy.py simulates a week of the pure policy; this runs the
-    daemon."""
-    clock = ScaledClock(SCALE)
-    users = [SimUser(USER, PASSWORD, user_level=8), SimUser(SECOND_USER, SECOND_PASSWORD)]
-    with running_simulator(users=users, clock=clock) as sim:
-        fleets = {
-            "default 6h": (Fleet(tmp_path / "default", sim), USER, 6 * 3600),
-            "lock-out-safe 5m": (Fleet(tmp_path / "short", sim), SECOND_USER, 5 * 60),
-        }
-        daemons = {}
-        try:
-            for label, (each, user, auth_retry) in fleets.items():
-                each.tmp_path.mkdir()
-                each.config_path = each.tmp_path / "refreshd.toml"
-                each.state_path = each.tmp_path / "state" / "state.db"
-                window = window_from_now(-2, 600)
-                servers = [
-                    {**each.server(i, window), "name": f"{label.split()[0]}-{i}"} for i in range(10)
-                ]
-                each.write(
-                    servers,
-                    credentials={"main": {"user": user, "password_env": "REL_WRONG_PASSWORD"}},
-                    daemon={"metrics_listen": ""},
-                    backoff={"auth_retry": f"{auth_retry / SCALE:.3f}s"},
-                )
-                daemons[label] = each.start()
-            holds_for(
-                lambda: sim.stats()["logins"]["locked"] == 0,
-                seconds=RUN_SECONDS,
-                what="neither login locked in 45 simulated minutes",
-            )
-
-            figures = {}
-            for label, (each, user, auth_retry) in fleets.items():
-                failures = [
-                    c["t"]
-                    for c in sim.calls()
-                    if c["user"] == user and c["answer_kind"] in ("login_incorrect", "locked")
-                ]
-                most = _most_in_window(failures, LOCK_WINDOW_SIM)
-                figures[label] = {"failed_logins": len(failures), "most_in_15_min": most}
-                assert most < 10, (label, most)
-                assert not sim.stats()["users"][user]["locked"], label
-                assert all(c["answer_kind"] != "locked" for c in sim.calls())
-                expected = 1 + RUN_SECONDS * SCALE // auth_retry
-                assert 1 <= len(failures) <= expected + 1, (label, len(failures), expected)
-                each.audit(daemons[label])
-            assert sim.stats()["logins"]["locked"] == 0
-            FIGURES["lock-outs caused"] += sim.stats()["logins"]["locked"]
-            report(
-                "lock-out safety",
-                scale=SCALE,
-                simulated_minutes=RUN_SECONDS * SCALE / 60,
-                **figures,
-            )
-        finally:
-            for each, _, _ in fleets.values():
-                each.close()
 
 
 # --- bad config: generated documents and field values --------------------------------------------
