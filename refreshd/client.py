@@ -18,6 +18,7 @@ from refreshd import __version__
 from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.core.vicidial import Transport
+from refreshd.deadline import DeadlineHTTPPool, DeadlineHTTPSPool, Reaper
 
 __all__ = ["MAX_BODY", "USER_AGENT", "Client", "RawAnswer", "client_for"]
 
@@ -66,6 +67,9 @@ class Client:
         self._headers = {
             **self._session.headers,
             "Content-Type": "application/x-www-form-urlencoded",
+            # A web server that compresses (mod_deflate, nginx gzip on) may do so only when
+            # asked; one that compresses anyway is decoded in _read.
+            "Accept-Encoding": "identity",
         }
         adapter = HTTPAdapter(
             pool_connections=64,
@@ -73,14 +77,32 @@ class Client:
             pool_block=False,
             max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0),
         )
+        adapter.poolmanager.pool_classes_by_scheme = {
+            "http": DeadlineHTTPPool,
+            "https": DeadlineHTTPSPool,
+        }
+        self._reaper = Reaper(monotonic)
         self._adapter = adapter
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
     def call(self, url: str, params: Mapping[str, str]) -> RawAnswer:
-        """One exchange; never raises for network trouble, and its result holds no URL."""
+        """One exchange, over by `timeout` whatever the server sends (connect, TLS, status
+        line, headers and body alike); never raises for network trouble, and its result
+        holds no URL."""
         start = self._monotonic()
         deadline = start + self.timeout
+        with self._reaper.watching(deadline) as watch:
+            answer = self._exchange(url, params, start, deadline)
+        if watch.expired:
+            # The reaper cut it: whatever the broken read looked like (an error, or a body
+            # that just stopped), it was the deadline, and what came is not the answer.
+            return self._failed(Transport.TIMEOUT, start, answer.status)
+        return answer
+
+    def _exchange(
+        self, url: str, params: Mapping[str, str], start: float, deadline: float
+    ) -> RawAnswer:
         try:
             # Prepared directly, not by Session.prepare_request: nothing of the session's
             # (cookies, auth, hooks) is wanted, and merging them cost a third of the
@@ -102,7 +124,14 @@ class Client:
                     verify=self.verify_tls,
                 )
             with response:
-                body, truncated, timed_out = self._read(response, deadline)
+                try:
+                    body, truncated, timed_out = self._read(response, deadline)
+                except urllib3.exceptions.DecodeError:
+                    # Compressed and broken: an answer, but an unreadable one.
+                    encoding = response.headers.get("Content-Encoding", "?")[:20]
+                    text = f"(a body sent with Content-Encoding {encoding} that does not decode)"
+                    elapsed = self._monotonic() - start
+                    return RawAnswer(response.status_code, text, None, elapsed)
                 if timed_out:
                     return self._failed(Transport.TIMEOUT, start, response.status_code)
                 text = body.decode(response.encoding or "utf-8", errors="replace")
@@ -123,12 +152,13 @@ class Client:
         while size < self.max_body:
             if self._monotonic() > deadline:
                 return b"", False, True
-            chunk = raw.read1(min(8192, self.max_body - size))
+            chunk = raw.read1(min(8192, self.max_body - size), decode_content=True)
             if not chunk:
                 return b"".join(chunks), False, False
             chunks.append(chunk)
             size += len(chunk)
-        return b"".join(chunks), True, False
+        # A decoded chunk may run past the cap: the cap is on what we keep, decoded.
+        return b"".join(chunks)[: self.max_body], True, False
 
     def _failed(self, kind: Transport, start: float, status: int | None = None) -> RawAnswer:
         return RawAnswer(status, None, kind, self._monotonic() - start)

@@ -167,6 +167,37 @@ def test_a_trickling_body_times_out_on_the_total_deadline(simulator: Simulator) 
     assert 0.9 <= time.monotonic() - started < 2.5
 
 
+@pytest.mark.parametrize("mode", ["trickle_headers", "continue_forever"])
+def test_a_server_that_never_finishes_its_head_times_out_on_the_total_deadline(
+    simulator: Simulator, mode: str
+) -> None:
+    # A byte of head, or a 100 Continue, every 0.2 s: no read ever waits 1 s, so only the
+    # deadline on the whole call ends it (a trickled head takes ~40 s, 100s go on for 120 s).
+    simulator.set_fault(mode, interval=0.2)
+    started = time.monotonic()
+
+    answer = call(simulator, timeout=1.0)
+
+    assert answer.transport is Transport.TIMEOUT
+    assert answer.body is None
+    assert 0.9 <= time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("mode", ["gzip", "gzip_always"])
+def test_a_compressing_web_server_is_read_as_the_text_it_sent(
+    simulator: Simulator, mode: str
+) -> None:
+    # `gzip` compresses only for a client that accepts it (we ask for identity);
+    # `gzip_always` compresses anyway, and the client decodes it.
+    simulator.set_fault(mode)
+
+    answer = call(simulator)
+
+    assert answer.status == 200
+    assert answer.body is not None
+    assert answer.body.startswith("SUCCESS: server_refresh")
+
+
 def test_a_closed_port_is_a_refused_connection(refused_port: int) -> None:
     answer = call_url(f"http://127.0.0.1:{refused_port}{API_PATH}")
 
