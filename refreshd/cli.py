@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+_FORCE_HELP = (
+    "log in even while a credentials wait runs (after a refused login or a lock-out); "
+    "still one login at a time until one works"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refreshd",
@@ -78,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also probe each credentials' login and permission (side-effect free) and each "
         "server's reachability; exit 1 if any fails",
     )
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.set_defaults(handler=_check)
 
     p = command("refresh", "refresh servers now, outside windows, ignoring suspensions")
@@ -86,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="show the requests (password masked), send none"
     )
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.set_defaults(handler=_refresh)
 
     p = command("plan", "show each server's next runs, from the windows alone")
@@ -178,7 +186,10 @@ def _check(args: argparse.Namespace) -> int:
     log = get_logger()
     store = _open_store(config, log, doing="recording what the probes learn")
     try:
-        lines = online_check(_command_runner(config, store, log))
+        runner = _command_runner(config, store, log)
+        if args.force:
+            runner.set_aside_waits()
+        lines = online_check(runner)
     finally:
         if store is not None:
             store.close()
@@ -226,7 +237,18 @@ def _refresh(args: argparse.Namespace) -> int:
     log = get_logger()
     store = _open_store(config, log, doing="recording this refresh")
     try:
-        results = refresh_now(_command_runner(config, store, log), names)
+        runner = _command_runner(config, store, log)
+        servers = [config.server(name) for name in names]
+        if args.force:
+            runner.set_aside_waits()
+        elif waits := runner.waits_before(servers):
+            for text in waits:
+                print(
+                    f"refreshd refresh: {text}; not refreshing (--force logs in anyway)",
+                    file=sys.stderr,
+                )
+            return EXIT_FAILED
+        results = refresh_now(runner, names)
     finally:
         if store is not None:
             store.close()

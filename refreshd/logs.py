@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
@@ -83,6 +85,42 @@ def _leading_keys(
     return ordered
 
 
+class _Sink:
+    """The log's stream, never raising: a reader that went away (`refreshd refresh | head
+    -1`, a journald restart) must not kill the thread that logs, nor the call it was
+    recording. After the first failed write, lines are dropped and the file descriptor is
+    pointed at /dev/null, so the interpreter's last flush at exit is quiet too."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if not self.lost:
+                try:
+                    self._stream.write(text)
+                except (OSError, ValueError):  # EPIPE, EIO; ValueError: closed
+                    self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self.lost:
+                try:
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+
 def configure(stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog once, in `main`: JSON lines on `stream` (stdout by default)."""
     structlog.configure(
@@ -99,7 +137,7 @@ def configure(stream: TextIO | None = None, level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(_Sink(stream or sys.stdout)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -21,12 +21,12 @@ __all__ = ["ProbeLine", "online_check", "refresh_now"]
 
 
 def refresh_now(runner: Runner, names: Sequence[str]) -> dict[str, Outcome | None]:
-    """Refresh the named servers once, now, outside windows and ignoring suspensions and
-    credentials waits (the operator asked). Still careful with logins: credentials are
-    tried by one call first, so a wrong password costs one failed login, not one per
-    server. Returns each server's outcome; None where no call was made."""
+    """Refresh the named servers once, now, outside windows and ignoring suspensions (the
+    operator asked). Logins go through the runner's gate like the daemon's: none during a
+    credentials wait (the caller may set waits aside for --force), one call at a time
+    until a login works, so a wrong password costs one failed login, not one per server.
+    Returns each server's outcome; None where no call was made."""
     config = runner.config
-    runner.set_aside_waits()
     client = client_for(config)
     dispatcher = Dispatcher(
         client, max_concurrency=config.daemon.max_concurrency, gate=runner, clock=runner.clock

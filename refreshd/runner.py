@@ -69,6 +69,7 @@ class Runner:
         self._ledger = Ledger() if store is None else store.load()
         self._login_fps: dict[str, str] = {}
         self._server_logins: dict[str, str] = {}
+        self._set_aside: dict[str, datetime] = {}  # login -> the wait --force set aside
 
     @property
     def ledger(self) -> Ledger:
@@ -110,8 +111,9 @@ class Runner:
     # --- the login gate ----------------------------------------------------------------
 
     def waiting(self, login: str, now: datetime) -> datetime | None:
-        """The end of the login's wait, if one runs at `now`."""
-        return self._ledger.login(login).waiting_at(now)
+        """The end of the login's wait, if one runs at `now` and binds this process."""
+        until = self._binding_wait(login, self._ledger.login(login))
+        return until if until is not None and until > now else None
 
     def try_start(self, login: str, now: datetime) -> bool:
         """May one more call log in with `login` now? If so it counts as in flight until
@@ -119,7 +121,7 @@ class Runner:
         with self._lock:
             entry = self._ledger.login(login)
             allowed = credentials_attempt_allowed(
-                wait_until=entry.wait_until,
+                wait_until=self._binding_wait(login, entry),
                 logins_in_flight=entry.in_flight,
                 proven=entry.proven,
                 now=now,
@@ -127,6 +129,12 @@ class Runner:
             if allowed:
                 self._set_login(login, replace(entry, in_flight=entry.in_flight + 1))
             return allowed
+
+    def _binding_wait(self, login: str, entry: LoginEntry) -> datetime | None:
+        until = entry.wait_until
+        if until is not None and self._set_aside.get(login) == until:
+            return None  # the operator forced past this very wait
+        return until
 
     def finished(self, login: str) -> None:
         with self._lock:
@@ -143,17 +151,34 @@ class Runner:
             self._set_login(login, replace(entry, proven=True))
             return True
 
+    def waits_before(self, servers: Iterable[ServerConfig]) -> list[str]:
+        """Why these servers' logins may not be tried now: one line per waiting login,
+        saying until when and why (for a one-shot command to refuse with)."""
+        now = self.clock.now()
+        lines: dict[str, str] = {}
+        for server in servers:
+            login = login_key(server)
+            entry = self._ledger.login(login)
+            until = entry.waiting_at(now)
+            if until is not None and login not in lines:
+                when = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+                lines[login] = (
+                    f"credentials {server.credentials!r} wait until {when}: {entry.wait_reason}"
+                )
+        return list(lines.values())
+
     def set_aside_waits(self) -> None:
-        """The operator asked for calls now (`refreshd refresh`): journaled waits do not
-        hold this process back. What its calls learn is still settled and journaled (a
-        success ends the wait, a refused login starts a new one)."""
+        """The operator forced calls now (`--force`): the waits journaled so far do not
+        hold this process back, but the rest of the gate does (one login at a time until
+        one works). What its calls learn is settled and journaled as always: a success ends
+        the wait, a refused login starts a new one, which binds (this process's other calls
+        are skipped)."""
         with self._lock:
-            self._ledger = self._ledger.with_logins(
-                {
-                    key: replace(entry, wait_until=None, wait_reason=None)
-                    for key, entry in self._ledger.logins.items()
-                }
-            )
+            self._set_aside = {
+                key: entry.wait_until
+                for key, entry in self._ledger.logins.items()
+                if entry.wait_until is not None
+            }
 
     def _set_login(self, login: str, entry: LoginEntry) -> None:
         self._ledger = self._ledger.with_logins({login: entry})

@@ -197,3 +197,35 @@ def test_online_check_makes_one_login_per_credentials_across_urls(
 
     assert simulator.stats()["logins"]["failed"] == 1
     assert code == 1
+
+
+def test_online_check_records_a_refused_login_and_then_waits_like_the_daemon(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1", "password_env": "PW"})
+    env = {"PW": WRONG_PASSWORD}
+
+    first = run_refreshd(["check", "--online", "-c", config], env=env)
+    second = run_refreshd(["check", "--online", "-c", config], env=env)
+    manual = run_refreshd(["refresh", "-c", config, "east-1"], env=env)
+
+    assert simulator.stats()["logins"]["failed"] == 1
+    assert (first[0], second[0], manual[0]) == (1, 1, 1)
+    assert "not tried: credentials wait until" in second[1]
+    assert "credentials 'login1' wait until" in manual[2]
+    for code_out_err in (first, second, manual):
+        assert WRONG_PASSWORD not in code_out_err[1] + code_out_err[2]
+
+
+def test_online_check_force_probes_during_a_wait(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1", "password_env": "PW"})
+    run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+
+    code, out, err = run_refreshd(
+        ["check", "--online", "--force", "-c", config], env={"PW": GOOD_PASSWORD}
+    )
+
+    assert code == 0, out + err
+    assert simulator.stats()["logins"]["failed"] == 1

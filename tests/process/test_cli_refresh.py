@@ -321,3 +321,62 @@ def test_no_password_is_written_to_the_state_database(
     stored = b"".join(path.read_bytes() for path in files)
     assert b"east-1" in stored  # the call was recorded here
     assert_nowhere(password, stored.decode("latin-1"))
+
+
+# -- the credentials wait binds the command too ----------------------------------------------
+
+
+def test_eleven_manual_refreshes_with_a_wrong_password_cost_one_failed_login(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    # Each run reads the wait the first one journaled: ten more runs, no more logins.
+    config = write_config({"name": "east-1", "password_env": "PW"})
+
+    runs = [refresh(run_refreshd, config, "east-1", PW=WRONG_PASSWORD) for _ in range(11)]
+
+    assert simulator.stats()["logins"]["failed"] == 1
+    assert simulator.stats()["lockouts"] == []
+    assert [code for code, _, _ in runs] == [1] * 11
+    for _, out, err in runs[1:]:
+        assert out == ""
+        assert "credentials 'login1' wait until" in err
+        assert "login refused" in err
+        assert "--force" in err
+        assert WRONG_PASSWORD not in out + err
+
+
+def test_force_logs_in_during_a_wait_once_for_all_its_servers(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config(
+        *(
+            {"name": f"web-{i}", "path": f"/web{i}{API_PATH}", "password_env": "PW"}
+            for i in range(3)
+        )
+    )
+    refresh(run_refreshd, config, PW=WRONG_PASSWORD)  # refused: the wait starts
+
+    code, out, _ = run_refreshd(
+        ["refresh", "--force", "-c", config, "--all"], env={"PW": WRONG_PASSWORD}
+    )
+
+    assert code == 1
+    assert simulator.stats()["logins"]["failed"] == 2  # one per run, never one per server
+    assert len([x for x in log_lines(out) if x["event"] == "refresh.skipped"]) == 2
+
+
+def test_force_with_the_right_password_ends_the_wait(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1", "password_env": "PW"})
+    refresh(run_refreshd, config, "east-1", PW=WRONG_PASSWORD)
+    # Same login, same password in the file: the wait holds until a forced login works.
+    simulator.update_user("refreshd", password=WRONG_PASSWORD)
+
+    forced = run_refreshd(
+        ["refresh", "--force", "-c", config, "east-1"], env={"PW": WRONG_PASSWORD}
+    )
+    after = refresh(run_refreshd, config, "east-1", PW=WRONG_PASSWORD)
+
+    assert outcomes(forced[1]) == {"east-1": "ok"}
+    assert after[0] == 0, after[2]
