@@ -4,6 +4,8 @@ simulator on loopback, judged by its JSON log lines, its exit code and what the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 
 from refreshd.simulator import API_PATH, Simulator
 from tests.support.config import GOOD_PASSWORD, WriteConfig
-from tests.support.daemon import RunRefreshd
+from tests.support.daemon import RunRefreshd, clean_env
 
 WRONG_PASSWORD = "Wr0ng-Secret_7qX"  # distinctive: a match anywhere can only be a leak
 
@@ -380,3 +382,41 @@ def test_force_with_the_right_password_ends_the_wait(
 
     assert outcomes(forced[1]) == {"east-1": "ok"}
     assert after[0] == 0, after[2]
+
+
+@pytest.mark.parametrize("reader", ["closed at once", "reads one line"])
+def test_a_closed_stdout_neither_hangs_nor_loses_the_call(
+    simulator: Simulator,
+    write_config: WriteConfig,
+    run_refreshd: RunRefreshd,
+    tmp_path: Path,
+    reader: str,
+) -> None:
+    # `refreshd refresh NAME | true` and `| head -1`: the reader is gone before (or while)
+    # the command logs; the call must still be recorded and the command must end.
+    config = write_config({"name": "east-1"}, {"name": "east-2", "server_ip": "10.0.0.12"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refreshd", "refresh", "-c", str(config), "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    if reader == "reads one line":
+        process.stdout.readline()
+    process.stdout.close()
+
+    try:
+        code = process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("refreshd refresh hung on a closed stdout")
+    stderr = process.communicate()[1].decode()
+
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert simulator.stats()["logins"]["ok"] == 2
+    _, out, _ = run_refreshd(["history", "--json", "-c", config])
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(row["server"] for row in rows) == ["east-1", "east-2"]
