@@ -16,6 +16,7 @@ from types import FrameType
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
 from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics, MetricsServer
 from refreshd.runner import Runner
@@ -32,6 +33,8 @@ EXIT_CONFIG = 78
 # The heartbeat proves the scheduling loop alive, feeds the systemd watchdog and notices
 # wall-clock jumps; at most this long apart.
 HEARTBEAT = 10.0
+# A call this many seconds past the client's deadline is stuck: /healthz says 503.
+STUCK_MARGIN = 5.0
 # A wall-clock step larger than this, relative to the monotonic clock, is a jump.
 CLOCK_JUMP = 2.0
 # Restart-only settings: the daemon keeps the running value and says so on reload.
@@ -81,14 +84,29 @@ class Daemon:
             self.log.warning("config.warning", warning=warning)
         self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
         try:
-            store = StateStore(config.daemon.state_path)
-        except StateError as err:
+            lock = InstanceLock(config.daemon.state_path)
+        except LockHeld as err:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
+        except OSError as err:
+            self.log.error(
+                "daemon.failed",
+                error=f"cannot lock {lock_path(config.daemon.state_path)}: "
+                f"{err.strerror or err}; check daemon.state_path's directory",
+            )
+            return EXIT_FAILED
         try:
-            return self._serve(config, store)
+            try:
+                store = StateStore(config.daemon.state_path)
+            except StateError as err:
+                self.log.error("daemon.failed", error=str(err))
+                return EXIT_FAILED
+            try:
+                return self._serve(config, store)
+            finally:
+                store.close()
         finally:
-            store.close()
+            lock.release()
 
     def _serve(self, config: Config, store: StateStore) -> int:
         address = config.daemon.metrics_address
@@ -255,8 +273,14 @@ class Daemon:
     # --- heartbeat ---------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """/healthz: the scheduling loop ran a job recently."""
-        return self.scheduler is not None and self.scheduler.loop_alive(3 * self.heartbeat)
+        """/healthz: the scheduling loop ran a job recently, and no call has outlived its
+        deadline by more than STUCK_MARGIN (one that did holds its login, and with an
+        unproven login every server sharing it)."""
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.loop_alive(3 * self.heartbeat):
+            return False
+        limit = scheduler.config.client.timeout.total_seconds() + STUCK_MARGIN
+        return scheduler.dispatcher.longest_in_flight() <= limit
 
     def _heartbeat(self) -> None:
         """Every `heartbeat` seconds (monotonic, so immune to clock steps): ask the

@@ -76,6 +76,7 @@ class Dispatcher:
         self._by_key: dict[Hashable, Job] = {}
         self._in_flight = 0
         self._skipping = 0
+        self._started: dict[int, float] = {}  # id(job) -> monotonic start, while in flight
         self._stopping = False
         self._workers = [
             threading.Thread(target=self._work, name=f"refresh-{i}", daemon=True)
@@ -95,6 +96,13 @@ class Dispatcher:
     def in_flight(self) -> int:
         with self._cond:
             return self._in_flight
+
+    def longest_in_flight(self) -> float:
+        """Seconds the oldest call in flight has run (0 when none): past the client's
+        deadline, something the deadline cannot cut (a name lookup) holds it."""
+        with self._cond:
+            oldest = min(self._started.values(), default=None)
+        return 0.0 if oldest is None else self._clock.monotonic() - oldest
 
     @property
     def pending(self) -> int:
@@ -177,6 +185,7 @@ class Dispatcher:
         if chosen is not None:
             self._pending.remove(chosen)
             self._in_flight += 1
+            self._started[id(chosen)] = self._clock.monotonic()
         self._skipping += len(skipped)  # until their callbacks have run: not idle yet
         return chosen, skipped
 
@@ -258,4 +267,5 @@ class Dispatcher:
                     self._release(job)
                 with self._cond:
                     self._in_flight -= 1
+                    self._started.pop(id(job), None)
                     self._notify_if_idle()

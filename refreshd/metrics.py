@@ -69,6 +69,11 @@ class Metrics:
         self.in_flight = Gauge(
             "refreshd_calls_in_flight", "Refresh calls in flight now.", registry=r
         )
+        self.longest_call = Gauge(
+            "refreshd_longest_call_seconds",
+            "How long the oldest refresh call in flight has run; 0 when none.",
+            registry=r,
+        )
         self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
         self.info.labels(__version__).set(1)
 

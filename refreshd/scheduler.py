@@ -114,6 +114,7 @@ class Scheduler:
         self._last_loop_beat = clock.monotonic()
         if metrics is not None:
             metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
+            metrics.longest_call.set_function(self.dispatcher.longest_in_flight)
 
     # --- life -------------------------------------------------------------------------
 

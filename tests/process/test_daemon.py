@@ -264,3 +264,37 @@ def test_max_concurrency_bounds_the_calls_in_flight(
     peak = simulator.stats()["peak_in_flight"]
     assert peak <= 2
     assert peak == 2, "the calls never overlapped: the limit was not exercised"
+
+
+# -- one daemon per state file ----------------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_state_file_is_refused_naming_the_first(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(tmp_path, [server(simulator, 0, "00:00-24:00", every="2s")])
+    first = start_daemon(config)
+    first.wait_for("refresh.succeeded", timeout=15)
+
+    second = start_daemon(config)
+
+    assert second.wait(timeout=15) == 1
+    (failed,) = second.matching("daemon.failed")
+    assert f"pid {first.pid}" in failed["error"]
+    assert "daemon.state_path" in failed["error"]
+    assert second.matching("refresh.succeeded") == []
+    assert first.alive()
+
+
+def test_the_lock_of_a_killed_daemon_is_not_stale(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(tmp_path, [server(simulator, 0, "00:00-24:00", every="2s")])
+    first = start_daemon(config)
+    first.wait_for("daemon.started", timeout=15)
+    first.kill()
+
+    second = start_daemon(config)
+
+    second.wait_for("daemon.started", timeout=15)
+    assert second.matching("daemon.failed") == []
