@@ -9,7 +9,7 @@ from refreshd.binding import schedule_of
 from refreshd.config import Config
 from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.slots import Schedule, next_runs
-from refreshd.state import CallRecord, CredentialsWait, ServerState
+from refreshd.store import CallRecord, CredentialsWait, ServerState
 
 __all__ = ["history_rows", "iso", "plan_document", "status_document"]
 
