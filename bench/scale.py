@@ -49,7 +49,7 @@ PHASES = {
     "StateStore.": "state store reads/writes (SQLite)",
     "MetricWrapperBase": "metrics (a next-slot gauge per server)",
     "Gauge.": "metrics (a next-slot gauge per server)",
-    "_blackouts": "window arithmetic: blackouts",
+    "blackouts_between": "window arithmetic: blackouts",
     "next_fire": "window arithmetic: next slot",
     "next_runs": "window arithmetic: next slot",
     "target_of": "target_of (credentials resolved per server)",

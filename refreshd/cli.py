@@ -18,7 +18,7 @@ from refreshd.config import Config, ConfigError, config_warnings, default_config
 from refreshd.core.durations import parse_duration
 from refreshd.core.vicidial import Outcome
 from refreshd.logs import configure, get_logger, redactor
-from refreshd.state import StateError, StateStore
+from refreshd.store import StateError, StateStore
 
 if TYPE_CHECKING:
     from refreshd.runner import Runner

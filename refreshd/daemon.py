@@ -22,7 +22,7 @@ from refreshd.metrics import Metrics, MetricsServer
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
-from refreshd.state import StateError, StateStore
+from refreshd.store import StateError, StateStore
 
 __all__ = ["Daemon", "run"]
 

@@ -30,7 +30,7 @@ from refreshd.core.settle import learn, settle
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
 from refreshd.metrics import Metrics
-from refreshd.state import NewCall, StateError, StateStore
+from refreshd.store import NewCall, StateError, StateStore
 
 __all__ = ["Runner", "login_key", "runner_for"]
 

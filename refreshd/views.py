@@ -8,8 +8,9 @@ from typing import Any
 from refreshd.binding import schedule_of
 from refreshd.config import Config
 from refreshd.core.planning import earliest_start, next_fire
-from refreshd.core.slots import Schedule, next_runs
-from refreshd.state import CallRecord, CredentialsWait, ServerState
+from refreshd.core.runs import next_runs
+from refreshd.core.slots import Schedule
+from refreshd.store import CallRecord, CredentialsWait, ServerState
 
 __all__ = ["history_rows", "iso", "plan_document", "status_document"]
 

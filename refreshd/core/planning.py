@@ -5,15 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from refreshd.core.slots import (
-    Run,
-    Schedule,
-    next_runs,
-    open_until,
-    run_after,
-    run_at_or_before,
-    slot_at,
-)
+from refreshd.core.runs import next_runs, run_after, run_at_or_before
+from refreshd.core.slots import Run, Schedule, open_until, slot_at
 
 __all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
 

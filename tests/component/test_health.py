@@ -16,7 +16,7 @@ from refreshd.config import validate_config
 from refreshd.metrics import Metrics, MetricsServer
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
-from refreshd.state import StateStore
+from refreshd.store import StateStore
 from tests.support.waiting import eventually, holds_for
 
 

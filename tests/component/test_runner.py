@@ -21,7 +21,7 @@ from refreshd.core.policy import LOCKOUT_WAIT, Action, Backoff, Decision
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.runner import Runner, runner_for
-from refreshd.state import StateStore
+from refreshd.store import StateStore
 
 SERVER = "east-1"
 CREDENTIALS = "east"

@@ -26,7 +26,7 @@ from refreshd.core.ledger import Ledger, LoginEntry, ServerEntry
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.runner import Runner
-from refreshd.state import (
+from refreshd.store import (
     DETAIL_MAX,
     RUNS_DONE_EXTRA_KEEP,
     SCHEMA_VERSION,
@@ -36,8 +36,8 @@ from refreshd.state import (
     ServerState,
     StateError,
     StateStore,
-    _explain,
 )
+from refreshd.store.errors import explain
 from tests.support.repo import REPO
 from tests.support.state import integrity, query
 
@@ -672,7 +672,7 @@ def test_the_file_is_private(store: StateStore, path: Path) -> None:
 def test_each_sqlite_failure_is_explained_with_what_to_do(code: int, fix: str) -> None:
     err = sqlite3.OperationalError("some failure")
     err.sqlite_errorcode = code
-    message = _explain(Path("/var/lib/refreshd/state.db"), "record a call", err)
+    message = explain(Path("/var/lib/refreshd/state.db"), "record a call", err)
     assert message.startswith(
         "state file /var/lib/refreshd/state.db: cannot record a call: some failure. "
     )
@@ -685,7 +685,7 @@ def test_each_sqlite_failure_is_explained_with_what_to_do(code: int, fix: str) -
 _AS_NOBODY = """
 import os, sys
 from pathlib import Path
-from refreshd.state import StateError, StateStore
+from refreshd.store import StateError, StateStore
 if os.geteuid() == 0:
     os.setgid(65534)
     os.setuid(65534)
@@ -732,7 +732,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from refreshd.core.ledger import ServerEntry
 from refreshd.core.vicidial import Outcome
-from refreshd.state import NewCall, StateError, StateStore
+from refreshd.store import NewCall, StateError, StateStore
 store = StateStore(Path(sys.argv[1]))
 # A file-size limit stands in for a full disk: writes past it fail like ENOSPC does.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -811,7 +811,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from refreshd.core.ledger import ServerEntry
 from refreshd.core.vicidial import Outcome
-from refreshd.state import NewCall, StateStore
+from refreshd.store import NewCall, StateStore
 store = StateStore(Path(sys.argv[1]))
 slot = datetime.fromisoformat(sys.argv[2])
 for i in range(int(sys.argv[3]), 10**9):

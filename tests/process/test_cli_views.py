@@ -13,7 +13,7 @@ import pytest
 
 from refreshd.core.vicidial import Outcome
 from refreshd.simulator import Simulator
-from refreshd.state import NewCall, StateStore
+from refreshd.store import NewCall, StateStore
 from tests.support.config import (
     GOOD_PASSWORD,
     GOOD_USER,

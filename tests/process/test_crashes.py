@@ -27,7 +27,7 @@ from refreshd.logs import get_logger
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.simulator import API_PATH, Simulator
-from refreshd.state import StateStore
+from refreshd.store import StateStore
 from tests.support.config import instant, window_from_now
 from tests.support.daemon import EXIT_FAILED, EXIT_OK, DaemonProcess
 from tests.support.fleet import FIGURES, Fleet, report

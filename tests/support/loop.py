@@ -19,7 +19,7 @@ from refreshd.core.vicidial import Answer, Attempt, Transport, classify, refresh
 from refreshd.runner import Runner, runner_for
 from refreshd.scheduler import Scheduler
 from refreshd.simulator.rules import SimUser, Vicidial
-from refreshd.state import StateStore
+from refreshd.store import StateStore
 
 USER = "refreshd"
 PASSWORD = "demo-pass-123"

@@ -12,18 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refreshd.core.slots import (
+from refreshd.core.runs import (
     HORIZON,
-    Run,
-    Schedule,
-    Slot,
-    in_blackout,
     next_runs,
-    open_until,
     run_after,
     run_at_or_before,
     run_from,
     runs_of,
+)
+from refreshd.core.slots import (
+    Run,
+    Schedule,
+    Slot,
+    in_blackout,
+    open_until,
     slot_at,
     slots_between,
     spread_offset,

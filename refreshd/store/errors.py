@@ -1,0 +1,57 @@
+"""StateError and what each SQLite failure means to an operator: what went wrong, what to do."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+__all__ = ["BUSY_TIMEOUT", "StateError", "explain"]
+
+BUSY_TIMEOUT = timedelta(seconds=5)
+"""How long a statement waits for another process's lock before failing."""
+
+
+class StateError(Exception):
+    """The state file cannot be used; the message names the file and what to do."""
+
+
+_FIXES: dict[int, str] = {
+    sqlite3.SQLITE_NOTADB: (
+        "It is not a refreshd state database, or it is damaged: stop refreshd and restore "
+        "it from a backup, or move it aside to start with empty state (suspensions and "
+        "done runs are forgotten)."
+    ),
+    sqlite3.SQLITE_FULL: "The disk is full: free space on the file system that holds it.",
+    sqlite3.SQLITE_READONLY: (
+        "It is read-only: give the daemon's user write access to the file and its "
+        "directory (and their -wal and -shm files)."
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "It cannot be opened: check that it and its directory exist and are readable and "
+        "writable by this user, or set daemon.state_path."
+    ),
+    sqlite3.SQLITE_IOERR: (
+        "The operating system refused a read or write: check that the file system is not "
+        "full and the disk is healthy (dmesg)."
+    ),
+    sqlite3.SQLITE_BUSY: (
+        f"Another process held it locked for over {BUSY_TIMEOUT.total_seconds():g} s: is a "
+        "second refreshd using the same state_path?"
+    ),
+}
+_FIXES[sqlite3.SQLITE_CORRUPT] = _FIXES[sqlite3.SQLITE_NOTADB]
+_FIXES[sqlite3.SQLITE_PERM] = _FIXES[sqlite3.SQLITE_READONLY]
+_FIXES[sqlite3.SQLITE_LOCKED] = _FIXES[sqlite3.SQLITE_BUSY]
+_GENERIC_FIX = (
+    "If it persists, stop refreshd and move the file aside to start with empty state "
+    "(suspensions and done runs are forgotten)."
+)
+
+
+def explain(path: Path, doing: str, err: sqlite3.Error) -> str:
+    """The operator's message for `err`, raised while the store tried `doing` on `path`."""
+    # Extended codes (SQLITE_IOERR_WRITE, ...) carry the primary code in the low byte.
+    code = getattr(err, "sqlite_errorcode", None)
+    fix = _GENERIC_FIX if code is None else _FIXES.get(code & 0xFF, _GENERIC_FIX)
+    return f"state file {path}: cannot {doing}: {err}. {fix}"

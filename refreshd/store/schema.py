@@ -1,0 +1,124 @@
+"""The state file's schema: migrations, SCHEMA_VERSION, and the SQL that reads and writes it.
+
+The schema version is `PRAGMA user_version`; `MIGRATIONS[n]` takes a file from version n
+to n+1 in one transaction. Never edit a shipped migration: append one. Every statement
+naming a column is here, next to the tables, so a new column is one file's change (and
+rows.py's, which reads and writes the columns in the order the statements list them).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CALLS_PRUNE",
+    "CALL_INSERT",
+    "CALL_SELECT",
+    "LAST_RUNS_DONE",
+    "MIGRATIONS",
+    "RUNS_DONE_PRUNE",
+    "RUN_DONE_INSERT",
+    "SCHEMA_VERSION",
+    "SERVER_SELECT",
+    "SERVER_UPSERT",
+    "WAIT_DELETE",
+    "WAIT_SELECT",
+    "WAIT_UPSERT",
+]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: the first schema.
+    (
+        """CREATE TABLE servers (
+            name TEXT PRIMARY KEY NOT NULL,
+            last_outcome TEXT,
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            suspended_until TEXT,
+            suspensions INTEGER NOT NULL DEFAULT 0 CHECK (suspensions >= 0),
+            suspension_reason TEXT,
+            config_fingerprint TEXT
+        )""",
+        """CREATE TABLE credentials_waits (
+            name TEXT PRIMARY KEY NOT NULL,
+            waiting_until TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            fingerprint TEXT
+        )""",
+        # One row per (server, due) that succeeded: the scheduler asks this table
+        # before every run, so a restart never refreshes the same slot twice.
+        """CREATE TABLE runs_done (
+            server TEXT NOT NULL REFERENCES servers (name) ON DELETE CASCADE,
+            due TEXT NOT NULL,
+            done_at TEXT NOT NULL,
+            PRIMARY KEY (server, due)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE calls (
+            id INTEGER PRIMARY KEY,
+            server TEXT NOT NULL REFERENCES servers (name) ON DELETE CASCADE,
+            slot_start TEXT,
+            due TEXT,
+            attempt INTEGER NOT NULL CHECK (attempt >= 1),
+            outcome TEXT NOT NULL,
+            at TEXT NOT NULL,
+            duration_ms INTEGER NOT NULL CHECK (duration_ms >= 0),
+            http_status INTEGER,
+            servers_flagged INTEGER,
+            detail TEXT
+        )""",
+        "CREATE INDEX calls_by_time ON calls (at)",
+        "CREATE INDEX calls_by_server_time ON calls (server, at)",
+        "CREATE INDEX runs_done_by_due ON runs_done (due)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes and understands."""
+
+# -- servers ---------------------------------------------------------------------------
+
+SERVER_SELECT = (
+    "SELECT name, last_outcome, last_attempt_at, last_success_at, suspended_until, "
+    "suspensions, suspension_reason, config_fingerprint FROM servers"
+)
+SERVER_UPSERT = (
+    "INSERT INTO servers (name, last_outcome, last_attempt_at, last_success_at, "
+    "suspended_until, suspensions, suspension_reason, config_fingerprint) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "last_outcome = excluded.last_outcome, last_attempt_at = excluded.last_attempt_at, "
+    "last_success_at = excluded.last_success_at, suspended_until = excluded.suspended_until, "
+    "suspensions = excluded.suspensions, suspension_reason = excluded.suspension_reason, "
+    "config_fingerprint = excluded.config_fingerprint"
+)
+
+# -- credentials waits -----------------------------------------------------------------
+
+WAIT_SELECT = "SELECT name, waiting_until, reason, fingerprint FROM credentials_waits"
+WAIT_UPSERT = (
+    "INSERT INTO credentials_waits (name, waiting_until, reason, fingerprint) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "waiting_until = excluded.waiting_until, reason = excluded.reason, "
+    "fingerprint = excluded.fingerprint"
+)
+WAIT_DELETE = "DELETE FROM credentials_waits WHERE name = ?"
+
+# -- runs done -------------------------------------------------------------------------
+
+# OR IGNORE: a second success for the same run (a retry whose first answer was lost)
+# keeps the first time.
+RUN_DONE_INSERT = "INSERT OR IGNORE INTO runs_done (server, due, done_at) VALUES (?, ?, ?)"
+LAST_RUNS_DONE = "SELECT server, MAX(due) FROM runs_done GROUP BY server"
+RUNS_DONE_PRUNE = "DELETE FROM runs_done WHERE due < ?"
+
+# -- calls -----------------------------------------------------------------------------
+
+CALL_INSERT = (
+    "INSERT INTO calls (server, slot_start, due, attempt, outcome, at, "
+    "duration_ms, http_status, servers_flagged, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+CALL_SELECT = (
+    "SELECT id, server, slot_start, due, attempt, outcome, at, duration_ms, "
+    "http_status, servers_flagged, detail FROM calls "
+    "WHERE (:server IS NULL OR server = :server) AND (:since IS NULL OR at >= :since) "
+    "ORDER BY at DESC, id DESC LIMIT :limit"
+)
+CALLS_PRUNE = "DELETE FROM calls WHERE at < ?"
