@@ -33,7 +33,7 @@ from tests.support.daemon import EXIT_FAILED, EXIT_OK, DaemonProcess
 from tests.support.fleet import FIGURES, Fleet, report
 from tests.support.nobody import NobodyDaemon
 from tests.support.simulator import api_path, calls_on
-from tests.support.state import checkpoint, integrity, query
+from tests.support.store import checkpoint, integrity, query
 from tests.support.waiting import eventually, holds_for
 
 pytestmark = pytest.mark.slow

@@ -39,7 +39,7 @@ from refreshd.store import (
 )
 from refreshd.store.errors import explain
 from tests.support.repo import REPO
-from tests.support.state import integrity, query
+from tests.support.store import integrity, query
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
