@@ -26,9 +26,9 @@ class LoginGate(Protocol):
 
     def waiting(self, login: str, now: datetime) -> datetime | None: ...
 
-    def try_start(self, login: str, now: datetime) -> bool: ...
+    def try_start(self, login: str, password: str, now: datetime) -> bool: ...
 
-    def prove(self, login: str) -> bool: ...
+    def prove(self, login: str, password: str) -> bool: ...
 
     def finished(self, login: str) -> None: ...
 
@@ -40,6 +40,9 @@ class Job:
 
     server: str
     login: str
+    """The ledger key of the VICIdial user it logs in as."""
+    password: str
+    """The fingerprint of the password it logs in with (proven or not)."""
     target: Target
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
@@ -173,12 +176,12 @@ class Dispatcher:
                 skipped.append(
                     (
                         job,
-                        f"credentials {job.login!r} refused a login: no call with them "
-                        f"until {until.isoformat().replace('+00:00', 'Z')}",
+                        f"VICIdial user {job.login!r} is waiting after a refused login: no call "
+                        f"with it until {until.isoformat().replace('+00:00', 'Z')}",
                     )
                 )
                 continue
-            if self._gate.try_start(job.login, now):
+            if self._gate.try_start(job.login, job.password, now):
                 chosen = job
                 break
             full.add(job.login)
@@ -247,7 +250,7 @@ class Dispatcher:
                 attempt = self._send_safely(job)
                 outcome = attempt.answer.outcome
                 if outcome in LOGIN_PROVEN:
-                    proven_now = self._gate.prove(job.login)
+                    proven_now = self._gate.prove(job.login, job.password)
                     # The login worked: nothing the recording below can learn would close
                     # the gate, so the next call with these credentials need not wait for it.
                     released = True

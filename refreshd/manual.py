@@ -51,7 +51,8 @@ def refresh_now(runner: Runner, names: Sequence[str]) -> dict[str, Outcome | Non
                 results[server.name] = None
             finished.release()
 
-        return Job(server.name, call.login, target_of(config, server), done, skipped)
+        password = call.login_fingerprint or ""
+        return Job(server.name, call.login, password, target_of(config, server), done, skipped)
 
     try:
         for name in names:
@@ -119,7 +120,7 @@ def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
         elif (until := runner.waiting(call.login, now)) is not None:
             reason = runner.ledger.login(call.login).wait_reason
             not_tried = f"not tried: credentials wait until {_iso(until)} ({reason})"
-        elif not runner.try_start(call.login, now):
+        elif not runner.try_start(call.login, call.login_fingerprint or "", now):
             not_tried = "not tried: another call is logging in with these credentials"
         if not_tried is not None:
             lines.append(ProbeLine("login", subject, server.api_url, False, not_tried, 0))

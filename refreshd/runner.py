@@ -23,7 +23,15 @@ from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, server_fingerprint
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
-from refreshd.core.ledger import Call, Event, Ledger, LoginEntry, ServerEntry
+from refreshd.core.ledger import (
+    Call,
+    Event,
+    Ledger,
+    LoginEntry,
+    Logins,
+    ServerEntry,
+    login_key,
+)
 from refreshd.core.merge import Merged, merge, reconfigure
 from refreshd.core.policy import Decision, credentials_attempt_allowed
 from refreshd.core.settle import learn, settle
@@ -32,12 +40,18 @@ from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.store import NewCall, StateError, StateStore
 
-__all__ = ["Runner", "login_key", "runner_for"]
+__all__ = ["Runner", "logins_of", "runner_for"]
 
 
-def login_key(server: ServerConfig) -> str:
-    """Which ledger entry a server's calls log in with."""
-    return server.credentials
+def logins_of(config: Config) -> Logins:
+    """The config's logins, keyed by VICIdial user across every credentials table."""
+    of_table: dict[str, str] = {}
+    fingerprints: dict[str, set[str]] = {}
+    for name, creds in config.resolved_credentials().items():
+        key = login_key(creds.user)
+        of_table[name] = key
+        fingerprints.setdefault(key, set()).add(credentials_fingerprint(creds))
+    return Logins(of_table, {key: frozenset(fps) for key, fps in fingerprints.items()})
 
 
 class Runner:
@@ -67,7 +81,8 @@ class Runner:
         self._rng = rng or random.Random()
         self._lock = threading.RLock()
         self._ledger = Ledger() if store is None else store.load()
-        self._login_fps: dict[str, str] = {}
+        self._logins = Logins()
+        self._table_fps: dict[str, str] = {}  # credentials table -> its password's fingerprint
         self._server_logins: dict[str, str] = {}
         self._set_aside: dict[str, datetime] = {}  # login -> the wait --force set aside
 
@@ -81,32 +96,41 @@ class Runner:
         self, config: Config, servers: Iterable[ServerConfig], *, changed_logins: Iterable[str]
     ) -> None:
         """Take a (new) config: `servers` are those added or changed (their suspension ends
-        if their config changed), `changed_logins` those whose credentials changed."""
-        fingerprints = {
-            name: credentials_fingerprint(creds)
-            for name, creds in config.resolved_credentials().items()
-        }
+        if their config changed), `changed_logins` the credentials tables that changed."""
+        resolved = config.resolved_credentials()
+        table_fps = {name: credentials_fingerprint(creds) for name, creds in resolved.items()}
+        logins = logins_of(config)
         with self._lock:
             self.config = config
             self.backoff = backoff_of(config.backoff)
-            self._login_fps = fingerprints
-            self._server_logins = {s.name: login_key(s) for s in config.servers}
+            self._logins = logins
+            self._table_fps = table_fps
+            self._server_logins = {s.name: self.login_of(s) for s in config.servers}
             done = reconfigure(
                 self._ledger,
                 server_fingerprints={
-                    s.name: server_fingerprint(config, s, fingerprints[s.credentials])
-                    for s in servers
+                    s.name: server_fingerprint(config, s, table_fps[s.credentials]) for s in servers
                 },
-                login_fingerprints=fingerprints,
-                changed_logins=frozenset(changed_logins),
+                logins=logins,
+                changed_logins=frozenset(logins.of_table[t] for t in changed_logins),
                 now=self.clock.now(),
             )
             self._ledger = done.ledger
             self._journal(done.servers, done.logins)
         self.events.emit(done.events)
 
-    def login_fingerprint(self, login: str) -> str | None:
-        return self._login_fps.get(login)
+    def login_of(self, server: ServerConfig) -> str:
+        """The login (ledger key) a server's calls use: its VICIdial user."""
+        return self._logins.of_table.get(server.credentials) or login_key(
+            self.config.credentials[server.credentials].user
+        )
+
+    def login_name(self, login: str) -> str:
+        """How messages and metrics name a login: its credentials tables."""
+        return self._logins.name(login)
+
+    def login_fingerprint(self, table: str) -> str | None:
+        return self._table_fps.get(table)
 
     # --- the login gate ----------------------------------------------------------------
 
@@ -115,15 +139,16 @@ class Runner:
         until = self._binding_wait(login, self._ledger.login(login))
         return until if until is not None and until > now else None
 
-    def try_start(self, login: str, now: datetime) -> bool:
-        """May one more call log in with `login` now? If so it counts as in flight until
-        `finished`. The one place that answers, for every path."""
+    def try_start(self, login: str, password: str, now: datetime) -> bool:
+        """May one more call log in as `login` with the password fingerprinted `password`
+        now? If so it counts as in flight until `finished`. The one place that answers,
+        for every path."""
         with self._lock:
             entry = self._ledger.login(login)
             allowed = credentials_attempt_allowed(
                 wait_until=self._binding_wait(login, entry),
                 logins_in_flight=entry.in_flight,
-                proven=entry.proven,
+                proven=password in entry.proven,
                 now=now,
             )
             if allowed:
@@ -141,14 +166,14 @@ class Runner:
             entry = self._ledger.login(login)
             self._set_login(login, replace(entry, in_flight=max(0, entry.in_flight - 1)))
 
-    def prove(self, login: str) -> bool:
+    def prove(self, login: str, password: str) -> bool:
         """VICIdial accepted the login: more calls may start at once. True when it just
         became proven."""
         with self._lock:
             entry = self._ledger.login(login)
-            if entry.proven:
+            if password in entry.proven:
                 return False
-            self._set_login(login, replace(entry, proven=True))
+            self._set_login(login, replace(entry, proven=entry.proven | {password}))
             return True
 
     def waits_before(self, servers: Iterable[ServerConfig]) -> list[str]:
@@ -157,13 +182,13 @@ class Runner:
         now = self.clock.now()
         lines: dict[str, str] = {}
         for server in servers:
-            login = login_key(server)
+            login = self.login_of(server)
             entry = self._ledger.login(login)
-            until = entry.waiting_at(now)
+            until = self.waiting(login, now)
             if until is not None and login not in lines:
                 when = until.isoformat(timespec="seconds").replace("+00:00", "Z")
                 lines[login] = (
-                    f"credentials {server.credentials!r} wait until {when}: {entry.wait_reason}"
+                    f"credentials {self.login_name(login)!r} wait until {when}: {entry.wait_reason}"
                 )
         return list(lines.values())
 
@@ -187,12 +212,11 @@ class Runner:
 
     def call_for(self, server: ServerConfig, **where: Any) -> Call:
         """A call's place for `server`; `where`: attempt, slot, due, retry_until."""
-        login = login_key(server)
         return Call(
             server=server.name,
-            login=login,
-            credentials=server.credentials,
-            login_fingerprint=self._login_fps.get(login),
+            login=self.login_of(server),
+            credentials=self._logins.name(self.login_of(server)),
+            login_fingerprint=self._table_fps.get(server.credentials),
             **where,
         )
 
@@ -282,7 +306,7 @@ class Runner:
                 self._ledger,
                 stored,
                 server_logins=self._server_logins,
-                login_fingerprints=self._login_fps,
+                logins=self._logins,
                 now=self.clock.now(),
             )
             self._ledger = merged.ledger

@@ -20,14 +20,14 @@ from refreshd.binding import schedule_of
 from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
-from refreshd.core.ledger import Call, Event, Kind
+from refreshd.core.ledger import Call, Event, Kind, login_key
 from refreshd.core.planning import Next, earliest_start, next_fire, retry_until
 from refreshd.core.policy import Action, Decision
 from refreshd.core.slots import Run, Schedule, open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.metrics import Metrics
-from refreshd.runner import Runner, login_key
+from refreshd.runner import Runner
 
 __all__ = ["Scheduler"]
 
@@ -45,6 +45,7 @@ class _Server:
     config: ServerConfig
     schedule: Schedule
     target: Target
+    login: str  # the ledger key of the VICIdial user it logs in as
     run_next: Next | None = None
     attempts: int = 0  # calls made for run_next.run so far
     generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
@@ -53,10 +54,6 @@ class _Server:
     @property
     def name(self) -> str:
         return self.config.name
-
-    @property
-    def login(self) -> str:
-        return login_key(self.config)
 
 
 class Scheduler:
@@ -244,7 +241,8 @@ class Scheduler:
                 ):
                     changes["kept"].append(name)
                     continue
-                fresh = _Server(server_config, schedule, target)
+                login = login_key(new_credentials[server_config.credentials].user)
+                fresh = _Server(server_config, schedule, target, login)
                 if current is not None:
                     fresh.generation = current.generation + 1
                     fresh.in_flight = current.in_flight
@@ -279,7 +277,8 @@ class Scheduler:
                 self.metrics.last_success.labels(name).set(entry.last_success_at.timestamp())
         for login in {server.login for server in self._servers.values()}:
             waiting = ledger.login(login).waiting_at(now) is not None
-            self.metrics.credentials_waiting.labels(login).set(1 if waiting else 0)
+            label = self.runner.login_name(login)
+            self.metrics.credentials_waiting.labels(label).set(1 if waiting else 0)
 
     def _drop(self, name: str) -> None:
         server = self._servers.pop(name)
@@ -432,6 +431,7 @@ class Scheduler:
         return Job(
             name,
             call.login,
+            call.login_fingerprint or "",
             server.target,
             on_done=lambda attempt: self._done(name, generation, call, attempt),
             on_skipped=lambda reason: self._skipped(name),

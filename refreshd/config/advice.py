@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from refreshd.config.messages import place
 from refreshd.config.models import Config, ServerConfig
 from refreshd.core.durations import format_duration
+from refreshd.core.ledger import login_key
 from refreshd.core.policy import VICIDIAL_LOCKOUT
 
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
@@ -50,7 +51,23 @@ def _credentials_warnings(config: Config) -> list[str]:
             )
         if name not in used:
             warnings.append(f"{where}: not used by any server")
+    warnings.extend(_shared_user_warnings(config))
     return warnings
+
+
+def _shared_user_warnings(config: Config) -> list[str]:
+    """Tables naming one VICIdial user share one lock-out budget (VICIdial counts failed
+    logins per user), which an operator splitting them may not expect."""
+    tables: dict[str, list[str]] = {}
+    for name, table in config.credentials.items():
+        tables.setdefault(login_key(table.user), []).append(name)
+    return [
+        f"credentials {', '.join(names)}: all log in as VICIdial user {user!r}; they share "
+        "one failed-login budget and one credentials wait (VICIdial locks a user after 10 "
+        "failed logins, whatever the password tried)"
+        for user, names in tables.items()
+        if len(names) > 1
+    ]
 
 
 def _client_and_backoff_warnings(config: Config) -> list[str]:

@@ -6,8 +6,9 @@ journal) returns; the store journals the entries that changed, in one transactio
 can rebuild the ledger from disk. Those functions also return what changed as `Event`
 values, which the shell's `events` module turns into log lines and metrics, in one place.
 
-A *login* is keyed by the runner's `login_key`, so every path asks the same entry
-whether a login may be tried.
+A *login* is keyed by the VICIdial user it logs in as (`login_key`), whatever
+`[credentials.NAME]` table or `api_url` names it: VICIdial counts failed logins per user,
+so every table and every path asks the same entry whether a login may be tried.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ __all__ = [
     "Kind",
     "Ledger",
     "LoginEntry",
+    "Logins",
     "ServerEntry",
+    "login_key",
 ]
 
 
@@ -56,15 +59,17 @@ class ServerEntry:
 
 @dataclass(frozen=True)
 class LoginEntry:
-    """One VICIdial login: its wait after a refused login, and whether it is proven good."""
+    """One VICIdial login (a user): its wait after a refused login, and which of the
+    passwords configured for it VICIdial has accepted."""
 
     wait_until: datetime | None = None
     wait_reason: str | None = None
     fingerprint: str | None = None
     """The login (user and password, hashed) the wait was for: a new password ends it."""
-    proven: bool = False
-    """VICIdial accepted this login since this process configured it (never journaled: a
-    restart starts careful)."""
+    proven: frozenset[str] = frozenset()
+    """Fingerprints of the passwords VICIdial accepted for this user since this process
+    configured it, none since a refusal (never journaled: a restart starts careful). A
+    password accepted says nothing of another table's password for the same user."""
     in_flight: int = 0
     """Calls logging in with it now, in this process (never journaled)."""
 
@@ -102,6 +107,25 @@ _EMPTY_SERVER = ServerEntry()
 _EMPTY_LOGIN = LoginEntry()
 
 
+def login_key(user: str) -> str:
+    """The ledger's key for a VICIdial user: MySQL compares user names without case."""
+    return user.casefold()
+
+
+@dataclass(frozen=True)
+class Logins:
+    """The config's logins: the key each `[credentials.NAME]` table logs in with, and the
+    fingerprints of the passwords configured for each key (a wait ends when none of them
+    is the one it was for)."""
+
+    of_table: Mapping[str, str] = field(default_factory=dict)
+    fingerprints: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def name(self, key: str) -> str:
+        """How messages name a login: its tables."""
+        return ", ".join(sorted(t for t, k in self.of_table.items() if k == key)) or key
+
+
 class Kind(enum.StrEnum):
     """What changed; the value is the log line's event name."""
 
@@ -132,7 +156,7 @@ class Call:
     server: str
     login: str
     credentials: str
-    """The `[credentials.NAME]` table, for messages."""
+    """How messages name the login: its `[credentials.NAME]` tables."""
     attempt: int = 1
     slot: Slot | None = None
     """None: a manual `refreshd refresh`."""

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from refreshd.core.ledger import Event, Kind, Ledger, LoginEntry, ServerEntry
+from refreshd.core.ledger import Event, Kind, Ledger, LoginEntry, Logins, ServerEntry
 
 __all__ = ["Merged", "Reconfigured", "merge", "reconfigure"]
 
@@ -25,7 +25,7 @@ def reconfigure(
     ledger: Ledger,
     *,
     server_fingerprints: Mapping[str, str],
-    login_fingerprints: Mapping[str, str],
+    logins: Logins,
     changed_logins: frozenset[str],
     now: datetime,
 ) -> Reconfigured:
@@ -43,35 +43,52 @@ def reconfigure(
             entry = replace(entry, suspended_until=None, suspension_reason=None, suspensions=0)
             events.append(Event(Kind.SERVER_RESUMED, {"server": name, "reason": "config changed"}))
         servers[name] = replace(entry, fingerprint=fingerprint)
-    logins: dict[str, LoginEntry] = {}
-    for key, fingerprint in login_fingerprints.items():
+    changed: dict[str, LoginEntry] = _adopt_table_keyed_waits(ledger, logins)
+    ledger = ledger.with_logins(changed)
+    for key, fingerprints in logins.fingerprints.items():
         login = ledger.login(key)
         fresh = login
         if key in changed_logins:
-            fresh = replace(fresh, proven=False)
-        if fresh.wait_until is not None and not _wait_for(fresh, fingerprint):
+            fresh = replace(fresh, proven=frozenset())
+        if fresh.wait_until is not None and not _wait_for(fresh, fingerprints):
             fresh = replace(fresh, wait_until=None, wait_reason=None, fingerprint=None)
             if login.waiting_at(now) is not None:
-                events.append(
-                    Event(
-                        Kind.CREDENTIALS_RESUMED,
-                        {"credentials": key, "reason": "credentials changed"},
-                    )
-                )
+                fields = {"credentials": logins.name(key), "reason": "credentials changed"}
+                events.append(Event(Kind.CREDENTIALS_RESUMED, fields))
         if fresh != login:
-            logins[key] = fresh
+            changed[key] = fresh
     return Reconfigured(
-        ledger=ledger.with_servers(servers).with_logins(logins),
+        ledger=ledger.with_servers(servers).with_logins(changed),
         servers=servers,
-        logins=logins,
+        logins=changed,
         events=tuple(events),
     )
 
 
-def _wait_for(entry: LoginEntry, fingerprint: str) -> bool:
-    """Whether a wait was for the login configured now (one without a fingerprint, from
+def _adopt_table_keyed_waits(ledger: Ledger, logins: Logins) -> dict[str, LoginEntry]:
+    """State files before logins were keyed by user kept waits under the credentials
+    table's name: such a wait moves to its user (a wait is never dropped by an upgrade)."""
+    moved: dict[str, LoginEntry] = {}
+    for table, key in logins.of_table.items():
+        old = ledger.logins.get(table)
+        if table in logins.fingerprints or old is None or old.wait_until is None:
+            continue
+        mine = moved.get(key) or ledger.login(key)
+        if mine.wait_until is None or mine.wait_until < old.wait_until:
+            moved[key] = replace(
+                mine,
+                wait_until=old.wait_until,
+                wait_reason=old.wait_reason,
+                fingerprint=old.fingerprint,
+            )
+        moved[table] = LoginEntry()  # journaled as the old row's deletion
+    return moved
+
+
+def _wait_for(entry: LoginEntry, fingerprints: frozenset[str]) -> bool:
+    """Whether a wait was for a password configured now (one without a fingerprint, from
     an older state file, is taken to be)."""
-    return entry.fingerprint is None or entry.fingerprint == fingerprint
+    return entry.fingerprint is None or entry.fingerprint in fingerprints
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,7 @@ def merge(
     stored: Ledger,
     *,
     server_logins: Mapping[str, str],
-    login_fingerprints: Mapping[str, str],
+    logins: Logins,
     now: datetime,
 ) -> Merged:
     """Take in what another process (a manual `refreshd refresh`, `check --online`) wrote.
@@ -116,19 +133,24 @@ def merge(
         if merged is not None:
             servers[name] = merged
             events.extend(said)
-    logins: dict[str, LoginEntry] = {}
-    for key, fingerprint in login_fingerprints.items():
+    learnt: dict[str, LoginEntry] = {}
+    for key, fingerprints in logins.fingerprints.items():
         mine_login = ledger.login(key)
         merged_login, said = _merge_login(
-            key, mine_login, stored.login(key), fingerprint, now, worked=key in worked
+            logins.name(key),
+            mine_login,
+            stored.login(key),
+            fingerprints,
+            now,
+            worked=key in worked,
         )
         if merged_login is not None:
-            logins[key] = merged_login
+            learnt[key] = merged_login
             events.extend(said)
     return Merged(
-        ledger=ledger.with_servers(servers).with_logins(logins),
+        ledger=ledger.with_servers(servers).with_logins(learnt),
         servers=frozenset(servers),
-        logins=frozenset(logins),
+        logins=frozenset(learnt),
         events=tuple(events),
     )
 
@@ -185,10 +207,10 @@ def _merge_server(
 
 
 def _merge_login(
-    key: str,
+    name: str,
     mine: LoginEntry,
     theirs: LoginEntry,
-    fingerprint: str,
+    fingerprints: frozenset[str],
     now: datetime,
     *,
     worked: bool,
@@ -197,21 +219,21 @@ def _merge_login(
     if worked and waiting is not None:
         fresh = replace(mine, wait_until=None, wait_reason=None, fingerprint=None)
         reason = "a manual refresh logged in"
-        event = Event(Kind.CREDENTIALS_RESUMED, {"credentials": key, "reason": reason})
+        event = Event(Kind.CREDENTIALS_RESUMED, {"credentials": name, "reason": reason})
         return fresh, [event]
     until = theirs.waiting_at(now)
-    if until is not None and until > (waiting or now) and _wait_for(theirs, fingerprint):
+    if until is not None and until > (waiting or now) and _wait_for(theirs, fingerprints):
         fresh = replace(
             mine,
             wait_until=until,
             wait_reason=theirs.wait_reason,
             fingerprint=theirs.fingerprint,
-            proven=False,
+            proven=frozenset(),
         )
         event = Event(
             Kind.CREDENTIALS_SUSPENDED,
             {
-                "credentials": key,
+                "credentials": name,
                 "suspended_until": until,
                 "reason": f"{theirs.wait_reason} (by a manual refresh)",
             },

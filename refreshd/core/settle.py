@@ -149,13 +149,14 @@ def login_after(entry: LoginEntry, call: Call, outcome: Outcome, decision: Decis
             wait_until=decision.at,
             wait_reason=decision.reason,
             fingerprint=call.login_fingerprint,
-            proven=False,
+            proven=frozenset(),
         )
     if outcome in LOGIN_PROVEN:
         # A login that worked ends any wait (SPEC: a success ends the credentials wait).
-        return replace(entry, proven=True, wait_until=None, wait_reason=None)
+        proven = entry.proven | {call.login_fingerprint or ""}
+        return replace(entry, proven=proven, wait_until=None, wait_reason=None)
     if outcome in REFUSED_LOGIN:
-        return replace(entry, proven=False)
+        return replace(entry, proven=frozenset())
     return entry
 
 

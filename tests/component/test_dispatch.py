@@ -85,7 +85,7 @@ class Collector:
                 self.skipped.append((name, reason))
             self.remaining.release()
 
-        return Job(name, credentials, target, done, skipped)
+        return Job(name, credentials, "pw", target, done, skipped)
 
     def wait(self) -> None:
         for _ in range(self.expected):
@@ -100,7 +100,7 @@ def _dispatcher(send: FakeSend, gate: Runner, n: int) -> Dispatcher:
 def _proven_gate(*names: str) -> Runner:
     gate = _gate()
     for name in names:
-        gate.prove(name)
+        gate.prove(name, "pw")
     return gate
 
 
@@ -220,7 +220,7 @@ def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
     dispatcher.stop(1)
     assert send.sent == ["10.0.0.0"]
     assert len(collector.skipped) == 4
-    assert all("refused a login" in reason for _, reason in collector.skipped)
+    assert all("waiting after a refused login" in reason for _, reason in collector.skipped)
 
 
 def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:

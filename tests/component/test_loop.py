@@ -276,3 +276,30 @@ def test_a_slot_that_ends_while_the_server_is_suspended_is_missed(tmp_path: Path
     (missed,) = loop.log.matching("slot.missed")
     assert (missed["slot"], missed["outcome"]) == (MONDAY + 2 * HOUR, "permission_denied")
     assert [call.at for call in loop.calls] == [MONDAY + 2 * HOUR]
+
+
+def test_tables_and_urls_naming_one_user_share_one_failed_login_budget(tmp_path: Path) -> None:
+    # Two tables for one VICIdial user (one with a stale password) on two web servers of
+    # one cluster: VICIdial counts the user's failures together, and so does refreshd.
+    vicidial = Vicidial(users())
+    servers = [
+        {**spec, "credentials": table, "api_url": f"http://web{n}.test/vicidial/non_agent_api.php"}
+        for n, table in enumerate(("good", "stale"))
+        for spec in numbered(5)
+    ]
+    for index, spec in enumerate(servers):
+        spec["name"] = f"s{index}"
+    config = fleet(
+        servers,
+        credentials={
+            "good": {"user": USER, "password": PASSWORD},
+            "stale": {"user": USER, "password": "stale-password"},
+        },
+        backoff={"auth_retry": "1h"},
+    )
+    with running(config, tmp_path, start=MONDAY, vicidial=vicidial) as loop:
+        loop.run_for(DAY - MINUTE)
+
+    assert vicidial.lockouts == []
+    assert vicidial.tally.logins["failed"] <= 24  # at most one per auth_retry, both tables
+    assert len(loop.log.matching("credentials.suspended")) == vicidial.tally.logins["failed"]

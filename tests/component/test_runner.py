@@ -25,6 +25,7 @@ from refreshd.store import StateStore
 
 SERVER = "east-1"
 CREDENTIALS = "east"
+LOGIN = "refreshd"  # the ledger keys a login by its VICIdial user
 SLOT = Slot(
     start=datetime(2027, 1, 5, 2, 0, tzinfo=UTC),
     end=datetime(2027, 1, 5, 4, 0, tzinfo=UTC),
@@ -191,14 +192,14 @@ def test_a_later_run_of_the_slot_is_logged_with_its_due(store: StateStore) -> No
 
 def test_ok_ends_a_credentials_wait_in_the_store_and_the_ledger(store: StateStore) -> None:
     wait = LoginEntry(NOW + timedelta(hours=1), "login refused", fingerprint())
-    store.journal(servers={}, logins={CREDENTIALS: wait})
+    store.journal(servers={}, logins={LOGIN: wait})
     settling = runner(store)
-    assert settling.waiting(CREDENTIALS, NOW) == NOW + timedelta(hours=1)
+    assert settling.waiting(LOGIN, NOW) == NOW + timedelta(hours=1)
 
     _, logs = record(store, SUCCESS, ctx={}, on=settling)
 
-    assert store.credentials_wait(CREDENTIALS) is None
-    assert settling.waiting(CREDENTIALS, NOW) is None
+    assert store.credentials_wait(LOGIN) is None
+    assert settling.waiting(LOGIN, NOW) is None
     assert only(logs, "credentials.resumed")["credentials"] == CREDENTIALS
 
 
@@ -361,12 +362,12 @@ def test_auth_failed_writes_a_credentials_wait_and_closes_the_gate(store: StateS
 
     record(store, LOGIN_INCORRECT, on=settling)
 
-    wait = store.credentials_wait(CREDENTIALS)
+    wait = store.credentials_wait(LOGIN)
     assert wait is not None
     assert (wait.until, wait.fingerprint) == (NOW + BACKOFF.auth_retry, fingerprint())
     assert "auth_retry" in wait.reason
-    assert settling.waiting(CREDENTIALS, NOW) == NOW + BACKOFF.auth_retry
-    assert not settling.try_start(CREDENTIALS, NOW + timedelta(minutes=1))
+    assert settling.waiting(LOGIN, NOW) == NOW + BACKOFF.auth_retry
+    assert not settling.try_start(LOGIN, fingerprint() or "", NOW + timedelta(minutes=1))
     assert store.server_state(SERVER).suspended_until is None  # the login, not the server
 
 
@@ -378,7 +379,7 @@ def test_locked_out_waits_at_least_the_lock_out_plus_a_margin(store: StateStore)
     line = only(logs, "credentials.suspended")
     assert line["outcome"] == "locked_out"
     assert line["suspended_until"] == NOW + LOCKOUT_WAIT
-    wait = store.credentials_wait(CREDENTIALS)
+    wait = store.credentials_wait(LOGIN)
     assert wait is not None
     assert wait.until == NOW + LOCKOUT_WAIT
 
@@ -406,3 +407,18 @@ def test_without_a_store_the_outcome_is_still_logged() -> None:
 
     assert decision.action is Action.SUSPEND_SERVER
     assert events(logs) == ["refresh.failed", "server.suspended"]
+
+
+def test_a_wait_kept_under_a_tables_name_by_an_older_refreshd_moves_to_its_user(
+    store: StateStore,
+) -> None:
+    wait = LoginEntry(NOW + timedelta(hours=1), "login refused", fingerprint())
+    store.journal(servers={}, logins={CREDENTIALS: wait})
+
+    settling = runner(store)
+
+    assert settling.waiting(LOGIN, NOW) == NOW + timedelta(hours=1)
+    assert store.credentials_wait(CREDENTIALS) is None
+    stored = store.credentials_wait(LOGIN)
+    assert stored is not None
+    assert stored.until == NOW + timedelta(hours=1)

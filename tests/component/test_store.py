@@ -117,7 +117,8 @@ def fleet_config(state_path: Path) -> Config:
         {
             "daemon": {"state_path": str(state_path), "metrics_listen": ""},
             "credentials": {
-                name: {"user": "u", "password": f"p-{name}-1234"} for name in set(FLEET.values())
+                name: {"user": f"u_{name}", "password": f"p-{name}-1234"}
+                for name in set(FLEET.values())
             },
             "servers": [
                 {
@@ -344,9 +345,11 @@ def test_credentials_waits_round_trip_and_clear(store: StateStore) -> None:
 
 
 def test_what_a_process_knows_of_a_login_now_is_not_journaled(store: StateStore) -> None:
-    live = LoginEntry(wait_until=SLOT, wait_reason="auth_failed", proven=True, in_flight=2)
+    live = LoginEntry(
+        wait_until=SLOT, wait_reason="auth_failed", proven=frozenset({"fp"}), in_flight=2
+    )
     store.journal(servers={}, logins={"east": live})
-    assert store.load().login("east") == replace(live, proven=False, in_flight=0)
+    assert store.load().login("east") == replace(live, proven=frozenset(), in_flight=0)
 
 
 def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
@@ -461,23 +464,24 @@ def test_a_success_ends_its_credentials_wait_in_the_same_record(
     store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wait = LoginEntry(wait_until=SLOT + 60 * MIN, wait_reason="auth_failed")
-    store.journal(servers={}, logins={"east": wait, "west": wait})
+    store.journal(servers={}, logins={"u_east": wait, "u_west": wait})
     log = Log()
     runner = runner_at(store, FakeClock(SLOT), log)
     journals = Journals(store, monkeypatch)
     settle(runner, "east-1", Outcome.TRANSIENT)
-    assert reopened(path).logins == {"east": wait, "west": wait}
+    assert reopened(path).logins == {"u_east": wait, "u_west": wait}
     settle(runner, "east-1", Outcome.OK, at=SLOT + MIN)
     # One journal call, one transaction: the success, its done run and the wait's end.
     assert len(journals.calls) == 2
     last = journals.calls[-1]
-    assert last["logins"] == {"east": LoginEntry(proven=True)}
+    password = runner.login_fingerprint("east") or ""
+    assert last["logins"] == {"u_east": LoginEntry(proven=frozenset({password}))}
     assert last["done"] == ("east-1", SLOT)
     ledger = reopened(path)
-    assert ledger.logins == {"west": wait}
+    assert ledger.logins == {"u_west": wait}
     assert ledger.server("east-1").last_success_at == SLOT + MIN
-    assert store.credentials_wait("east") is None
-    assert store.credentials_wait("west") is not None
+    assert store.credentials_wait("u_east") is None
+    assert store.credentials_wait("u_west") is not None
     assert errors(log) == []
 
 

@@ -994,3 +994,19 @@ def test_http_to_a_loopback_address_is_not_warned_about() -> None:
     )
     config = validate_config(data, environ=ENV)
     assert not [w for w in config_warnings(config) if "clear text" in w]
+
+
+def test_two_tables_naming_one_vicidial_user_are_warned_about() -> None:
+    data = base()
+    data["credentials"]["west"] = {"user": "REFRESHD", "password_env": "REFRESHD_EAST_PASSWORD"}
+    data["credentials"]["north"] = {"user": "other", "password_env": "REFRESHD_EAST_PASSWORD"}
+    data["servers"] += [
+        {**data["servers"][0], "name": f"{name}-1", "credentials": name}
+        for name in ("west", "north")
+    ]
+
+    warnings = config_warnings(validate_config(data, environ=ENV))
+
+    (shared,) = [w for w in warnings if "share" in w]
+    assert shared.startswith("credentials east, west: all log in as VICIdial user 'refreshd'")
+    assert "one failed-login budget" in shared
