@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import queue
@@ -89,11 +90,7 @@ class Daemon:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
         except OSError as err:
-            self.log.error(
-                "daemon.failed",
-                error=f"cannot lock {lock_path(config.daemon.state_path)}: "
-                f"{err.strerror or err}; check daemon.state_path's directory",
-            )
+            self.log.error("daemon.failed", error=_lock_error(config.daemon.state_path, err))
             return EXIT_FAILED
         try:
             try:
@@ -323,6 +320,16 @@ class Daemon:
             return
         if removed:
             self.log.info("state.pruned", calls_removed=removed)
+
+
+def _lock_error(state_path: Path, err: OSError) -> str:
+    where = f"cannot create the lock file {lock_path(state_path)}: {err.strerror or err}"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"{where}. The state directory is read-only for this user: give the daemon's "
+            "user write access to it and to the state file, or set daemon.state_path."
+        )
+    return f"{where}. Check that daemon.state_path's directory exists and is writable."
 
 
 def run(config_path: Path, environ: Mapping[str, str] | None = None) -> int:

@@ -118,7 +118,7 @@ def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
             # a second try would only be one more failed login toward a lock-out.
             not_tried = f"not tried: the login was refused at {refused[call.login]}"
         elif (until := runner.waiting(call.login, now)) is not None:
-            reason = runner.ledger.login(call.login).wait_reason
+            reason = runner.why_waiting(call.login, now)
             not_tried = f"not tried: credentials wait until {_iso(until)} ({reason})"
         elif not runner.try_start(call.login, call.login_fingerprint or "", now):
             not_tried = "not tried: another call is logging in with these credentials"

@@ -33,7 +33,7 @@ from refreshd.core.ledger import (
     login_key,
 )
 from refreshd.core.merge import Merged, merge, reconfigure
-from refreshd.core.policy import Decision, credentials_attempt_allowed
+from refreshd.core.policy import FAILED_LOGIN_LIMIT, Decision, credentials_attempt_allowed
 from refreshd.core.settle import learn, settle
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
@@ -135,9 +135,24 @@ class Runner:
     # --- the login gate ----------------------------------------------------------------
 
     def waiting(self, login: str, now: datetime) -> datetime | None:
-        """The end of the login's wait, if one runs at `now` and binds this process."""
-        until = self._binding_wait(login, self._ledger.login(login))
-        return until if until is not None and until > now else None
+        """Until when the login may not be tried, if it may not at `now`: a wait that binds
+        this process, or a spent failed-login budget (which --force does not lift)."""
+        entry = self._ledger.login(login)
+        until = self._binding_wait(login, entry)
+        ends = [t for t in (until, entry.budget_spent_until(now)) if t is not None and t > now]
+        return max(ends, default=None)
+
+    def why_waiting(self, login: str, now: datetime) -> str:
+        """The reason behind `waiting`, for a person."""
+        entry = self._ledger.login(login)
+        spent = entry.budget_spent_until(now)
+        wait = self._binding_wait(login, entry)
+        if spent is not None and (wait is None or wait <= spent):
+            return (
+                f"{FAILED_LOGIN_LIMIT} logins as this user in 15 minutes were refused or got "
+                "no readable answer; VICIdial locks a user at 10"
+            )
+        return entry.wait_reason or "a refused login"
 
     def try_start(self, login: str, password: str, now: datetime) -> bool:
         """May one more call log in as `login` with the password fingerprinted `password`
@@ -146,7 +161,7 @@ class Runner:
         with self._lock:
             entry = self._ledger.login(login)
             allowed = credentials_attempt_allowed(
-                wait_until=self._binding_wait(login, entry),
+                wait_until=self.waiting(login, now),
                 logins_in_flight=entry.in_flight,
                 proven=password in entry.proven,
                 now=now,
@@ -183,12 +198,12 @@ class Runner:
         lines: dict[str, str] = {}
         for server in servers:
             login = self.login_of(server)
-            entry = self._ledger.login(login)
             until = self.waiting(login, now)
             if until is not None and login not in lines:
                 when = until.isoformat(timespec="seconds").replace("+00:00", "Z")
                 lines[login] = (
-                    f"credentials {self.login_name(login)!r} wait until {when}: {entry.wait_reason}"
+                    f"credentials {self.login_name(login)!r} wait until {when}: "
+                    f"{self.why_waiting(login, now)}"
                 )
         return list(lines.values())
 

@@ -292,7 +292,7 @@ class Scheduler:
         return earliest_start(
             now,
             ledger.server(server.name).suspended_until,
-            ledger.login(server.login).waiting_at(now),
+            self.runner.waiting(server.login, now),
         )
 
     def _last_done(self, server: _Server) -> datetime | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from refreshd.binding import schedule_of
 from refreshd.config import Config
+from refreshd.core.ledger import login_key
 from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
@@ -61,7 +62,9 @@ def status_document(
     servers = []
     for server in config.servers:
         state = states.get(server.name, ServerState(server.name))
-        wait = waits.get(server.credentials)
+        # Waits are kept per VICIdial user; an older refreshd kept them per table.
+        user = login_key(config.credentials[server.credentials].user)
+        wait = waits.get(user) or waits.get(server.credentials)
         waiting = wait if wait is not None and wait.until > now else None
         until = state.suspended_until
         suspended = until if until is not None and until > now else None

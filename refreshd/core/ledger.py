@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from refreshd.core.policy import failed_login_budget_until
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Outcome
 
@@ -72,11 +73,19 @@ class LoginEntry:
     password accepted says nothing of another table's password for the same user."""
     in_flight: int = 0
     """Calls logging in with it now, in this process (never journaled)."""
+    failed_logins: tuple[datetime, ...] = ()
+    """When calls as this user were refused, or ended without a readable answer while
+    their password was unproven (each may have been a failed login), since the last
+    login that worked, oldest first; journaled, so every process spends one budget."""
 
     def waiting_at(self, now: datetime) -> datetime | None:
         """The wait's end, if one runs at `now`."""
         until = self.wait_until
         return until if until is not None and until > now else None
+
+    def budget_spent_until(self, now: datetime) -> datetime | None:
+        """The end of a pause after too many (maybe) failed logins, if one runs at `now`."""
+        return failed_login_budget_until(self.failed_logins, now)
 
 
 @dataclass(frozen=True)

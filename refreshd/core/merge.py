@@ -206,6 +206,12 @@ def _merge_server(
     return replace(mine, **changes), events  # type: ignore[arg-type]
 
 
+def _failures_union(mine: LoginEntry, theirs: LoginEntry) -> tuple[datetime, ...]:
+    if set(theirs.failed_logins) <= set(mine.failed_logins):
+        return mine.failed_logins
+    return tuple(sorted({*mine.failed_logins, *theirs.failed_logins}))
+
+
 def _merge_login(
     name: str,
     mine: LoginEntry,
@@ -215,6 +221,12 @@ def _merge_login(
     *,
     worked: bool,
 ) -> tuple[LoginEntry | None, list[Event]]:
+    spent = _failures_union(mine, theirs)
+    if spent != mine.failed_logins:
+        # Another process's calls spent the same budget: each counts once.
+        mine = replace(mine, failed_logins=spent)
+        fresh, said = _merge_login(name, mine, theirs, fingerprints, now, worked=worked)
+        return fresh or mine, said
     waiting = mine.waiting_at(now)
     if worked and waiting is not None:
         fresh = replace(mine, wait_until=None, wait_reason=None, fingerprint=None)

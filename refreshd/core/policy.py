@@ -42,6 +42,7 @@ from refreshd.core.durations import format_duration
 from refreshd.core.vicidial import Outcome
 
 __all__ = [
+    "FAILED_LOGIN_LIMIT",
     "LOCKOUT_MARGIN",
     "LOCKOUT_SAFE_AUTH_RETRY",
     "LOCKOUT_WAIT",
@@ -56,6 +57,7 @@ __all__ = [
     "Decision",
     "credentials_attempt_allowed",
     "decide",
+    "failed_login_budget_until",
     "retry_delay",
     "suspension_length",
 ]
@@ -90,6 +92,24 @@ LOGIN_PROVEN: frozenset[Outcome] = frozenset({Outcome.OK, Outcome.PERMISSION_DEN
 """Outcomes VICIdial only answers after accepting the login, so they prove the
 credentials good. Others prove nothing (`not_found` may be an HTTP 404 from a proxy,
 `transient` never reached VICIdial) or prove them bad (`auth_failed`, `locked_out`)."""
+
+
+FAILED_LOGIN_LIMIT = 3
+"""Calls per VICIdial user, in any `VICIDIAL_LOCKOUT`, that were or may have been failed
+logins: refused ones, and ones that ended without a readable answer (a time-out after
+sending, a reset, a garbled body) while their password was unproven. At the limit, no
+login as the user until the oldest of them is 15 minutes old, whatever the retry back-off
+says and even with --force: a third of VICIdial's 10, for the daemon, the commands and
+an operator's own attempts together."""
+
+
+def failed_login_budget_until(times: tuple[datetime, ...], now: datetime) -> datetime | None:
+    """When the failed-login budget frees up again, if it is spent at `now`: `times` are
+    the user's (maybe) failed logins, oldest first."""
+    recent = [t for t in times if t > now - VICIDIAL_LOCKOUT]
+    if len(recent) < FAILED_LOGIN_LIMIT:
+        return None
+    return recent[-FAILED_LOGIN_LIMIT] + VICIDIAL_LOCKOUT
 
 
 REFUSED_LOGIN: frozenset[Outcome] = frozenset({Outcome.AUTH_FAILED, Outcome.LOCKED_OUT})

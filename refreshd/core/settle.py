@@ -7,10 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from refreshd.core.durations import format_duration
 from refreshd.core.ledger import Call, Event, Kind, Ledger, LoginEntry, ServerEntry
 from refreshd.core.policy import (
+    FAILED_LOGIN_LIMIT,
     LOGIN_PROVEN,
     REFUSED_LOGIN,
+    VICIDIAL_LOCKOUT,
     Action,
     Backoff,
     Decision,
@@ -58,12 +61,16 @@ def settle(
     )
     server = _server_after(before, call, attempt, decision)
     login_before = ledger.login(call.login)
-    login = login_after(login_before, call, outcome, decision)
+    login = login_after(
+        login_before, call, outcome, decision, answer_unreadable=attempt.answer.unreadable
+    )
+    login, paused = _count_failed_login(login, login_before, call, attempt, now)
     logins = {call.login: login} if login != login_before else {}
     run_done = server.last_done != before.last_done
     events = _call_events(call, attempt, decision, was_suspended=before.suspended_until is not None)
     if login_before.waiting_at(now) is not None and login.wait_until is None:
         events += (_resumed_login(call, "a login worked"),)
+    events += paused
     return Settled(
         ledger=ledger.with_servers({call.server: server}).with_logins(logins),
         decision=decision,
@@ -142,7 +149,14 @@ def _server_after(
     return entry
 
 
-def login_after(entry: LoginEntry, call: Call, outcome: Outcome, decision: Decision) -> LoginEntry:
+def login_after(
+    entry: LoginEntry,
+    call: Call,
+    outcome: Outcome,
+    decision: Decision,
+    *,
+    answer_unreadable: bool = False,
+) -> LoginEntry:
     if decision.action is Action.WAIT_CREDENTIALS and decision.at is not None:
         return replace(
             entry,
@@ -152,12 +166,47 @@ def login_after(entry: LoginEntry, call: Call, outcome: Outcome, decision: Decis
             proven=frozenset(),
         )
     if outcome in LOGIN_PROVEN:
-        # A login that worked ends any wait (SPEC: a success ends the credentials wait).
+        # A login that worked ends any wait (SPEC: a success ends the credentials wait),
+        # and VICIdial resets the user's failure count on a good login.
         proven = entry.proven | {call.login_fingerprint or ""}
-        return replace(entry, proven=proven, wait_until=None, wait_reason=None)
+        return replace(entry, proven=proven, wait_until=None, wait_reason=None, failed_logins=())
     if outcome in REFUSED_LOGIN:
         return replace(entry, proven=frozenset())
+    if answer_unreadable:
+        # No answer read: for all we know the password changed on the dialer and this was
+        # a failed login. Proven no more, so the next calls are one at a time and counted.
+        return replace(entry, proven=entry.proven - {call.login_fingerprint or ""})
     return entry
+
+
+def _count_failed_login(
+    login: LoginEntry, before: LoginEntry, call: Call, attempt: Attempt, now: datetime
+) -> tuple[LoginEntry, tuple[Event, ...]]:
+    """A refused login is a failed login; an unreadable answer to an unproven password may
+    have been one. Both are counted, and the third in 15 minutes pauses every login as
+    the user until the oldest of them is 15 minutes old (`policy.FAILED_LOGIN_LIMIT`)."""
+    answer = attempt.answer
+    maybe = answer.unreadable and (call.login_fingerprint or "") not in before.proven
+    if answer.outcome is not Outcome.AUTH_FAILED and not maybe:
+        return login, ()
+    recent = tuple(t for t in login.failed_logins if t > now - VICIDIAL_LOCKOUT)
+    login = replace(login, failed_logins=(*recent, attempt.started_at))
+    until = login.budget_spent_until(now)
+    if until is None or before.budget_spent_until(now) is not None:
+        return login, ()
+    reason = (
+        f"{FAILED_LOGIN_LIMIT} calls in {format_duration(VICIDIAL_LOCKOUT)} were refused or "
+        "ended without a readable answer while the login was unproven (each may have been "
+        "a failed login)"
+    )
+    fields = {
+        "credentials": call.credentials,
+        "server": call.server,
+        "outcome": str(attempt.answer.outcome),
+        "suspended_until": until,
+        "reason": reason,
+    }
+    return login, (Event(Kind.CREDENTIALS_SUSPENDED, fields),)
 
 
 def _call_events(

@@ -64,6 +64,12 @@ _TRANSPORT_TEXT = {
 }
 
 
+# Failures that end a call before any byte of the request left: no login was counted.
+_NEVER_SENT = frozenset(
+    {Transport.CONNECTION_REFUSED, Transport.CONNECTION_FAILED, Transport.TLS_ERROR}
+)
+
+
 def refresh_params(
     user: str, password: str, source: str, server_ip: str | None = None
 ) -> dict[str, str]:
@@ -99,6 +105,15 @@ class Answer:
     detail: str  # short, redacted, human: what was seen
     http_status: int | None = None
     servers_flagged: int | None = None
+    reached: bool = True
+    """Whether the request may have reached VICIdial's PHP (and so counted a login): only
+    a refused or failed connection, or a failed TLS handshake, prove it did not."""
+
+    @property
+    def unreadable(self) -> bool:
+        """No readable answer although the request may have been read: for a login not
+        yet proven, it may have been a failed one."""
+        return self.reached and self.outcome in (Outcome.TRANSIENT, Outcome.UNEXPECTED)
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,8 @@ def classify(
 ) -> Answer:
     """One call's outcome from what came back. Never raises, whatever the bytes."""
     if transport is not None:
-        return Answer(Outcome.TRANSIENT, _TRANSPORT_TEXT[transport], status)
+        reached = transport not in _NEVER_SENT
+        return Answer(Outcome.TRANSIENT, _TRANSPORT_TEXT[transport], status, reached=reached)
     text = body or ""
     if status is not None and not 200 <= status < 300:
         outcome = _status_outcome(status)

@@ -217,6 +217,10 @@ class Simulator:
         with self._lock:
             return self._vicidial.update_user(name, **changes)
 
+    def add_user(self, user: SimUser) -> None:
+        with self._lock:
+            self._vicidial.add_user(user)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()

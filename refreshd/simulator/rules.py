@@ -200,6 +200,13 @@ class Vicidial:
         self._users[name] = user
         return user
 
+    def add_user(self, user: SimUser) -> None:
+        """A new row in vicidial_users, as an administrator adds one."""
+        if user.user in self._users:
+            raise ValueError(f"simulator user {user.user!r} exists already")
+        self._users[user.user] = user
+        self._logins[user.user] = _LoginState()
+
     def reset(self) -> None:
         """Login state, lock-outs, flags and the tally back to a fresh start."""
         self._logins = {name: _LoginState() for name in self._logins}

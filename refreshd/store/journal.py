@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -142,6 +143,7 @@ class StateStore:
             server_rows = conn.execute(f"{schema.SERVER_SELECT} ORDER BY name").fetchall()
             done = dict(conn.execute(schema.LAST_RUNS_DONE))
             wait_rows = conn.execute(f"{schema.WAIT_SELECT} ORDER BY name").fetchall()
+            failure_rows = conn.execute(schema.FAILED_SELECT).fetchall()
         servers = {}
         for row in server_rows:
             state = rows.server_state(row)
@@ -153,6 +155,12 @@ class StateStore:
         for row in wait_rows:
             wait = rows.credentials_wait(row)
             logins[wait.name] = rows.login_entry(wait)
+        failures: dict[str, list[datetime]] = {}
+        for login, at in failure_rows:
+            failures.setdefault(str(login), []).append(rows.time(str(at)))
+        for login, times in failures.items():
+            entry = logins.get(login) or LoginEntry()
+            logins[login] = replace(entry, failed_logins=tuple(times))
         return Ledger(servers, logins)
 
     def journal(
@@ -174,19 +182,25 @@ class StateStore:
                     schema.SERVER_UPSERT, [rows.server_row(n, e) for n, e in servers.items()]
                 )
             for key, login in logins.items():
-                if login.wait_until is None:
-                    conn.execute(schema.WAIT_DELETE, (key,))
-                    continue
-                conn.execute(
-                    schema.WAIT_UPSERT,
-                    (key, rows.text(login.wait_until), login.wait_reason or "", login.fingerprint),
-                )
+                self._journal_login(conn, key, login)
             if done is not None and call is not None:  # (both, checked above)
                 conn.execute(
                     schema.RUN_DONE_INSERT, (done[0], rows.text(done[1]), rows.text(call.at))
                 )
             if call is not None:
                 conn.execute(schema.CALL_INSERT, rows.call_row(call))
+
+    @staticmethod
+    def _journal_login(conn: sqlite3.Connection, key: str, login: LoginEntry) -> None:
+        if login.wait_until is None:
+            conn.execute(schema.WAIT_DELETE, (key,))
+        else:
+            conn.execute(
+                schema.WAIT_UPSERT,
+                (key, rows.text(login.wait_until), login.wait_reason or "", login.fingerprint),
+            )
+        conn.execute(schema.FAILED_DELETE, (key,))
+        conn.executemany(schema.FAILED_INSERT, [(key, rows.text(at)) for at in login.failed_logins])
 
     def changed_by_others(self) -> bool:
         """Whether another connection (a manual `refreshd refresh`, say) committed to the

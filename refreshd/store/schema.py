@@ -12,6 +12,9 @@ __all__ = [
     "CALLS_PRUNE",
     "CALL_INSERT",
     "CALL_SELECT",
+    "FAILED_DELETE",
+    "FAILED_INSERT",
+    "FAILED_SELECT",
     "LAST_RUNS_DONE",
     "MIGRATIONS",
     "RUNS_DONE_PRUNE",
@@ -68,6 +71,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX calls_by_server_time ON calls (server, at)",
         "CREATE INDEX runs_done_by_due ON runs_done (due)",
     ),
+    # 1 -> 2: calls that were, or may have been, failed logins, per login (the VICIdial
+    # user), so that every process spends one budget of them.
+    (
+        """CREATE TABLE failed_logins (
+            login TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (login, at)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -99,6 +111,12 @@ WAIT_UPSERT = (
     "fingerprint = excluded.fingerprint"
 )
 WAIT_DELETE = "DELETE FROM credentials_waits WHERE name = ?"
+
+# -- failed logins ---------------------------------------------------------------------
+
+FAILED_SELECT = "SELECT login, at FROM failed_logins ORDER BY login, at"
+FAILED_DELETE = "DELETE FROM failed_logins WHERE login = ?"
+FAILED_INSERT = "INSERT OR IGNORE INTO failed_logins (login, at) VALUES (?, ?)"
 
 # -- runs done -------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ and store, VICIdial's pure rules in-process. Days of schedule run in millisecond
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from refreshd.core.policy import LOCKOUT_WAIT
@@ -16,6 +16,7 @@ from tests.support.loop import (
     http_error,
     numbered,
     running,
+    timeout_answer,
     users,
 )
 
@@ -303,3 +304,38 @@ def test_tables_and_urls_naming_one_user_share_one_failed_login_budget(tmp_path:
     assert vicidial.lockouts == []
     assert vicidial.tally.logins["failed"] <= 24  # at most one per auth_retry, both tables
     assert len(loop.log.matching("credentials.suspended")) == vicidial.tally.logins["failed"]
+
+
+def test_a_vicidial_slower_than_the_timeout_with_a_changed_password_never_locks(
+    tmp_path: Path,
+) -> None:
+    # The PHP counts each failed login, then the answer comes after the client gave up:
+    # refreshd sees only time-outs, which the retry back-off alone would repeat every few
+    # seconds. At most 3 such calls per user in any 15 minutes.
+    vicidial = Vicidial(users())
+    config = fleet(
+        numbered(5),
+        credentials={"main": {"user": USER, "password": "changed-on-the-dialer"}},
+        backoff={"retry_initial": "1s", "retry_max": "2s"},
+    )
+    with running(config, tmp_path, start=MONDAY, vicidial=vicidial) as loop:
+        loop.fault = lambda n: timeout_answer()
+        loop.fault_after_login = True
+        loop.run_for(DAY - MINUTE)
+
+    assert vicidial.lockouts == []
+    times = sorted(call.at for call in loop.calls)
+    assert max_in_any(times, timedelta(minutes=15)) <= 3
+    paused = loop.log.matching("credentials.suspended")
+    assert paused
+    assert "without a readable answer" in paused[0]["reason"]
+
+
+def max_in_any(times: list[datetime], window: timedelta) -> int:
+    """The most instants inside any half-open span of `window`."""
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most

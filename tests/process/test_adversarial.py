@@ -39,12 +39,13 @@ from refreshd.client import client_for
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
 from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
-from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH
+from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimUser
 from refreshd.views import plan_document
 from tests.support.config import instant, window_from_now
 from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
 from tests.support.fleet import (
     FIGURES,
+    MAIN,
     PASSWORD,
     PASSWORD_ENV,
     Fleet,
@@ -92,8 +93,17 @@ def test_every_network_fault_ends_in_its_outcome_and_is_retried_inside_the_slot(
     for index, (mode, _, _) in enumerate(FAULTS):
         sim.set_fault(mode, path=api_path(index), count=1)
     sim.set_fault("php_warning", path=api_path(php), count=1)
+    # One VICIdial user per faulty server: a user whose calls get no readable answer is
+    # paused after three (tests/component/test_loop.py), and here each fault is retried.
+    credentials = dict(MAIN)
+    for index in range(len(FAULTS)):
+        user, password = f"fault-{index}", f"fault-pass-{index}"
+        sim.add_user(SimUser(user, password, user_level=8))
+        credentials[f"fault{index}"] = {"user": user, "password": password}
+        servers[index]["credentials"] = f"fault{index}"
     fleet.write(
         servers,
+        credentials=credentials,
         client={"timeout": "1s"},
         backoff={"retry_initial": "1s", "retry_max": "2s"},
     )
