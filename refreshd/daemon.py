@@ -102,6 +102,10 @@ class Daemon:
                 return self._serve(config, store)
             finally:
                 store.close()
+                # A file written anew after the old one was deleted under us (check_store).
+                current = self.scheduler.runner.store if self.scheduler else None
+                if current is not None and current is not store:
+                    current.close()
         finally:
             lock.release()
 
@@ -301,6 +305,7 @@ class Daemon:
                 self.log.warning("clock.jumped", seconds=round(drift, 3))
                 scheduler.replan_all()
             try:
+                scheduler.runner.check_store()  # deleted or replaced under us?
                 scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
             except StateError as err:
                 self.log.error("state.error", error=str(err))

@@ -308,6 +308,31 @@ class Runner:
                 fields.update(server=call.server, outcome=str(outcome))
             self.log.error("state.error", **fields)
 
+    # --- the state file under us --------------------------------------------------------
+
+    def check_store(self) -> None:
+        """If the state file was deleted or replaced under this process, say so and write
+        the ledger out again to a file at its path: our journal went to the old inode,
+        where a restart would not find it, and would then refresh done slots again.
+        Raises StateError when the new file cannot be written."""
+        store = self.store
+        if store is None or store.readonly:
+            return
+        what = store.replaced()
+        if what is None:
+            return
+        self.log.error(
+            "state.error",
+            error=f"state file {store.path} was {what} while refreshd ran",
+            fix="writing the ledger out again to a new file at that path",
+        )
+        fresh = type(store)(store.path)
+        with self._lock:
+            fresh.restore(self._ledger, self.clock.now())
+            self.store = fresh
+        store.close()
+        self.log.info("state.restored", path=str(store.path), servers=len(self._ledger.servers))
+
     # --- other processes ---------------------------------------------------------------
 
     def sync(self) -> Merged | None:

@@ -66,9 +66,41 @@ class StateStore:
             self._migrate()
             self._check_integrity()
             self._data_version = self._read_data_version()
+            self._identity = _identity(path)
         except BaseException:
             self._conn.close()
             raise
+
+    def replaced(self) -> str | None:
+        """Whether the file this store writes is still the one at its path: None if it
+        is, else what happened ("deleted", "replaced"). A deleted or replaced file keeps
+        taking our writes into the old inode, where no restart would find them."""
+        try:
+            identity = _identity(self._path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as err:
+            return f"unreadable ({err.strerror or err})"
+        return None if identity == self._identity else "replaced"
+
+    def restore(self, ledger: Ledger, at: datetime) -> None:
+        """Write a whole ledger in one transaction: every server (its latest done run
+        marked done at `at`) and every login. For a file created anew under a running
+        daemon, so that a restart still knows what is done."""
+        with self._write("write the ledger out again") as conn:
+            conn.executemany(
+                schema.SERVER_UPSERT, [rows.server_row(n, e) for n, e in ledger.servers.items()]
+            )
+            conn.executemany(
+                schema.RUN_DONE_INSERT,
+                [
+                    (name, rows.text(entry.last_done), rows.text(at))
+                    for name, entry in ledger.servers.items()
+                    if entry.last_done is not None
+                ],
+            )
+            for key, login in ledger.logins.items():
+                self._journal_login(conn, key, login)
 
     def _check_integrity(self) -> None:
         """A damaged page would otherwise surface later, in the middle of a refresh. The
@@ -129,6 +161,10 @@ class StateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
 
     @property
     def path(self) -> Path:
@@ -343,6 +379,12 @@ class StateStore:
             yield
         except sqlite3.Error as err:
             raise StateError(explain(self._path, doing, err)) from err
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The file at `path`, as the file system knows it (device, inode)."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def _create_private_file(path: Path) -> None:

@@ -422,3 +422,33 @@ def test_a_wait_kept_under_a_tables_name_by_an_older_refreshd_moves_to_its_user(
     stored = store.credentials_wait(LOGIN)
     assert stored is not None
     assert stored.until == NOW + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_state_file_deleted_or_replaced_under_the_runner_is_written_out_again(
+    tmp_path: Path, how: str
+) -> None:
+    path = tmp_path / "state.db"
+    with StateStore(path) as store:
+        settling = runner(store)
+        record(store, SUCCESS, on=settling)  # the slot's run is done
+        record(store, LOGIN_INCORRECT, ctx={}, on=settling)  # and the user waits
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            StateStore(path).close()  # an empty file where ours was
+
+        with capture_logs() as logs:
+            settling.check_store()
+            settling.check_store()  # the new file is ours: nothing more to do
+
+        (error,) = [line for line in logs if line["event"] == "state.error"]
+        assert how in error["error"]
+        assert [line["event"] for line in logs].count("state.restored") == 1
+        assert settling.store is not store
+        assert settling.store is not None
+        settling.store.close()
+    with StateStore(path) as reopened:
+        ledger = reopened.load()
+    assert ledger.server(SERVER).last_done == SLOT.start
+    assert ledger.login(LOGIN).wait_until == NOW + BACKOFF.auth_retry

@@ -298,3 +298,24 @@ def test_the_lock_of_a_killed_daemon_is_not_stale(
 
     second.wait_for("daemon.started", timeout=15)
     assert second.matching("daemon.failed") == []
+
+
+def test_a_state_file_deleted_under_the_daemon_is_written_again_and_a_restart_refreshes_nothing(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    config = write_config(tmp_path, [server(simulator, 0, window_from_now(-1, 600))])
+    first = start_daemon(config)
+    first.wait_for("refresh.succeeded", timeout=15)
+    state = state_dir(tmp_path) / "state.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state}{suffix}").unlink(missing_ok=True)
+
+    (error,) = first.wait_for("state.error", timeout=25)  # at the next heartbeat
+    first.wait_for("state.restored", timeout=5)
+    assert "deleted" in error["error"]
+    assert first.stop() == 0
+    second = start_daemon(config)
+    second.wait_for("daemon.started", timeout=15)
+
+    holds_for(lambda: total_requests(simulator) == 1, seconds=2, what="one refresh per slot")
+    assert second.matching("refresh.succeeded") == []
