@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
-from refreshd.core.ledger import Event, Kind
+from refreshd.core.ledger import Event, Kind, Ledger
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.metrics import Metrics
 
@@ -46,6 +47,26 @@ class Events:
         if attempt.answer.outcome is Outcome.OK:
             self.metrics.last_success.labels(server).set(attempt.started_at.timestamp())
             self.metrics.credentials_waiting.labels(credentials).set(0)
+
+    def show(
+        self,
+        ledger: Ledger,
+        servers: Iterable[str],
+        logins: Mapping[str, str],
+        now: datetime,
+    ) -> None:
+        """Set the gauges from a ledger (at start): `logins` maps each key to its name."""
+        m = self.metrics
+        if m is None:
+            return
+        for name in servers:
+            entry = ledger.server(name)
+            m.suspended.labels(name).set(1 if entry.suspended_at(now) is not None else 0)
+            if entry.last_success_at is not None:
+                m.last_success.labels(name).set(entry.last_success_at.timestamp())
+        for key, label in logins.items():
+            waiting = ledger.login(key).waiting_at(now) is not None
+            m.credentials_waiting.labels(label).set(1 if waiting else 0)
 
     def _count(self, event: Event) -> None:
         m = self.metrics

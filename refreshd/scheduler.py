@@ -1,19 +1,12 @@
-"""APScheduler wiring: every server's next start in one queue, one dated job for the earliest."""
+"""The daemon's schedule: when each server runs next, firing it, and what follows its outcome."""
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from refreshd.attempt import Target, target_of
 from refreshd.binding import schedule_of
@@ -21,13 +14,14 @@ from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import Call, Event, Kind, login_key
-from refreshd.core.planning import Next, earliest_start, next_fire, retry_until
+from refreshd.core.planning import Next, earliest_start, missed_slot, next_fire, retry_until
 from refreshd.core.policy import Action, Decision
 from refreshd.core.slots import Run, Schedule, open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner
+from refreshd.timer import Timer
 
 __all__ = ["Scheduler"]
 
@@ -93,22 +87,9 @@ class Scheduler:
             clock=clock,
             send=send,
         )
-        self._aps = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(2)},
-            job_defaults={
-                # Never drop a wake-up because the process woke late: the re-check at fire
-                # time decides whether a run may still start (window, blackout, suspension).
-                "misfire_grace_time": None,
-                "coalesce": True,
-            },
-        )
         self._servers: dict[str, _Server] = {}
-        self._queue: list[tuple[datetime, int, str, int]] = []  # (at, seq, server, generation)
-        self._seq = itertools.count()
-        self._armed: tuple[datetime, str] | None = None  # the wake job in APScheduler
+        self._timer = Timer(clock, self._wake, self._generation_of)
         self._stopping = False
-        self._last_loop_beat = clock.monotonic()
         if metrics is not None:
             metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
             metrics.longest_call.set_function(self.dispatcher.longest_in_flight)
@@ -118,7 +99,7 @@ class Scheduler:
     def start(self) -> None:
         """Plan every server from the ledger, start the timing engine."""
         self.prepare()
-        self._aps.start()
+        self._timer.start()
 
     def prepare(self) -> None:
         """Plan every server from the ledger, without starting the timing engine: a test
@@ -128,9 +109,7 @@ class Scheduler:
     def next_wake(self) -> datetime | None:
         """The earliest queued instant, the one the timing engine is armed for."""
         with self._lock:
-            while self._queue and self._stale(self._queue[0]):
-                heapq.heappop(self._queue)
-            return self._queue[0][0] if self._queue else None
+            return self._timer.next_wake()
 
     def target(self, name: str) -> Target:
         """The request a server's refresh sends, as configured now."""
@@ -145,14 +124,7 @@ class Scheduler:
         """No new calls; calls in flight get `grace` seconds. True if all finished."""
         with self._lock:
             self._stopping = True
-        # APScheduler marks itself stopped without its job-store lock, so a pass already
-        # running would fail to remove its finished job and die with a traceback. Paused,
-        # no new pass starts; removing the jobs waits out the one running (it holds that
-        # lock); then nothing is left for a pass to remove.
-        if self._aps.running:
-            self._aps.pause()
-            self._aps.remove_all_jobs()
-            self._aps.shutdown(wait=False)
+        self._timer.stop()
         finished = self.dispatcher.stop(grace)
         for client in (self._client, *self._retired_clients):
             client.close()
@@ -167,13 +139,10 @@ class Scheduler:
     def loop_beat(self) -> None:
         """Ask the timing engine to run a tiny job now; it proves the loop is alive."""
         if not self._stopping:
-            self._aps.add_job(self._beat, id="beat", replace_existing=True)
-
-    def _beat(self) -> None:
-        self._last_loop_beat = self._clock.monotonic()
+            self._timer.beat()
 
     def loop_alive(self, within: float) -> bool:
-        return self._clock.monotonic() - self._last_loop_beat <= within
+        return self._timer.alive(within)
 
     def replan_all(self) -> None:
         """Re-plan every server not in flight (after a wall-clock jump, say)."""
@@ -185,7 +154,7 @@ class Scheduler:
                     self._plan(server, now, memo)
             # The timing engine computed its sleep from the old wall clock: after a forward
             # step it would oversleep, so give it a fresh wake-up to compute from.
-            self._arm(force=True)
+            self._timer.arm(force=True)
 
     def sync_from_store(self) -> None:
         """Take in what another process (a manual `refreshd refresh`) journaled, and
@@ -258,27 +227,11 @@ class Scheduler:
             memo: _PlanMemo = {}
             for server in to_plan:
                 self._plan(server, now, memo)
+        if initial:
+            self.runner.show_ledger(self._servers, now)
         if self.metrics is not None:
-            if initial:
-                self._show_ledger(now)
             self.metrics.forget_servers(self._servers)
         return changes
-
-    def _show_ledger(self, now: datetime) -> None:
-        """Metrics carried over a restart: a suspension, a wait or a last success is news
-        to the scrape even though no call has been made yet."""
-        assert self.metrics is not None
-        ledger = self.runner.ledger
-        for name in self._servers:
-            entry = ledger.server(name)
-            suspended = entry.suspended_at(now) is not None
-            self.metrics.suspended.labels(name).set(1 if suspended else 0)
-            if entry.last_success_at is not None:
-                self.metrics.last_success.labels(name).set(entry.last_success_at.timestamp())
-        for login in {server.login for server in self._servers.values()}:
-            waiting = ledger.login(login).waiting_at(now) is not None
-            label = self.runner.login_name(login)
-            self.metrics.credentials_waiting.labels(label).set(1 if waiting else 0)
 
     def _drop(self, name: str) -> None:
         server = self._servers.pop(name)
@@ -325,13 +278,10 @@ class Scheduler:
         self._queue_at(server, chosen.at)
 
     def _note_if_missed(self, server: _Server, previous: Run, chosen: Next | None) -> None:
-        """`slot.missed` when a run that was tried is given up and its slot had no success:
-        no retry fitted, or a suspension or credentials wait outlasted the slot."""
-        if chosen is not None and chosen.run.slot == previous.slot:
-            return  # the slot goes on (a later repeat, or the same slot after a wait)
-        slot = previous.slot
+        """`slot.missed` when a run that was tried is given up and its slot had no success."""
         entry = self.runner.ledger.server(server.name)
-        if entry.last_done is not None and slot.start <= entry.last_done < slot.end:
+        slot = missed_slot(previous, chosen, entry.last_done)
+        if slot is None:
             return
         fields = {
             "server": server.name,
@@ -350,38 +300,19 @@ class Scheduler:
 
     def _queue_at(self, server: _Server, at: datetime) -> None:
         server.generation += 1
-        heapq.heappush(self._queue, (at, next(self._seq), server.name, server.generation))
         if self.metrics is not None:
             self.metrics.next_slot.labels(server.name).set(at.timestamp())
-        self._arm()
+        self._timer.push(at, server.name, server.generation)
 
-    def _arm(self, *, force: bool = False) -> None:
-        """Make sure the timing engine wakes us at the queue's earliest instant."""
-        while self._queue and self._stale(self._queue[0]):
-            heapq.heappop(self._queue)
-        if not self._queue or self._stopping:
-            return
-        earliest = self._queue[0][0]
-        if not force and self._armed is not None and self._armed[0] <= earliest:
-            return  # already waking at or before it
-        if self._armed is not None:
-            # It may be firing right now; an extra wake-up finds nothing and re-arms.
-            with contextlib.suppress(JobLookupError):
-                self._aps.remove_job(self._armed[1])
-        job_id = f"wake#{next(self._seq)}"
-        self._armed = (earliest, job_id)
-        self._aps.add_job(self._wake, trigger="date", run_date=earliest, id=job_id)
-
-    def _stale(self, entry: tuple[datetime, int, str, int]) -> bool:
-        server = self._servers.get(entry[2])
-        return server is None or server.generation != entry[3]
+    def _generation_of(self, name: str) -> int | None:
+        server = self._servers.get(name)
+        return None if server is None else server.generation
 
     # --- firing ------------------------------------------------------------------------
 
     def _wake(self) -> None:
         """The earliest queued instant has come: fire every server now due."""
         with self._lock:
-            self._armed = None
             if self._stopping:
                 return
             now = self._clock.now()
@@ -390,17 +321,15 @@ class Scheduler:
             # cannot be answered before its twins ride along (they would be sent again),
             # and a group's call leaves without waiting for the rest of a large burst.
             groups: dict[Hashable, list[_Server]] = {}
-            while self._queue and self._queue[0][0] <= now:
-                entry = heapq.heappop(self._queue)
-                if not self._stale(entry):
-                    server = self._servers[entry[2]]
-                    groups.setdefault(server.target.key, []).append(server)
+            for name in self._timer.pop_due(now):
+                server = self._servers[name]
+                groups.setdefault(server.target.key, []).append(server)
             for group in groups.values():
                 jobs = [job for server in group if (job := self._fire(server, now)) is not None]
                 if jobs and not self.dispatcher.submit_all(jobs):
                     for job in jobs:
                         self._servers[job.server].in_flight = False
-            self._arm()
+            self._timer.arm()
 
     def _fire(self, server: _Server, now: datetime) -> Job | None:
         """Re-check a due server and make its call, or re-plan it; under the lock."""

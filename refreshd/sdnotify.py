@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Mapping
+
+from refreshd.clock import system_clock
 
 __all__ = ["Notifier"]
 
@@ -61,7 +62,8 @@ class Notifier:
     def reloading(self) -> bool:
         """A reload starts. MONOTONIC_USEC lets systemd >= 253 (Type=notify-reload) match
         this message to the reload it asked for; older versions ignore the field."""
-        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000
+        # CLOCK_MONOTONIC, which is what systemd compares it with (and what monotonic() reads).
+        now_usec = round(system_clock.monotonic() * 1_000_000)
         return self._send("RELOADING=1", f"MONOTONIC_USEC={now_usec}")
 
     def stopping(self) -> bool:

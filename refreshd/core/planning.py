@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from refreshd.core.runs import next_runs, run_after, run_at_or_before
-from refreshd.core.slots import Run, Schedule, open_until, slot_at
+from refreshd.core.slots import Run, Schedule, Slot, open_until, slot_at
 
-__all__ = ["Next", "earliest_start", "next_fire", "retry_until"]
+__all__ = ["Next", "earliest_start", "missed_slot", "next_fire", "retry_until"]
 
 _TICK = timedelta(microseconds=1)
 
@@ -64,3 +64,15 @@ def retry_until(schedule: Schedule, run: Run, now: datetime) -> datetime:
     limit = open_until(schedule, now) or now
     following = run_after(schedule, run)
     return limit if following is None else min(limit, following.due)
+
+
+def missed_slot(previous: Run, chosen: Next | None, last_done: datetime | None) -> Slot | None:
+    """The slot that ended without a success, when a tried run is given up for `chosen`:
+    no retry fitted, or a suspension or credentials wait outlasted it. None when the slot
+    goes on (a later repeat, or the same slot after a wait) or had a success."""
+    if chosen is not None and chosen.run.slot == previous.slot:
+        return None
+    slot = previous.slot
+    if last_done is not None and slot.start <= last_done < slot.end:
+        return None
+    return slot
