@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +54,37 @@ _FORCE_HELP = (
 )
 
 
+Command = Callable[[str, str], argparse.ArgumentParser]
+
+
+def _read_commands(command: Command) -> None:
+    """The commands that only read: plan, status, history."""
+    p = command("plan", "show each server's next runs, from the windows alone")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_instant,
+        default=None,
+        help="ISO 8601 instant (UTC when it has no offset; default now)",
+    )
+    p.add_argument("--count", type=_positive_int, default=3, help="runs per server (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(handler=_plan)
+
+    p = command("status", "per server: last outcome, next run, suspension")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(handler=_status)
+
+    p = command("history", "recent calls from the state store, newest first")
+    p.add_argument("--server", default=None, help="only this server")
+    p.add_argument(
+        "--since", type=_since, default=None, help="ISO 8601 instant or a duration ago (24h)"
+    )
+    p.add_argument("--limit", type=_positive_int, default=100, help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.set_defaults(handler=_history)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refreshd",
@@ -96,30 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.set_defaults(handler=_refresh)
 
-    p = command("plan", "show each server's next runs, from the windows alone")
-    p.add_argument(
-        "--from",
-        dest="start",
-        type=_instant,
-        default=None,
-        help="ISO 8601 instant (UTC when it has no offset; default now)",
-    )
-    p.add_argument("--count", type=_positive_int, default=3, help="runs per server (default 3)")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    p.set_defaults(handler=_plan)
-
-    p = command("status", "per server: last outcome, next run, suspension")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    p.set_defaults(handler=_status)
-
-    p = command("history", "recent calls from the state store, newest first")
-    p.add_argument("--server", default=None, help="only this server")
-    p.add_argument(
-        "--since", type=_since, default=None, help="ISO 8601 instant or a duration ago (24h)"
-    )
-    p.add_argument("--limit", type=_positive_int, default=100, help="at most N (default 100)")
-    p.add_argument("--json", action="store_true", help="JSON lines")
-    p.set_defaults(handler=_history)
+    _read_commands(command)
 
     p = command("simulator", "run the bundled VICIdial API simulator on loopback")
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
