@@ -73,7 +73,13 @@ def target_of(
 def credentials_fingerprint(credentials: Credentials) -> str:
     """A slow salted hash of user and password, so a credentials wait can end when the
     password changes (even across a restart) without storing anything reversible."""
-    secret = f"{credentials.user}\0{credentials.password.get_secret_value()}".encode()
+    return _fingerprint(credentials.user, credentials.password.get_secret_value())
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(user: str, password: str) -> str:
+    # Slow on purpose (~50 ms): computed once per login per process, not per reload.
+    secret = f"{user}\0{password}".encode()
     return hashlib.pbkdf2_hmac("sha256", secret, b"refreshd-credentials-v1", 100_000)[:16].hex()
 
 

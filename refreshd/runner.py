@@ -43,14 +43,15 @@ from refreshd.store import NewCall, StateError, StateStore
 __all__ = ["Runner", "logins_of", "runner_for"]
 
 
-def logins_of(config: Config) -> Logins:
-    """The config's logins, keyed by VICIdial user across every credentials table."""
+def logins_of(config: Config, table_fps: Mapping[str, str]) -> Logins:
+    """The config's logins, keyed by VICIdial user across every credentials table;
+    `table_fps`: each table's password fingerprint."""
     of_table: dict[str, str] = {}
     fingerprints: dict[str, set[str]] = {}
-    for name, creds in config.resolved_credentials().items():
+    for name, creds in config.credentials.items():
         key = login_key(creds.user)
         of_table[name] = key
-        fingerprints.setdefault(key, set()).add(credentials_fingerprint(creds))
+        fingerprints.setdefault(key, set()).add(table_fps[name])
     return Logins(of_table, {key: frozenset(fps) for key, fps in fingerprints.items()})
 
 
@@ -99,7 +100,7 @@ class Runner:
         if their config changed), `changed_logins` the credentials tables that changed."""
         resolved = config.resolved_credentials()
         table_fps = {name: credentials_fingerprint(creds) for name, creds in resolved.items()}
-        logins = logins_of(config)
+        logins = logins_of(config, table_fps)
         with self._lock:
             self.config = config
             self.backoff = backoff_of(config.backoff)
