@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -11,8 +12,13 @@ from pathlib import Path
 import pytest
 import structlog
 
+from refreshd.attempt import Target
+from refreshd.client import Client
 from refreshd.clock import FakeClock
 from refreshd.config import validate_config
+from refreshd.core.vicidial import Answer, Attempt, Outcome
+from refreshd.daemon import STUCK_MARGIN, Daemon
+from refreshd.dispatch import Job
 from refreshd.metrics import Metrics, MetricsServer
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
@@ -112,3 +118,36 @@ def test_healthz_answers_200_while_healthy_and_503_once_stalled() -> None:
         assert _status(server.port, "/metrics") == 200  # metrics still served
     finally:
         server.stop()
+
+
+def test_healthz_turns_503_once_a_call_outlives_its_deadline_by_the_margin(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    # A call the client's deadline cannot cut (a name lookup, say) holds its login, and
+    # with an unproven login every server sharing it: the health check must say so.
+    clock = _clock(scheduler)
+    release = threading.Event()
+
+    def stuck(client: Client, target: Target) -> Attempt:
+        release.wait(10)
+        return Attempt(Answer(Outcome.OK, "late"), clock.now(), 1)
+
+    scheduler.dispatcher._send = stuck
+    daemon = Daemon(tmp_path / "unused.toml", environ={}, clock=clock)
+    daemon.scheduler = scheduler
+    timeout = scheduler.config.client.timeout.total_seconds()
+    scheduler.prepare()
+    name = scheduler.config.servers[0].name
+    job = Job(name, "u", "pw", scheduler.target(name), lambda attempt: None, print)
+    try:
+        assert daemon.healthy()
+        assert scheduler.dispatcher.submit(job)
+        eventually(lambda: scheduler.dispatcher.in_flight == 1, timeout=5, what="the call")
+        clock.advance(timedelta(seconds=timeout + STUCK_MARGIN))
+        assert daemon.healthy()  # at the margin: still within it
+        clock.advance(timedelta(seconds=1))
+        assert scheduler.loop_alive(3 * daemon.heartbeat)  # the loop is fine ...
+        assert not daemon.healthy()  # ... but a call is stuck
+    finally:
+        release.set()
+        scheduler.stop(1)
