@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -192,15 +193,10 @@ def _check(args: argparse.Namespace) -> int:
 
     configure(sys.stderr)  # the report is stdout's; what the probes change is logged aside
     log = get_logger()
-    store = _open_store(config, log, doing="recording what the probes learn")
-    try:
-        runner = _command_runner(config, store, log)
-        if args.force:
-            runner.set_aside_waits()
+    with _login_runner(config, log, "refreshd check", force=args.force) as runner:
+        if runner is None:
+            return EXIT_FAILED
         lines = online_check(runner)
-    finally:
-        if store is not None:
-            store.close()
     width = max(len(line.subject) for line in lines)
     for line in lines:
         mark = "ok  " if line.ok else "FAIL"
@@ -243,13 +239,11 @@ def _refresh(args: argparse.Namespace) -> int:
         return EXIT_OK
     configure()
     log = get_logger()
-    store = _open_store(config, log, doing="recording this refresh")
-    try:
-        runner = _command_runner(config, store, log)
+    with _login_runner(config, log, "refreshd refresh", force=args.force) as runner:
+        if runner is None:
+            return EXIT_FAILED
         servers = [config.server(name) for name in names]
-        if args.force:
-            runner.set_aside_waits()
-        elif waits := runner.waits_before(servers):
+        if not args.force and (waits := runner.waits_before(servers)):
             for text in waits:
                 print(
                     f"refreshd refresh: {text}; not refreshing (--force logs in anyway)",
@@ -257,31 +251,45 @@ def _refresh(args: argparse.Namespace) -> int:
                 )
             return EXIT_FAILED
         results = refresh_now(runner, names)
-    finally:
-        if store is not None:
-            store.close()
     return EXIT_OK if all(results.get(n) is Outcome.OK for n in names) else EXIT_FAILED
 
 
-def _open_store(config: Config, log: object, *, doing: str) -> StateStore | None:
-    """The state store, or None (with a warning) when it cannot be opened: a manual
-    refresh or a probe is still worth doing, it just leaves no record."""
-    try:
-        return StateStore(config.daemon.state_path)
-    except StateError as err:
-        print(f"refreshd: warning: not {doing}: {err}", file=sys.stderr)
-        return None
-
-
-def _command_runner(config: Config, store: StateStore | None, log: object) -> Runner:
-    """A one-shot command's runner, on the journaled ledger when it can be read."""
+@contextlib.contextmanager
+def _login_runner(
+    config: Config, log: object, command: str, *, force: bool
+) -> Iterator[Runner | None]:
+    """A one-shot command's runner on the journaled ledger: the credentials waits and the
+    failed-login budget every process shares. None (having said why) when the state file
+    cannot be read: without it a login could be one too many toward a lock-out. --force
+    logs in anyway, past the waits (not the budget), recording nothing if it must."""
     from refreshd.runner import runner_for
 
+    store: StateStore | None = None
     try:
-        return runner_for(config, store=store, clock=system_clock, log=log)
+        store = StateStore(config.daemon.state_path)
+        runner = runner_for(config, store=store, clock=system_clock, log=log)
     except StateError as err:
-        print(f"refreshd: warning: not using the state file: {err}", file=sys.stderr)
-        return runner_for(config, store=None, clock=system_clock, log=log)
+        if store is not None:
+            store.close()
+        store = None
+        if not force:
+            print(
+                f"{command}: {err}\nWithout the state file the credentials waits and the "
+                "failed-login budget are unknown, so no login is tried (--force logs in "
+                "anyway and records nothing).",
+                file=sys.stderr,
+            )
+            yield None
+            return
+        print(f"refreshd: warning: not recording: {err}", file=sys.stderr)
+        runner = runner_for(config, store=None, clock=system_clock, log=log)
+    if force:
+        runner.set_aside_waits()
+    try:
+        yield runner
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _run(args: argparse.Namespace) -> int:

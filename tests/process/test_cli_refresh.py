@@ -420,3 +420,22 @@ def test_a_closed_stdout_neither_hangs_nor_loses_the_call(
     _, out, _ = run_refreshd(["history", "--json", "-c", config])
     rows = [json.loads(line) for line in out.splitlines()]
     assert sorted(row["server"] for row in rows) == ["east-1", "east-2"]
+
+
+def test_without_a_readable_state_file_no_login_is_tried_unless_forced(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd, state_path: Path
+) -> None:
+    # The waits and the failed-login budget live in the state file: a command that
+    # cannot read it cannot know whether one more login is one too many.
+    config = write_config({"name": "east-1"})
+    state_path.mkdir()  # a directory where the file should be: it cannot be opened
+
+    refused = refresh(run_refreshd, config, "east-1")
+    forced = run_refreshd(["refresh", "--force", "-c", config, "east-1"])
+
+    assert refused[0] == 1
+    assert "no login is tried" in refused[2]
+    assert str(state_path) in refused[2]
+    assert outcomes(forced[1]) == {"east-1": "ok"}
+    assert "not recording" in forced[2]
+    assert simulator.stats()["logins"]["ok"] == 1  # the forced one only
