@@ -104,7 +104,7 @@ def simulate(world: World) -> Vicidial:
     return vicidial
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     st.builds(
         World,
