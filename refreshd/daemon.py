@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
@@ -34,6 +35,8 @@ EXIT_CONFIG = 78
 # The heartbeat proves the scheduling loop alive, feeds the systemd watchdog and notices
 # wall-clock jumps; at most this long apart.
 HEARTBEAT = 10.0
+# The longest the main thread waits before Python runs a signal handler it owes.
+SIGNAL_POLL = 0.2
 # A call this many seconds past the client's deadline is stuck: /healthz says 503.
 STUCK_MARGIN = 5.0
 # A wall-clock step larger than this, relative to the monotonic clock, is a jump.
@@ -164,7 +167,7 @@ class Daemon:
             ),
         )
         while True:
-            signum = self._signals.get()
+            signum = self._next_signal()
             if signum == signal.SIGHUP:
                 self._reload()
                 continue
@@ -202,6 +205,16 @@ class Daemon:
         os._exit(EXIT_FAILED)
 
     # --- signals -----------------------------------------------------------------------
+
+    def _next_signal(self) -> int:
+        """Block until a signal was queued. Never in one long wait: the kernel may deliver
+        the signal to another thread, and then nothing interrupts the main thread's wait,
+        so Python's handler (which runs only on the main thread) would never run and the
+        daemon would ignore SIGTERM (seen: 1 stop in ~30). A short wait returns to the
+        interpreter, which runs the pending handler."""
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return self._signals.get(timeout=SIGNAL_POLL)
 
     def _install_signals(self) -> None:
         def enqueue(signum: int, frame: FrameType | None) -> None:
