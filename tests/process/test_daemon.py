@@ -4,8 +4,10 @@ on stdout, the exit code and the state file."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -319,3 +321,25 @@ def test_a_state_file_deleted_under_the_daemon_is_written_again_and_a_restart_re
 
     holds_for(lambda: total_requests(simulator) == 1, seconds=2, what="one refresh per slot")
     assert second.matching("refresh.succeeded") == []
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131}  # the syscall's number per architecture
+
+
+@pytest.mark.skipif(os.uname().machine not in _TGKILL, reason="tgkill number unknown here")
+def test_a_sigterm_delivered_to_another_thread_still_stops_the_daemon(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    # The kernel may hand a process's SIGTERM to any of its threads; Python runs handlers
+    # on the main thread only. A main thread blocked for good in a wait never ran it (1 stop
+    # in ~30 hung). tgkill aims the signal at a worker thread, every time.
+    config = write_config(tmp_path, [server(simulator, 0, window_from_now(3600, 60))])
+    daemon = start_daemon(config)
+    daemon.wait_for("daemon.started", timeout=15)
+    threads = [int(t) for t in os.listdir(f"/proc/{daemon.pid}/task") if int(t) != daemon.pid]
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    assert libc.syscall(_TGKILL[os.uname().machine], daemon.pid, threads[0], signal.SIGTERM) == 0
+
+    assert daemon.wait(timeout=15) == 0
+    assert daemon.matching("daemon.stopped")
