@@ -14,6 +14,7 @@ so every table and every path asks the same entry whether a login may be tried.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -132,7 +133,16 @@ class Logins:
 
     def name(self, key: str) -> str:
         """How messages name a login: its tables."""
-        return ", ".join(sorted(t for t, k in self.of_table.items() if k == key)) or key
+        return self._names.get(key, key)
+
+    @functools.cached_property
+    def _names(self) -> dict[str, str]:
+        # Once per config: `name` is asked for every call, and a fleet may have a table
+        # per server.
+        tables: dict[str, list[str]] = {}
+        for table, key in self.of_table.items():
+            tables.setdefault(key, []).append(table)
+        return {key: ", ".join(sorted(names)) for key, names in tables.items()}
 
 
 class Kind(enum.StrEnum):
