@@ -166,9 +166,12 @@ def login_after(
             proven=frozenset(),
         )
     if outcome in LOGIN_PROVEN:
-        # A login that worked ends any wait (SPEC: a success ends the credentials wait),
-        # and VICIdial resets the user's failure count on a good login.
+        # A login that worked ends the wait its own password earned (SPEC: a success ends
+        # the credentials wait), not one another table's password for the same user
+        # earned: that one is still wrong. VICIdial resets the user's failure count.
         proven = entry.proven | {call.login_fingerprint or ""}
+        if entry.fingerprint not in (None, call.login_fingerprint):
+            return replace(entry, proven=proven, failed_logins=())
         return replace(entry, proven=proven, wait_until=None, wait_reason=None, failed_logins=())
     if outcome in REFUSED_LOGIN:
         return replace(entry, proven=frozenset())

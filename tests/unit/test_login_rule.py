@@ -156,3 +156,23 @@ def test_lost_answers_alone_pause_the_user_after_three_in_fifteen_minutes() -> N
         ).ledger
     assert len(calls) == 3
     assert vicidial.failed_login_count(USER) == 3
+
+
+def test_a_good_password_does_not_end_the_wait_another_tables_password_earned() -> None:
+    # Two tables, one user: the stale password's refusal starts the user's wait; the good
+    # password's success settled after it (its answer came first) proves the good one but
+    # leaves the wait, which the stale password still deserves.
+    rng, now = random.Random(1), START
+    backoff = Backoff(auth_retry=timedelta(hours=1))
+    stale = Call("south", LOGIN, "south", login_fingerprint="stale")
+    good = Call("east", LOGIN, "east", login_fingerprint="good")
+    refused = classify(200, f"ERROR: Login incorrect, please try again: |{USER}|x|BAD|")
+    ok = classify(200, "SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - x|2")
+
+    ledger = settle(Ledger(), stale, Attempt(refused, now, 5), backoff=backoff, rng=rng, now=now)
+    ledger = settle(ledger.ledger, good, Attempt(ok, now, 5), backoff=backoff, rng=rng, now=now)
+
+    entry = ledger.ledger.login(LOGIN)
+    assert entry.wait_until == now + timedelta(hours=1)
+    assert entry.proven == frozenset({"good"})
+    assert [e.kind for e in ledger.events] == ["refresh.succeeded"]
