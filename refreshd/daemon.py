@@ -18,9 +18,10 @@ from types import FrameType
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
 from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.httpd import MetricsServer
 from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
-from refreshd.metrics import Metrics, MetricsServer
+from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
@@ -128,14 +129,11 @@ class Daemon:
         if address is not None:
             try:
                 self.metrics_server = MetricsServer(
-                    address[0], address[1], self.metrics, self.healthy
+                    address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
                 )
             except OSError as err:
-                self.log.error(
-                    "daemon.failed",
-                    error=f"daemon.metrics_listen {config.daemon.metrics_listen}: {err.strerror}; "
-                    'choose a free port or set metrics_listen = "" to turn metrics off',
-                )
+                error = _listen_error(config.daemon.metrics_listen, err)
+                self.log.error("daemon.failed", error=error)
                 return EXIT_FAILED
             self.metrics_server.start()
         try:
@@ -160,11 +158,7 @@ class Daemon:
             pid=os.getpid(),
             servers=len(config.servers),
             state_path=str(config.daemon.state_path),
-            metrics=(
-                f"http://{address[0]}:{self.metrics_server.port}/metrics"
-                if address and self.metrics_server
-                else None
-            ),
+            metrics=self.metrics_server.url if self.metrics_server else None,
         )
         while True:
             signum = self._next_signal()
@@ -348,6 +342,17 @@ def _lock_error(state_path: Path, err: OSError) -> str:
             "user write access to it and to the state file, or set daemon.state_path."
         )
     return f"{where}. Check that daemon.state_path's directory exists and is writable."
+
+
+def _listen_error(listen: str, err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        fix = "choose a free port"
+    else:  # not an address of this machine, a name that does not resolve, no IPv6 ...
+        fix = 'use an address of this machine, e.g. "127.0.0.1:9464" or "[::1]:9464"'
+    return (
+        f"daemon.metrics_listen {listen}: {err.strerror or err}; {fix}, "
+        'or set metrics_listen = "" to turn metrics off'
+    )
 
 
 def run(config_path: Path, environ: Mapping[str, str] | None = None) -> int:

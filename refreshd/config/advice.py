@@ -31,6 +31,7 @@ def config_warnings(config: Config) -> list[str]:
     return [
         *_credentials_warnings(config),
         *_client_and_backoff_warnings(config),
+        *_metrics_listen_warnings(config),
         *(
             warning
             for index, server in enumerate(config.servers)
@@ -85,6 +86,20 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
             "logins within 15 minutes, and each retry of a wrong password counts"
         )
     return warnings
+
+
+def _metrics_listen_warnings(config: Config) -> list[str]:
+    """/metrics names every server and its outcomes, and the endpoint answers whoever
+    connects: beyond loopback, only a firewall decides who that is."""
+    address = config.daemon.metrics_address
+    if address is None or is_loopback_host(address[0]):
+        return []
+    return [
+        f"daemon.metrics_listen: {config.daemon.metrics_listen} serves /metrics and /healthz "
+        "to other machines (every server's name and outcomes, to whoever connects); keep "
+        "127.0.0.1:9464 unless Prometheus scrapes from elsewhere, and then let a firewall "
+        "admit only Prometheus"
+    ]
 
 
 def _server_warnings(where: str, server: ServerConfig) -> list[str]:

@@ -1,0 +1,49 @@
+"""Config advice at the edges: the metrics endpoint listening beyond loopback (issue 12,
+item 7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from refreshd.config import config_warnings, validate_config
+
+ENV = {"REFRESHD_EAST_PASSWORD": "Hunter2-secret_pw"}
+
+
+def config_with(metrics_listen: str, servers: int = 1, **server: Any) -> dict[str, Any]:
+    return {
+        "daemon": {"metrics_listen": metrics_listen},
+        "credentials": {"east": {"user": "refreshd", "password_env": "REFRESHD_EAST_PASSWORD"}},
+        "servers": [
+            {
+                "name": f"east-{index}",
+                "api_url": "https://dialer-east.example.com/vicidial/non_agent_api.php",
+                "credentials": "east",
+                "windows": ["mon-fri 02:00-04:00"],
+                **server,
+            }
+            for index in range(servers)
+        ],
+    }
+
+
+def warnings_for(metrics_listen: str) -> list[str]:
+    return config_warnings(validate_config(config_with(metrics_listen), environ=ENV))
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:9464", "[::]:9464", "192.0.2.10:9464", "[2001:db8::1]:9464", "box:9464"]
+)
+def test_metrics_listening_beyond_loopback_is_warned_about(listen: str) -> None:
+    (warning,) = warnings_for(listen)
+    assert warning.startswith(f"daemon.metrics_listen: {listen} serves /metrics and /healthz")
+    assert "firewall" in warning
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:9464", "127.0.0.2:9464", "[::1]:9464", "localhost:9464", ""]
+)
+def test_metrics_on_loopback_or_off_is_not_warned_about(listen: str) -> None:
+    assert warnings_for(listen) == []
