@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ssl
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class Client:
         }
         self._reaper = Reaper(monotonic)
         self._adapter = adapter
+        self._lock = threading.Lock()
+        self._calls = 0  # in flight now
+        self._retired = False  # close after the last call in flight
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -90,15 +94,25 @@ class Client:
         """One exchange, over by `timeout` whatever the server sends (connect, TLS, status
         line, headers and body alike); never raises for network trouble, and its result
         holds no URL."""
-        start = self._monotonic()
-        deadline = start + self.timeout
-        with self._reaper.watching(deadline) as watch:
-            answer = self._exchange(url, params, start, deadline)
-        if watch.expired:
-            # The reaper cut it: whatever the broken read looked like (an error, or a body
-            # that just stopped), it was the deadline, and what came is not the answer.
-            return self._failed(Transport.TIMEOUT, start, answer.status)
-        return answer
+        with self._lock:
+            self._calls += 1
+        try:
+            start = self._monotonic()
+            deadline = start + self.timeout
+            with self._reaper.watching(deadline) as watch:
+                answer = self._exchange(url, params, start, deadline)
+            if watch.expired:
+                # The reaper cut it: whatever the broken read looked like (an error, or a
+                # body that just stopped), it was the deadline, and what came is not the
+                # answer.
+                return self._failed(Transport.TIMEOUT, start, answer.status)
+            return answer
+        finally:
+            with self._lock:
+                self._calls -= 1
+                last = self._retired and self._calls == 0
+            if last:
+                self.close()
 
     def _exchange(
         self, url: str, params: Mapping[str, str], start: float, deadline: float
@@ -163,8 +177,20 @@ class Client:
     def _failed(self, kind: Transport, start: float, status: int | None = None) -> RawAnswer:
         return RawAnswer(status, None, kind, self._monotonic() - start)
 
+    def retire(self) -> None:
+        """Close once the calls in flight end (a reload replaced this client): until then
+        they keep their connections; after, its pooled sockets and its reaper thread go.
+        A call that took this client just before still works, and closes it again."""
+        with self._lock:
+            self._retired = True
+            idle = self._calls == 0
+        if idle:
+            self.close()
+
     def close(self) -> None:
+        """Close the pooled connections and end the reaper's thread."""
         self._session.close()
+        self._reaper.close()
 
 
 def client_for(config: Config) -> Client:
