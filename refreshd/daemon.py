@@ -17,7 +17,7 @@ from types import FrameType
 
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
-from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.config import Config, ConfigError, config_warnings, grouped_warnings, load_config
 from refreshd.httpd import MetricsServer
 from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
@@ -85,8 +85,7 @@ class Daemon:
             self.log.error("config.rejected", path=str(self.config_path), errors=err.errors)
             return EXIT_CONFIG
         redactor.set_secrets(config.secrets())
-        for warning in config_warnings(config):
-            self.log.warning("config.warning", warning=warning)
+        self._warn(config)
         self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
         try:
             lock = InstanceLock(config.daemon.state_path)
@@ -249,8 +248,7 @@ class Daemon:
             gc.collect()
             gc.freeze()
             self.metrics.config_reloads.labels("ok").inc()
-            for warning in config_warnings(config):
-                self.log.warning("config.warning", warning=warning)
+            self._warn(config)
             self.log.info(
                 "config.reloaded",
                 path=str(self.config_path),
@@ -261,6 +259,12 @@ class Daemon:
             )
         finally:
             self.notifier.ready()
+
+    def _warn(self, config: Config) -> None:
+        """Each distinct warning once, at start and on each reload, with how many places
+        it applies to (not once per server: a fleet would bury every other line)."""
+        for warning, places in grouped_warnings(config_warnings(config)):
+            self.log.warning("config.warning", warning=warning, places=places)
 
     def _keep_restart_only(self, running: Config, new: Config) -> Config:
         kept = {}

@@ -8,12 +8,12 @@ Reading order for a newcomer:
   passwords.py   reading password_env / password_file, and the characters VICIdial keeps
   problems.py    a problem is a place and a message; several raised at once
   messages.py    pydantic's errors as 'place: message' lines an operator can act on
-  advice.py      `config_warnings`: non-fatal advice on a valid config
+  advice.py      `config_warnings`: non-fatal advice on a valid config, and its grouping
 """
 
 from __future__ import annotations
 
-from refreshd.config.advice import config_warnings, is_loopback_host
+from refreshd.config.advice import config_warnings, grouped_warnings, is_loopback_host
 from refreshd.config.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -47,6 +47,7 @@ __all__ = [
     "ServerConfig",
     "config_warnings",
     "default_config_path",
+    "grouped_warnings",
     "is_loopback_host",
     "load_config",
     "validate_config",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -14,6 +15,8 @@ from refreshd.core.policy import VICIDIAL_LOCKOUT
 
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
 _API_PATH = "/vicidial/non_agent_api.php"
+# Places named in full when one message applies to many; the rest are counted.
+_PLACES_SHOWN = 5
 
 
 def is_loopback_host(host: str) -> bool:
@@ -100,6 +103,25 @@ def _metrics_listen_warnings(config: Config) -> list[str]:
         "127.0.0.1:9464 unless Prometheus scrapes from elsewhere, and then let a firewall "
         "admit only Prometheus"
     ]
+
+
+def grouped_warnings(warnings: Iterable[str]) -> list[tuple[str, int]]:
+    """Each distinct message once, as 'place, place and N more: message' with the number
+    of places: 1,000 servers over http:// make one log line, not 1,000."""
+    places: dict[str, list[str]] = {}
+    for warning in warnings:
+        where, separator, message = warning.partition(": ")
+        if not separator:
+            where, message = "config", warning
+        places.setdefault(message, []).append(where)
+    grouped: list[tuple[str, int]] = []
+    for message, wheres in places.items():
+        named = ", ".join(wheres[:_PLACES_SHOWN])
+        more = len(wheres) - _PLACES_SHOWN
+        grouped.append(
+            (f"{named}{f' and {more} more' if more > 0 else ''}: {message}", len(wheres))
+        )
+    return grouped
 
 
 def _server_warnings(where: str, server: ServerConfig) -> list[str]:

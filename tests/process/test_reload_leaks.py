@@ -87,3 +87,25 @@ def test_a_hundred_reloads_changing_the_client_leave_no_socket_or_thread_behind(
     assert peak_fds <= fds_start + FD_SLACK + 2  # never piled up in between either
     assert threads_end <= threads_start + 1
     assert daemon.matching("refresh.failed") == []
+
+
+def test_each_reload_logs_each_distinct_warning_once_naming_its_places(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    # `every = "1s"` on five servers: one warning, five places; the inline password: one.
+    daemon = start_daemon(write_config(tmp_path, simulator, "5s"))
+    daemon.wait_for("daemon.started")
+    for index in range(3):
+        reload(daemon, simulator, index)
+
+    warnings = daemon.matching("config.warning")
+    every = [w for w in warnings if "under 5 minutes" in w["warning"]]
+    password = [w for w in warnings if "password is written in the config" in w["warning"]]
+    assert len(every) == 4  # start + three reloads, once each
+    assert len(password) == 4
+    assert len(warnings) == 8
+    assert every[0]["places"] == SERVERS
+    assert every[0]["warning"].startswith(
+        "servers[0].every, servers[1].every, servers[2].every, servers[3].every, "
+        "servers[4].every: 1s is under 5 minutes"
+    )
