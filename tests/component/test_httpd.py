@@ -259,3 +259,19 @@ def test_the_listen_backlog_holds_a_burst_that_is_not_accepted_yet() -> None:
             sock.close()
     finally:
         server.stop()
+
+
+def test_no_thread_to_answer_with_is_a_503_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with serving() as server:
+        # The answer threads start on the first request: make that start fail as it does
+        # when the process is out of threads.
+        def cannot_start(self: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", cannot_start)
+        status, body = get(server.port, "/healthz")
+        monkeypatch.undo()
+        assert (status, body) == (503, b"busy: try again\n")
+    assert "Traceback" not in capfd.readouterr().err
