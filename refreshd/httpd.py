@@ -269,7 +269,9 @@ class MetricsServer:
         try:
             return await answering
         except Exception as err:
-            self._log.error("metrics.error", error=f"answering {target[:100]}: {err!r}")
+            # The path only: a query string is the client's, and never logged.
+            path = target.split("?", 1)[0][:100]
+            self._log.error("metrics.error", error=f"answering {path}: {err!r}")
             return _text(500, "internal error; see the daemon's log\n")
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from refreshd.httpd import MetricsServer
 from refreshd.metrics import Metrics
@@ -123,9 +124,12 @@ def test_a_failing_health_check_is_a_500_not_a_dead_server() -> None:
     def broken() -> bool:
         raise RuntimeError("bug")
 
-    with serving(broken) as server:
-        assert get(server.port, "/healthz")[0] == 500
+    with serving(broken) as server, structlog.testing.capture_logs() as logs:
+        assert get(server.port, "/healthz?token=s3cret")[0] == 500
         assert get(server.port, "/metrics")[0] == 200
+    (error,) = [line for line in logs if line["event"] == "metrics.error"]
+    assert "answering /healthz: RuntimeError('bug')" in error["error"]
+    assert "s3cret" not in str(logs)  # the query string is the client's, never logged
 
 
 # --- clients that misbehave ---------------------------------------------------------------

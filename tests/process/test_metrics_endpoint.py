@@ -124,6 +124,7 @@ def test_healthz_answers_in_time_with_a_thousand_idle_connections_open(
     assert fds_during <= fds_before + MAX_CONNECTIONS + 2  # the connection bound
     assert pushed_out >= FLOOD - MAX_CONNECTIONS
     assert daemon.matching("metrics.error") == []
+    assert GOOD_PASSWORD not in daemon.stdout + daemon.stderr
 
 
 def test_a_trickling_client_is_cut_off_at_the_exchange_time_out(

@@ -87,6 +87,7 @@ def test_a_hundred_reloads_changing_the_client_leave_no_socket_or_thread_behind(
     assert peak_fds <= fds_start + FD_SLACK + 2  # never piled up in between either
     assert threads_end <= threads_start + 1
     assert daemon.matching("refresh.failed") == []
+    assert GOOD_PASSWORD not in daemon.stdout + daemon.stderr
 
 
 def test_each_reload_logs_each_distinct_warning_once_naming_its_places(
