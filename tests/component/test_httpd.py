@@ -16,6 +16,7 @@ import structlog
 
 from refreshd.httpd import MetricsServer
 from refreshd.metrics import Metrics
+from tests.support.sockets import closed_by_peer, has_ipv6_loopback
 from tests.support.waiting import eventually
 
 
@@ -45,17 +46,6 @@ def get(port: int, path: str, method: str = "GET", headers: str = "") -> tuple[i
     answer = exchange(port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """True once the server closed `sock` (an orderly close or a reset)."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
 
 
 # --- what each path answers ---------------------------------------------------------------
@@ -148,7 +138,7 @@ def test_a_trickling_client_is_cut_off_at_the_exchange_time_out() -> None:
             except OSError:
                 cut = time.monotonic() - started
                 break
-            if closed_by_server(sock):
+            if closed_by_peer(sock):
                 cut = time.monotonic() - started
                 break
             sock.setblocking(True)
@@ -176,7 +166,7 @@ def test_at_the_bound_the_oldest_idle_connection_makes_room_for_healthz() -> Non
             assert get(server.port, "/healthz") == (200, b"ok\n")
             # The four newest survive; each newcomer pushed out the oldest one.
             eventually(
-                lambda: [closed_by_server(s) for s in idle] == [True] * 7 + [False] * 3,
+                lambda: [closed_by_peer(s) for s in idle] == [True] * 7 + [False] * 3,
                 timeout=5,
                 what="the oldest seven (six, then one for /healthz) closed",
             )
@@ -229,16 +219,7 @@ def test_a_thousand_idle_connections_use_no_thread_each() -> None:
 # --- where it listens ---------------------------------------------------------------------
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no ::1")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no ::1")
 def test_it_listens_on_ipv6_loopback_and_names_the_url_with_brackets() -> None:
     with serving(host="::1") as server:
         assert server.url == f"http://[::1]:{server.port}/metrics"

@@ -7,7 +7,6 @@ and `refreshd check` warning when the endpoint listens beyond loopback (issue 12
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import socket
 import time
@@ -18,8 +17,9 @@ import pytest
 
 from refreshd.httpd import EXCHANGE_TIMEOUT, MAX_CONNECTIONS
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
-from tests.support.daemon import EXIT_OK, DaemonProcess, RunRefreshd, StartDaemon
+from tests.support.daemon import EXIT_OK, DaemonProcess, RunRefreshd, StartDaemon, fds_and_threads
 from tests.support.fleet import http_get, report
+from tests.support.sockets import closed_by_peer, has_ipv6_loopback
 from tests.support.waiting import eventually
 
 FLOOD = 1000
@@ -42,21 +42,6 @@ def write_config(tmp_path: Path, metrics_listen: str = "127.0.0.1:0") -> Path:
         credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
         daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": metrics_listen},
     )
-
-
-def counts(pid: int) -> tuple[int, int]:
-    """(open file descriptors, threads) of process `pid`."""
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
-
-
-def closed_by_peer(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
 
 
 @contextlib.contextmanager
@@ -99,12 +84,12 @@ def test_healthz_answers_in_time_with_a_thousand_idle_connections_open(
     daemon = start_daemon(write_config(tmp_path))
     url = started_url(daemon)
     assert healthz(url)[0] == 200
-    fds_before, threads_before = counts(daemon.pid)
+    fds_before, threads_before = fds_and_threads(daemon.pid)
     with open_file_limit_raised():
         idle = [socket.create_connection(_address(url), timeout=5) for _ in range(FLOOD)]
         try:
             status, seconds = healthz(url)
-            fds_during, threads_during = counts(daemon.pid)
+            fds_during, threads_during = fds_and_threads(daemon.pid)
             pushed_out = sum(closed_by_peer(sock) for sock in idle)
         finally:
             for sock in idle:
@@ -204,16 +189,7 @@ def _healthz_ok(url: str) -> bool:
         return False
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no ::1")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no ::1")
 def test_metrics_listen_on_ipv6_loopback_starts_and_answers(
     tmp_path: Path, start_daemon: StartDaemon
 ) -> None:

@@ -8,13 +8,12 @@ warning once per server.
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
 from refreshd.simulator import Simulator
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
-from tests.support.daemon import DaemonProcess, StartDaemon
+from tests.support.daemon import DaemonProcess, StartDaemon, fds_and_threads
 from tests.support.fleet import report
 from tests.support.simulator import api_path, total_requests
 from tests.support.waiting import eventually
@@ -47,11 +46,6 @@ def write_config(tmp_path: Path, sim: Simulator, timeout: str) -> Path:
     )
 
 
-def counts(pid: int) -> tuple[int, int]:
-    """(open file descriptors, threads) of process `pid`."""
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
-
-
 def reload(daemon: DaemonProcess, sim: Simulator, times_before: int) -> None:
     """SIGHUP, wait until it was applied, then until a call went out after it (on the new
     client, which thereby opens a connection of its own)."""
@@ -66,15 +60,15 @@ def test_a_hundred_reloads_changing_the_client_leave_no_socket_or_thread_behind(
 ) -> None:
     daemon = start_daemon(write_config(tmp_path, simulator, "5s"))
     daemon.wait_for("refresh.succeeded", count=SERVERS)
-    fds_start, threads_start = counts(daemon.pid)
+    fds_start, threads_start = fds_and_threads(daemon.pid)
     peak_fds = fds_start
 
     for index in range(RELOADS):
         write_config(tmp_path, simulator, "6s" if index % 2 == 0 else "5s")
         reload(daemon, simulator, index)
-        peak_fds = max(peak_fds, counts(daemon.pid)[0])
+        peak_fds = max(peak_fds, fds_and_threads(daemon.pid)[0])
 
-    fds_end, threads_end = counts(daemon.pid)
+    fds_end, threads_end = fds_and_threads(daemon.pid)
     report(
         "reload-leaks",
         reloads=RELOADS,
