@@ -26,8 +26,12 @@ typecheck: $(STAMP)
 # Most tests wait on real processes and real time, not the CPU: several at once.
 PYTEST_WORKERS ?= 4
 
+# Bytecode and pytest's rewritten test modules are cached even where the shell sets
+# PYTHONDONTWRITEBYTECODE: without the cache every worker compiles every test module again.
+# worksteal: an idle worker takes tests from a busy one, so a slow test at the end of one
+# worker's share does not keep the others waiting.
 pytest: $(STAMP) test-tools
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 # libfaketime lets the clock-step tests move a real daemon's wall clock. Installed when we
 # can (root with apt); elsewhere those tests skip and say why.
@@ -37,7 +41,10 @@ test-tools:
 	       && apt-get update -qq && apt-get install -y -qq faketime >/dev/null; } \
 	  || echo "faketime not installed: the clock-step tests will skip"
 
-test: lint typecheck pytest
+# Lint and type checks run beside the tests: they are short and CPU-bound, the tests wait on
+# processes much of the time. Each part's output is shown whole when it ends.
+test: $(STAMP) test-tools
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck pytest
 
 bench: $(STAMP)
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from refreshd.binding import backoff_of
+from refreshd.cli import main as cli_main
 from refreshd.client import client_for
 from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
 from refreshd.core.policy import decide
@@ -353,13 +354,18 @@ def test_every_vicidial_answer_and_its_variants_lead_the_daemon_to_the_right_out
 ) -> None:
     cases: list[tuple[str, str, str, str]] = []  # (server, path, variant, outcome)
     bodies: dict[str, str] = {}
+    users: dict[str, str] = {}  # server -> its login's user
     for row, (template, outcome) in enumerate(ANSWER_ROWS):
         for variant, make in VARIANTS.items():
             index = len(cases)
-            user = f"u{index:03d}"
+            name = f"s{index:04d}"
+            # A refused login makes its user wait: those cases each get a user of their own.
+            # The others share one, as a cluster's servers do (and each distinct login
+            # costs the daemon a deliberately slow fingerprint at start).
+            users[name] = f"u{index:03d}" if outcome in ("auth_failed", "locked_out") else "u"
             path = f"/row{row}/{variant}{API_PATH}"
-            bodies[path] = make(template.format(user=user, password=PASSWORD))
-            cases.append((f"s{index:04d}", path, variant, outcome))
+            bodies[path] = make(template.format(user=users[name], password=PASSWORD))
+            cases.append((name, path, variant, outcome))
     scripted = ScriptedVicidial(bodies)
     try:
         window = window_from_now(-2, 600)
@@ -368,8 +374,8 @@ def test_every_vicidial_answer_and_its_variants_lead_the_daemon_to_the_right_out
             for name, path, _, _ in cases
         ]
         credentials = {
-            name: {"user": f"u{i:03d}", "password_env": "REL_MAIN_PASSWORD"}
-            for i, (name, _, _, _) in enumerate(cases)
+            name: {"user": users[name], "password_env": "REL_MAIN_PASSWORD"}
+            for name, _, _, _ in cases
         }
         fleet.write(servers, credentials=credentials, daemon={"max_concurrency": 32})
         daemon = fleet.start()
@@ -713,8 +719,7 @@ def test_a_duration_too_long_to_add_to_now_is_refused_or_harmless(table: str, fi
 
 
 def _generated_batch(size: int = 24) -> list[dict[str, Any]]:
-    """`size` documents for the real process, drawn by hypothesis from the same strategy
-    (generation only: each is then run in a process of its own, three at a time)."""
+    """`size` documents drawn by hypothesis from the same strategy (generation only)."""
     found: list[dict[str, Any]] = []
 
     @settings(max_examples=size, deadline=None, database=None, phases=[Phase.generate])
@@ -726,40 +731,58 @@ def _generated_batch(size: int = 24) -> list[dict[str, Any]]:
     return [_valid_document(), *found]
 
 
+# Documents no generator writes: truncated, binary, wrongly typed, duplicated tables.
+_RAW_DOCUMENTS = [
+    "[daemon",  # truncated mid-table
+    "\x00\xff garbage",
+    "servers = 1\n",
+    "[[servers]]\nname = 'x'\n" * 3,
+    '[credentials.a]\nuser = "u"\npassword = "p"\n[credentials.a]\nuser = "v"\n',
+]
+
+
+def _assert_check_result(code: int, out: str, err: str, document: str) -> None:
+    assert code in (EXIT_OK, EXIT_CONFIG), (document, err)
+    assert "Traceback" not in err, err
+    if code == EXIT_CONFIG:
+        assert "config error" in err, err
+        assert out == ""
+    else:
+        assert "valid" in out
+
+
 @pytest.mark.slow
 def test_refreshd_check_on_generated_documents_exits_0_or_78_never_a_traceback(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = _generated_batch()
-    raw = [
-        "[daemon",  # truncated mid-table
-        "\x00\xff garbage",
-        "servers = 1\n",
-        "[[servers]]\nname = 'x'\n" * 3,
-        '[credentials.a]\nuser = "u"\npassword = "p"\n[credentials.a]\nuser = "v"\n',
-    ]
-    paths = []
-    for index, text in enumerate([to_toml(doc) for doc in batch] + raw):
+    """The generated documents through `refreshd check`'s own code in this process (an
+    exception would fail the test as a traceback would); the raw ones, bytes that no
+    generator writes, through the real process, where the interpreter's own stdout and
+    stderr encoding are in play as well."""
+    for name, value in PASSWORD_ENV.items():
+        monkeypatch.setenv(name, value)
+    codes: Counter[int] = Counter()
+    for index, document in enumerate(_generated_batch()):
         path = tmp_path / f"generated-{index}.toml"
-        path.write_bytes(text.encode("utf-8", "surrogateescape"))
-        paths.append(path)
+        path.write_text(to_toml(document), encoding="utf-8")
+        code = cli_main(["check", "-c", str(path)])
+        captured = capsys.readouterr()
+        _assert_check_result(code, captured.out, captured.err, path.read_text())
+        codes[code] += 1
 
     def check(path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
         return path, run_refreshd("check", "-c", path, env=PASSWORD_ENV)
 
+    paths = []
+    for index, text in enumerate(_RAW_DOCUMENTS):
+        path = tmp_path / f"raw-{index}.toml"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        paths.append(path)
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(check, paths))
-
-    codes = Counter(done.returncode for _, done in results)
-    for path, done in results:
-        assert done.returncode in (EXIT_OK, EXIT_CONFIG), (path.read_text(), done.stderr)
-        assert "Traceback" not in done.stderr, done.stderr
-        if done.returncode == EXIT_CONFIG:
-            assert "config error" in done.stderr, done.stderr
-            assert done.stdout == ""
-        else:
-            assert "valid" in done.stdout
-    report("refreshd check on generated configs", documents=len(paths), exits=dict(codes))
+        for path, done in pool.map(check, paths):
+            _assert_check_result(done.returncode, done.stdout, done.stderr, repr(path.read_bytes()))
+            codes[done.returncode] += 1
+    report("refreshd check on generated configs", documents=sum(codes.values()), exits=dict(codes))
 
 
 # --- unreadable configs -------------------------------------------------------------------------
