@@ -703,6 +703,34 @@ def test_an_override_that_is_not_json_where_json_is_needed_is_refused() -> None:
     assert "not valid JSON" in errors[0]
 
 
+def test_a_list_cannot_be_overridden_item_by_item() -> None:
+    errors = errors_of(base(), environ={**ENV, "REFRESHD_SERVERS__0__NAME": "x"})
+    assert errors == [
+        "REFRESHD_SERVERS__0__NAME: a list cannot be set item by item from the environment; "
+        "set REFRESHD_SERVERS to the whole list as JSON"
+    ]
+
+
+def test_a_credentials_table_can_be_set_as_json_and_refined_key_by_key() -> None:
+    environ = {
+        **ENV,
+        "REFRESHD_CREDENTIALS__WEST": '{"user": "from-json", "password_env": "WEST_PASSWORD"}',
+        "REFRESHD_CREDENTIALS__WEST__USER": "from-key",
+        "WEST_PASSWORD": "west-password-1",
+    }
+    config = validate_config(base(), environ=environ)
+    west = config.resolved_credentials()["west"]
+    assert (west.user, west.password.get_secret_value()) == ("from-key", "west-password-1")
+
+
+def test_a_json_error_is_reported_beside_every_other_problem() -> None:
+    environ = {**ENV, "REFRESHD_SERVERS": "[{", "REFRESHD_CLIENT__TIMEOUT": "soon"}
+    assert sorted(places(errors_of(base(), environ=environ))) == [
+        "REFRESHD_SERVERS",
+        "client.timeout",
+    ]
+
+
 def test_unrelated_refreshd_variables_are_ignored() -> None:
     # REFRESHD_CONFIG names the file; REFRESHD_WEST__PASSWORD looks like an override of a
     # table 'west' but is a password_env variable. Neither is refused, neither sets a key.
