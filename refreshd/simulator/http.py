@@ -13,7 +13,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refreshd.clock import Clock, system_clock
 from refreshd.simulator import faults
@@ -28,6 +28,9 @@ from refreshd.simulator.rules import (
     SimUser,
     Vicidial,
 )
+
+if TYPE_CHECKING:  # pymysql is imported only by a simulator given a database
+    from refreshd.simulator.database import SimDatabase
 
 __all__ = ["API_PATH", "LOGIN_PAGE_PATH", "Simulator"]
 
@@ -56,6 +59,7 @@ class Simulator:
         clock: Clock = system_clock,
         check_server_ip: bool = False,
         keepalive_interval: float | None = None,
+        database: SimDatabase | None = None,
     ) -> None:
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise ValueError("keepalive_interval must be positive")
@@ -68,6 +72,7 @@ class Simulator:
         self._requested_port = port
         self._clock = clock
         self._keepalive_interval = keepalive_interval
+        self._database = database  # mirrors servers/system_settings into a real MariaDB
 
         self._lock = threading.Lock()
         self._traffic = _Traffic()
@@ -84,6 +89,7 @@ class Simulator:
     def start(self) -> Simulator:
         if self._httpd is not None:
             raise RuntimeError("simulator already started")
+        self._mirror()
         if self._stopping.is_set():
             raise RuntimeError("a stopped simulator cannot be restarted; make a new one")
         server_class = Server6 if ":" in self._requested_host else Server
@@ -233,11 +239,19 @@ class Simulator:
             self._traffic = _Traffic(in_flight=in_flight, peak_in_flight=in_flight)
             self._calls.clear()
             self._vicidial.reset()
+            self._mirror()
 
     def keepalive(self) -> None:
-        """What each server's keepalive cron does: rebuild, then clear its own flag."""
+        """What each box's keepalive cron does: clear its own flag, then rebuild (a box
+        whose cron is dead keeps its flag)."""
         with self._lock:
             self._vicidial.keepalive()
+            self._mirror()
+
+    def set_keepalive(self, server_ip: str, *, alive: bool) -> None:
+        """Break or mend one box's keepalive cron."""
+        with self._lock:
+            self._vicidial.set_keepalive(server_ip, alive=alive)
 
     # -- request bookkeeping (called by the handler) --------------------------
 
@@ -289,7 +303,17 @@ class Simulator:
         with self._lock:
             answer = self._vicidial.answer_request(req, client_ip, now)
             self._log_call(path, req, answer.kind, now, received)
+            if answer.kind == "success":
+                self._mirror()
             return answer
+
+    def _mirror(self) -> None:
+        """The database's rows made equal to the rules' state (called under the lock)."""
+        if self._database is not None:
+            vicidial = self._vicidial
+            self._database.write(
+                vicidial.servers, vicidial.flagged_ips(), vicidial.reload_timestamp
+            )
 
     def _log_call(self, path: str, req: Request, kind: str, now: float, received: float) -> None:
         # The password is deliberately absent: this log is served over HTTP.
