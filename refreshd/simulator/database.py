@@ -9,8 +9,8 @@ from typing import Any
 
 import pymysql
 
+from refreshd.dburl import DatabaseUrl
 from refreshd.simulator.rules import SimServer
-from refreshd.verify.url import DatabaseUrl
 
 # VICIdial's own column types for the columns refreshd reads (install/MySQL_AST_CREATE_tables).
 _SCHEMA = (

@@ -121,8 +121,8 @@ def _database(url: str) -> SimDatabase:
     """The simulator's own tables in a MariaDB it may write to (a test's scratch database)."""
     import pymysql
 
+    from refreshd.dburl import parse_database_url
     from refreshd.simulator.database import SimDatabase
-    from refreshd.verify.url import parse_database_url
 
     try:
         return SimDatabase(parse_database_url(url))

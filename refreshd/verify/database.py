@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from refreshd.verify.url import DatabaseUrl
+from refreshd.dburl import DatabaseUrl
 
 if TYPE_CHECKING:  # imported on first use: a config without databases never pays for it
     import pymysql

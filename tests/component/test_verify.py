@@ -19,7 +19,7 @@ from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser, load_sim
 from refreshd.simulator.database import SimDatabase
 from refreshd.verify import ClusterDatabase, DatabaseProblem, DatabaseUrl
 from refreshd.verify.poller import Verifier
-from tests.support.mariadb import database_user, scratch_database
+from tests.support.databases import database_user, scratch_database
 from tests.support.ports import refused_port
 
 PASSWORD = "api-pass-123"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from refreshd.core.verification import Applied, NotApplied, verdict
-from refreshd.verify.url import DatabaseUrl, parse_database_url
+from refreshd.dburl import DatabaseUrl, parse_database_url
 
 T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 LIMIT = timedelta(minutes=3)
@@ -44,6 +44,7 @@ def test_a_database_url_reads_back() -> None:
     url = parse_database_url("mysql://refreshd_ro@vicidb-east:3307/asterisk")
     assert url == DatabaseUrl("refreshd_ro", "vicidb-east", 3307, "asterisk")
     assert str(url) == "mysql://refreshd_ro@vicidb-east:3307/asterisk"
+    assert parse_database_url("postgres://r@h/d", ("postgresql",)).port == 5432
     assert parse_database_url("mariadb://u@h/asterisk").port == 3306
 
 
