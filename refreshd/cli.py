@@ -54,6 +54,8 @@ _FORCE_HELP = (
     "still one login at a time until one works"
 )
 
+# For containers: Docker's restart policies cannot exempt exit 78 (README, Docker).
+_WAIT_HELP = "with an invalid config, wait for SIGHUP to read it again instead of exiting 78"
 
 Command = Callable[[str, str], argparse.ArgumentParser]
 
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", "run the daemon in the foreground (systemd Type=notify)")
+    p.add_argument("--wait-for-config", action="store_true", help=_WAIT_HELP)
     p.set_defaults(handler=_run)
 
     p = command("check", "validate the config (exit 0 valid, 78 invalid)")
@@ -296,7 +299,7 @@ def _run(args: argparse.Namespace) -> int:
     from refreshd.daemon import run as run_daemon
 
     configure()
-    return run_daemon(_config_path(args))
+    return run_daemon(_config_path(args), wait_for_config=args.wait_for_config)
 
 
 def _plan(args: argparse.Namespace) -> int:

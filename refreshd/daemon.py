@@ -54,8 +54,11 @@ class Daemon:
         config_path: Path,
         environ: Mapping[str, str] | None = None,
         clock: Clock = system_clock,
+        *,
+        wait_for_config: bool = False,
     ) -> None:
         self.config_path = config_path
+        self.wait_for_config = wait_for_config
         self.clock = clock
         self.environ = os.environ if environ is None else environ
         self.log = get_logger()
@@ -78,10 +81,8 @@ class Daemon:
         # Hand the interpreter lock over within 1 ms rather than 5: the timer thread's
         # hand-off to a worker is the firing lag operators see (bench/accuracy.py).
         sys.setswitchinterval(0.001)
-        try:
-            config = load_config(self.config_path, self.environ)
-        except ConfigError as err:
-            self.log.error("config.rejected", path=str(self.config_path), errors=err.errors)
+        config = self._first_config()
+        if config is None:
             return EXIT_CONFIG
         redactor.set_secrets(config.secrets())
         for warning in config_warnings(config):
@@ -111,6 +112,36 @@ class Daemon:
                     current.close()
         finally:
             lock.release()
+
+    def _first_config(self) -> Config | None:
+        """The config to start on, or None once it is clear there is none (exit 78).
+
+        With `wait_for_config` an invalid file is not the end: the daemon waits, doing
+        nothing, for SIGHUP (the file was fixed: read it again) or SIGTERM/SIGINT (give up).
+        Containers need this: Docker's restart policies cannot exempt exit 78, so a daemon
+        that exited would be started again and again on a file no restart can fix."""
+        while True:
+            try:
+                return load_config(self.config_path, self.environ)
+            except ConfigError as err:
+                self.log.error(
+                    "config.rejected",
+                    path=str(self.config_path),
+                    errors=err.errors,
+                    **(
+                        {"waiting": "for SIGHUP once the file is fixed"}
+                        if self.wait_for_config
+                        else {}
+                    ),
+                )
+            if not self.wait_for_config:
+                return None
+            signum = self._next_signal()
+            if signum != signal.SIGHUP:
+                self.log.info(
+                    "daemon.stopped", signal=signal.Signals(signum).name, config="invalid"
+                )
+                return None
 
     def _serve(self, config: Config, store: StateStore) -> int:
         address = config.daemon.metrics_address
@@ -350,5 +381,7 @@ def _lock_error(state_path: Path, err: OSError) -> str:
     return f"{where}. Check that daemon.state_path's directory exists and is writable."
 
 
-def run(config_path: Path, environ: Mapping[str, str] | None = None) -> int:
-    return Daemon(config_path, environ).run()
+def run(
+    config_path: Path, environ: Mapping[str, str] | None = None, *, wait_for_config: bool = False
+) -> int:
+    return Daemon(config_path, environ, wait_for_config=wait_for_config).run()

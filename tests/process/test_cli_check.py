@@ -45,14 +45,14 @@ def flags(sim: Simulator) -> set[str]:
 def test_the_example_config_passes_with_the_environment_it_documents(
     tmp_path: Path, run_refreshd: RunRefreshd
 ) -> None:
-    # Its header: REFRESHD_EAST_PASSWORD, and CREDENTIALS_DIRECTORY holding west.password.
+    # Its header: CREDENTIALS_DIRECTORY holding east.password and west.password.
     credentials = tmp_path / "credentials"
     credentials.mkdir()
+    (credentials / "east.password").write_text("east-pass-1")
     (credentials / "west.password").write_text("west-pass-1\n")
 
     code, out, err = run_refreshd(
-        ["check", "-c", EXAMPLE_CONFIG],
-        env={"REFRESHD_EAST_PASSWORD": "east-pass-1", "CREDENTIALS_DIRECTORY": str(credentials)},
+        ["check", "-c", EXAMPLE_CONFIG], env={"CREDENTIALS_DIRECTORY": str(credentials)}
     )
 
     assert code == 0, err

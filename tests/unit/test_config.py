@@ -79,8 +79,9 @@ def write(tmp_path: Path, text: str, name: str = "refreshd.toml") -> Path:
 
 
 def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) -> None:
+    (tmp_path / "east.password").write_text(PASSWORD)
     (tmp_path / "west.password").write_text("westPW_1\n")
-    environ = {"REFRESHD_EAST_PASSWORD": PASSWORD, "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
     config = load_config(EXAMPLE_CONFIG, environ=environ)
 
@@ -92,8 +93,9 @@ def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) 
 
 def test_example_config_states_its_required_environment_at_the_top() -> None:
     header = EXAMPLE_CONFIG.read_text().split("[daemon]")[0]
-    assert "REFRESHD_EAST_PASSWORD" in header
     assert "CREDENTIALS_DIRECTORY" in header
+    assert '"east.password"' in header
+    assert '"west.password"' in header
 
 
 def test_example_config_shows_every_key_of_every_table() -> None:
