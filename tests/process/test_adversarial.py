@@ -867,7 +867,7 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip(f"libfaketime is not installed ({LIBFAKETIME}; apt-get install faketime)")
     tmp_path = tmp_path_factory.mktemp("clock")
     offset = tmp_path / "faketime"
-    offset.write_text("+0\n")
+    step_to(offset, "+0")
     env = {
         "LD_PRELOAD": str(LIBFAKETIME),
         "FAKETIME_TIMESTAMP_FILE": str(offset),
@@ -904,11 +904,11 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             )
 
         # Back 12 s, to before the window opened: its start comes round again.
-        offset.write_text("-12\n")
+        step_to(offset, "-12")
         daemon.wait_for("clock.jumped", timeout=10)
         holds_for(no_run_twice, seconds=9, what="no run refreshed twice after the step back")
         # Forward an hour: s0000's window is open now, the other two have closed.
-        offset.write_text("+3600\n")
+        step_to(offset, "+3600")
         daemon.wait_for("clock.jumped", count=2, timeout=10)
         daemon.wait_for("refresh.succeeded", server="s0000", timeout=10)
         holds_for(no_run_twice, seconds=2, what="no run refreshed twice after the step ahead")
@@ -918,6 +918,15 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "calls": {index: calls_on(fleet.sim, api_path(index)) for index in range(3)},
             "runs_before_back": before_back,
         }
+
+
+def step_to(offset: Path, value: str) -> None:
+    """Set libfaketime's offset in one step: it reads the file at every clock call, and a
+    file truncated and then written shows it an empty one in between (no offset: a jump to
+    the real time and back, two clock.jumped lines the test did not make)."""
+    fresh = offset.with_suffix(".new")
+    fresh.write_text(value + "\n")
+    fresh.replace(offset)
 
 
 def _dues(daemon: DaemonProcess, server: str) -> list[datetime]:
