@@ -13,6 +13,9 @@ from refreshd.core.ledger import login_key
 from refreshd.core.policy import VICIDIAL_LOCKOUT
 
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
+SHORTEST_SAFE_PASSWORD = 8
+"""Passwords shorter than this are warned about: guessable, and redacting one everywhere
+it appears (as logs do, whatever its length) also masks innocent text such as numbers."""
 _API_PATH = "/vicidial/non_agent_api.php"
 
 
@@ -30,6 +33,7 @@ def config_warnings(config: Config) -> list[str]:
     """Non-fatal advice about a valid config, each 'place: message'."""
     return [
         *_credentials_warnings(config),
+        *_short_password_warnings(config),
         *_client_and_backoff_warnings(config),
         *(
             warning
@@ -53,6 +57,17 @@ def _credentials_warnings(config: Config) -> list[str]:
             warnings.append(f"{where}: not used by any server")
     warnings.extend(_shared_user_warnings(config))
     return warnings
+
+
+def _short_password_warnings(config: Config) -> list[str]:
+    return [
+        f"{place(('credentials', name))}: the password has fewer than "
+        f"{SHORTEST_SAFE_PASSWORD} characters; it is easy to guess, and refreshd masks it "
+        "wherever it appears in its output (so text that merely contains it is masked "
+        "too); set a longer one, in VICIdial and here"
+        for name, login in config.resolved_credentials().items()
+        if len(login.password.get_secret_value()) < SHORTEST_SAFE_PASSWORD
+    ]
 
 
 def _shared_user_warnings(config: Config) -> list[str]:

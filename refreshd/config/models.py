@@ -183,9 +183,11 @@ class CredentialsConfig(_Table):
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and not _ENV_NAME.fullmatch(value):
+            # Never quoted: a value that is no variable name is most often the password.
             raise ValueError(
-                f"{value!r} is not an environment variable name "
-                "(letters, digits and '_', not starting with a digit)"
+                "is not an environment variable name (letters, digits and '_', not "
+                "starting with a digit); give the name of the variable that holds the "
+                "password, never the password itself (the value is not shown)"
             )
         return value
 

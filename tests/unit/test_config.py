@@ -484,17 +484,53 @@ def test_servers_written_as_a_single_table_get_the_two_brackets_hint() -> None:
 # --- Credentials ----------------------------------------------------------------------------
 
 
-def test_a_missing_password_environment_variable_names_it() -> None:
+def test_a_missing_password_environment_variable_is_named_by_its_place() -> None:
     errors = errors_of(base(), environ={})
     assert places(errors) == ["credentials.east.password_env"]
-    assert "environment variable REFRESHD_EAST_PASSWORD is not set" in errors[0]
+    assert "the environment variable it names is not set" in errors[0]
+    assert "REFRESHD_EAST_PASSWORD" not in errors[0]  # a password put there would show
 
 
 def test_an_empty_password_environment_variable_is_refused() -> None:
     errors = errors_of(base(), environ={"REFRESHD_EAST_PASSWORD": ""})
-    assert errors == [
-        "credentials.east.password_env: environment variable REFRESHD_EAST_PASSWORD is empty"
-    ]
+    assert errors == ["credentials.east.password_env: the environment variable it names is empty"]
+
+
+@pytest.mark.parametrize(
+    ("table", "place"),
+    [
+        ({"user": "refreshd", "password_env": PASSWORD}, "credentials.east.password_env"),
+        ({"user": "refreshd", "password_env": "Hunter2-x"}, "credentials.east.password_env"),
+        ({"user": "refreshd", "password_file": PASSWORD}, "credentials.east.password_file"),
+        ({"user": f"refreshd:{PASSWORD}", "password": PASSWORD}, "credentials.east.user"),
+        ({"user": f"ref {PASSWORD}", "password": PASSWORD}, "credentials.east.user"),
+    ],
+)
+def test_a_password_in_the_wrong_key_is_named_by_its_place_never_shown(
+    table: dict[str, str], place: str, tmp_path: Path
+) -> None:
+    data = base()
+    data["credentials"]["east"] = table
+    errors = errors_of(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert places(errors) == [place]
+    for secret in (PASSWORD, "Hunter2", "secret_pw"):
+        assert secret not in errors[0], errors
+
+
+def test_a_short_password_is_warned_about_without_showing_it() -> None:
+    data = base()
+    data["credentials"]["east"] = {"user": "refreshd", "password_env": "REFRESHD_EAST_PASSWORD"}
+    config = validate_config(data, environ={"REFRESHD_EAST_PASSWORD": "Ab-12_x"})
+    warnings = [w for w in config_warnings(config) if "fewer than 8 characters" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("credentials.east: ")
+    assert "Ab-12_x" not in warnings[0]
+
+
+def test_a_curl_style_user_is_explained() -> None:
+    data = base()
+    data["credentials"]["east"]["user"] = f"refreshd:{PASSWORD}"
+    assert "looks like user:password (curl style)" in errors_of(data)[0]
 
 
 def test_a_relative_password_file_is_read_from_credentials_directory(tmp_path: Path) -> None:
@@ -564,8 +600,8 @@ def test_an_unreadable_password_file_is_an_error_at_its_place(tmp_path: Path) ->
     data["credentials"]["east"] = {"user": "refreshd", "password_file": "absent.pw"}
     errors = errors_of(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert errors == [
-        f"credentials.east.password_file: cannot read {tmp_path / 'absent.pw'}: No such file "
-        "or directory (a relative password_file is read from $CREDENTIALS_DIRECTORY)"
+        "credentials.east.password_file: cannot read the file it names: No such file or "
+        f"directory (a relative password_file is read from $CREDENTIALS_DIRECTORY, {tmp_path})"
     ]
 
 

@@ -165,6 +165,30 @@ def test_known_secret_is_redacted_in_any_form() -> None:
     assert redact("got p%40ss+word here", ["p@ss word"]) == "got *** here"
 
 
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "S3CRETPASS_9",  # another letter case
+        "s3CretPaSS_9",
+        "&#115;&#51;cretPass_9",  # HTML decimal entities, mixed with plain letters
+        "&#x73;&#X33;&#x63;retPass_9",  # HTML hex entities
+        "%73%33cretPass%5F9",  # URL-encoded, either case of hex
+        "%73%33cretPass%5f9",
+    ],
+)
+def test_a_known_secret_is_redacted_in_other_cases_and_escaped_forms(echoed: str) -> None:
+    assert redact(f"ERROR: echoed [{echoed}] here", [PASSWORD]) == "ERROR: echoed [***] here"
+
+
+def test_a_secret_with_html_special_characters_is_redacted_as_named_entities() -> None:
+    assert redact("value: a&amp;b&lt;c&quot;d", ['a&b<c"d']) == "value: ***"
+
+
+def test_a_short_secret_is_redacted_too() -> None:
+    # check warns about such passwords (they mask innocent text); they are never shown.
+    assert redact("pw 1234 and 12345", ["1234"]) == "pw *** and ***5"
+
+
 def test_query_string_password_is_redacted() -> None:
     out = redact("GET /vicidial/non_agent_api.php?function=x&user=u&pass=abc123&source=y")
     assert "abc123" not in out
