@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from refreshd import __version__
 from refreshd.clock import system_clock
 from refreshd.config import Config, ConfigError, config_warnings, default_config_path, load_config
+from refreshd.config.advice import ignored_proxies_note
 from refreshd.core.durations import parse_duration
 from refreshd.core.vicidial import Outcome
 from refreshd.logs import configure, get_logger, redactor
@@ -190,6 +191,7 @@ def _check(args: argparse.Namespace) -> int:
         f"{path}: valid: {len(config.servers)} server(s), {len(config.credentials)} "
         f"credentials, {len(config.blackouts)} blackout(s)"
     )
+    print(f"proxy: {config.client.proxy_shown}{ignored_proxies_note(os.environ)}")
     if not args.online:
         return EXIT_OK
     from refreshd.manual import online_check  # the HTTP stack: only for commands that call

@@ -191,6 +191,7 @@ class Daemon:
             pid=os.getpid(),
             servers=len(config.servers),
             state_path=str(config.daemon.state_path),
+            proxy=config.client.proxy_shown,
             metrics=(
                 f"http://{address[0]}:{self.metrics_server.port}/metrics"
                 if address and self.metrics_server

@@ -13,7 +13,7 @@ Reading order for a newcomer:
 
 from __future__ import annotations
 
-from refreshd.config.advice import config_warnings, is_loopback_host
+from refreshd.config.advice import config_warnings, ignored_proxies_note, is_loopback_host
 from refreshd.config.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -47,6 +47,7 @@ __all__ = [
     "ServerConfig",
     "config_warnings",
     "default_config_path",
+    "ignored_proxies_note",
     "is_loopback_host",
     "load_config",
     "validate_config",

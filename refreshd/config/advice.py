@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -27,6 +28,18 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def ignored_proxies_note(environ: Mapping[str, str]) -> str:
+    """A note naming the proxy variables set in `environ`, which refreshd ignores on purpose
+    (README, Proxies): "" when none is set."""
+    found = [name for name in _PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
+    if not found:
+        return ""
+    return f" ({', '.join(found)} in the environment: ignored; set [client] proxy to use one)"
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -90,7 +103,19 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
     if not config.client.verify_tls:
         warnings.append(
             "client.verify_tls: false, so TLS certificates are not checked and anyone on the "
-            "path can pose as VICIdial and read the password; install the CA instead"
+            "path can pose as VICIdial and read the password; set ca_file to the CA's PEM "
+            "file (a self-signed certificate itself will do) and remove verify_tls"
+        )
+        if config.client.ca_file or any(server.ca_file for server in config.servers):
+            warnings.append(
+                "client.verify_tls: false makes every ca_file unused (nothing is checked); "
+                "remove verify_tls = false to check certificates against them"
+            )
+    proxy = urlsplit(config.client.proxy or "")
+    if proxy.password:
+        warnings.append(
+            "client.proxy: holds the proxy's password; prefer setting it in the environment "
+            "(REFRESHD_CLIENT__PROXY) so the config file holds no secret"
         )
     auth_retry = config.backoff.auth_retry
     if auth_retry < VICIDIAL_LOCKOUT:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -42,13 +44,17 @@ from refreshd.config.fields import (
     Name,
     NonEmpty,
     PositiveDuration,
+    ProxyUrl,
     Source,
     TimeZoneName,
     VicidialUser,
     Window,
     at_least_one,
     between,
+    ca_file,
     is_known_zone,
+    not_blank_path,
+    proxy_shown,
     split_listen,
 )
 from refreshd.config.passwords import (
@@ -66,6 +72,14 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAY = timedelta(days=1)
 _MONTH = timedelta(days=30)
 _PASSWORD_KEYS = ("password", "password_env", "password_file")
+
+
+def _checked_ca_file(value: Path, info: ValidationInfo) -> Path:
+    # A relative path is next to the config file, whose directory the context knows.
+    return ca_file(value, password_sources(info).config_dir)
+
+
+CaFile = Annotated[Path, BeforeValidator(not_blank_path), AfterValidator(_checked_ca_file)]
 
 
 class _Table(BaseModel):
@@ -113,7 +127,15 @@ class ClientConfig(_Table):
         seconds=10
     )
     verify_tls: bool = True
+    ca_file: CaFile | None = None  # the CA (PEM) to trust instead of the system's store
+    # The one way to use a proxy: HTTP(S)_PROXY in the environment are ignored (client.py).
+    proxy: ProxyUrl | None = None
     source: Source = "refreshd"
+
+    @property
+    def proxy_shown(self) -> str:
+        """The proxy without its credentials, or "none": for logs and `check`."""
+        return proxy_shown(self.proxy)
 
 
 class BackoffConfig(_Table):
@@ -242,6 +264,7 @@ class ServerConfig(_Table):
     every: Annotated[PositiveDuration, between(timedelta(seconds=1), timedelta(days=7))] | None = (
         None
     )
+    ca_file: CaFile | None = None  # this server's CA, instead of [client] ca_file
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -315,11 +338,21 @@ class Config(BaseModel):
         """Every [credentials.NAME] table, resolved, by NAME."""
         return {name: table.resolved(name) for name, table in self.credentials.items()}
 
+    def verify_for(self, server: ServerConfig) -> bool | str:
+        """What the server's TLS certificate is checked against: its CA file, else the
+        client's, else the system's trust store (True); False with verify_tls off."""
+        if not self.client.verify_tls:
+            return False
+        chosen = server.ca_file or self.client.ca_file
+        return str(chosen) if chosen is not None else True
+
     def secrets(self) -> frozenset[str]:
         """Every password in plain text: for the log redactor only, never for display."""
-        return frozenset(
-            c.password.get_secret_value() for c in self.resolved_credentials().values()
-        )
+        passwords = {c.password.get_secret_value() for c in self.resolved_credentials().values()}
+        proxy_password = urlsplit(self.client.proxy).password if self.client.proxy else None
+        if proxy_password:
+            passwords |= {proxy_password, unquote(proxy_password)}
+        return frozenset(passwords)
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:
         """Every blackout window that applies to the server, in config order."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import ssl
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ class _Traffic:
     in_flight: int = 0
     peak_in_flight: int = 0
     errors: int = 0
+    tls_refused: int = 0  # connections whose TLS handshake failed: nothing was read
 
 
 class Simulator:
@@ -60,6 +62,7 @@ class Simulator:
         check_server_ip: bool = False,
         keepalive_interval: float | None = None,
         database: SimDatabase | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise ValueError("keepalive_interval must be positive")
@@ -73,6 +76,7 @@ class Simulator:
         self._clock = clock
         self._keepalive_interval = keepalive_interval
         self._database = database  # mirrors servers/system_settings into a real MariaDB
+        self._tls = tls  # a server context with its certificate: serve https://
 
         self._lock = threading.Lock()
         self._traffic = _Traffic()
@@ -93,7 +97,7 @@ class Simulator:
         if self._stopping.is_set():
             raise RuntimeError("a stopped simulator cannot be restarted; make a new one")
         server_class = Server6 if ":" in self._requested_host else Server
-        self._httpd = server_class((self._requested_host, self._requested_port), self)
+        self._httpd = server_class((self._requested_host, self._requested_port), self, self._tls)
         # A short poll keeps stop() fast; tests start and stop hundreds of these.
         self._spawn("refreshd-simulator", self._httpd.serve_forever, 0.01)
         if self._keepalive_interval is not None:
@@ -149,7 +153,8 @@ class Simulator:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -186,6 +191,7 @@ class Simulator:
                 "in_flight": traffic.in_flight,
                 "peak_in_flight": traffic.peak_in_flight,
                 "errors": traffic.errors,
+                "tls_refused": traffic.tls_refused,
                 "faults": [f.as_dict() for f in self._faults.values()],
             }
 
@@ -286,6 +292,10 @@ class Simulator:
     def _count_error(self) -> None:
         with self._lock:
             self._traffic.errors += 1
+
+    def _count_tls_refused(self) -> None:
+        with self._lock:
+            self._traffic.tls_refused += 1
 
     def _record(self, path: str, fields: Mapping[str, str], kind: str, received: float) -> None:
         """Log a call that never reached the PHP (a fault answered first)."""

@@ -117,11 +117,22 @@ def test_http_status_outside_2xx_decides_before_the_body(status: int, outcome: O
     assert answer.http_status == status
 
 
-@pytest.mark.parametrize("kind", list(Transport))
-def test_every_transport_failure_is_transient(kind: Transport) -> None:
+CERTIFICATE_REFUSALS = [Transport.TLS_UNTRUSTED, Transport.TLS_NAME_MISMATCH, Transport.TLS_EXPIRED]
+
+
+@pytest.mark.parametrize("kind", [k for k in Transport if k not in CERTIFICATE_REFUSALS])
+def test_every_other_transport_failure_is_transient(kind: Transport) -> None:
     answer = classify(None, None, kind)
     assert answer.outcome is Outcome.TRANSIENT
     assert answer.detail
+
+
+@pytest.mark.parametrize("kind", CERTIFICATE_REFUSALS)
+def test_a_refused_certificate_is_tls_rejected_and_never_reached_vicidial(kind: Transport) -> None:
+    answer = classify(None, None, kind)
+    assert answer.outcome is Outcome.TLS_REJECTED
+    assert not answer.reached  # the handshake failed: no password left, no login counted
+    assert "never falls back" in answer.detail
 
 
 @pytest.mark.parametrize("body", ["", "   ", "\n\r\n", None])
