@@ -245,13 +245,16 @@ def test_a_self_signed_tls_server_is_refused_logged_and_never_sent_the_password(
         fleet.write([https], backoff={"retry_initial": "1s", "retry_max": "1s"})
         daemon = fleet.start()
 
-        lines = daemon.wait_for("refresh.retrying", count=3, timeout=20)
+        # A retry cannot heal an untrusted certificate: the server is suspended at once.
+        (line,) = daemon.wait_for("refresh.failed", timeout=20)
+        daemon.wait_for("server.suspended", outcome="tls_rejected")
 
-        assert {line["outcome"] for line in lines} == {"transient"}
-        assert all("TLS" in line["detail"] for line in lines), lines
-        assert all("never falls back" in line["detail"] for line in lines)
+        assert line["outcome"] == "tls_rejected"
+        assert "TLS certificate not trusted" in line["detail"]
+        assert "never falls back" in line["detail"]
         assert daemon.matching("refresh.succeeded") == []
-        assert trap.connections >= 3  # one handshake per attempt, each refused
+        assert daemon.matching("refresh.retrying") == []
+        assert trap.connections == 1  # one handshake, refused
         assert trap.received == []  # no request, so no password, ever reached it
         assert fleet.sim.stats()["requests"] == {}  # and no plain-HTTP fallback either
         fleet.audit(daemon)

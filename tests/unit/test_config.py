@@ -368,7 +368,9 @@ def test_unknown_keys_are_refused_at_every_level(
 
 def test_an_unknown_key_without_a_close_match_lists_the_known_keys() -> None:
     errors = errors_of({**base(), "client": {"colour": "blue"}})
-    assert errors == ["client.colour: unknown key; known keys here: timeout, verify_tls, ca_file, proxy, source"]
+    assert errors == [
+        "client.colour: unknown key; known keys here: timeout, verify_tls, ca_file, proxy, source"
+    ]
 
 
 def test_a_duplicate_name_an_unknown_zone_and_a_typo_are_reported_together() -> None:
