@@ -15,7 +15,7 @@ import pytest
 from refreshd.simulator import API_PATH
 from tests.support.config import window_from_now, write_daemon_config
 from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, RunRefreshd
-from tests.support.fleet import PASSWORD, PASSWORD_ENV, USER, open_fleet, secret_forms
+from tests.support.fleet import PASSWORD, PASSWORD_ENV, USER, open_fleet, report, secret_forms
 from tests.support.proxy import running_proxy
 from tests.support.tls import PrivateCa
 from tests.support.waiting import eventually, holds_for
@@ -93,7 +93,15 @@ def test_a_refused_certificate_suspends_the_server_and_never_sends_the_password(
         assert fleet.sim.stats()["requests"] == {}  # no request, so no password, ever sent
         status = fleet.cli("status", "--json")
         assert '"suspended_until": "' in status.stdout
-        fleet.audit(daemon)
+        places = fleet.audit(daemon)
+        report(
+            f"refused certificate: {label}",
+            handshakes=fleet.sim.stats()["tls_refused"],
+            requests=0,
+            call_ms=failed["duration_ms"],
+            suspended_until=suspended["suspended_until"],
+            places_searched=places,
+        )
 
 
 def test_check_refuses_a_ca_file_that_holds_no_certificate(
@@ -147,6 +155,12 @@ def test_check_and_the_daemon_go_through_the_configured_proxy_and_say_which(
         daemon.stop()
         assert_never_shown(PROXY_PASSWORD, daemon.stdout, daemon.stderr)
         fleet.audit(daemon)
+        report(
+            "proxy",
+            connections_by_check=through_check,
+            connections_by_daemon=len(proxy.seen) - through_check,
+            with_proxy_authorization=proxy.authorized,
+        )
 
 
 # -- 10. secrets in the wrong place ---------------------------------------------------------------
@@ -273,4 +287,10 @@ def test_a_password_echoed_in_another_case_or_escaped_is_masked_in_logs_and_hist
         assert "***" in history.stdout
         assert_never_shown(PASSWORD, history.stdout, history.stderr, daemon.stdout)
         eventually(lambda: echoing.requests == 1, what="one login, refused")
-        fleet.audit(daemon)
+        places = fleet.audit(daemon)
+        report(
+            "password echoed in other forms",
+            forms_masked=failed["detail"].count("***"),
+            forms_searched=len(secret_forms(PASSWORD)),
+            places_searched=places,
+        )
