@@ -148,3 +148,18 @@ def test_the_environments_proxy_variables_are_ignored(
 
     assert version(simulator.api_url, verify=True) == 200
     assert proxy.seen == []
+
+
+def test_a_call_through_the_proxy_is_still_cut_at_its_deadline(
+    tls_sim: Simulator, ca: PrivateCa, proxy: LoopbackProxy
+) -> None:
+    # The headers a byte at a time: no per-read time-out trips, only the total deadline.
+    tls_sim.set_fault("trickle_headers", interval=0.3)
+    client = Client(timeout=1.0, proxy=proxy.url)
+    try:
+        raw = client.call(tls_sim.api_url, version_params(), verify=str(ca.ca))
+    finally:
+        client.close()
+    assert raw.transport is Transport.TIMEOUT
+    assert raw.elapsed < 2.0
+    assert proxy.seen == [f"CONNECT 127.0.0.1:{tls_sim.port}"]
