@@ -187,10 +187,8 @@ def _check(args: argparse.Namespace) -> int:
     path = _config_path(args)
     for warning in config_warnings(config):
         print(f"refreshd: warning: {warning}", file=sys.stderr)
-    print(
-        f"{path}: valid: {len(config.servers)} server(s), {len(config.credentials)} "
-        f"credentials, {len(config.blackouts)} blackout(s)"
-    )
+    tables = f"{len(config.servers)} server(s), {len(config.credentials)} credentials"
+    print(f"{path}: valid: {tables}, {len(config.blackouts)} blackout(s)")
     print(f"proxy: {config.client.proxy_shown}{ignored_proxies_note(os.environ)}")
     if not args.online:
         return EXIT_OK
