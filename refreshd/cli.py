@@ -185,7 +185,7 @@ def _check(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     path = _config_path(args)
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, now=system_clock.now()):
         print(f"refreshd: warning: {warning}", file=sys.stderr)
     tables = f"{len(config.servers)} server(s), {len(config.credentials)} credentials"
     print(f"{path}: valid: {tables}, {len(config.blackouts)} blackout(s)")
@@ -226,7 +226,7 @@ def _refresh(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, now=system_clock.now()):
         print(f"refreshd: warning: {warning}", file=sys.stderr)
     # The HTTP stack (requests, urllib3, ssl) is imported by the commands that call
     # VICIdial only: check, plan, status and history start ~0.15 s sooner without it.

@@ -85,7 +85,7 @@ class Daemon:
         if config is None:
             return EXIT_CONFIG
         redactor.set_secrets(config.secrets())
-        for warning in config_warnings(config):
+        for warning in config_warnings(config, now=self.clock.now()):
             self.log.warning("config.warning", warning=warning)
         self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
         try:
@@ -287,7 +287,7 @@ class Daemon:
             gc.collect()
             gc.freeze()
             self.metrics.config_reloads.labels("ok").inc()
-            for warning in config_warnings(config):
+            for warning in config_warnings(config, now=self.clock.now()):
                 self.log.warning("config.warning", warning=warning)
             self.log.info(
                 "config.reloaded",

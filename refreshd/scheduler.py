@@ -14,7 +14,14 @@ from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import Call, Event, Kind, login_key
-from refreshd.core.planning import Next, earliest_start, missed_slot, next_fire, retry_until
+from refreshd.core.planning import (
+    Next,
+    earliest_start,
+    look_again_at,
+    missed_slot,
+    next_fire,
+    retry_until,
+)
 from refreshd.core.policy import Action, Decision
 from refreshd.core.slots import Run, Schedule, open_until
 from refreshd.core.vicidial import Attempt
@@ -270,10 +277,12 @@ class Scheduler:
                 self._note_if_missed(server, previous, chosen)
             server.attempts = 0
         if chosen is None:
-            server.generation += 1
-            self.runner.tell(
-                [Event(Kind.SERVER_UNPLANNED, {"server": server.name, "reason": "no window ahead"})]
-            )
+            # Nothing within the search's horizon (a blackout covers every window): look
+            # again when it has passed, or the server would never run again.
+            again = look_again_at(key[1])
+            fields = {"server": server.name, "reason": "no run ahead", "planning_again_at": again}
+            self.runner.tell([Event(Kind.SERVER_UNPLANNED, fields)])
+            self._queue_at(server, again)
             return
         self._queue_at(server, chosen.at)
 
@@ -323,6 +332,9 @@ class Scheduler:
             groups: dict[Hashable, list[_Server]] = {}
             for name in self._timer.pop_due(now):
                 server = self._servers[name]
+                if server.run_next is None:  # the look again of an unplanned server
+                    self._plan(server, now)
+                    continue
                 groups.setdefault(server.target.key, []).append(server)
             for group in groups.values():
                 jobs = [job for server in group if (job := self._fire(server, now)) is not None]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from refreshd.binding import schedule_of
 from refreshd.config.messages import place
 from refreshd.config.models import Config, ServerConfig
 from refreshd.core.durations import format_duration
 from refreshd.core.ledger import login_key
+from refreshd.core.planning import never_runs
 from refreshd.core.policy import VICIDIAL_LOCKOUT
 
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
@@ -42,8 +44,9 @@ def ignored_proxies_note(environ: Mapping[str, str]) -> str:
     return f" ({', '.join(found)} in the environment: ignored; set [client] proxy to use one)"
 
 
-def config_warnings(config: Config) -> list[str]:
-    """Non-fatal advice about a valid config, each 'place: message'."""
+def config_warnings(config: Config, *, now: datetime | None = None) -> list[str]:
+    """Non-fatal advice about a valid config, each 'place: message'. With `now` (the
+    commands and the daemon pass it), also the servers that can never run from then on."""
     return [
         *_credentials_warnings(config),
         *_short_password_warnings(config),
@@ -53,7 +56,21 @@ def config_warnings(config: Config) -> list[str]:
             for index, server in enumerate(config.servers)
             for warning in _server_warnings(place(("servers", index)), server)
         ),
+        *(_never_run_warnings(config, now) if now is not None else ()),
     ]
+
+
+def _never_run_warnings(config: Config, now: datetime) -> list[str]:
+    """Servers whose blackouts cover every window: valid, but they would never refresh."""
+    warnings: list[str] = []
+    for index, server in enumerate(config.servers):
+        why = never_runs(schedule_of(config, server), now)
+        if why is not None:
+            warnings.append(
+                f"{place(('servers', index))} ({server.name}): will never run: {why}; "
+                "change its windows or the blackouts"
+            )
+    return warnings
 
 
 def _credentials_warnings(config: Config) -> list[str]:

@@ -40,6 +40,42 @@ def flags(sim: Simulator) -> set[str]:
 
 
 # -- offline ----------------------------------------------------------------------------------
+NEVER_RUNS = """\
+[daemon]
+state_path = "state.db"
+
+[credentials.east]
+user = "refreshd"
+password_env = "EAST_PASSWORD"
+
+[[servers]]
+name = "east-1"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["mon-fri 02:00-04:00"]
+
+[[servers]]
+name = "east-2"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["sat,sun 01:00-06:00"]
+
+[[servers]]
+name = "east-3"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["02:00-04:00"]
+
+[[blackouts]]
+name = "weekdays"
+servers = ["east-1"]
+windows = ["mon-fri 00:00-12:00"]
+
+[[blackouts]]
+name = "forever"
+servers = ["east-3"]
+windows = ["2000-01-01T00:00/2999-01-01T00:00"]
+"""
 
 
 def test_the_example_config_passes_with_the_environment_it_documents(
@@ -229,3 +265,22 @@ def test_online_check_force_probes_during_a_wait(
 
     assert code == 0, out + err
     assert simulator.stats()["logins"]["failed"] == 1
+
+
+def test_check_warns_naming_each_server_that_can_never_run_and_still_exits_0(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = tmp_path / "refreshd.toml"
+    config.write_text(NEVER_RUNS)
+
+    code, out, err = run_refreshd(["check", "-c", config], env={"EAST_PASSWORD": GOOD_PASSWORD})
+
+    assert code == 0, err
+    assert "valid: 3 server(s)" in out
+    never = [line for line in err.splitlines() if "never run" in line]
+    assert len(never) == 2, err
+    assert never[0].startswith("refreshd: warning: servers[0] (east-1): will never run: ")
+    assert never[1].startswith("refreshd: warning: servers[2] (east-3): will never run: ")
+    assert all("blackout" in line for line in never)
+    assert "east-2" not in err
+    assert "Traceback" not in out + err
