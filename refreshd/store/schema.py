@@ -80,6 +80,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (login, at)
         ) WITHOUT ROWID""",
     ),
+    # 2 -> 3: when the daemon first had each server in its config, so that alerts see a
+    # server that has never succeeded since (a restart must not reset it).
+    ("ALTER TABLE servers ADD COLUMN first_seen TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -89,16 +92,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 SERVER_SELECT = (
     "SELECT name, last_outcome, last_attempt_at, last_success_at, suspended_until, "
-    "suspensions, suspension_reason, config_fingerprint FROM servers"
+    "suspensions, suspension_reason, config_fingerprint, first_seen FROM servers"
 )
+# first_seen: the earliest written stays (a one-shot command's entry may lack it).
 SERVER_UPSERT = (
     "INSERT INTO servers (name, last_outcome, last_attempt_at, last_success_at, "
-    "suspended_until, suspensions, suspension_reason, config_fingerprint) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "suspended_until, suspensions, suspension_reason, config_fingerprint, first_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
     "last_outcome = excluded.last_outcome, last_attempt_at = excluded.last_attempt_at, "
     "last_success_at = excluded.last_success_at, suspended_until = excluded.suspended_until, "
     "suspensions = excluded.suspensions, suspension_reason = excluded.suspension_reason, "
-    "config_fingerprint = excluded.config_fingerprint"
+    "config_fingerprint = excluded.config_fingerprint, "
+    "first_seen = COALESCE(servers.first_seen, excluded.first_seen)"
 )
 
 # -- credentials waits -----------------------------------------------------------------
