@@ -38,6 +38,7 @@ from refreshd.store import (
     StateStore,
 )
 from refreshd.store.errors import explain
+from refreshd.store.schema import MIGRATIONS
 from tests.support.repo import REPO
 from tests.support.store import integrity, query
 
@@ -591,6 +592,32 @@ def test_reopening_a_migrated_file_changes_nothing(path: Path) -> None:
     with StateStore(path) as reopened_store:
         assert reopened_store.last_runs_done() == {"east-1": SLOT}
     assert dump_schema(path) == schema
+    assert user_version(path) == SCHEMA_VERSION
+
+
+def test_a_version_2_file_keeps_its_servers_and_learns_first_seen_once(path: Path) -> None:
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in MIGRATIONS[:2] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO servers (name, last_outcome) VALUES ('east-1', 'ok')")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    first, later = SLOT, SLOT + timedelta(days=3)
+
+    with StateStore(path) as upgraded:
+        old = upgraded.load().server("east-1")
+        upgraded.journal(servers={"east-1": replace(old, first_seen=first)}, logins={})
+        # A one-shot command's entry lacks it, a later one differs: the first stays.
+        upgraded.journal(
+            servers={"east-1": replace(old, last_outcome=Outcome.TRANSIENT)}, logins={}
+        )
+        upgraded.journal(servers={"east-1": replace(old, first_seen=later)}, logins={})
+        entry = upgraded.load().server("east-1")
+
+    assert old.last_outcome is Outcome.OK
+    assert old.first_seen is None
+    assert entry.first_seen == first
     assert user_version(path) == SCHEMA_VERSION
 
 
