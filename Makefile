@@ -32,13 +32,19 @@ PYTEST_WORKERS ?= 4
 pytest: $(STAMP) test-tools
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
-# libfaketime lets the clock-step tests move a real daemon's wall clock. Installed when we
-# can (root with apt); elsewhere those tests skip and say why.
+# libfaketime lets the clock-step tests move a real daemon's wall clock; promtool (Debian's
+# `prometheus` package) tests the shipped alert rules. Installed when we can (root with
+# apt); elsewhere those tests skip and say why (the alert-rule test fails under CI=true).
 test-tools:
 	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	       && apt-get update -qq && apt-get install -y -qq faketime >/dev/null; } \
 	  || echo "faketime not installed: the clock-step tests will skip"
+	@command -v promtool >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	          prometheus >/dev/null; } \
+	  || echo "promtool not installed: the alert-rule test will skip (and fail under CI=true)"
 
 # Lint and type checks run beside the tests: they are short and CPU-bound, the tests wait on
 # processes much of the time. Each part's output is shown whole when it ends.
