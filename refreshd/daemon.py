@@ -307,6 +307,7 @@ class Daemon:
         last_wall, last_mono = clock.now(), clock.monotonic()
         last_prune = 0.0
         scheduler.loop_beat()
+        self._record_beat(scheduler)
         while not clock.wait(self._stop_heartbeat, self.heartbeat):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
@@ -322,9 +323,20 @@ class Daemon:
                 scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
             except StateError as err:
                 self.log.error("state.error", error=str(err))
+            self._record_beat(scheduler)
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)
+
+    def _record_beat(self, scheduler: Scheduler) -> None:
+        """The heartbeat's time in the state file, for `refreshd status` ("last heartbeat")."""
+        store = scheduler.runner.store
+        if store is None:
+            return
+        try:
+            store.beat(self.clock.now())
+        except StateError as err:
+            self.log.error("state.error", error=str(err))
 
     def _prune(self, scheduler: Scheduler) -> None:
         retention: timedelta = scheduler.config.daemon.history_retention
