@@ -17,7 +17,13 @@ from types import FrameType
 
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
-from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    load_config,
+    resolve_passwords,
+)
 from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics, MetricsServer
@@ -79,7 +85,7 @@ class Daemon:
         # hand-off to a worker is the firing lag operators see (bench/accuracy.py).
         sys.setswitchinterval(0.001)
         try:
-            config = load_config(self.config_path, self.environ)
+            config = self._load_config()
         except ConfigError as err:
             self.log.error("config.rejected", path=str(self.config_path), errors=err.errors)
             return EXIT_CONFIG
@@ -228,7 +234,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             try:
-                config = load_config(self.config_path, self.environ)
+                config = self._load_config()
             except ConfigError as err:
                 self.metrics.config_reloads.labels("rejected").inc()
                 self.log.error(
@@ -267,6 +273,11 @@ class Daemon:
             )
         finally:
             self.notifier.ready()
+
+    def _load_config(self) -> Config:
+        """The config file with its passwords read: the daemon calls VICIdial."""
+        config = load_config(self.config_path, self.environ)
+        return resolve_passwords(config, environ=self.environ, path=self.config_path)
 
     def _keep_restart_only(self, running: Config, new: Config) -> Config:
         kept = {}

@@ -1,7 +1,8 @@
 """The config of refreshd: one TOML file, with REFRESHD_ overrides, validated into a `Config`.
 
 Reading order for a newcomer:
-  load.py        `load_config` (file + environment -> `Config`) and `ConfigError`
+  load.py        `load_config` (file + environment -> `Config`), `resolve_passwords` (for
+                 the commands that call VICIdial) and `ConfigError`
   models.py      the models, one per TOML table, each field's rule next to it
   fields.py      the field types and their plain-language refusals
   references.py  the rules across tables (unique names, references that exist)
@@ -20,6 +21,7 @@ from refreshd.config.load import (
     ConfigError,
     default_config_path,
     load_config,
+    resolve_passwords,
     validate_config,
 )
 from refreshd.config.models import (
@@ -49,5 +51,6 @@ __all__ = [
     "default_config_path",
     "is_loopback_host",
     "load_config",
+    "resolve_passwords",
     "validate_config",
 ]

@@ -1,8 +1,10 @@
 """The config's models, one per TOML table, with the rules that span a table or the whole file.
 
 Passwords: `[credentials.X]` keeps the TOML shape (`password`, `password_env` or
-`password_file`); validating a `CredentialsConfig` also reads the secret it points to, so a
-`Config` that exists has every password resolved. Code that talks to VICIdial asks
+`password_file`). Validating checks the shape and reads no secret (`status`, `history` and
+`plan` run where the daemon's environment and systemd credentials are not); the commands
+that call VICIdial ask `Config.with_passwords()` (via `config.resolve_passwords`) for a
+copy with each password read. Code that talks to VICIdial asks
 `Config.credentials_for(server)`, which returns a `Credentials` with `user` and
 `password: SecretStr`. No password ever appears in an error message, a repr or a str.
 """
@@ -27,7 +29,6 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,10 +53,10 @@ from refreshd.config.fields import (
     split_listen,
 )
 from refreshd.config.passwords import (
+    PasswordSources,
     check_password,
     password_from_env,
     password_from_file,
-    password_sources,
 )
 from refreshd.config.problems import Problem, invalid, invalid_at
 from refreshd.config.references import raw_field, reference_problems
@@ -158,10 +159,11 @@ class Credentials:
 class CredentialsConfig(_Table):
     """`[credentials.NAME]`: a user and exactly one of password, password_env, password_file.
 
-    Validation reads the secret (from the validation context's environment, see
-    `validate_config`) and keeps it privately; `Config.credentials_for()` hands it out.
-    A relative password_file is read from $CREDENTIALS_DIRECTORY (systemd's
-    LoadCredential=) when that is set, else from the config file's directory.
+    Validation checks the shape; an inline password is kept at once, the others are read by
+    `with_password()` (see `Config.with_passwords`) and kept privately;
+    `Config.credentials_for()` hands them out. A relative password_file is read from
+    $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set, else from the
+    config file's directory.
     """
 
     user: VicidialUser
@@ -197,7 +199,7 @@ class CredentialsConfig(_Table):
         return value
 
     @model_validator(mode="after")
-    def _resolve_password(self, info: ValidationInfo) -> Self:
+    def _one_password_source(self) -> Self:
         given = [name for name in _PASSWORD_KEYS if getattr(self, name) is not None]
         if len(given) != 1:
             found = f" (found {' and '.join(given)})" if given else ""
@@ -206,24 +208,33 @@ class CredentialsConfig(_Table):
                 "give exactly one of password_env (an environment variable), password_file "
                 f"(a file, e.g. a systemd credential) or password{found}",
             )
-        context = password_sources(info)
+        if self.password is not None:
+            self._secret, self._source_kind = self.password, "inline"
+        return self
+
+    def with_password(self, sources: PasswordSources) -> CredentialsConfig:
+        """A copy holding the password read from `sources`; ValueError(key, reason) saying
+        which key points to a password that cannot be read, and why."""
+        if self._secret is not None:
+            return self
+        copy = self.model_copy()
         try:
             if self.password_env is not None:
-                secret = password_from_env(self.password_env, context.environ)
-                self._secret, self._source_kind = secret, "env"
+                copy._secret = password_from_env(self.password_env, sources.environ)
+                copy._source_kind = "env"
             elif self.password_file is not None:
-                secret = password_from_file(self.password_file, context)
-                self._secret, self._source_kind = secret, "file"
-            else:
-                self._secret, self._source_kind = self.password, "inline"
+                copy._secret = password_from_file(self.password_file, sources)
+                copy._source_kind = "file"
         except ValueError as error:
-            raise invalid_at((given[0],), str(error)) from None
-        return self
+            key = "password_env" if self.password_env is not None else "password_file"
+            raise ValueError(key, str(error)) from None
+        return copy
 
     def resolved(self, name: str) -> Credentials:
         """This table as a `Credentials` value: user plus the resolved password."""
-        if self._secret is None:  # only possible if built with model_construct()
-            raise ValueError(f"credentials {name!r} were never validated")
+        if self._secret is None:
+            # A bug, not an operator's error: the command asked for no passwords.
+            raise ValueError(f"credentials {name!r}: password not read (see with_passwords)")
         return Credentials(name, self.user, self._secret, self._source_kind)
 
 
@@ -270,7 +281,7 @@ class Config(BaseModel):
     daemon: DaemonConfig = DaemonConfig()
     client: ClientConfig = ClientConfig()
     backoff: BackoffConfig = BackoffConfig()
-    credentials: Mapping[str, CredentialsConfig] = Field(default_factory=dict)
+    credentials: Mapping[Name, CredentialsConfig] = Field(default_factory=dict)
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
 
@@ -313,10 +324,28 @@ class Config(BaseModel):
         """Every [credentials.NAME] table, resolved, by NAME."""
         return {name: table.resolved(name) for name, table in self.credentials.items()}
 
+    def with_passwords(self, sources: PasswordSources) -> Config:
+        """A copy with every password read from `sources`; ConfigError-ready problems
+        (ValueError of a list of Problem) naming each key whose password cannot be read."""
+        tables: dict[str, CredentialsConfig] = {}
+        problems: list[Problem] = []
+        for name, table in self.credentials.items():
+            try:
+                tables[name] = table.with_password(sources)
+            except ValueError as error:
+                key, reason = error.args
+                problems.append((("credentials", name, key), reason))
+        if problems:
+            raise ValueError(problems)
+        return self.model_copy(update={"credentials": tables})
+
     def secrets(self) -> frozenset[str]:
-        """Every password in plain text: for the log redactor only, never for display."""
+        """Every password read so far, in plain text: for the log redactor only, never for
+        display."""
         return frozenset(
-            c.password.get_secret_value() for c in self.resolved_credentials().values()
+            table._secret.get_secret_value()
+            for table in self.credentials.values()
+            if table._secret is not None
         )
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationInfo
+from pydantic import SecretStr
 
 from refreshd.config.fields import LOGIN_KEEPS
 
@@ -16,7 +15,7 @@ _MAX_PASSWORD_FILE = 4096
 
 @dataclass(frozen=True)
 class PasswordSources:
-    """The validation context: where password_env and a relative password_file are looked up."""
+    """Where password_env and a relative password_file are looked up (`resolve_passwords`)."""
 
     environ: Mapping[str, str]
     config_dir: Path | None = None
@@ -38,14 +37,6 @@ class PasswordSources:
             " (a relative password_file is read from $CREDENTIALS_DIRECTORY when set, "
             "else from the config file's directory)"
         )
-
-
-def password_sources(info: ValidationInfo) -> PasswordSources:
-    """The validation's PasswordSources; os.environ when validated without one."""
-    context = info.context
-    if isinstance(context, PasswordSources):
-        return context
-    return PasswordSources(environ=os.environ)
 
 
 def password_from_env(name: str, environ: Mapping[str, str]) -> SecretStr:
