@@ -496,6 +496,48 @@ def test_servers_written_as_a_single_table_get_the_two_brackets_hint() -> None:
 # --- Credentials ----------------------------------------------------------------------------
 
 
+def test_loading_reads_no_password_until_resolve_passwords_is_asked(tmp_path: Path) -> None:
+    data = base()
+    data["credentials"]["west"] = {"user": "other", "password_file": "west.password"}
+    # Neither the variable nor the file exists: a shell outside the service.
+    config = validate_config(data, environ={}, path=tmp_path / "refreshd.toml")
+
+    assert config.secrets() == frozenset()
+    with pytest.raises(ValueError, match="password not read"):
+        config.credentials_for("east-1")
+    with pytest.raises(ConfigError) as caught:
+        resolve_passwords(config, environ={}, path=tmp_path / "refreshd.toml")
+    assert places(caught.value.errors) == [
+        "credentials.east.password_env",
+        "credentials.west.password_file",
+    ]
+
+
+def test_resolving_gives_a_copy_with_every_password_and_leaves_the_config_alone() -> None:
+    config = validate_config(base(), environ={})
+
+    resolved = resolve_passwords(config, environ=ENV)
+
+    assert resolved.credentials_for("east-1").password.get_secret_value() == PASSWORD
+    assert resolved.secrets() == {PASSWORD}
+    assert config.secrets() == frozenset()
+
+
+@pytest.mark.parametrize("name", ["ea st", "east\x1b[2J", "east\r", "", "ost/west", "é"])
+def test_a_credentials_table_name_follows_the_server_name_rule(name: str) -> None:
+    data = base()
+    data["credentials"] = {name: data["credentials"]["east"]}
+    data["servers"][0]["credentials"] = name
+
+    errors = errors_of(data)
+
+    (error,) = [e for e in errors if e.startswith("credentials")]
+    assert "use only letters" in error or "must not be empty" in error
+    assert "[key]" not in error
+    assert "\x1b" not in error
+    assert "\r" not in error
+
+
 def test_a_missing_password_environment_variable_names_it() -> None:
     errors = errors_of(base(), environ={})
     assert places(errors) == ["credentials.east.password_env"]
