@@ -31,7 +31,7 @@ def plan(args: argparse.Namespace) -> int:
     rows = [
         [
             entry["server"],
-            _seconds(run["due_local"]),
+            run["due_local"],
             run["slot_start_local"],
             run["slot_end_local"],
         ]
@@ -41,12 +41,6 @@ def plan(args: argparse.Namespace) -> int:
     ]
     print_table(["SERVER", "DUE (LOCAL)", "SLOT START", "SLOT END"], rows)
     return EXIT_OK
-
-
-def _seconds(text: str) -> str:
-    """An ISO time without its fraction of a second (a run planned from `--from` with one)."""
-    head, dot, rest = text.partition(".")
-    return head + rest.lstrip("0123456789") if dot else text
 
 
 def _read_store(config: Config) -> StateStore | None:
