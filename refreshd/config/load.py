@@ -130,6 +130,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         problem = f"not UTF-8 text (byte {error.start}); save the file as UTF-8"
     except tomllib.TOMLDecodeError as error:
         problem = f"TOML syntax error: {error}; fix the syntax there"
+    except ValueError:  # after its subclasses above: a NUL in the path (in-process callers)
+        problem = "the path holds a NUL character; give the config file's path"
     else:
         if data:
             return data

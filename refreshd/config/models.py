@@ -95,6 +95,8 @@ class DaemonConfig(_Table):
     def _state_path_not_empty(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty: give the SQLite file's path")
+        if isinstance(value, str) and "\x00" in value:  # no file system takes one
+            raise ValueError("holds a NUL character (\\u0000): give the SQLite file's path")
         return value
 
     @property

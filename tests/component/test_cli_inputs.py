@@ -39,6 +39,9 @@ NASTY = [
     "\udcff",
     "east-1\r",
     "1h" * 400,
+    "\x00",
+    ".",
+    "/dev/null",
 ]
 values = st.one_of(st.sampled_from(NASTY), st.text(max_size=40))
 
@@ -50,6 +53,7 @@ OPTIONS = [
     ("history", "--since"),
     ("history", "--limit"),
     ("refresh", None),
+    ("status", "--config"),
 ]
 
 
@@ -92,9 +96,14 @@ def exit_of(argv: Sequence[str]) -> tuple[int, str]:
 def test_any_option_value_ends_in_an_exit_code_and_a_message(
     config: Path, command: str, option: str | None, value: str
 ) -> None:
-    extra = ["--dry-run", "--", value] if option is None else [f"{option}={value}"]
+    if option == "--config":
+        argv = [command, f"--config={value}"]
+    elif option is None:
+        argv = [command, "-c", str(config), "--dry-run", "--", value]
+    else:
+        argv = [command, "-c", str(config), f"{option}={value}"]
 
-    code, err = exit_of([command, "-c", str(config), *extra])
+    code, err = exit_of(argv)
 
     assert code in EXITS, (code, err)
     if code == 2:

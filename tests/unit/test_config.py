@@ -538,6 +538,13 @@ def test_a_credentials_table_name_follows_the_server_name_rule(name: str) -> Non
     assert "\r" not in error
 
 
+def test_a_state_path_with_a_nul_character_is_refused_at_its_place() -> None:
+    errors = errors_of({**base(), "daemon": {"state_path": "/var/lib/st\x00ate.db"}})
+
+    assert places(errors) == ["daemon.state_path"]
+    assert "NUL" in errors[0]
+
+
 def test_a_missing_password_environment_variable_names_it() -> None:
     errors = errors_of(base(), environ={})
     assert places(errors) == ["credentials.east.password_env"]
