@@ -76,8 +76,8 @@ def resolve_passwords(
     sources = PasswordSources(environ, config_dir=path.parent if path is not None else None)
     try:
         return config.with_passwords(sources)
-    except ValueError as error:
-        (problems,) = error.args
+    except ValidationError as error:
+        problems = [describe(detail) for detail in error.errors()]
         raise ConfigError(format_problems(problems), path) from None
 
 

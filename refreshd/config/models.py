@@ -214,22 +214,23 @@ class CredentialsConfig(_Table):
             self._secret, self._source_kind = self.password, "inline"
         return self
 
+    @property
+    def password_key(self) -> str:
+        """The key that gives the password: password_env, password_file or password."""
+        return next(key for key in _PASSWORD_KEYS if getattr(self, key) is not None)
+
     def with_password(self, sources: PasswordSources) -> CredentialsConfig:
-        """A copy holding the password read from `sources`; ValueError(key, reason) saying
-        which key points to a password that cannot be read, and why."""
+        """A copy holding the password read from `sources`; ValueError saying why it cannot
+        be read (the place is `password_key`)."""
         if self._secret is not None:
             return self
         copy = self.model_copy()
-        try:
-            if self.password_env is not None:
-                copy._secret = password_from_env(self.password_env, sources.environ)
-                copy._source_kind = "env"
-            elif self.password_file is not None:
-                copy._secret = password_from_file(self.password_file, sources)
-                copy._source_kind = "file"
-        except ValueError as error:
-            key = "password_env" if self.password_env is not None else "password_file"
-            raise ValueError(key, str(error)) from None
+        if self.password_env is not None:
+            copy._secret = password_from_env(self.password_env, sources.environ)
+            copy._source_kind = "env"
+        elif self.password_file is not None:
+            copy._secret = password_from_file(self.password_file, sources)
+            copy._source_kind = "file"
         return copy
 
     def resolved(self, name: str) -> Credentials:
@@ -327,18 +328,17 @@ class Config(BaseModel):
         return {name: table.resolved(name) for name, table in self.credentials.items()}
 
     def with_passwords(self, sources: PasswordSources) -> Config:
-        """A copy with every password read from `sources`; ConfigError-ready problems
-        (ValueError of a list of Problem) naming each key whose password cannot be read."""
+        """A copy with every password read from `sources`; a ValidationError, as validation
+        raises, naming each key whose password cannot be read."""
         tables: dict[str, CredentialsConfig] = {}
         problems: list[Problem] = []
         for name, table in self.credentials.items():
             try:
                 tables[name] = table.with_password(sources)
             except ValueError as error:
-                key, reason = error.args
-                problems.append((("credentials", name, key), reason))
+                problems.append((("credentials", name, table.password_key), str(error)))
         if problems:
-            raise ValueError(problems)
+            raise invalid(problems)
         return self.model_copy(update={"credentials": tables})
 
     def secrets(self) -> frozenset[str]:
