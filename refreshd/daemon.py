@@ -17,7 +17,13 @@ from types import FrameType
 
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
-from refreshd.config import Config, ConfigError, config_warnings, load_config
+from refreshd.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    load_config,
+    resolve_passwords,
+)
 from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics, MetricsServer
@@ -122,7 +128,7 @@ class Daemon:
         that exited would be started again and again on a file no restart can fix."""
         while True:
             try:
-                return load_config(self.config_path, self.environ)
+                return self._load_config()
             except ConfigError as err:
                 self.log.error(
                     "config.rejected",
@@ -260,7 +266,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             try:
-                config = load_config(self.config_path, self.environ)
+                config = self._load_config()
             except ConfigError as err:
                 self.metrics.config_reloads.labels("rejected").inc()
                 self.log.error(
@@ -299,6 +305,11 @@ class Daemon:
             )
         finally:
             self.notifier.ready()
+
+    def _load_config(self) -> Config:
+        """The config file with its passwords read: the daemon calls VICIdial."""
+        config = load_config(self.config_path, self.environ)
+        return resolve_passwords(config, environ=self.environ, path=self.config_path)
 
     def _keep_restart_only(self, running: Config, new: Config) -> Config:
         kept = {}
@@ -339,6 +350,7 @@ class Daemon:
         last_wall, last_mono = clock.now(), clock.monotonic()
         last_prune = 0.0
         scheduler.loop_beat()
+        self._record_beat(scheduler)
         while not clock.wait(self._stop_heartbeat, self.heartbeat):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
@@ -354,9 +366,20 @@ class Daemon:
                 scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
             except StateError as err:
                 self.log.error("state.error", error=str(err))
+            self._record_beat(scheduler)
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)
+
+    def _record_beat(self, scheduler: Scheduler) -> None:
+        """The heartbeat's time in the state file, for `refreshd status` ("last heartbeat")."""
+        store = scheduler.runner.store
+        if store is None:
+            return
+        try:
+            store.beat(self.clock.now())
+        except StateError as err:
+            self.log.error("state.error", error=str(err))
 
     def _prune(self, scheduler: Scheduler) -> None:
         retention: timedelta = scheduler.config.daemon.history_retention

@@ -101,8 +101,10 @@ def _short_password_warnings(config: Config) -> list[str]:
         f"{SHORTEST_SAFE_PASSWORD} characters; it is easy to guess, and refreshd masks it "
         "wherever it appears in its output (so text that merely contains it is masked "
         "too); set a longer one, in VICIdial and here"
-        for name, login in config.resolved_credentials().items()
-        if len(login.password.get_secret_value()) < SHORTEST_SAFE_PASSWORD
+        for name, table in config.credentials.items()
+        # A command that reads no password (status, plan) cannot tell: no warning there.
+        if table.password_read
+        and len(table.resolved(name).password.get_secret_value()) < SHORTEST_SAFE_PASSWORD
     ]
 
 

@@ -47,11 +47,31 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file at `path`, apply REFRESHD_ overrides from `environ` (default:
-    os.environ; an override wins over the file), and validate everything.
+    os.environ; an override wins over the file), and validate everything but the passwords
+    password_env and password_file point to: `resolve_passwords` reads those, for the
+    commands that call VICIdial.
 
     Raises ConfigError listing every problem at once; never anything else.
     """
     return validate_config(_read_toml(path), environ=environ, path=path)
+
+
+def resolve_passwords(
+    config: Config, *, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> Config:
+    """`config` with every password read: password_env from `environ` (default:
+    os.environ), a relative password_file from $CREDENTIALS_DIRECTORY, else from `path`'s
+    directory (the config file's).
+
+    Raises ConfigError naming each password that cannot be read; never anything else.
+    """
+    environ = os.environ if environ is None else environ
+    sources = PasswordSources(environ, config_dir=path.parent if path is not None else None)
+    try:
+        return config.with_passwords(sources)
+    except ValidationError as error:
+        problems = [describe(detail) for detail in error.errors()]
+        raise ConfigError(format_problems(problems), path) from None
 
 
 def validate_config(
@@ -61,13 +81,15 @@ def validate_config(
     path: Path | None = None,
 ) -> Config:
     """Validate parsed TOML `data` with REFRESHD_ overrides from `environ` (default:
-    os.environ), which is also where password_env and $CREDENTIALS_DIRECTORY are looked up.
+    os.environ); no password is read (`resolve_passwords`).
 
-    `path` names the file in errors and anchors relative password_file paths.
+    `path` names the file in errors.
     Raises ConfigError listing every problem at once; never anything else.
     """
     environ = os.environ if environ is None else environ
     overrides, problems = _environment_overrides(environ, data)
+    # No password is read here; the context tells validators where relative files (a
+    # ca_file) are: next to the config file.
     context = PasswordSources(environ, config_dir=path.parent if path is not None else None)
     try:
         config = Config.model_validate(_merge(data, overrides), context=context)
@@ -104,6 +126,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         problem = f"not UTF-8 text (byte {error.start}); save the file as UTF-8"
     except tomllib.TOMLDecodeError as error:
         problem = f"TOML syntax error: {error}; fix the syntax there"
+    except ValueError:  # after its subclasses above: a NUL in the path (in-process callers)
+        problem = "the path holds a NUL character; give the config file's path"
     else:
         if data:
             return data

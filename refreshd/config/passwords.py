@@ -16,7 +16,7 @@ _MAX_PASSWORD_FILE = 4096
 
 @dataclass(frozen=True)
 class PasswordSources:
-    """The validation context: where password_env and a relative password_file are looked up."""
+    """Where password_env and a relative password_file are looked up (`resolve_passwords`)."""
 
     environ: Mapping[str, str]
     config_dir: Path | None = None

@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,14 @@ from hypothesis import strategies as st
 from refreshd.binding import backoff_of
 from refreshd.cli import main as cli_main
 from refreshd.client import client_for
-from refreshd.config import Config, ConfigError, config_warnings, load_config, validate_config
+from refreshd.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    load_config,
+    resolve_passwords,
+    validate_config,
+)
 from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimUser
@@ -55,7 +61,7 @@ from tests.support.fleet import (
 )
 from tests.support.nobody import NobodyDaemon
 from tests.support.ports import refused_port
-from tests.support.simulator import api_path, calls_on
+from tests.support.simulator import ScriptedVicidial, api_path, calls_on
 from tests.support.waiting import holds_for
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -306,49 +312,6 @@ VARIANTS: dict[str, Callable[[str], str]] = {
     "php-warnings-before": lambda body: _WARNING + body + "\n",
     "php-warning-same-line": lambda body: _WARNING.rstrip("\n") + body,
 }
-
-
-class ScriptedVicidial:
-    """A loopback web server answering each path with its own scripted body (HTTP 200)."""
-
-    def __init__(self, bodies: Mapping[str, str]) -> None:
-        self.bodies = dict(bodies)
-        self.requests: Counter[str] = Counter()
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                scripted.requests[self.path] += 1
-                body = scripted.bodies.get(self.path, "").encode("utf-8")
-                self.send_response(200 if self.path in scripted.bodies else 404)
-                self.send_header("Content-Type", "text/html; charset=UTF-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST
-
-            def log_message(self, format: str, *args: object) -> None:
-                """Quiet."""
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            # The default backlog of 5 overflows when 32 calls connect at once on a busy
-            # machine; the dropped handshakes then read as resets (test noise, not refreshd).
-            request_queue_size = 256
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.mark.slow
@@ -648,7 +611,8 @@ def test_generated_field_values_give_a_working_config_or_every_error_at_its_plac
     path.write_text(text, encoding="utf-8")
     FIGURES["config documents tried"] += 1
     try:
-        config = load_config(path, environ=PASSWORD_ENV)
+        loaded = load_config(path, environ=PASSWORD_ENV)
+        config = resolve_passwords(loaded, environ=PASSWORD_ENV, path=path)
     except ConfigError as error:
         errors = error.errors
     else:
@@ -712,7 +676,9 @@ def test_a_duration_too_long_to_add_to_now_is_refused_or_harmless(table: str, fi
     if field.endswith("_initial"):
         document["backoff"][field.replace("_initial", "_max")] = "3000000d"
     try:
-        config = validate_config(document, environ=PASSWORD_ENV)
+        config = resolve_passwords(
+            validate_config(document, environ=PASSWORD_ENV), environ=PASSWORD_ENV
+        )
     except ConfigError as error:
         errors = error.errors
     else:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from refreshd.simulator import API_PATH, Simulator
-from tests.support.config import GOOD_PASSWORD, WriteConfig
+from tests.support.config import GOOD_PASSWORD, GOOD_USER, WriteConfig, write_daemon_config
 from tests.support.daemon import EXIT_CONFIG, RunRefreshd
 from tests.support.repo import EXAMPLE_CONFIG
+from tests.support.simulator import ScriptedVicidial
 
 WRONG_PASSWORD = "Wr0ng-Secret_7qX"
 
@@ -284,3 +286,57 @@ def test_check_warns_naming_each_server_that_can_never_run_and_still_exits_0(
     assert all("blackout" in line for line in never)
     assert "east-2" not in err
     assert "Traceback" not in out + err
+
+
+# -- terminal safety (issue 12, item 11) -----------------------------------------------------
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def test_check_online_shows_control_characters_from_an_answer_escaped(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    hostile = "<html>\x1b[2J\x1b]0;owned\x07\rProxy login\x9b</html>"
+    scripted = ScriptedVicidial({API_PATH: hostile})
+    try:
+        config = write_daemon_config(
+            tmp_path / "refreshd.toml",
+            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+            servers=[
+                {
+                    "name": "east-1",
+                    "api_url": scripted.url + API_PATH,
+                    "credentials": "main",
+                    "windows": ["02:00-04:00"],
+                }
+            ],
+        )
+        code, out, err = run_refreshd(["check", "--online", "-c", config])
+    finally:
+        scripted.close()
+
+    assert code == 1, err
+    assert "FAIL" in out
+    assert not CONTROL.search(out), repr(out)
+    assert "\\x1b[2J\\x1b]0;owned\\x07" in out
+
+
+def test_a_credentials_table_name_with_a_control_character_is_a_config_error(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = tmp_path / "refreshd.toml"
+    config.write_text(
+        '[credentials."ea\\u001b[31mst"]\nuser = "refreshd"\npassword = "demo-pass-123"\n\n'
+        '[[servers]]\nname = "east-1"\n'
+        'api_url = "https://dialer.example.com/vicidial/non_agent_api.php"\n'
+        'credentials = "ea\\u001b[31mst"\nwindows = ["02:00-04:00"]\n',
+        encoding="utf-8",
+    )
+
+    code, out, err = run_refreshd(["check", "-c", config])
+
+    assert (code, out) == (EXIT_CONFIG, "")
+    assert "credentials." in err
+    assert "use only letters, digits, '.', '_' and '-'" in err
+    assert not CONTROL.search(err.replace("\n", "")), repr(err)
