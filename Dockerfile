@@ -1,18 +1,26 @@
-# refreshd as a container (e.g. a sidecar next to a VICIdial stack).
+# refreshd as a container (e.g. a sidecar next to a VICIdial stack). With compose, use
+# deploy/docker/compose.yml (README, "As a Docker sidecar"); with plain docker:
 #
 # Build:  docker build -t refreshd .        (BuildKit, the default since Docker 23)
 # Check:  docker run --rm -v /srv/refreshd/refreshd.toml:/etc/refreshd/refreshd.toml:ro \
+#           -v /srv/refreshd/secrets:/run/secrets:ro -e CREDENTIALS_DIRECTORY=/run/secrets \
 #           refreshd check -c /etc/refreshd/refreshd.toml
-# Run:    docker run -d --name refreshd --stop-timeout 30 \
+#         (the same environment and mounts as the daemon below: check reads the passwords)
+# Run:    docker run -d --name refreshd --restart always --stop-timeout 30 \
 #           -v /srv/refreshd/refreshd.toml:/etc/refreshd/refreshd.toml:ro \
-#           -v refreshd-state:/var/lib/refreshd \
-#           -e REFRESHD_EAST_PASSWORD refreshd
+#           -v /srv/refreshd/secrets:/run/secrets:ro -e CREDENTIALS_DIRECTORY=/run/secrets \
+#           -v refreshd-state:/var/lib/refreshd refreshd
+# Reload: docker kill -s HUP refreshd     (refreshd is PID 1 and handles SIGHUP itself)
 #
+# Passwords: files read as uid 10001 (below). A bind mount keeps the host's owners and
+# modes, so on the host: chown -R 10001:10001 /srv/refreshd/secrets; chmod -R go= it. Or
+# password_env with -e NAME / --env-file FILE. Never bake them into the image.
+# Restart: `always`, not `unless-stopped`: `docker kill -s HUP` marks a container as
+# manually stopped (moby#41302), and unless-stopped would then not bring it back after a
+# crash or a reboot. Exit 78 never loops: see --wait-for-config below.
 # Stopping: on SIGTERM calls in flight get shutdown_grace (20 s by default) to finish, but
 # `docker stop` waits only 10 s before SIGKILL; give it more (--stop-timeout 30, or
 # `stop_grace_period: 30s` in compose).
-# Passwords: password_env (docker -e / an env file) or password_file pointing at a mounted
-# secret (e.g. /run/secrets/east.password); never bake them into the image.
 # Logs: JSON lines on stdout, so `docker logs` and any log driver get them as they happen.
 
 # --- Build: the project and every dependency as wheels -------------------------------
@@ -22,7 +30,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY refreshd ./refreshd
 # tzdata (the IANA database as a Python package) backs zoneinfo where the base image's
 # /usr/share/zoneinfo lacks a name: Debian 13 moved the old aliases operators still use
@@ -76,5 +84,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 
 # SIGTERM is the clean stop: no new calls, calls in flight finish, state is flushed, exit 0.
 STOPSIGNAL SIGTERM
+# Exec form, no shell and no init: refreshd is PID 1, so `docker stop` and `docker kill -s
+# HUP` reach it. The kernel drops a signal to PID 1 that has no handler; refreshd installs
+# its handlers for TERM, INT and HUP first thing (tests/process/test_deployment.py runs it
+# as PID 1 of its own PID namespace). It starts no child processes, so none to reap.
 ENTRYPOINT ["refreshd"]
-CMD ["run", "-c", "/etc/refreshd/refreshd.toml"]
+# --wait-for-config: an invalid config at start is logged (config.rejected) and then the
+# daemon waits for SIGHUP instead of exiting 78. Docker's restart policies cannot exempt an
+# exit code, so exiting would restart it forever on a file no restart can fix; waiting, the
+# container stays up and unhealthy until the file is fixed and `docker kill -s HUP` is sent.
+CMD ["run", "-c", "/etc/refreshd/refreshd.toml", "--wait-for-config"]

@@ -9,7 +9,6 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "refreshd needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
@@ -26,18 +25,31 @@ typecheck: $(STAMP)
 # Most tests wait on real processes and real time, not the CPU: several at once.
 PYTEST_WORKERS ?= 4
 
+# Bytecode and pytest's rewritten test modules are cached even where the shell sets
+# PYTHONDONTWRITEBYTECODE: without the cache every worker compiles every test module again.
+# worksteal: an idle worker takes tests from a busy one, so a slow test at the end of one
+# worker's share does not keep the others waiting.
 pytest: $(STAMP) test-tools
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
-# libfaketime lets the clock-step tests move a real daemon's wall clock. Installed when we
-# can (root with apt); elsewhere those tests skip and say why.
+# libfaketime lets the clock-step tests move a real daemon's wall clock; promtool (Debian's
+# `prometheus` package) tests the shipped alert rules. Installed when we can (root with
+# apt); elsewhere those tests skip and say why (the alert-rule test fails under CI=true).
 test-tools:
 	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	       && apt-get update -qq && apt-get install -y -qq faketime >/dev/null; } \
 	  || echo "faketime not installed: the clock-step tests will skip"
+	@command -v promtool >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	          prometheus >/dev/null; } \
+	  || echo "promtool not installed: the alert-rule test will skip (and fail under CI=true)"
 
-test: lint typecheck pytest
+# Lint and type checks run beside the tests: they are short and CPU-bound, the tests wait on
+# processes much of the time. Each part's output is shown whole when it ends.
+test: $(STAMP) test-tools
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck pytest
 
 bench: $(STAMP)
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }

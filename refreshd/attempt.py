@@ -43,13 +43,15 @@ class Target:
     password: str = field(repr=False)
     source: str
     server_ip: str | None = None
+    verify: bool | str = True  # the server's TLS trust: Config.verify_for
 
     @functools.cached_property
-    def key(self) -> tuple[str, str, str, str | None]:
+    def key(self) -> tuple[str, str, str, str | None, bool | str]:
         # The password counts too (hashed, so no repr of a key can show it): the same user
         # with two different passwords is two different requests, one of which may fail.
+        # So does the trust: a request one CA file accepts may be refused under another.
         secret = hashlib.sha256(self.password.encode()).hexdigest()
-        return (self.api_url, self.user, secret, self.server_ip)
+        return (self.api_url, self.user, secret, self.server_ip, self.verify)
 
     def masked_params(self) -> dict[str, str]:
         """The request as `--dry-run` shows it."""
@@ -67,6 +69,7 @@ def target_of(
         password=login.password.get_secret_value(),
         source=config.client.source,
         server_ip=server.server_ip,
+        verify=config.verify_for(server),
     )
 
 
@@ -89,6 +92,7 @@ def refresh(client: Client, target: Target, clock: Clock) -> Attempt:
     raw = client.call(
         target.api_url,
         refresh_params(target.user, target.password, target.source, target.server_ip),
+        verify=target.verify,
     )
     answer = classify(raw.status, raw.body, raw.transport, secrets=(target.password,))
     return Attempt(answer, started, round(raw.elapsed * 1000))
@@ -96,7 +100,8 @@ def refresh(client: Client, target: Target, clock: Clock) -> Attempt:
 
 def probe(client: Client, target: Target) -> tuple[ProbeResult, int]:
     """The side-effect-free login-and-permission probe; one login attempt, never repeated."""
-    raw = client.call(target.api_url, probe_params(target.user, target.password, target.source))
+    params = probe_params(target.user, target.password, target.source)
+    raw = client.call(target.api_url, params, verify=target.verify)
     result = classify_probe(raw.status, raw.body, raw.transport, secrets=(target.password,))
     return result, round(raw.elapsed * 1000)
 
@@ -110,8 +115,8 @@ class Reachability:
     duration_ms: int
 
 
-def reach(client: Client, api_url: str) -> Reachability:
-    raw = client.call(api_url, version_params())
+def reach(client: Client, api_url: str, verify: bool | str | None = None) -> Reachability:
+    raw = client.call(api_url, version_params(), verify=verify)
     ms = round(raw.elapsed * 1000)
     version = parse_version(raw.body) if raw.status == 200 else None
     if version:

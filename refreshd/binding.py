@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from refreshd.config import BackoffConfig, Config, ServerConfig
+# The models' module, not the package: config/advice.py asks for schedules too.
+from refreshd.config.models import BackoffConfig, Config, ServerConfig
 from refreshd.core.policy import Backoff
 from refreshd.core.slots import Schedule, spread_offset
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow

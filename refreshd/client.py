@@ -8,12 +8,14 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
 from refreshd import __version__
 from refreshd.clock import system_clock
@@ -39,6 +41,19 @@ class RawAnswer:
     truncated: bool = False
 
 
+_DEADLINE_POOLS = {"http": DeadlineHTTPPool, "https": DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose proxy managers use the deadline pools too, so a call through
+    a proxy is cut at its deadline like any other."""
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
+
+
 class Client:
     """One `requests.Session` per process, shared by every refresh.
 
@@ -54,6 +69,7 @@ class Client:
         *,
         timeout: float,
         verify_tls: bool = True,
+        proxy: str | None = None,
         pool_size: int = 16,
         max_body: int = MAX_BODY,
         monotonic: Callable[[], float] = system_clock.monotonic,
@@ -63,7 +79,10 @@ class Client:
         self.max_body = max_body
         self._monotonic = monotonic
         self._session = requests.Session()
-        self._session.trust_env = False  # no proxy or netrc surprises from the environment
+        # No proxy or netrc from the environment: a proxy variable set for a whole host or
+        # container would route the password through it unseen; [client] proxy is the one way.
+        self._session.trust_env = False
+        self._proxies = {"http": proxy, "https": proxy} if proxy else {}
         self._session.headers["User-Agent"] = USER_AGENT
         self._headers = {
             **self._session.headers,
@@ -72,16 +91,13 @@ class Client:
             # asked; one that compresses anyway is decoded in _read.
             "Accept-Encoding": "identity",
         }
-        adapter = HTTPAdapter(
+        adapter = _DeadlineAdapter(
             pool_connections=64,
             pool_maxsize=pool_size,
             pool_block=False,
             max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0),
         )
-        adapter.poolmanager.pool_classes_by_scheme = {
-            "http": DeadlineHTTPPool,
-            "https": DeadlineHTTPSPool,
-        }
+        adapter.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
         self._reaper = Reaper(monotonic)
         self._adapter = adapter
         self._lock = threading.Lock()
@@ -90,17 +106,21 @@ class Client:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
-    def call(self, url: str, params: Mapping[str, str]) -> RawAnswer:
+    def call(
+        self, url: str, params: Mapping[str, str], *, verify: bool | str | None = None
+    ) -> RawAnswer:
         """One exchange, over by `timeout` whatever the server sends (connect, TLS, status
         line, headers and body alike); never raises for network trouble, and its result
-        holds no URL."""
+        holds no URL. `verify`: the server's trust (`Config.verify_for`: a CA file, True
+        for the system's store, False for none); None: the client's `verify_tls`."""
         with self._lock:
             self._calls += 1
         try:
             start = self._monotonic()
             deadline = start + self.timeout
+            trust = self.verify_tls if verify is None else verify
             with self._reaper.watching(deadline) as watch:
-                answer = self._exchange(url, params, start, deadline)
+                answer = self._exchange(url, params, trust, start, deadline)
             if watch.expired:
                 # The reaper cut it: whatever the broken read looked like (an error, or a
                 # body that just stopped), it was the deadline, and what came is not the
@@ -115,7 +135,12 @@ class Client:
                 self.close()
 
     def _exchange(
-        self, url: str, params: Mapping[str, str], start: float, deadline: float
+        self,
+        url: str,
+        params: Mapping[str, str],
+        verify: bool | str,
+        start: float,
+        deadline: float,
     ) -> RawAnswer:
         try:
             # Prepared directly, not by Session.prepare_request: nothing of the session's
@@ -135,7 +160,8 @@ class Client:
                     request,
                     stream=True,
                     timeout=(self.timeout, self.timeout),
-                    verify=self.verify_tls,
+                    verify=verify,
+                    proxies=self._proxies,
                 )
             with response:
                 try:
@@ -198,6 +224,7 @@ def client_for(config: Config) -> Client:
     return Client(
         timeout=config.client.timeout.total_seconds(),
         verify_tls=config.client.verify_tls,
+        proxy=config.client.proxy,
         pool_size=config.daemon.max_concurrency,
     )
 
@@ -209,6 +236,9 @@ def transport_failure(exc: BaseException) -> Transport:
     def having(*kinds: type[BaseException]) -> bool:
         return any(isinstance(cause, kinds) for cause in chain)
 
+    refused = _certificate_refusal(chain)
+    if refused is not None:
+        return refused
     if having(requests.exceptions.SSLError, ssl.SSLError, urllib3.exceptions.SSLError):
         return Transport.TLS_ERROR
     if having(ConnectionRefusedError) or any(
@@ -228,6 +258,29 @@ def transport_failure(exc: BaseException) -> Transport:
     if having(urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError):
         return Transport.CONNECTION_RESET
     return Transport.CONNECTION_FAILED
+
+
+# OpenSSL's X509_V_ERR_* codes that a retry cannot heal but a person can name the fix for;
+# every other verification failure is an untrusted certificate.
+_EXPIRED_CODES = frozenset({9, 10})  # not yet valid, expired
+_NAME_CODES = frozenset({62, 64})  # host name mismatch, IP address mismatch
+
+
+def _certificate_refusal(chain: list[BaseException]) -> Transport | None:
+    """Which certificate check failed, if one did: the handshake completed far enough for
+    the server's certificate to be refused, so no request (and no password) was sent."""
+    for cause in chain:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            code = cause.verify_code
+            if code in _EXPIRED_CODES:
+                return Transport.TLS_EXPIRED
+            if code in _NAME_CODES:
+                return Transport.TLS_NAME_MISMATCH
+            return Transport.TLS_UNTRUSTED
+        if isinstance(cause, HostnameMismatch):
+            # urllib3's own host name match (when it, not OpenSSL, checks the name).
+            return Transport.TLS_NAME_MISMATCH
+    return None
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

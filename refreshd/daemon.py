@@ -17,8 +17,15 @@ from types import FrameType
 
 from refreshd import __version__
 from refreshd.clock import Clock, system_clock
-from refreshd.config import Config, ConfigError, config_warnings, grouped_warnings, load_config
-from refreshd.httpd import MetricsServer
+from refreshd.config import (
+    Config,
+    ConfigError,
+    config_warnings,
+    grouped_warnings,
+    load_config,
+    resolve_passwords,
+)
+from refreshd.httpd import MetricsServer, listen_error
 from refreshd.instance import InstanceLock, LockHeld, lock_path
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics
@@ -55,8 +62,11 @@ class Daemon:
         config_path: Path,
         environ: Mapping[str, str] | None = None,
         clock: Clock = system_clock,
+        *,
+        wait_for_config: bool = False,
     ) -> None:
         self.config_path = config_path
+        self.wait_for_config = wait_for_config
         self.clock = clock
         self.environ = os.environ if environ is None else environ
         self.log = get_logger()
@@ -79,10 +89,8 @@ class Daemon:
         # Hand the interpreter lock over within 1 ms rather than 5: the timer thread's
         # hand-off to a worker is the firing lag operators see (bench/accuracy.py).
         sys.setswitchinterval(0.001)
-        try:
-            config = load_config(self.config_path, self.environ)
-        except ConfigError as err:
-            self.log.error("config.rejected", path=str(self.config_path), errors=err.errors)
+        config = self._first_config()
+        if config is None:
             return EXIT_CONFIG
         redactor.set_secrets(config.secrets())
         self._warn(config)
@@ -112,6 +120,36 @@ class Daemon:
         finally:
             lock.release()
 
+    def _first_config(self) -> Config | None:
+        """The config to start on, or None once it is clear there is none (exit 78).
+
+        With `wait_for_config` an invalid file is not the end: the daemon waits, doing
+        nothing, for SIGHUP (the file was fixed: read it again) or SIGTERM/SIGINT (give up).
+        Containers need this: Docker's restart policies cannot exempt exit 78, so a daemon
+        that exited would be started again and again on a file no restart can fix."""
+        while True:
+            try:
+                return self._load_config()
+            except ConfigError as err:
+                self.log.error(
+                    "config.rejected",
+                    path=str(self.config_path),
+                    errors=err.errors,
+                    **(
+                        {"waiting": "for SIGHUP once the file is fixed"}
+                        if self.wait_for_config
+                        else {}
+                    ),
+                )
+            if not self.wait_for_config:
+                return None
+            signum = self._next_signal()
+            if signum != signal.SIGHUP:
+                self.log.info(
+                    "daemon.stopped", signal=signal.Signals(signum).name, config="invalid"
+                )
+                return None
+
     def _serve(self, config: Config, store: StateStore) -> int:
         address = config.daemon.metrics_address
         try:
@@ -131,7 +169,7 @@ class Daemon:
                     address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
                 )
             except OSError as err:
-                error = _listen_error(config.daemon.metrics_listen, err)
+                error = listen_error(config.daemon.metrics_listen, err)
                 self.log.error("daemon.failed", error=error)
                 return EXIT_FAILED
             self.metrics_server.start()
@@ -157,6 +195,7 @@ class Daemon:
             pid=os.getpid(),
             servers=len(config.servers),
             state_path=str(config.daemon.state_path),
+            proxy=config.client.proxy_shown,
             metrics=self.metrics_server.url if self.metrics_server else None,
         )
         while True:
@@ -221,7 +260,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             try:
-                config = load_config(self.config_path, self.environ)
+                config = self._load_config()
             except ConfigError as err:
                 self.metrics.config_reloads.labels("rejected").inc()
                 self.log.error(
@@ -263,8 +302,13 @@ class Daemon:
     def _warn(self, config: Config) -> None:
         """Each distinct warning once, at start and on each reload, with how many places
         it applies to (not once per server: a fleet would bury every other line)."""
-        for warning, places in grouped_warnings(config_warnings(config)):
+        for warning, places in grouped_warnings(config_warnings(config, now=self.clock.now())):
             self.log.warning("config.warning", warning=warning, places=places)
+
+    def _load_config(self) -> Config:
+        """The config file with its passwords read: the daemon calls VICIdial."""
+        config = load_config(self.config_path, self.environ)
+        return resolve_passwords(config, environ=self.environ, path=self.config_path)
 
     def _keep_restart_only(self, running: Config, new: Config) -> Config:
         kept = {}
@@ -305,6 +349,7 @@ class Daemon:
         last_wall, last_mono = clock.now(), clock.monotonic()
         last_prune = 0.0
         scheduler.loop_beat()
+        self._record_beat(scheduler)
         while not clock.wait(self._stop_heartbeat, self.heartbeat):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
@@ -320,9 +365,20 @@ class Daemon:
                 scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
             except StateError as err:
                 self.log.error("state.error", error=str(err))
+            self._record_beat(scheduler)
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)
+
+    def _record_beat(self, scheduler: Scheduler) -> None:
+        """The heartbeat's time in the state file, for `refreshd status` ("last heartbeat")."""
+        store = scheduler.runner.store
+        if store is None:
+            return
+        try:
+            store.beat(self.clock.now())
+        except StateError as err:
+            self.log.error("state.error", error=str(err))
 
     def _prune(self, scheduler: Scheduler) -> None:
         retention: timedelta = scheduler.config.daemon.history_retention
@@ -348,16 +404,7 @@ def _lock_error(state_path: Path, err: OSError) -> str:
     return f"{where}. Check that daemon.state_path's directory exists and is writable."
 
 
-def _listen_error(listen: str, err: OSError) -> str:
-    if err.errno == errno.EADDRINUSE:
-        fix = "choose a free port"
-    else:  # not an address of this machine, a name that does not resolve, no IPv6 ...
-        fix = 'use an address of this machine, e.g. "127.0.0.1:9464" or "[::1]:9464"'
-    return (
-        f"daemon.metrics_listen {listen}: {err.strerror or err}; {fix}, "
-        'or set metrics_listen = "" to turn metrics off'
-    )
-
-
-def run(config_path: Path, environ: Mapping[str, str] | None = None) -> int:
-    return Daemon(config_path, environ).run()
+def run(
+    config_path: Path, environ: Mapping[str, str] | None = None, *, wait_for_config: bool = False
+) -> int:
+    return Daemon(config_path, environ, wait_for_config=wait_for_config).run()

@@ -1,16 +1,18 @@
-"""The one place where a change of the ledger becomes log lines and metrics."""
+"""The one place where the ledger becomes log lines and metrics: each change as it
+happens, and the state gauges read from it at each scrape."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from refreshd.core.ledger import Event, Kind, Ledger
-from refreshd.core.vicidial import Attempt, Outcome
-from refreshd.metrics import Metrics
+from refreshd.core.planning import Next
+from refreshd.core.vicidial import Attempt
+from refreshd.metrics import Metrics, ServerGauges, StateGauges
 
-__all__ = ["Events"]
+__all__ = ["Events", "LedgerView", "state_gauges"]
 
 _LEVELS: dict[Kind, str] = {
     Kind.REFRESH_SUCCEEDED: "info",
@@ -38,48 +40,54 @@ class Events:
             getattr(self.log, _LEVELS[event.kind])(str(event.kind), **event.fields)
             self._count(event)
 
-    def called(self, server: str, credentials: str, attempt: Attempt) -> None:
+    def called(self, server: str, attempt: Attempt) -> None:
         """A call ended (whatever it changed): its outcome and duration."""
         if self.metrics is None:
             return
         self.metrics.refresh_total.labels(server, str(attempt.answer.outcome)).inc()
         self.metrics.refresh_duration.observe(attempt.duration_ms / 1000)
-        if attempt.answer.outcome is Outcome.OK:
-            self.metrics.last_success.labels(server).set(attempt.started_at.timestamp())
-            self.metrics.credentials_waiting.labels(credentials).set(0)
-
-    def show(
-        self,
-        ledger: Ledger,
-        servers: Iterable[str],
-        logins: Mapping[str, str],
-        now: datetime,
-    ) -> None:
-        """Set the gauges from a ledger (at start): `logins` maps each key to its name."""
-        m = self.metrics
-        if m is None:
-            return
-        for name in servers:
-            entry = ledger.server(name)
-            m.suspended.labels(name).set(1 if entry.suspended_at(now) is not None else 0)
-            if entry.last_success_at is not None:
-                m.last_success.labels(name).set(entry.last_success_at.timestamp())
-        for key, label in logins.items():
-            waiting = ledger.login(key).waiting_at(now) is not None
-            m.credentials_waiting.labels(label).set(1 if waiting else 0)
 
     def _count(self, event: Event) -> None:
-        m = self.metrics
-        if m is None:
-            return
-        fields = event.fields
-        if event.kind is Kind.SERVER_SUSPENDED:
-            m.suspended.labels(str(fields["server"])).set(1)
-        elif event.kind in (Kind.SERVER_RESUMED, Kind.REFRESH_SUCCEEDED):
-            m.suspended.labels(str(fields["server"])).set(0)
-        elif event.kind is Kind.CREDENTIALS_SUSPENDED:
-            m.credentials_waiting.labels(str(fields["credentials"])).set(1)
-        elif event.kind is Kind.CREDENTIALS_RESUMED:
-            m.credentials_waiting.labels(str(fields["credentials"])).set(0)
-        elif event.kind is Kind.SLOT_MISSED:
-            m.slots_missed.labels(str(fields["server"])).inc()
+        if self.metrics is not None and event.kind is Kind.SLOT_MISSED:
+            self.metrics.slots_missed.labels(str(event.fields["server"])).inc()
+
+
+class LedgerView(Protocol):
+    """What the state gauges read: the runner's ledger and its login gate."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    def login_name(self, login: str) -> str: ...
+
+    def waiting(self, login: str, now: datetime) -> datetime | None: ...
+
+
+def state_gauges(
+    view: LedgerView,
+    plans: Mapping[str, tuple[str, Next | None]],
+    *,
+    now: datetime,
+    client_timeout: float,
+) -> StateGauges:
+    """The state gauges read from the ledger and the plan: `plans` gives each configured
+    server's login and next run (None when nothing is planned)."""
+    ledger = view.ledger
+    servers = {
+        name: ServerGauges(
+            last_success=entry.last_success_at,
+            first_seen=entry.first_seen,
+            next_run=None if planned is None else planned.at,
+            suspended=entry.suspended_at(now) is not None,
+        )
+        for name, (_, planned) in plans.items()
+        for entry in (ledger.server(name),)
+    }
+    logins = {login for login, _ in plans.values()}
+    return StateGauges(
+        servers=servers,
+        credentials_waiting={
+            view.login_name(key): view.waiting(key, now) is not None for key in logins
+        },
+        client_timeout=client_timeout,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import socket
 import threading
@@ -25,6 +26,7 @@ __all__ = [
     "EndpointAnswer",
     "MetricsServer",
     "answer_request",
+    "listen_error",
 ]
 
 # A request's head must arrive, and its answer leave, within this many seconds, however the
@@ -131,6 +133,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def listen_error(listen: str, err: OSError) -> str:
+    """What `daemon.failed` says when `metrics_listen` cannot be listened on, and the fix."""
+    if err.errno == errno.EADDRINUSE:
+        fix = "choose a free port"
+    else:  # not an address of this machine, a name that does not resolve, no IPv6 ...
+        fix = 'use an address of this machine, e.g. "127.0.0.1:9464" or "[::1]:9464"'
+    return (
+        f"daemon.metrics_listen {listen}: {err.strerror or err}; {fix}, "
+        'or set metrics_listen = "" to turn metrics off'
+    )
 
 
 class MetricsServer:

@@ -139,13 +139,14 @@ def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
 
 def _reach_lines(config: Config, client: Client) -> list[ProbeLine]:
     lines: list[ProbeLine] = []
-    reached: dict[str, ProbeLine] = {}
+    reached: dict[tuple[str, bool | str], ProbeLine] = {}
     for server in config.servers:
-        known = reached.get(server.api_url)
+        key = (server.api_url, config.verify_for(server))
+        known = reached.get(key)
         if known is None:
-            r = reach(client, server.api_url)
+            r = reach(client, *key)
             known = ProbeLine("reach", "", server.api_url, r.ok, r.detail, r.duration_ms)
-            reached[server.api_url] = known
+            reached[key] = known
         subject = f"server {server.name}"
         lines.append(
             ProbeLine("reach", subject, server.api_url, known.ok, known.detail, known.duration_ms)

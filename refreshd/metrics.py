@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from refreshd import __version__
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "ServerGauges", "StateGauges"]
 
 # Calls take from tens of milliseconds to the client's time-out.
 _DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+@dataclass(frozen=True)
+class ServerGauges:
+    """One server's state as the gauges show it."""
+
+    last_success: datetime | None
+    first_seen: datetime | None
+    next_run: datetime | None  # None: nothing planned
+    suspended: bool
+
+
+@dataclass(frozen=True)
+class StateGauges:
+    """Every state gauge's value at one instant (see `Metrics.watch`)."""
+
+    servers: Mapping[str, ServerGauges]
+    credentials_waiting: Mapping[str, bool]  # by credentials' name
+    client_timeout: float  # seconds
+
+
 class Metrics:
-    """Every metric refreshd exports, in a registry of its own (tests make several)."""
+    """Every metric refreshd exports, in a registry of its own (tests make several).
+
+    Counters and the histogram count events as they happen (events.py). The state gauges
+    (last success, next run, suspended, waiting...) are read when /metrics is scraped from
+    what `watch` was given, so they can never drift from the ledger and the plan.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -33,32 +61,11 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
-        self.last_success = Gauge(
-            "refreshd_last_success_timestamp_seconds",
-            "Unix time of the server's last successful refresh.",
-            ["server"],
-            registry=r,
-        )
-        self.next_slot = Gauge(
-            "refreshd_next_slot_timestamp_seconds",
-            "Unix time of the server's next planned refresh.",
-            ["server"],
-            registry=r,
-        )
-        self.suspended = Gauge(
-            "refreshd_server_suspended",
-            "1 while the server is suspended (permission, not found, bad request).",
-            ["server"],
-            registry=r,
-        )
-        self.credentials_waiting = Gauge(
-            "refreshd_credentials_waiting",
-            "1 while the credentials wait after a refused login or a lock-out.",
-            ["credentials"],
-            registry=r,
-        )
         self.slots_missed = Counter(
-            "refreshd_slots_missed", "Slots that ended without success.", ["server"], registry=r
+            "refreshd_slots_missed",
+            "Slots that ended without success although a refresh was tried in them.",
+            ["server"],
+            registry=r,
         )
         self.config_reloads = Counter(
             "refreshd_config_reloads", "Config reloads by result.", ["result"], registry=r
@@ -73,14 +80,102 @@ class Metrics:
         )
         self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
         self.info.labels(__version__).set(1)
+        self._state: _StateCollector | None = None
 
-    def forget_servers(self, keep: Iterable[str]) -> None:
-        """Drop per-server series of servers no longer configured (after a reload)."""
-        keep_set = set(keep)
-        for family in (self.last_success, self.next_slot, self.suspended):
-            for labels in list(_label_values(family)):
-                if labels[0] not in keep_set:
+    def watch(self, read: Callable[[], StateGauges]) -> None:
+        """Serve the state gauges from `read()`, called at each scrape."""
+        if self._state is not None:
+            self.registry.unregister(self._state)
+        self._state = _StateCollector(read)
+        self.registry.register(self._state)
+
+    def servers_configured(self, names: Iterable[str]) -> None:
+        """Per-server counters start at 0 for every configured server (an alert on their
+        increase then sees the first one) and go with a server no longer configured."""
+        keep = set(names)
+        for name in keep:
+            self.slots_missed.labels(name)
+        for family in (self.slots_missed, self.refresh_total):
+            for labels in _label_values(family):
+                if labels[0] not in keep:
                     family.remove(*labels)
+
+
+# name, help, and the label the family is keyed by (None: unlabelled)
+_STATE_FAMILIES: dict[str, tuple[str, str | None]] = {
+    "refreshd_last_success_timestamp_seconds": (
+        "Unix time of the server's last successful refresh; absent before the first.",
+        "server",
+    ),
+    "refreshd_server_first_seen_timestamp_seconds": (
+        "Unix time a daemon first had the server in its config (kept in the state file).",
+        "server",
+    ),
+    "refreshd_next_slot_timestamp_seconds": (
+        "Unix time of the server's next planned refresh; absent while nothing is planned.",
+        "server",
+    ),
+    "refreshd_server_unplanned": (
+        "1 while the server has no refresh planned: blackouts cover its windows as far "
+        "as the planner searches (400 days).",
+        "server",
+    ),
+    "refreshd_server_suspended": (
+        "1 while the server is suspended (permission, IP, not found, bad request).",
+        "server",
+    ),
+    "refreshd_credentials_waiting": (
+        "1 while no login with these credentials may be tried: a wait after a refused "
+        "login or a lock-out, or the failed-login budget spent.",
+        "credentials",
+    ),
+    "refreshd_client_timeout_seconds": (
+        "client.timeout: the longest a call may take (a call in flight longer is stuck).",
+        None,
+    ),
+}
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], StateGauges]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return [_family(name) for name in _STATE_FAMILIES]
+
+    def collect(self) -> list[Metric]:
+        state = self._read()
+        families = {name: _family(name) for name in _STATE_FAMILIES}
+
+        def add(name: str, label: str, value: float) -> None:
+            families[name].add_metric([label], value)
+
+        for server, gauges in sorted(state.servers.items()):
+            if gauges.last_success is not None:
+                add(
+                    "refreshd_last_success_timestamp_seconds",
+                    server,
+                    gauges.last_success.timestamp(),
+                )
+            if gauges.first_seen is not None:
+                add(
+                    "refreshd_server_first_seen_timestamp_seconds",
+                    server,
+                    gauges.first_seen.timestamp(),
+                )
+            if gauges.next_run is not None:
+                add("refreshd_next_slot_timestamp_seconds", server, gauges.next_run.timestamp())
+            add("refreshd_server_unplanned", server, float(gauges.next_run is None))
+            add("refreshd_server_suspended", server, float(gauges.suspended))
+        for credentials, waiting in sorted(state.credentials_waiting.items()):
+            add("refreshd_credentials_waiting", credentials, float(waiting))
+        families["refreshd_client_timeout_seconds"].add_metric([], state.client_timeout)
+        return list(families.values())
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    text, label = _STATE_FAMILIES[name]
+    return GaugeMetricFamily(name, text, labels=[] if label is None else [label])
 
 
 def _label_values(metric: Any) -> list[tuple[str, ...]]:

@@ -267,7 +267,7 @@ class Runner:
             due = (call.server, call.due) if done.run_done and call.due is not None else None
             self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
         self.events.emit(done.events)
-        self.events.called(call.server, call.credentials, attempt)
+        self.events.called(call.server, attempt)
         return done.decision
 
     def learn(self, call: Call, outcome: Outcome) -> None:
@@ -283,15 +283,6 @@ class Runner:
             )
             self._journal({}, logins)
         self.events.emit(events)
-
-    def show_ledger(self, servers: Iterable[str], now: datetime) -> None:
-        """Metrics carried over a restart: a suspension, a wait or a last success is news
-        to the scrape even though no call has been made yet."""
-        names = list(servers)
-        logins = {self._server_logins.get(name, name) for name in names}
-        self.events.show(
-            self._ledger, names, {login: self.login_name(login) for login in logins}, now
-        )
 
     def tell(self, events: Iterable[Event]) -> None:
         """Log and count events that change no entry (a skipped call, a missed slot)."""

@@ -13,13 +13,15 @@ from refreshd.binding import schedule_of
 from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
+from refreshd.core import planning
 from refreshd.core.ledger import Call, Event, Kind, login_key
 from refreshd.core.planning import Next, earliest_start, missed_slot, next_fire, retry_until
 from refreshd.core.policy import Action, Decision
 from refreshd.core.slots import Run, Schedule, open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
-from refreshd.metrics import Metrics
+from refreshd.events import state_gauges
+from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
 from refreshd.timer import Timer
 
@@ -92,6 +94,7 @@ class Scheduler:
         if metrics is not None:
             metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
             metrics.longest_call.set_function(self.dispatcher.longest_in_flight)
+            metrics.watch(self.gauges)
 
     # --- life -------------------------------------------------------------------------
 
@@ -131,6 +134,13 @@ class Scheduler:
     def reload(self, config: Config) -> dict[str, list[str]]:
         """Switch to a new, already validated config; unchanged servers keep their plans."""
         return self._apply_config(config, initial=False)
+
+    def gauges(self) -> StateGauges:
+        """The state gauges, read at each scrape from the ledger and this plan."""
+        with self._lock:
+            now, timeout = self._clock.now(), self.config.client.timeout.total_seconds()
+            plans = {s.name: (s.login, s.run_next) for s in self._servers.values()}
+        return state_gauges(self.runner, plans, now=now, client_timeout=timeout)
 
     # --- health ------------------------------------------------------------------------
 
@@ -225,10 +235,8 @@ class Scheduler:
             memo: _PlanMemo = {}
             for server in to_plan:
                 self._plan(server, now, memo)
-        if initial:
-            self.runner.show_ledger(self._servers, now)
         if self.metrics is not None:
-            self.metrics.forget_servers(self._servers)
+            self.metrics.servers_configured(self._servers)
         return changes
 
     def _drop(self, name: str) -> None:
@@ -268,10 +276,12 @@ class Scheduler:
                 self._note_if_missed(server, previous, chosen)
             server.attempts = 0
         if chosen is None:
-            server.generation += 1
-            self.runner.tell(
-                [Event(Kind.SERVER_UNPLANNED, {"server": server.name, "reason": "no window ahead"})]
-            )
+            # Nothing within the search's horizon (a blackout covers every window): look
+            # again when it has passed, or the server would never run again.
+            again = planning.look_again_at(key[1])
+            fields = {"server": server.name, "reason": "no run ahead", "planning_again_at": again}
+            self.runner.tell([Event(Kind.SERVER_UNPLANNED, fields)])
+            self._queue_at(server, again)
             return
         self._queue_at(server, chosen.at)
 
@@ -298,8 +308,6 @@ class Scheduler:
 
     def _queue_at(self, server: _Server, at: datetime) -> None:
         server.generation += 1
-        if self.metrics is not None:
-            self.metrics.next_slot.labels(server.name).set(at.timestamp())
         self._timer.push(at, server.name, server.generation)
 
     def _generation_of(self, name: str) -> int | None:
@@ -321,6 +329,9 @@ class Scheduler:
             groups: dict[Hashable, list[_Server]] = {}
             for name in self._timer.pop_due(now):
                 server = self._servers[name]
+                if server.run_next is None:  # the look again of an unplanned server
+                    self._plan(server, now)
+                    continue
                 groups.setdefault(server.target.key, []).append(server)
             for group in groups.values():
                 jobs = [job for server in group if (job := self._fire(server, now)) is not None]

@@ -13,7 +13,7 @@ from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
 from refreshd.store import CallRecord, CredentialsWait, ServerState
 
-__all__ = ["history_rows", "iso", "plan_document", "status_document"]
+__all__ = ["daemon_entry", "history_rows", "iso", "plan_document", "status_document"]
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -50,15 +50,22 @@ def plan_document(config: Config, start: datetime, count: int) -> dict[str, Any]
     return {"from": iso(start.astimezone(UTC)), "count": count, "servers": servers}
 
 
+def daemon_entry(running: bool, pid: int | None, heartbeat: datetime | None) -> dict[str, Any]:
+    """Whether a daemon holds the state file's lock (and its pid), and its last heartbeat."""
+    return {"running": running, "pid": pid, "heartbeat": iso(heartbeat)}
+
+
 def status_document(
     config: Config,
     states: dict[str, ServerState],
     waits: dict[str, CredentialsWait],
     last_done: dict[str, datetime],
     now: datetime,
+    *,
+    daemon: dict[str, Any],
 ) -> dict[str, Any]:
-    """Per server: last outcome, last success, suspension, credentials wait, next run (as
-    the daemon would plan it from this state)."""
+    """The daemon (`daemon_entry`), and per server: last outcome, last success,
+    suspension, credentials wait, next run (as the daemon would plan it from this state)."""
     servers = []
     for server in config.servers:
         state = states.get(server.name, ServerState(server.name))
@@ -85,7 +92,7 @@ def status_document(
                 "credentials_wait_reason": waiting.reason if waiting else None,
             }
         )
-    return {"at": iso(now), "servers": servers}
+    return {"at": iso(now), "daemon": daemon, "servers": servers}
 
 
 def history_rows(records: list[CallRecord]) -> list[dict[str, Any]]:

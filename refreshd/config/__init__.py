@@ -1,7 +1,8 @@
 """The config of refreshd: one TOML file, with REFRESHD_ overrides, validated into a `Config`.
 
 Reading order for a newcomer:
-  load.py        `load_config` (file + environment -> `Config`) and `ConfigError`
+  load.py        `load_config` (file + environment -> `Config`), `resolve_passwords` (for
+                 the commands that call VICIdial) and `ConfigError`
   models.py      the models, one per TOML table, each field's rule next to it
   fields.py      the field types and their plain-language refusals
   references.py  the rules across tables (unique names, references that exist)
@@ -13,13 +14,20 @@ Reading order for a newcomer:
 
 from __future__ import annotations
 
-from refreshd.config.advice import config_warnings, grouped_warnings, is_loopback_host
+from refreshd.config.advice import (
+    config_warnings,
+    grouped_warnings,
+    ignored_proxies_note,
+    is_loopback_host,
+)
+from refreshd.config.credentials import Credentials, CredentialsConfig
 from refreshd.config.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
     ConfigError,
     default_config_path,
     load_config,
+    resolve_passwords,
     validate_config,
 )
 from refreshd.config.models import (
@@ -27,8 +35,6 @@ from refreshd.config.models import (
     BlackoutConfig,
     ClientConfig,
     Config,
-    Credentials,
-    CredentialsConfig,
     DaemonConfig,
     ServerConfig,
 )
@@ -48,7 +54,9 @@ __all__ = [
     "config_warnings",
     "default_config_path",
     "grouped_warnings",
+    "ignored_proxies_note",
     "is_loopback_host",
     "load_config",
+    "resolve_passwords",
     "validate_config",
 ]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from refreshd.binding import schedule_of
 from refreshd.config.messages import place
 from refreshd.config.models import Config, ServerConfig
 from refreshd.core.durations import format_duration
 from refreshd.core.ledger import login_key
+from refreshd.core.planning import never_runs
 from refreshd.core.policy import VICIDIAL_LOCKOUT
 
 _SHORTEST_SENSIBLE_EVERY = timedelta(minutes=5)
+SHORTEST_SAFE_PASSWORD = 8
+"""Passwords shorter than this are warned about: guessable, and redacting one everywhere
+it appears (as logs do, whatever its length) also masks innocent text such as numbers."""
 _API_PATH = "/vicidial/non_agent_api.php"
 # Places named in full when one message applies to many; the rest are counted.
 _PLACES_SHOWN = 5
@@ -29,10 +34,24 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def config_warnings(config: Config) -> list[str]:
-    """Non-fatal advice about a valid config, each 'place: message'."""
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def ignored_proxies_note(environ: Mapping[str, str]) -> str:
+    """A note naming the proxy variables set in `environ`, which refreshd ignores on purpose
+    (README, Proxies): "" when none is set."""
+    found = [name for name in _PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
+    if not found:
+        return ""
+    return f" ({', '.join(found)} in the environment: ignored; set [client] proxy to use one)"
+
+
+def config_warnings(config: Config, *, now: datetime | None = None) -> list[str]:
+    """Non-fatal advice about a valid config, each 'place: message'. With `now` (the
+    commands and the daemon pass it), also the servers that can never run from then on."""
     return [
         *_credentials_warnings(config),
+        *_short_password_warnings(config),
         *_client_and_backoff_warnings(config),
         *_metrics_listen_warnings(config),
         *(
@@ -40,7 +59,27 @@ def config_warnings(config: Config) -> list[str]:
             for index, server in enumerate(config.servers)
             for warning in _server_warnings(place(("servers", index)), server)
         ),
+        *(_never_run_warnings(config, now) if now is not None else ()),
     ]
+
+
+def _never_run_warnings(config: Config, now: datetime) -> list[str]:
+    """Servers whose blackouts cover every window: valid, but they would never refresh."""
+    warnings: list[str] = []
+    # never_runs depends on the zone, the windows and the blackouts only, which a fleet of
+    # 10,000 servers shares a few of: one search each, not one schedule per server.
+    answers: dict[tuple[object, ...], str | None] = {}
+    for index, server in enumerate(config.servers):
+        shape = (server.zone, server.windows, config.blackouts_for(server.name))
+        if shape not in answers:
+            answers[shape] = never_runs(schedule_of(config, server), now)
+        why = answers[shape]
+        if why is not None:
+            warnings.append(
+                f"{place(('servers', index))} ({server.name}): will never run: {why}; "
+                "change its windows or the blackouts"
+            )
+    return warnings
 
 
 def _credentials_warnings(config: Config) -> list[str]:
@@ -57,6 +96,19 @@ def _credentials_warnings(config: Config) -> list[str]:
             warnings.append(f"{where}: not used by any server")
     warnings.extend(_shared_user_warnings(config))
     return warnings
+
+
+def _short_password_warnings(config: Config) -> list[str]:
+    return [
+        f"{place(('credentials', name))}: the password has fewer than "
+        f"{SHORTEST_SAFE_PASSWORD} characters; it is easy to guess, and refreshd masks it "
+        "wherever it appears in its output (so text that merely contains it is masked "
+        "too); set a longer one, in VICIdial and here"
+        for name, table in config.credentials.items()
+        # A command that reads no password (status, plan) cannot tell: no warning there.
+        if table.password_read
+        and len(table.resolved(name).password.get_secret_value()) < SHORTEST_SAFE_PASSWORD
+    ]
 
 
 def _shared_user_warnings(config: Config) -> list[str]:
@@ -79,7 +131,19 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
     if not config.client.verify_tls:
         warnings.append(
             "client.verify_tls: false, so TLS certificates are not checked and anyone on the "
-            "path can pose as VICIdial and read the password; install the CA instead"
+            "path can pose as VICIdial and read the password; set ca_file to the CA's PEM "
+            "file (a self-signed certificate itself will do) and remove verify_tls"
+        )
+        if config.client.ca_file or any(server.ca_file for server in config.servers):
+            warnings.append(
+                "client.verify_tls: false makes every ca_file unused (nothing is checked); "
+                "remove verify_tls = false to check certificates against them"
+            )
+    proxy = urlsplit(config.client.proxy or "")
+    if proxy.password:
+        warnings.append(
+            "client.proxy: holds the proxy's password; prefer setting it in the environment "
+            "(REFRESHD_CLIENT__PROXY) so the config file holds no secret"
         )
     auth_retry = config.backoff.auth_retry
     if auth_retry < VICIDIAL_LOCKOUT:

@@ -6,8 +6,10 @@ import difflib
 import functools
 import ipaddress
 import re
+import ssl
 import zoneinfo
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
@@ -110,14 +112,22 @@ def _non_empty(value: str) -> str:
 
 
 def _vicidial_user(value: str) -> str:
+    # Never quote the value nor the characters wrong in it: a user with a character
+    # VICIdial drops is most often `user:password` (curl style) or a password pasted here.
     if not value:
         raise ValueError("must not be empty")
-    if not LOGIN_KEEPS.fullmatch(value):
-        dropped = "".join(sorted(set(LOGIN_KEEPS.sub("", value))))
+    if ":" in value:
         raise ValueError(
-            f"{value!r} contains {dropped!r}, which VICIdial removes from the user before "
-            "checking the login (it keeps only letters, digits, '-' and '_'), so this user "
-            "can never log in; give the VICIdial user name without them"
+            "looks like user:password (curl style); give only the VICIdial user here and "
+            "the password in password_env or password_file (the value is not shown: it may "
+            "hold the password)"
+        )
+    if not LOGIN_KEEPS.fullmatch(value):
+        raise ValueError(
+            "contains characters VICIdial removes from the user before checking the login "
+            "(it keeps only letters, digits, '-' and '_'), so this user can never log in; "
+            "give the VICIdial user name without them (the value is not shown: it may "
+            "hold the password)"
         )
     return value
 
@@ -160,6 +170,72 @@ def _api_url(value: str) -> str:
     if "#" in value:
         raise ValueError(f"must not contain a '#' fragment, {example}")
     return value
+
+
+def not_blank_path(value: object) -> object:
+    # Path("") is ".", the current directory: refuse the empty string before it gets there.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty: give a file's path")
+    return value
+
+
+def ca_file(value: Path, config_dir: Path | None) -> Path:
+    """The CA file as an absolute path (a relative one is next to the config file), once
+    OpenSSL has read at least one certificate from it; ValueError saying what to fix."""
+    full = value if value.is_absolute() else (config_dir or Path.cwd()) / value
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        # What the client will do with it, so a file accepted here is one it can use.
+        context.load_verify_locations(cafile=full)
+    except FileNotFoundError:
+        raise ValueError(f"{full}: no such file; {_CA_HINT}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{full}: is a directory; {_CA_HINT}") from None
+    except ssl.SSLError:
+        raise ValueError(f"{full}: no PEM certificate in it; {_CA_HINT}{_DER_HINT}") from None
+    except OSError as error:
+        raise ValueError(f"{full}: cannot read it: {error.strerror or error}") from None
+    if context.cert_store_stats()["x509"] == 0:
+        raise ValueError(f"{full}: no certificate in it; {_CA_HINT}")
+    return full
+
+
+_CA_HINT = (
+    "give the PEM file ('-----BEGIN CERTIFICATE-----') of the CA that signed VICIdial's "
+    "certificate, or the self-signed certificate itself"
+)
+_DER_HINT = (
+    " (a binary .cer/.der file converts with: openssl x509 -inform der -in ca.cer -out ca.pem)"
+)
+
+
+def _proxy_url(value: str) -> str:
+    # Never quote it: it may carry the proxy's password.
+    example = "e.g. 'http://proxy.example.com:3128' or 'http://USER:PASSWORD@HOST:PORT'"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"is not a valid URL, {example}") from None
+    if parts.scheme != "http":
+        raise ValueError(
+            "must start with http:// (an HTTP proxy; https:// API URLs pass through it in an "
+            f"encrypted CONNECT tunnel), {example}"
+        )
+    if not parts.hostname or port is None:
+        raise ValueError(f"needs a host and a port, {example}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"must be only scheme, host and port, {example}")
+    return value
+
+
+def proxy_shown(url: str | None) -> str:
+    """The proxy as logs and `check` show it: no user or password, "none" without one."""
+    if not url:
+        return "none"
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 def _ip_address(value: str) -> str:
@@ -253,6 +329,7 @@ BlackoutWindow = Annotated[
     PlainSerializer(_window_text),
 ]
 ApiUrl = Annotated[str, AfterValidator(_api_url)]
+ProxyUrl = Annotated[str, AfterValidator(_proxy_url)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 Source = Annotated[str, AfterValidator(_source)]

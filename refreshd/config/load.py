@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
 
+from refreshd.config.environment import ENV_DELIMITER, ENV_PREFIX, environment_overrides
 from refreshd.config.messages import EXAMPLE, describe, format_problems
 from refreshd.config.models import Config
 from refreshd.config.passwords import PasswordSources
 from refreshd.config.problems import Loc, Problem
 from refreshd.config.references import raw_field
 
+__all__ = ["ENV_PREFIX", "ConfigError", "default_config_path", "load_config", "validate_config"]
+
 DEFAULT_CONFIG_PATH = Path("/etc/refreshd/refreshd.toml")
-ENV_PREFIX = "REFRESHD_"
-_ENV_DELIMITER = "__"
 
 
 class ConfigError(Exception):
@@ -54,11 +47,31 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file at `path`, apply REFRESHD_ overrides from `environ` (default:
-    os.environ; an override wins over the file), and validate everything.
+    os.environ; an override wins over the file), and validate everything but the passwords
+    password_env and password_file point to: `resolve_passwords` reads those, for the
+    commands that call VICIdial.
 
     Raises ConfigError listing every problem at once; never anything else.
     """
     return validate_config(_read_toml(path), environ=environ, path=path)
+
+
+def resolve_passwords(
+    config: Config, *, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> Config:
+    """`config` with every password read: password_env from `environ` (default:
+    os.environ), a relative password_file from $CREDENTIALS_DIRECTORY, else from `path`'s
+    directory (the config file's).
+
+    Raises ConfigError naming each password that cannot be read; never anything else.
+    """
+    environ = os.environ if environ is None else environ
+    sources = PasswordSources(environ, config_dir=path.parent if path is not None else None)
+    try:
+        return config.with_passwords(sources)
+    except ValidationError as error:
+        problems = [describe(detail) for detail in error.errors()]
+        raise ConfigError(format_problems(problems), path) from None
 
 
 def validate_config(
@@ -68,13 +81,15 @@ def validate_config(
     path: Path | None = None,
 ) -> Config:
     """Validate parsed TOML `data` with REFRESHD_ overrides from `environ` (default:
-    os.environ), which is also where password_env and $CREDENTIALS_DIRECTORY are looked up.
+    os.environ); no password is read (`resolve_passwords`).
 
-    `path` names the file in errors and anchors relative password_file paths.
+    `path` names the file in errors.
     Raises ConfigError listing every problem at once; never anything else.
     """
     environ = os.environ if environ is None else environ
     overrides, problems = _environment_overrides(environ, data)
+    # No password is read here; the context tells validators where relative files (a
+    # ca_file) are: next to the config file.
     context = PasswordSources(environ, config_dir=path.parent if path is not None else None)
     try:
         config = Config.model_validate(_merge(data, overrides), context=context)
@@ -111,6 +126,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         problem = f"not UTF-8 text (byte {error.start}); save the file as UTF-8"
     except tomllib.TOMLDecodeError as error:
         problem = f"TOML syntax error: {error}; fix the syntax there"
+    except ValueError:  # after its subclasses above: a NUL in the path (in-process callers)
+        problem = "the path holds a NUL character; give the config file's path"
     else:
         if data:
             return data
@@ -118,57 +135,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     raise ConfigError([problem], path)
 
 
-class _EnvironmentOverrides(BaseSettings, Config):
-    """Config's shape as pydantic-settings sees it: REFRESHD_ prefix, '__' between levels.
-
-    Only used to read overrides (Config itself is a plain model: a pydantic-settings model
-    re-runs __init__ on validation, which would drop the validation context that carries
-    the environment to the password lookups).
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=_ENV_DELIMITER, case_sensitive=False
-    )
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of os.environ.
-
-    Narrow workaround: EnvSettingsSource has no parameter for the mapping, so this
-    overrides the one method that reads os.environ; prefix, nested delimiter, JSON for
-    tables and lists all stay pydantic-settings' own.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        if self.case_sensitive:
-            return dict(self._environ)
-        return {name.lower(): value for name, value in self._environ.items()}
-
-
 def _environment_overrides(
     environ: Mapping[str, str], data: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[Problem]]:
-    problems = _unknown_env_problems(environ, data)
-    try:
-        overrides = _MappingEnvSource(_EnvironmentOverrides, environ)()
-    except (SettingsError, ValueError) as error:
-        field = re.search(r'field "([^"]+)"', str(error))
-        name = f"{ENV_PREFIX}{field[1].upper()}" if field else "environment"
-        cause = error.__cause__
-        detail = f" ({cause})" if isinstance(cause, json.JSONDecodeError) else ""
-        problems.append(
-            (
-                (name,),
-                f"not valid JSON{detail}; a table or list set from the environment must be "
-                f"JSON, or set single keys as {ENV_PREFIX}TABLE__KEY",
-            )
-        )
-        return {}, problems
-    return overrides, problems
+    overrides, problems = environment_overrides(environ, Config)
+    return overrides, [*_unknown_env_problems(environ, data), *problems]
 
 
 def _unknown_env_problems(environ: Mapping[str, str], data: Mapping[str, Any]) -> list[Problem]:
@@ -181,13 +152,13 @@ def _unknown_env_problems(environ: Mapping[str, str], data: Mapping[str, Any]) -
     problems: list[Problem] = []
     for name in environ:
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or _ENV_DELIMITER not in upper:
+        if not upper.startswith(ENV_PREFIX) or ENV_DELIMITER not in upper:
             continue
-        head = upper.removeprefix(ENV_PREFIX).split(_ENV_DELIMITER)[0].lower()
+        head = upper.removeprefix(ENV_PREFIX).split(ENV_DELIMITER)[0].lower()
         if head in Config.model_fields or upper in password_vars:
             continue
         close = difflib.get_close_matches(head, list(Config.model_fields), n=1)
-        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}{_ENV_DELIMITER}...?" if close else ""
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}{ENV_DELIMITER}...?" if close else ""
         problems.append(((name,), f"unknown table {head!r} in an environment override{hint}"))
     return problems
 
@@ -211,7 +182,7 @@ def _env_origin(loc: Loc, environ: Mapping[str, str], overrides: Mapping[str, An
         path = loc[:length]
         if not all(isinstance(part, str) for part in path) or not _has_path(overrides, path):
             continue
-        upper = ENV_PREFIX + _ENV_DELIMITER.join(str(part) for part in path).upper()
+        upper = ENV_PREFIX + ENV_DELIMITER.join(str(part) for part in path).upper()
         if upper in names:
             return names[upper]
     return None

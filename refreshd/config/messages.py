@@ -9,12 +9,12 @@ import re
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
+from refreshd.config.credentials import CredentialsConfig
 from refreshd.config.models import (
     BackoffConfig,
     BlackoutConfig,
     ClientConfig,
     Config,
-    CredentialsConfig,
     DaemonConfig,
     ServerConfig,
 )
@@ -66,6 +66,8 @@ def describe(detail: ErrorDetails, set_by: str | None = None) -> Problem:
     """One of pydantic's error details as a problem; `set_by`: the environment variable that
     set the value, if one did."""
     loc: Loc = tuple(detail["loc"])
+    if loc[-1:] == ("[key]",):  # pydantic's mark for a bad table name ([credentials.NAME])
+        loc = loc[:-1]
     message = _message(detail["type"], loc, detail["msg"])
     if set_by:
         message += f" (set by environment variable {set_by})"

@@ -1,8 +1,10 @@
 """The config's models, one per TOML table, with the rules that span a table or the whole file.
 
 Passwords: `[credentials.X]` keeps the TOML shape (`password`, `password_env` or
-`password_file`); validating a `CredentialsConfig` also reads the secret it points to, so a
-`Config` that exists has every password resolved. Code that talks to VICIdial asks
+`password_file`). Validating checks the shape and reads no secret (`status`, `history` and
+`plan` run where the daemon's environment and systemd credentials are not); the commands
+that call VICIdial ask `Config.with_passwords()` (via `config.resolve_passwords`) for a
+copy with each password read. Code that talks to VICIdial asks
 `Config.credentials_for(server)`, which returns a `Credentials` with `user` and
 `password: SecretStr`. No password ever appears in an error message, a repr or a str.
 """
@@ -13,25 +15,25 @@ import functools
 import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
-    PrivateAttr,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from refreshd.config.credentials import Credentials, CredentialsConfig, Table
 from refreshd.config.fields import (
     ApiUrl,
     BlackoutWindow,
@@ -42,22 +44,23 @@ from refreshd.config.fields import (
     Name,
     NonEmpty,
     PositiveDuration,
+    ProxyUrl,
     Source,
     TimeZoneName,
-    VicidialUser,
     Window,
     at_least_one,
     between,
+    ca_file,
     is_known_zone,
+    not_blank_path,
+    proxy_shown,
     split_listen,
 )
 from refreshd.config.passwords import (
-    check_password,
-    password_from_env,
-    password_from_file,
+    PasswordSources,
     password_sources,
 )
-from refreshd.config.problems import Problem, invalid, invalid_at
+from refreshd.config.problems import Problem, invalid
 from refreshd.config.references import raw_field, reference_problems
 from refreshd.core.durations import format_duration
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
@@ -68,13 +71,15 @@ _MONTH = timedelta(days=30)
 _PASSWORD_KEYS = ("password", "password_env", "password_file")
 
 
-class _Table(BaseModel):
-    # frozen: values are hashable and comparable, so a reload can tell changed servers
-    # from unchanged ones. extra=forbid: a misspelt key is an error, never ignored.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+def _checked_ca_file(value: Path, info: ValidationInfo) -> Path:
+    # A relative path is next to the config file, whose directory the context knows.
+    return ca_file(value, password_sources(info).config_dir)
 
 
-class DaemonConfig(_Table):
+CaFile = Annotated[Path, BeforeValidator(not_blank_path), AfterValidator(_checked_ca_file)]
+
+
+class DaemonConfig(Table):
     """`[daemon]`: process-wide settings."""
 
     state_path: Path = Path("/var/lib/refreshd/state.db")
@@ -94,6 +99,8 @@ class DaemonConfig(_Table):
     def _state_path_not_empty(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty: give the SQLite file's path")
+        if isinstance(value, str) and "\x00" in value:  # no file system takes one
+            raise ValueError("holds a NUL character (\\u0000): give the SQLite file's path")
         return value
 
     @property
@@ -106,17 +113,25 @@ class DaemonConfig(_Table):
         return split_listen(self.metrics_listen) if self.metrics_listen else None
 
 
-class ClientConfig(_Table):
+class ClientConfig(Table):
     """`[client]`: the shared HTTP client and what every request says about its caller."""
 
     timeout: Annotated[PositiveDuration, between(timedelta(0), timedelta(minutes=10))] = timedelta(
         seconds=10
     )
     verify_tls: bool = True
+    ca_file: CaFile | None = None  # the CA (PEM) to trust instead of the system's store
+    # The one way to use a proxy: HTTP(S)_PROXY in the environment are ignored (client.py).
+    proxy: ProxyUrl | None = None
     source: Source = "refreshd"
 
+    @property
+    def proxy_shown(self) -> str:
+        """The proxy without its credentials, or "none": for logs and `check`."""
+        return proxy_shown(self.proxy)
 
-class BackoffConfig(_Table):
+
+class BackoffConfig(Table):
     """`[backoff]`: how long to wait after each kind of failure (see SPEC.md, Outcomes)."""
 
     retry_initial: Annotated[PositiveDuration, between(timedelta(0), _DAY)] = timedelta(seconds=30)
@@ -145,89 +160,7 @@ class BackoffConfig(_Table):
         return self
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """A VICIdial login, password resolved: what a request needs. Safe to log or repr."""
-
-    name: str  # the [credentials.NAME] table
-    user: str
-    password: SecretStr
-    source_kind: Literal["inline", "env", "file"]
-
-
-class CredentialsConfig(_Table):
-    """`[credentials.NAME]`: a user and exactly one of password, password_env, password_file.
-
-    Validation reads the secret (from the validation context's environment, see
-    `validate_config`) and keeps it privately; `Config.credentials_for()` hands it out.
-    A relative password_file is read from $CREDENTIALS_DIRECTORY (systemd's
-    LoadCredential=) when that is set, else from the config file's directory.
-    """
-
-    user: VicidialUser
-    password: SecretStr | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
-
-    _secret: SecretStr | None = PrivateAttr(default=None)
-    _source_kind: Literal["inline", "env", "file"] = PrivateAttr(default="inline")
-
-    @field_validator("password")
-    @classmethod
-    def _password_characters(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            check_password(value.get_secret_value(), "the password")
-        return value
-
-    @field_validator("password_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not an environment variable name "
-                "(letters, digits and '_', not starting with a digit)"
-            )
-        return value
-
-    @field_validator("password_file", mode="before")
-    @classmethod
-    def _file_not_empty(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("must not be empty: give the path of the file holding the password")
-        return value
-
-    @model_validator(mode="after")
-    def _resolve_password(self, info: ValidationInfo) -> Self:
-        given = [name for name in _PASSWORD_KEYS if getattr(self, name) is not None]
-        if len(given) != 1:
-            found = f" (found {' and '.join(given)})" if given else ""
-            raise invalid_at(
-                (),
-                "give exactly one of password_env (an environment variable), password_file "
-                f"(a file, e.g. a systemd credential) or password{found}",
-            )
-        context = password_sources(info)
-        try:
-            if self.password_env is not None:
-                secret = password_from_env(self.password_env, context.environ)
-                self._secret, self._source_kind = secret, "env"
-            elif self.password_file is not None:
-                secret = password_from_file(self.password_file, context)
-                self._secret, self._source_kind = secret, "file"
-            else:
-                self._secret, self._source_kind = self.password, "inline"
-        except ValueError as error:
-            raise invalid_at((given[0],), str(error)) from None
-        return self
-
-    def resolved(self, name: str) -> Credentials:
-        """This table as a `Credentials` value: user plus the resolved password."""
-        if self._secret is None:  # only possible if built with model_construct()
-            raise ValueError(f"credentials {name!r} were never validated")
-        return Credentials(name, self.user, self._secret, self._source_kind)
-
-
-class ServerConfig(_Table):
+class ServerConfig(Table):
     """`[[servers]]`: one VICIdial cluster's API endpoint and its refresh windows."""
 
     name: Name
@@ -240,6 +173,7 @@ class ServerConfig(_Table):
     every: Annotated[PositiveDuration, between(timedelta(seconds=1), timedelta(days=7))] | None = (
         None
     )
+    ca_file: CaFile | None = None  # this server's CA, instead of [client] ca_file
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -247,7 +181,7 @@ class ServerConfig(_Table):
         return zoneinfo.ZoneInfo(self.timezone or "UTC")
 
 
-class BlackoutConfig(_Table):
+class BlackoutConfig(Table):
     """`[[blackouts]]`: times at which no refresh starts, for some servers or all ('*')."""
 
     name: Name
@@ -270,7 +204,7 @@ class Config(BaseModel):
     daemon: DaemonConfig = DaemonConfig()
     client: ClientConfig = ClientConfig()
     backoff: BackoffConfig = BackoffConfig()
-    credentials: Mapping[str, CredentialsConfig] = Field(default_factory=dict)
+    credentials: Mapping[Name, CredentialsConfig] = Field(default_factory=dict)
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
 
@@ -313,11 +247,40 @@ class Config(BaseModel):
         """Every [credentials.NAME] table, resolved, by NAME."""
         return {name: table.resolved(name) for name, table in self.credentials.items()}
 
+    def verify_for(self, server: ServerConfig) -> bool | str:
+        """What the server's TLS certificate is checked against: its CA file, else the
+        client's, else the system's trust store (True); False with verify_tls off."""
+        if not self.client.verify_tls:
+            return False
+        chosen = server.ca_file or self.client.ca_file
+        return str(chosen) if chosen is not None else True
+
+    def with_passwords(self, sources: PasswordSources) -> Config:
+        """A copy with every password read from `sources`; a ValidationError, as validation
+        raises, naming each key whose password cannot be read."""
+        tables: dict[str, CredentialsConfig] = {}
+        problems: list[Problem] = []
+        for name, table in self.credentials.items():
+            try:
+                tables[name] = table.with_password(sources)
+            except ValueError as error:
+                problems.append((("credentials", name, table.password_key), str(error)))
+        if problems:
+            raise invalid(problems)
+        return self.model_copy(update={"credentials": tables})
+
     def secrets(self) -> frozenset[str]:
-        """Every password in plain text: for the log redactor only, never for display."""
-        return frozenset(
-            c.password.get_secret_value() for c in self.resolved_credentials().values()
-        )
+        """Every password read so far (and the proxy's), in plain text: for the log
+        redactor only, never for display."""
+        passwords = {
+            table._secret.get_secret_value()
+            for table in self.credentials.values()
+            if table._secret is not None
+        }
+        proxy_password = urlsplit(self.client.proxy).password if self.client.proxy else None
+        if proxy_password:
+            passwords |= {proxy_password, unquote(proxy_password)}
+        return frozenset(passwords)
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:
         """Every blackout window that applies to the server, in config order."""

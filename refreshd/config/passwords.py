@@ -16,7 +16,7 @@ _MAX_PASSWORD_FILE = 4096
 
 @dataclass(frozen=True)
 class PasswordSources:
-    """The validation context: where password_env and a relative password_file are looked up."""
+    """Where password_env and a relative password_file are looked up (`resolve_passwords`)."""
 
     environ: Mapping[str, str]
     config_dir: Path | None = None
@@ -32,11 +32,15 @@ class PasswordSources:
     def file_hint(self, path: Path) -> str:
         if path.is_absolute():
             return ""
-        if self.environ.get("CREDENTIALS_DIRECTORY"):
-            return " (a relative password_file is read from $CREDENTIALS_DIRECTORY)"
+        credentials_dir = self.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials_dir:
+            return (
+                " (a relative password_file is read from $CREDENTIALS_DIRECTORY, "
+                f"{credentials_dir})"
+            )
         return (
             " (a relative password_file is read from $CREDENTIALS_DIRECTORY when set, "
-            "else from the config file's directory)"
+            f"else from the config file's directory, {self.config_dir or Path.cwd()})"
         )
 
 
@@ -48,15 +52,22 @@ def password_sources(info: ValidationInfo) -> PasswordSources:
     return PasswordSources(environ=os.environ)
 
 
+# Errors name password_env and password_file by their place, never by their value: a
+# password put there by mistake would otherwise be printed (and land in the journal).
+_NAMED_VARIABLE = "the environment variable it names"
+_NAMED_FILE = "the file it names"
+
+
 def password_from_env(name: str, environ: Mapping[str, str]) -> SecretStr:
     """The password in the environment variable `name`; ValueError saying what to fix."""
     value = environ.get(name)
     if value is None:
         raise ValueError(
-            f"environment variable {name} is not set; set it in refreshd's environment "
-            "(systemd Environment= or EnvironmentFile=, docker -e) or use password_file"
+            f"{_NAMED_VARIABLE} is not set; set it in refreshd's environment (systemd "
+            "Environment= or EnvironmentFile=, docker -e) or use password_file (the name is "
+            "not shown, in case the password was put here by mistake)"
         )
-    check_password(value, f"environment variable {name}")
+    check_password(value, _NAMED_VARIABLE)
     return SecretStr(value)
 
 
@@ -69,16 +80,16 @@ def password_from_file(path: Path, context: PasswordSources) -> SecretStr:
             raw = file.read(_MAX_PASSWORD_FILE + 1)
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{full} is not UTF-8 text") from None
+        raise ValueError(f"{_NAMED_FILE} is not UTF-8 text") from None
     except (OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or "cannot be opened"
-        raise ValueError(f"cannot read {full}: {reason}{context.file_hint(path)}") from None
+        raise ValueError(f"cannot read {_NAMED_FILE}: {reason}{context.file_hint(path)}") from None
     if len(raw) > _MAX_PASSWORD_FILE:
-        raise ValueError(f"{full} is larger than 4 KiB: it should hold just the password")
+        raise ValueError(f"{_NAMED_FILE} is larger than 4 KiB: it should hold just the password")
     # `echo pw > file` and editors add one newline; it is not part of the password.
     # A second one stays, and is refused as a filtered character.
     text = text.removesuffix("\n").removesuffix("\r")
-    check_password(text, str(full))
+    check_password(text, _NAMED_FILE)
     return SecretStr(text)
 
 

@@ -52,6 +52,9 @@ class ServerEntry:
     suspension_reason: str | None = None
     fingerprint: str | None = None
     """The server's config fingerprint when last configured: a change ends a suspension."""
+    first_seen: datetime | None = None
+    """When a daemon first had the server in its config: the alerts' reference for a
+    server that has never succeeded."""
 
     def suspended_at(self, now: datetime) -> datetime | None:
         """The suspension's end, if one runs at `now`."""

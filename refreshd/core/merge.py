@@ -29,20 +29,26 @@ def reconfigure(
     changed_logins: frozenset[str],
     now: datetime,
 ) -> Reconfigured:
-    """Apply a config: a server whose fingerprint changed since its suspension began is
-    resumed (SPEC: a change of the server's or the credentials' config ends it), a login
-    whose password changed since its wait began stops waiting, and a login whose config
-    changed is unproven again (the next call is one careful login)."""
+    """Apply a config: a server seen for the first time gets its `first_seen`, a server
+    whose fingerprint changed since its suspension began is resumed (SPEC: a change of the
+    server's or the credentials' config ends it), a login whose password changed since its
+    wait began stops waiting, and a login whose config changed is unproven again (the next
+    call is one careful login)."""
     servers: dict[str, ServerEntry] = {}
     events: list[Event] = []
     for name, fingerprint in server_fingerprints.items():
         entry = ledger.server(name)
-        if entry.fingerprint == fingerprint:
-            continue
-        if entry.fingerprint is not None and entry.suspended_at(now) is not None:
-            entry = replace(entry, suspended_until=None, suspension_reason=None, suspensions=0)
-            events.append(Event(Kind.SERVER_RESUMED, {"server": name, "reason": "config changed"}))
-        servers[name] = replace(entry, fingerprint=fingerprint)
+        updated = entry if entry.first_seen is not None else replace(entry, first_seen=now)
+        if entry.fingerprint != fingerprint:
+            if entry.fingerprint is not None and entry.suspended_at(now) is not None:
+                updated = replace(
+                    updated, suspended_until=None, suspension_reason=None, suspensions=0
+                )
+                fields = {"server": name, "reason": "config changed"}
+                events.append(Event(Kind.SERVER_RESUMED, fields))
+            updated = replace(updated, fingerprint=fingerprint)
+        if updated != entry:
+            servers[name] = updated
     changed: dict[str, LoginEntry] = _adopt_table_keyed_waits(ledger, logins)
     ledger = ledger.with_logins(changed)
     for key, fingerprints in logins.fingerprints.items():

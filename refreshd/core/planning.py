@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from refreshd.core.runs import next_runs, run_after, run_at_or_before
-from refreshd.core.slots import Run, Schedule, Slot, open_until, slot_at
+from refreshd.core.runs import HORIZON, next_runs, run_after, run_at_or_before
+from refreshd.core.slots import Run, Schedule, Slot, open_until, slot_at, slots_between
 
-__all__ = ["Next", "earliest_start", "missed_slot", "next_fire", "retry_until"]
+__all__ = [
+    "Next",
+    "earliest_start",
+    "look_again_at",
+    "missed_slot",
+    "never_runs",
+    "next_fire",
+    "retry_until",
+]
 
 _TICK = timedelta(microseconds=1)
 
@@ -76,3 +85,30 @@ def missed_slot(previous: Run, chosen: Next | None, last_done: datetime | None) 
     if last_done is not None and slot.start <= last_done < slot.end:
         return None
     return slot
+
+
+def look_again_at(not_before: datetime) -> datetime:
+    """When to plan again a server for which `next_fire(schedule, not_before, ...)` found
+    nothing: no run lies within HORIZON of `not_before`, so none can be due before its end,
+    and from there the search sees the next HORIZON (a blackout longer than it has ended, or
+    will be seen ending)."""
+    return not_before + HORIZON
+
+
+def never_runs(schedule: Schedule, now: datetime) -> str | None:
+    """Why a server with this schedule has no run within HORIZON of `now`, or None when it
+    has one: every slot blacked out, or no slot at all."""
+    # A slot not wholly blacked out gets a run whatever the spread offset and `every`
+    # (runs_of's last resort), so the answer depends on the windows, the blackouts and the
+    # zone only: servers sharing them share one search of the horizon.
+    return _never_runs(replace(schedule, offset=timedelta(0), every=None), now)
+
+
+@functools.lru_cache(maxsize=256)
+def _never_runs(schedule: Schedule, now: datetime) -> str | None:
+    if next_runs(schedule, now, 1):
+        return None
+    days = HORIZON.days
+    if slots_between(schedule, now, now + HORIZON):
+        return f"every window in the next {days} days falls in a blackout"
+    return f"its windows give no slot in the next {days} days"

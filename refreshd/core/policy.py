@@ -84,7 +84,13 @@ MAX_LOGINS_IN_FLIGHT = 4
 """Calls in flight at once per credentials that are known to be good."""
 
 SUSPENDING: frozenset[Outcome] = frozenset(
-    {Outcome.PERMISSION_DENIED, Outcome.IP_BLOCKED, Outcome.NOT_FOUND, Outcome.BAD_REQUEST}
+    {
+        Outcome.PERMISSION_DENIED,
+        Outcome.IP_BLOCKED,
+        Outcome.NOT_FOUND,
+        Outcome.BAD_REQUEST,
+        Outcome.TLS_REJECTED,
+    }
 )
 """Outcomes that a retry inside the slot cannot fix: the server is suspended."""
 

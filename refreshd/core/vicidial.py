@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
+import html.entities
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import quote_plus
 
 __all__ = [
     "MAX_DETAIL",
@@ -39,6 +40,7 @@ class Outcome(enum.StrEnum):
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
+    TLS_REJECTED = "tls_rejected"
     TRANSIENT = "transient"
     UNEXPECTED = "unexpected"
 
@@ -51,22 +53,37 @@ class Transport(enum.StrEnum):
     CONNECTION_RESET = "connection_reset"
     CONNECTION_FAILED = "connection_failed"
     TLS_ERROR = "tls_error"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_NAME_MISMATCH = "tls_name_mismatch"
+    TLS_EXPIRED = "tls_expired"
 
 
+_NO_FALLBACK = "never falls back to no verification"
 _TRANSPORT_TEXT = {
     Transport.TIMEOUT: "timed out",
     Transport.CONNECTION_REFUSED: "connection refused",
     Transport.CONNECTION_RESET: "connection reset or closed before a complete answer",
     Transport.CONNECTION_FAILED: "could not connect (name resolution or network unreachable)",
-    Transport.TLS_ERROR: "TLS handshake or certificate verification failed (verify_tls is on; "
-    "fix the certificate or point the trust store at its CA, refreshd never falls back to "
-    "an unverified connection)",
+    Transport.TLS_ERROR: "TLS handshake failed before any certificate was checked (a reset or a "
+    f"protocol mismatch); retried, {_NO_FALLBACK}",
+    Transport.TLS_UNTRUSTED: "TLS certificate not trusted (self-signed or an unknown CA): set "
+    f"ca_file in [client] or in the server's table to the CA's PEM file; {_NO_FALLBACK}",
+    Transport.TLS_NAME_MISMATCH: "TLS certificate is for another name than api_url's host: put "
+    f"a name the certificate lists in api_url, or reissue it; {_NO_FALLBACK}",
+    Transport.TLS_EXPIRED: "TLS certificate expired or not yet valid: renew it on the VICIdial "
+    f"web server (or fix this machine's clock); {_NO_FALLBACK}",
 }
 
+# Certificate refusals: retrying cannot heal them (someone must install a CA, fix a name or
+# renew a certificate), so they suspend the server instead of retrying every few seconds.
+_CERTIFICATE_REFUSED = frozenset(
+    {Transport.TLS_UNTRUSTED, Transport.TLS_NAME_MISMATCH, Transport.TLS_EXPIRED}
+)
 
 # Failures that end a call before any byte of the request left: no login was counted.
 _NEVER_SENT = frozenset(
     {Transport.CONNECTION_REFUSED, Transport.CONNECTION_FAILED, Transport.TLS_ERROR}
+    | _CERTIFICATE_REFUSED
 )
 
 
@@ -182,7 +199,8 @@ def classify(
     """One call's outcome from what came back. Never raises, whatever the bytes."""
     if transport is not None:
         reached = transport not in _NEVER_SENT
-        return Answer(Outcome.TRANSIENT, _TRANSPORT_TEXT[transport], status, reached=reached)
+        outcome = Outcome.TLS_REJECTED if transport in _CERTIFICATE_REFUSED else Outcome.TRANSIENT
+        return Answer(outcome, _TRANSPORT_TEXT[transport], status, reached=reached)
     text = body or ""
     if status is not None and not 200 <= status < 300:
         outcome = _status_outcome(status)
@@ -261,19 +279,37 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Text with every secret we know of, and every place VICIdial puts one, masked."""
     out = text
     for secret in secrets:
-        if not secret:
-            continue
-        # VICIdial echoes the *filtered* password; a config check refuses such passwords,
-        # but redact every form anyway: last line of defence.
-        for form in {secret, _FILTERED.sub("", secret), _url_encoded(secret)}:
-            if len(form) >= 3:
-                out = out.replace(form, "***")
+        if secret:
+            out = _secret_pattern(secret).sub("***", out)
     out = _ECHOED_PASSWORD.sub(r"\1***\2", out)
     return _QUERY_SECRET.sub(r"\1***", out)
 
 
-def _url_encoded(secret: str) -> str:
-    return quote_plus(secret)
+@functools.lru_cache(maxsize=256)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """Every form in which a secret may come back: in any letter case (a proxy or a PHP
+    page may upper-case it), each character as itself, an HTML entity (`&#97;`, `&#x61;`,
+    `&amp;`) or URL-encoded (`%61`, `+`), mixed freely (VICIdial or a web page may echo
+    it escaped); and the *filtered* password VICIdial echoes on a failed login (the config
+    refuses such passwords, but this is the last line of defence). Whatever its length: a
+    short password masks innocent text too, which `check` warns about; it never leaks."""
+    forms = [secret]
+    filtered = _FILTERED.sub("", secret)
+    if filtered != secret and len(filtered) >= 3:
+        forms.append(filtered)
+    alternatives = ["".join(_char_forms(char) for char in form) for form in forms]
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+def _char_forms(char: str) -> str:
+    code = ord(char)
+    forms = [re.escape(char), f"&#0*{code};?", f"&#x0*{code:x};?"]
+    if code in html.entities.codepoint2name:
+        forms.append(f"&{html.entities.codepoint2name[code]};")
+    forms.append("".join(f"%{byte:02x}" for byte in char.encode()))
+    if char == " ":
+        forms.append(r"\+")
+    return f"(?:{'|'.join(forms)})"
 
 
 def _snippet(text: str, secrets: Iterable[str]) -> str:

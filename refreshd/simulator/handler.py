@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 from http import HTTPStatus
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from refreshd.simulator.http import Simulator
 
 API_SUFFIX = "non_agent_api.php"
+_HANDSHAKE_TIMEOUT = 10.0
 MAX_REQUEST_BODY = 1_000_000
 
 _JSON = "application/json"
@@ -41,9 +43,28 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], sim: Simulator, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.sim = sim
+        self.tls = tls
         super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The handshake in the connection's own thread, bounded: a client that connects
+        # and says nothing must not hold it forever.
+        request.settimeout(_HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.sim._count_tls_refused()  # e.g. the client refused our certificate
+            return
+        with tls:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would ask DNS for getfqdn(host): slow, and never needed here.

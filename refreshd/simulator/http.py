@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import ssl
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refreshd.clock import Clock, system_clock
 from refreshd.simulator import faults
@@ -29,6 +30,9 @@ from refreshd.simulator.rules import (
     Vicidial,
 )
 
+if TYPE_CHECKING:  # pymysql is imported only by a simulator given a database
+    from refreshd.simulator.database import SimDatabase
+
 __all__ = ["API_PATH", "LOGIN_PAGE_PATH", "Simulator"]
 
 API_PATH = "/vicidial/non_agent_api.php"
@@ -41,6 +45,7 @@ class _Traffic:
     in_flight: int = 0
     peak_in_flight: int = 0
     errors: int = 0
+    tls_refused: int = 0  # connections whose TLS handshake failed: nothing was read
 
 
 class Simulator:
@@ -56,6 +61,8 @@ class Simulator:
         clock: Clock = system_clock,
         check_server_ip: bool = False,
         keepalive_interval: float | None = None,
+        database: SimDatabase | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise ValueError("keepalive_interval must be positive")
@@ -68,6 +75,8 @@ class Simulator:
         self._requested_port = port
         self._clock = clock
         self._keepalive_interval = keepalive_interval
+        self._database = database  # mirrors servers/system_settings into a real MariaDB
+        self._tls = tls  # a server context with its certificate: serve https://
 
         self._lock = threading.Lock()
         self._traffic = _Traffic()
@@ -84,10 +93,11 @@ class Simulator:
     def start(self) -> Simulator:
         if self._httpd is not None:
             raise RuntimeError("simulator already started")
+        self._mirror()
         if self._stopping.is_set():
             raise RuntimeError("a stopped simulator cannot be restarted; make a new one")
         server_class = Server6 if ":" in self._requested_host else Server
-        self._httpd = server_class((self._requested_host, self._requested_port), self)
+        self._httpd = server_class((self._requested_host, self._requested_port), self, self._tls)
         # A short poll keeps stop() fast; tests start and stop hundreds of these.
         self._spawn("refreshd-simulator", self._httpd.serve_forever, 0.01)
         if self._keepalive_interval is not None:
@@ -143,7 +153,8 @@ class Simulator:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -180,6 +191,7 @@ class Simulator:
                 "in_flight": traffic.in_flight,
                 "peak_in_flight": traffic.peak_in_flight,
                 "errors": traffic.errors,
+                "tls_refused": traffic.tls_refused,
                 "faults": [f.as_dict() for f in self._faults.values()],
             }
 
@@ -233,11 +245,19 @@ class Simulator:
             self._traffic = _Traffic(in_flight=in_flight, peak_in_flight=in_flight)
             self._calls.clear()
             self._vicidial.reset()
+            self._mirror()
 
     def keepalive(self) -> None:
-        """What each server's keepalive cron does: rebuild, then clear its own flag."""
+        """What each box's keepalive cron does: clear its own flag, then rebuild (a box
+        whose cron is dead keeps its flag)."""
         with self._lock:
             self._vicidial.keepalive()
+            self._mirror()
+
+    def set_keepalive(self, server_ip: str, *, alive: bool) -> None:
+        """Break or mend one box's keepalive cron."""
+        with self._lock:
+            self._vicidial.set_keepalive(server_ip, alive=alive)
 
     # -- request bookkeeping (called by the handler) --------------------------
 
@@ -273,6 +293,10 @@ class Simulator:
         with self._lock:
             self._traffic.errors += 1
 
+    def _count_tls_refused(self) -> None:
+        with self._lock:
+            self._traffic.tls_refused += 1
+
     def _record(self, path: str, fields: Mapping[str, str], kind: str, received: float) -> None:
         """Log a call that never reached the PHP (a fault answered first)."""
         with self._lock:
@@ -289,7 +313,17 @@ class Simulator:
         with self._lock:
             answer = self._vicidial.answer_request(req, client_ip, now)
             self._log_call(path, req, answer.kind, now, received)
+            if answer.kind == "success":
+                self._mirror()
             return answer
+
+    def _mirror(self) -> None:
+        """The database's rows made equal to the rules' state (called under the lock)."""
+        if self._database is not None:
+            vicidial = self._vicidial
+            self._database.write(
+                vicidial.servers, vicidial.flagged_ips(), vicidial.reload_timestamp
+            )
 
     def _log_call(self, path: str, req: Request, kind: str, now: float, received: float) -> None:
         # The password is deliberately absent: this log is served over HTTP.

@@ -75,10 +75,23 @@ class SimUser:
 
 @dataclass(frozen=True)
 class SimServer:
-    """One row of `servers`."""
+    """One row of `servers`, and whether its box's keepalive cron runs."""
 
     server_ip: str
     active: bool = True
+    server_id: str = ""  # empty: derived from the address, as an installer would name it
+    active_asterisk_server: bool = True
+    generate_vicidial_conf: bool = True
+    keepalive_alive: bool = True  # False: the box's cron is broken; its flag stays 'Y'
+
+    @property
+    def id(self) -> str:
+        return self.server_id or "srv" + self.server_ip.rsplit(".", 1)[-1]
+
+    @property
+    def rebuilds(self) -> bool:
+        """ADMIN_keepalive_ALL.pl acts on its row only when both columns are 'Y'."""
+        return self.active_asterisk_server and self.generate_vicidial_conf
 
 
 DEFAULT_USERS = (SimUser("admin", "admin1234"),)
@@ -165,6 +178,7 @@ class Vicidial:
         self._check_server_ip = check_server_ip
         self._logins = {u.user: _LoginState() for u in users}
         self._flags = {s.server_ip: False for s in self.servers}
+        self.reload_timestamp: float | None = None  # system_settings.reload_timestamp
         self.tally = Tally()
         self.lockouts: list[Lockout] = []
 
@@ -182,6 +196,9 @@ class Vicidial:
         """`servers.rebuild_conf_files = 'Y'`: flagged by a refresh, not yet rebuilt."""
         return self._flags[server_ip]
 
+    def flagged_ips(self) -> set[str]:
+        return {ip for ip, flagged in self._flags.items() if flagged}
+
     @property
     def user_names(self) -> list[str]:
         return list(self._logins)
@@ -189,9 +206,19 @@ class Vicidial:
     # -- what an administrator or the keepalive cron does ----------------------------
 
     def keepalive(self) -> None:
-        """What each server's keepalive cron does: rebuild, then clear its own flag."""
-        for ip in self._flags:
-            self._flags[ip] = False
+        """What each box's keepalive cron does when it runs: a flagged box that generates
+        its configuration clears its own flag, then rebuilds. A box whose cron is dead,
+        or that generates nothing, keeps its flag."""
+        for server in self.servers:
+            if server.keepalive_alive and server.rebuilds:
+                self._flags[server.server_ip] = False
+
+    def set_keepalive(self, server_ip: str, *, alive: bool) -> None:
+        """Break or mend one box's keepalive cron."""
+        self.servers = tuple(
+            dataclasses.replace(s, keepalive_alive=alive) if s.server_ip == server_ip else s
+            for s in self.servers
+        )
 
     def update_user(self, name: str, **changes: Any) -> SimUser:
         """Change a user as VICIdial's admin screens would (grant API access, say);
@@ -210,7 +237,8 @@ class Vicidial:
     def reset(self) -> None:
         """Login state, lock-outs, flags and the tally back to a fresh start."""
         self._logins = {name: _LoginState() for name in self._logins}
-        self.keepalive()
+        self._flags = dict.fromkeys(self._flags, False)
+        self.reload_timestamp = None
         self.tally = Tally()
         self.lockouts.clear()
 
@@ -238,9 +266,9 @@ class Vicidial:
             return refused
         if req.function != "server_refresh":
             return _ok("ERROR: NO FUNCTION SPECIFIED", "no_function")
-        return self._server_refresh(req, self._users[req.user])
+        return self._server_refresh(req, self._users[req.user], now)
 
-    def _server_refresh(self, req: Request, user: SimUser) -> Answer:
+    def _server_refresh(self, req: Request, user: SimUser, now: float) -> Answer:
         # server_refresh checks source, allowed function, permission, then stage, the
         # order of the PHP's other functions that check a source (agent_ingroup_info).
         # The probe (no stage) therefore proves all of the others without a change.
@@ -275,6 +303,7 @@ class Vicidial:
             if server.active and not self._flags[server.server_ip]:
                 self._flags[server.server_ip] = True
                 changed += 1
+        self.reload_timestamp = now
         self.tally.refreshes += 1
         return _ok(
             f"SUCCESS: server_refresh SERVER REFRESH HAS BEEN TRIGGERED - {req.user}|{changed}",

@@ -9,12 +9,15 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refreshd.config import is_loopback_host
 from refreshd.simulator.http import Simulator
 from refreshd.simulator.rules import SimServer, SimUser
 from refreshd.simulator.settings import load_simulator_config
+
+if TYPE_CHECKING:
+    from refreshd.simulator.database import SimDatabase
 
 __all__ = ["serve"]
 
@@ -25,6 +28,8 @@ def serve(
     *,
     stop: threading.Event | None = None,
     allow_remote: bool = False,
+    database: str | None = None,
+    keepalive_interval: float | None = None,
 ) -> int:
     """Run a simulator until Ctrl-C, SIGTERM or `stop`; 0 after a clean stop,
     2 for a bad --listen, 78 for a bad config, 1 when the address cannot be bound."""
@@ -49,7 +54,21 @@ def serve(
         except ValueError as exc:
             print(f"refreshd simulator: {exc}", file=sys.stderr)
             return 78
-    sim = Simulator(host=host, port=port, users=users, servers=servers)
+    mirror = None
+    if database is not None:
+        try:
+            mirror = _database(database)
+        except (ValueError, OSError) as exc:
+            print(f"refreshd simulator: --database: {exc}", file=sys.stderr)
+            return 78
+    sim = Simulator(
+        host=host,
+        port=port,
+        users=users,
+        servers=servers,
+        database=mirror,
+        keepalive_interval=keepalive_interval,
+    )
     try:
         sim.start()
     except OSError as exc:
@@ -96,3 +115,16 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
+
+
+def _database(url: str) -> SimDatabase:
+    """The simulator's own tables in a MariaDB it may write to (a test's scratch database)."""
+    import pymysql
+
+    from refreshd.dburl import parse_database_url
+    from refreshd.simulator.database import SimDatabase
+
+    try:
+        return SimDatabase(parse_database_url(url))
+    except pymysql.MySQLError as error:
+        raise ValueError(f"cannot use {url}: {error.args[-1]}") from None

@@ -23,7 +23,14 @@ _USER_KEYS: dict[str, type] = {
     "api_functions": list,
     "allowed_ips": list,
 }
-_SERVER_KEYS: dict[str, type] = {"server_ip": str, "active": bool}
+_SERVER_KEYS: dict[str, type] = {
+    "server_ip": str,
+    "server_id": str,
+    "active": bool,
+    "active_asterisk_server": bool,
+    "generate_vicidial_conf": bool,
+    "keepalive_alive": bool,
+}
 
 
 def load_simulator_config(path: Path) -> tuple[list[SimUser], list[SimServer]]:
@@ -132,7 +139,8 @@ def _server_from(row: Mapping[str, Any], where: str) -> SimServer:
         ipaddress.ip_address(row["server_ip"])
     except ValueError:
         raise ValueError(f"{where}.server_ip: {row['server_ip']!r} is not an IP address") from None
-    return SimServer(server_ip=row["server_ip"], active=row.get("active", True))
+    flags = {key: row[key] for key in _SERVER_KEYS if key in row and key != "server_ip"}
+    return SimServer(server_ip=row["server_ip"], **flags)
 
 
 def _no_duplicates(names: list[str], where: str, key: str) -> None:

@@ -283,6 +283,17 @@ class StateStore:
             conn.execute(schema.RUNS_DONE_PRUNE, (rows.text(before - RUNS_DONE_EXTRA_KEEP),))
         return pruned
 
+    def beat(self, at: datetime) -> None:
+        """Record the daemon's heartbeat (`status` shows it)."""
+        with self._write("record the heartbeat") as conn:
+            conn.execute(schema.HEARTBEAT_UPSERT, (rows.text(at),))
+
+    def last_beat(self) -> datetime | None:
+        """The daemon's last heartbeat; None if no daemon of this version ever beat."""
+        with self._read("read the heartbeat") as conn:
+            row = conn.execute(schema.HEARTBEAT_SELECT).fetchone()
+        return None if row is None else rows.time(row[0])
+
     # -- servers -------------------------------------------------------------------------
 
     def server_state(self, name: str) -> ServerState:

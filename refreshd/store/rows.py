@@ -50,6 +50,7 @@ class ServerState:
     """Consecutive suspensions since the last `ok`."""
     suspension_reason: str | None = None
     config_fingerprint: str | None = None
+    first_seen: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _opt_time(value: str | None) -> datetime | None:
 
 
 def server_state(row: tuple[object, ...]) -> ServerState:
-    name, outcome, attempt_at, success_at, until, suspensions, reason, fingerprint = row
+    name, outcome, attempt_at, success_at, until, suspensions, reason, fingerprint, seen = row
     return ServerState(
         name=str(name),
         last_outcome=None if outcome is None else Outcome(str(outcome)),
@@ -136,6 +137,7 @@ def server_state(row: tuple[object, ...]) -> ServerState:
         suspensions=_int(suspensions),
         suspension_reason=_opt_str(reason),
         config_fingerprint=_opt_str(fingerprint),
+        first_seen=_opt_time(_opt_str(seen)),
     )
 
 
@@ -150,6 +152,7 @@ def server_entry(state: ServerState, last_done: datetime | None) -> ServerEntry:
         suspensions=state.suspensions,
         suspension_reason=state.suspension_reason,
         fingerprint=state.config_fingerprint,
+        first_seen=state.first_seen,
     )
 
 
@@ -163,6 +166,7 @@ def server_row(name: str, entry: ServerEntry) -> tuple[object, ...]:
         entry.suspensions,
         entry.suspension_reason,
         entry.fingerprint,
+        opt_text(entry.first_seen),
     )
 
 

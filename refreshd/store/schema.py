@@ -15,6 +15,8 @@ __all__ = [
     "FAILED_DELETE",
     "FAILED_INSERT",
     "FAILED_SELECT",
+    "HEARTBEAT_SELECT",
+    "HEARTBEAT_UPSERT",
     "LAST_RUNS_DONE",
     "MIGRATIONS",
     "RUNS_DONE_PRUNE",
@@ -80,6 +82,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (login, at)
         ) WITHOUT ROWID""",
     ),
+    # 2 -> 3: when the daemon first had each server in its config, so that alerts see a
+    # server that has never succeeded since (a restart must not reset it).
+    ("ALTER TABLE servers ADD COLUMN first_seen TEXT",),
+    # 3 -> 4: the daemon's last heartbeat (one row), so that `status` can tell how long
+    # ago a daemon last showed a sign of life.
+    (
+        """CREATE TABLE daemon (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            heartbeat_at TEXT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -89,16 +102,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 SERVER_SELECT = (
     "SELECT name, last_outcome, last_attempt_at, last_success_at, suspended_until, "
-    "suspensions, suspension_reason, config_fingerprint FROM servers"
+    "suspensions, suspension_reason, config_fingerprint, first_seen FROM servers"
 )
+# first_seen: the earliest written stays (a one-shot command's entry may lack it).
 SERVER_UPSERT = (
     "INSERT INTO servers (name, last_outcome, last_attempt_at, last_success_at, "
-    "suspended_until, suspensions, suspension_reason, config_fingerprint) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "suspended_until, suspensions, suspension_reason, config_fingerprint, first_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
     "last_outcome = excluded.last_outcome, last_attempt_at = excluded.last_attempt_at, "
     "last_success_at = excluded.last_success_at, suspended_until = excluded.suspended_until, "
     "suspensions = excluded.suspensions, suspension_reason = excluded.suspension_reason, "
-    "config_fingerprint = excluded.config_fingerprint"
+    "config_fingerprint = excluded.config_fingerprint, "
+    "first_seen = COALESCE(servers.first_seen, excluded.first_seen)"
 )
 
 # -- credentials waits -----------------------------------------------------------------
@@ -125,6 +140,14 @@ FAILED_INSERT = "INSERT OR IGNORE INTO failed_logins (login, at) VALUES (?, ?)"
 RUN_DONE_INSERT = "INSERT OR IGNORE INTO runs_done (server, due, done_at) VALUES (?, ?, ?)"
 LAST_RUNS_DONE = "SELECT server, MAX(due) FROM runs_done GROUP BY server"
 RUNS_DONE_PRUNE = "DELETE FROM runs_done WHERE due < ?"
+
+# -- the daemon ------------------------------------------------------------------------
+
+HEARTBEAT_UPSERT = (
+    "INSERT INTO daemon (id, heartbeat_at) VALUES (1, ?) "
+    "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+)
+HEARTBEAT_SELECT = "SELECT heartbeat_at FROM daemon WHERE id = 1"
 
 # -- calls -----------------------------------------------------------------------------
 

@@ -443,10 +443,10 @@ def tls_server(self_signed: tuple[Path, Path]) -> Iterator[Scripted]:
         yield scripted
 
 
-def test_a_self_signed_certificate_is_a_tls_error_when_verifying(tls_server: Scripted) -> None:
+def test_a_self_signed_certificate_is_untrusted_when_verifying(tls_server: Scripted) -> None:
     answer = call_url(tls_server.url, verify_tls=True)
 
-    assert answer.transport is Transport.TLS_ERROR
+    assert answer.transport is Transport.TLS_UNTRUSTED
     assert answer.body is None
     assert tls_server.seen == []  # nothing, password included, went out
 

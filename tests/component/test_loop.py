@@ -152,6 +152,26 @@ def test_no_call_is_made_in_a_blackout_covering_the_window(tmp_path: Path) -> No
     assert [call.at for call in loop.calls] == [MONDAY + DAY + 2 * HOUR]
 
 
+def test_a_server_blacked_out_past_the_search_horizon_is_refreshed_when_the_blackout_ends(
+    tmp_path: Path,
+) -> None:
+    # A freeze of 500 days: at start no run lies within the 400 days the planner searches.
+    ends = MONDAY + 500 * DAY
+    config = fleet(
+        [{"name": "east", "windows": ["02:00-03:00"]}],
+        blackouts=[
+            {"name": "freeze", "servers": ["*"], "windows": ["2027-01-01T00:00/2028-05-18T00:00"]}
+        ],
+    )
+    assert ends == at("2028-05-18T00:00:00")
+    with running(config, tmp_path, start=MONDAY) as loop:
+        loop.run_until(ends + 2 * DAY)
+
+    assert [call.at for call in loop.calls] == [ends + 2 * HOUR, ends + DAY + 2 * HOUR]
+    unplanned = loop.log.matching("server.unplanned", server="east")
+    assert [line["planning_again_at"] for line in unplanned] == [MONDAY + 400 * DAY]
+
+
 def test_a_restart_inside_the_same_window_does_not_refresh_again(tmp_path: Path) -> None:
     config = fleet([{"name": "east", "windows": ["02:00-04:00"]}])
     with running(config, tmp_path, start=MONDAY) as first:

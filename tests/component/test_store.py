@@ -38,6 +38,7 @@ from refreshd.store import (
     StateStore,
 )
 from refreshd.store.errors import explain
+from refreshd.store.schema import MIGRATIONS
 from tests.support.repo import REPO
 from tests.support.store import integrity, query
 
@@ -592,6 +593,57 @@ def test_reopening_a_migrated_file_changes_nothing(path: Path) -> None:
         assert reopened_store.last_runs_done() == {"east-1": SLOT}
     assert dump_schema(path) == schema
     assert user_version(path) == SCHEMA_VERSION
+
+
+def _a_version_2_file(path: Path) -> None:
+    """A file as refreshd with schema 2 left it: one server, last outcome ok."""
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in MIGRATIONS[:2] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO servers (name, last_outcome) VALUES ('east-1', 'ok')")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_a_version_2_file_keeps_its_servers_and_learns_first_seen_once(path: Path) -> None:
+    _a_version_2_file(path)
+    first, later = SLOT, SLOT + timedelta(days=3)
+
+    with StateStore(path) as upgraded:
+        old = upgraded.load().server("east-1")
+        upgraded.journal(servers={"east-1": replace(old, first_seen=first)}, logins={})
+        # A one-shot command's entry lacks it, a later one differs: the first stays.
+        upgraded.journal(
+            servers={"east-1": replace(old, last_outcome=Outcome.TRANSIENT)}, logins={}
+        )
+        upgraded.journal(servers={"east-1": replace(old, first_seen=later)}, logins={})
+        entry = upgraded.load().server("east-1")
+
+    assert old.last_outcome is Outcome.OK
+    assert old.first_seen is None
+    assert entry.first_seen == first
+    assert user_version(path) == SCHEMA_VERSION
+
+
+def test_a_version_2_file_gains_the_heartbeat_and_keeps_its_state(path: Path) -> None:
+    _a_version_2_file(path)
+
+    with StateStore(path) as upgraded:
+        assert upgraded.server_state("east-1").last_outcome is Outcome.OK
+        assert upgraded.last_beat() is None  # no daemon of this version has beat yet
+        upgraded.beat(SLOT)
+    assert user_version(path) == SCHEMA_VERSION == 4
+    with StateStore.open_readonly(path) as reader:
+        assert reader.last_beat() == SLOT
+
+
+def test_the_heartbeat_keeps_only_the_latest_beat(store: StateStore, path: Path) -> None:
+    store.beat(SLOT)
+    store.beat(SLOT + timedelta(seconds=10))
+
+    assert store.last_beat() == SLOT + timedelta(seconds=10)
+    assert query(path, "SELECT COUNT(*) FROM daemon") == [(1,)]
 
 
 def test_a_file_from_a_newer_refreshd_is_refused(path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from refreshd.simulator import API_PATH, Simulator
-from tests.support.config import GOOD_PASSWORD, WriteConfig
+from tests.support.config import GOOD_PASSWORD, GOOD_USER, WriteConfig, write_daemon_config
 from tests.support.daemon import EXIT_CONFIG, RunRefreshd
 from tests.support.repo import EXAMPLE_CONFIG
+from tests.support.simulator import ScriptedVicidial
 
 WRONG_PASSWORD = "Wr0ng-Secret_7qX"
 
@@ -40,19 +42,55 @@ def flags(sim: Simulator) -> set[str]:
 
 
 # -- offline ----------------------------------------------------------------------------------
+NEVER_RUNS = """\
+[daemon]
+state_path = "state.db"
+
+[credentials.east]
+user = "refreshd"
+password_env = "EAST_PASSWORD"
+
+[[servers]]
+name = "east-1"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["mon-fri 02:00-04:00"]
+
+[[servers]]
+name = "east-2"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["sat,sun 01:00-06:00"]
+
+[[servers]]
+name = "east-3"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["02:00-04:00"]
+
+[[blackouts]]
+name = "weekdays"
+servers = ["east-1"]
+windows = ["mon-fri 00:00-12:00"]
+
+[[blackouts]]
+name = "forever"
+servers = ["east-3"]
+windows = ["2000-01-01T00:00/2999-01-01T00:00"]
+"""
 
 
 def test_the_example_config_passes_with_the_environment_it_documents(
     tmp_path: Path, run_refreshd: RunRefreshd
 ) -> None:
-    # Its header: REFRESHD_EAST_PASSWORD, and CREDENTIALS_DIRECTORY holding west.password.
+    # Its header: CREDENTIALS_DIRECTORY holding east.password and west.password.
     credentials = tmp_path / "credentials"
     credentials.mkdir()
+    (credentials / "east.password").write_text("east-pass-1")
     (credentials / "west.password").write_text("west-pass-1\n")
 
     code, out, err = run_refreshd(
-        ["check", "-c", EXAMPLE_CONFIG],
-        env={"REFRESHD_EAST_PASSWORD": "east-pass-1", "CREDENTIALS_DIRECTORY": str(credentials)},
+        ["check", "-c", EXAMPLE_CONFIG], env={"CREDENTIALS_DIRECTORY": str(credentials)}
     )
 
     assert code == 0, err
@@ -229,3 +267,76 @@ def test_online_check_force_probes_during_a_wait(
 
     assert code == 0, out + err
     assert simulator.stats()["logins"]["failed"] == 1
+
+
+def test_check_warns_naming_each_server_that_can_never_run_and_still_exits_0(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = tmp_path / "refreshd.toml"
+    config.write_text(NEVER_RUNS)
+
+    code, out, err = run_refreshd(["check", "-c", config], env={"EAST_PASSWORD": GOOD_PASSWORD})
+
+    assert code == 0, err
+    assert "valid: 3 server(s)" in out
+    never = [line for line in err.splitlines() if "never run" in line]
+    assert len(never) == 2, err
+    assert never[0].startswith("refreshd: warning: servers[0] (east-1): will never run: ")
+    assert never[1].startswith("refreshd: warning: servers[2] (east-3): will never run: ")
+    assert all("blackout" in line for line in never)
+    assert "east-2" not in err
+    assert "Traceback" not in out + err
+
+
+# -- terminal safety (issue 12, item 11) -----------------------------------------------------
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def test_check_online_shows_control_characters_from_an_answer_escaped(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    hostile = "<html>\x1b[2J\x1b]0;owned\x07\rProxy login\x9b</html>"
+    scripted = ScriptedVicidial({API_PATH: hostile})
+    try:
+        config = write_daemon_config(
+            tmp_path / "refreshd.toml",
+            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+            servers=[
+                {
+                    "name": "east-1",
+                    "api_url": scripted.url + API_PATH,
+                    "credentials": "main",
+                    "windows": ["02:00-04:00"],
+                }
+            ],
+        )
+        code, out, err = run_refreshd(["check", "--online", "-c", config])
+    finally:
+        scripted.close()
+
+    assert code == 1, err
+    assert "FAIL" in out
+    assert not CONTROL.search(out), repr(out)
+    assert "\\x1b[2J\\x1b]0;owned\\x07" in out
+
+
+def test_a_credentials_table_name_with_a_control_character_is_a_config_error(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = tmp_path / "refreshd.toml"
+    config.write_text(
+        '[credentials."ea\\u001b[31mst"]\nuser = "refreshd"\npassword = "demo-pass-123"\n\n'
+        '[[servers]]\nname = "east-1"\n'
+        'api_url = "https://dialer.example.com/vicidial/non_agent_api.php"\n'
+        'credentials = "ea\\u001b[31mst"\nwindows = ["02:00-04:00"]\n',
+        encoding="utf-8",
+    )
+
+    code, out, err = run_refreshd(["check", "-c", config])
+
+    assert (code, out) == (EXIT_CONFIG, "")
+    assert "credentials." in err
+    assert "use only letters, digits, '.', '_' and '-'" in err
+    assert not CONTROL.search(err.replace("\n", "")), repr(err)

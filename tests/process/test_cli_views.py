@@ -4,7 +4,8 @@ subprocess, its exit code, its JSON documents (README "JSON shapes") and its ali
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tests.support.config import (
     write_daemon_config,
 )
 from tests.support.daemon import DaemonProcess, RunRefreshd
+from tests.support.simulator import ScriptedVicidial
+from tests.support.waiting import eventually
 
 WRONG_PASSWORD = "Wr0ngSecret7qX"  # letters and digits: the simulator echoes it back as is
 API_URL = "https://dialer.example.com/vicidial/non_agent_api.php"  # plan never calls it
@@ -30,7 +33,8 @@ API_URL = "https://dialer.example.com/vicidial/non_agent_api.php"  # plan never 
 PLAN_KEYS = {"from", "count", "servers"}
 PLAN_SERVER_KEYS = {"server", "timezone", "runs"}
 PLAN_RUN_KEYS = {"due", "due_local", "slot_start", "slot_start_local", "slot_end", "slot_end_local"}
-STATUS_KEYS = {"at", "servers"}
+STATUS_KEYS = {"at", "daemon", "servers"}
+DAEMON_KEYS = {"running", "pid", "heartbeat"}
 STATUS_SERVER_KEYS = {
     "server",
     "last_outcome",
@@ -256,7 +260,9 @@ def test_status_before_any_run_says_there_is_no_state_yet_and_exits_0(
     assert "no state file" in err
     assert "has not run" in err
     assert not state_path.exists()  # status only reads
-    (row,) = assert_aligned(out, STATUS_HEADERS, rows=1)
+    daemon_line, table = out.split("\n", 1)
+    assert daemon_line == "daemon: NOT running (no heartbeat recorded)"
+    (row,) = assert_aligned(table, STATUS_HEADERS, rows=1)
     assert row[:4] == ["east-1", "-", "-", "-"]
 
 
@@ -349,7 +355,7 @@ def test_status_human_output_is_aligned_columns_under_a_header(
 
     out = run_ok(run_refreshd, ["status", "-c", config])
 
-    rows = assert_aligned(out, STATUS_HEADERS, rows=2)
+    rows = assert_aligned(out.split("\n", 1)[1], STATUS_HEADERS, rows=2)
     assert [row[:2] for row in rows] == [
         ["east-1", "ok"],
         ["a-much-longer-name", "permission_denied"],
@@ -436,7 +442,6 @@ def test_history_server_shows_only_that_server(
     rows = history(run_refreshd, config, "--server", "west-1")
 
     assert [row["server"] for row in rows] == ["west-1", "west-1"]
-    assert history(run_refreshd, config, "--server", "nobody") == []
 
 
 def test_history_since_a_duration_leaves_out_older_calls(
@@ -528,3 +533,220 @@ def test_history_refuses_a_bad_since_with_exit_2(
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- no secrets for reading (issue 12, item 1) -----------------------------------------------
+
+
+def systemd_config(tmp_path: Path, api_url: str = API_URL) -> Path:
+    """The README's systemd layout: one password as a systemd credential (password_file,
+    read from $CREDENTIALS_DIRECTORY in the service), one from the environment."""
+    return write_daemon_config(
+        tmp_path / "etc" / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+        credentials={
+            "east": {"user": GOOD_USER, "password_file": "east.password"},
+            "west": {"user": "other", "password_env": "REFRESHD_WEST_PASSWORD"},
+        },
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": api_url,
+                "credentials": "east",
+                "windows": ["02:00-04:00"],
+            },
+            {
+                "name": "west-1",
+                "api_url": api_url,
+                "credentials": "west",
+                "windows": ["03:00-04:00"],
+            },
+        ],
+    )
+
+
+def test_status_history_and_plan_read_no_password_and_check_still_reports_it(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    (tmp_path / "etc").mkdir()
+    config = systemd_config(tmp_path)  # neither east.password nor the variable exists here
+    StateStore(tmp_path / "state.db").close()
+
+    for command in (["status"], ["status", "--json"], ["history"], ["plan"], ["plan", "--json"]):
+        code, _, err = run_refreshd([*command, "-c", config])
+        assert code == 0, (command, err)
+        assert "password" not in err, (command, err)
+
+    code, _, err = run_refreshd(["check", "-c", config])
+    assert code == 78
+    assert "credentials.east.password_file" in err
+    assert "credentials.west.password_env" in err
+    code, _, err = run_refreshd(["refresh", "-c", config, "--all", "--dry-run"])
+    assert code == 78
+    assert "credentials.east.password_file" in err
+
+
+# -- whether the daemon runs (issue 12, item 2) ----------------------------------------------
+
+_WHEN = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d\d:\d\d {zone}, (\d+[smhd] ago|now|in \d+[smhd])"
+
+
+@pytest.fixture
+def idle_daemon(tmp_path: Path, simulator: Simulator) -> Iterator[tuple[Path, DaemonProcess]]:
+    """A running daemon whose window is far away (it calls nobody), and its config."""
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": simulator.api_url,
+                "credentials": "main",
+                "windows": [window_from_now(7200, 60)],
+            }
+        ],
+    )
+    daemon = DaemonProcess(config).start()
+    try:
+        daemon.wait_for("daemon.started", timeout=15)
+        yield config, daemon
+    finally:
+        daemon.stop()
+
+
+def test_status_says_the_daemon_runs_with_its_pid_and_heartbeat_then_that_it_stopped(
+    idle_daemon: tuple[Path, DaemonProcess], run_refreshd: RunRefreshd
+) -> None:
+    config, daemon = idle_daemon
+    eventually(
+        lambda: status(run_refreshd, config)["daemon"]["heartbeat"] is not None,
+        timeout=15,
+        what="the daemon's first heartbeat in the state file",
+    )
+
+    running = status(run_refreshd, config)["daemon"]
+    line = run_ok(run_refreshd, ["status", "-c", config]).splitlines()[0]
+    line_utc = run_ok(run_refreshd, ["status", "-c", config, "--utc"]).splitlines()[0]
+    code, out, err = run_refreshd(["status", "-c", config], env={"TZ": "America/New_York"})
+    assert code == 0, err
+    line_local = out.splitlines()[0]
+    assert daemon.stop() == 0
+    stopped = status(run_refreshd, config)["daemon"]
+    line_stopped = run_ok(run_refreshd, ["status", "-c", config, "--utc"]).splitlines()[0]
+
+    assert set(running) == DAEMON_KEYS
+    assert (running["running"], running["pid"]) == (True, daemon.pid)
+    assert abs(instant(running["heartbeat"]) - datetime.now(UTC)) < timedelta(seconds=60)
+    assert running["heartbeat"].endswith("Z")
+    assert re.fullmatch(
+        rf"daemon: running \(pid {daemon.pid}\), last heartbeat {_WHEN.format(zone='UTC')}",
+        line_utc,
+    ), line_utc
+    assert re.fullmatch(rf".*last heartbeat {_WHEN.format(zone='E[SD]T')}", line_local), line_local
+    assert line.startswith(f"daemon: running (pid {daemon.pid})")
+    assert (stopped["running"], stopped["pid"]) == (False, None)
+    assert instant(stopped["heartbeat"]) >= instant(running["heartbeat"])
+    assert re.fullmatch(
+        rf"daemon: NOT running \(last heartbeat {_WHEN.format(zone='UTC')}\)", line_stopped
+    ), line_stopped
+
+
+def test_status_and_history_human_times_have_a_weekday_and_no_microseconds(
+    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+) -> None:
+    config = write_config({"name": "east-1"})
+    run_refreshd(["refresh", "-c", config, "east-1"])
+
+    status_out = run_ok(run_refreshd, ["status", "-c", config, "--utc"])
+    history_out = run_ok(run_refreshd, ["history", "-c", config, "--utc"])
+
+    (row,) = assert_aligned(status_out.split("\n", 1)[1], STATUS_HEADERS, rows=1)
+    assert re.fullmatch(_WHEN.format(zone="UTC"), row[2]), row
+    assert row[2] == row[3]  # last call, last success
+    assert re.fullmatch(_WHEN.format(zone="UTC"), row[4]), row
+    (call,) = assert_aligned(history_out, HISTORY_HEADERS, rows=1)
+    assert re.fullmatch(_WHEN.format(zone="UTC").replace(r"\d\d:\d\d", r"\d\d:\d\d:\d\d"), call[0])
+    assert not re.search(r"\d:\d\d[.,]\d", status_out + history_out)
+
+
+# -- CLI input never tracebacks (issue 12, item 3) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["history", "--since", "99999999d"], "--since"),
+        (["history", "--since", "0001-01-01T00:00:00+14:00"], "out of range"),
+        (["history", "--limit", "99999999999999999999"], "at most 1,000,000"),
+        (["plan", "--from", "9999-12-31"], "out of range"),
+        (["plan", "--from", "0001-01-01"], "out of range"),
+        (["plan", "--count", "10001"], "at most 10,000"),
+        (["history", "--server", "NOSUCH"], "unknown server(s) NOSUCH; configured: east-1"),
+        (["refresh", "NOSUCH"], "unknown server(s) NOSUCH; configured: east-1"),
+    ],
+)
+def test_out_of_range_input_is_a_usage_error_on_one_line(
+    tmp_path: Path, run_refreshd: RunRefreshd, args: list[str], says: str
+) -> None:
+    config = plan_config(tmp_path, ("east-1", "America/New_York", "02:00-04:00"))
+    StateStore(tmp_path / "state.db").close()
+
+    code, out, err = run_refreshd([*args[:1], "-c", config, *args[1:]])
+
+    assert (code, out) == (2, "")
+    assert says in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_the_plan_count_cap_itself_is_allowed_up_to_the_last_accepted_year(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = plan_config(tmp_path, ("east-1", "Pacific/Kiritimati", "sun 23:00-23:30"))
+
+    document = plan(run_refreshd, config, "--count", "10000", "--from", "8999-12-31T23:59:59Z")
+
+    assert document["count"] == 10_000
+    assert runs_of(document, "east-1")  # planned into year 9000 without overflowing
+
+
+# -- terminal safety (issue 12, item 11) -----------------------------------------------------
+
+HOSTILE = (
+    "ERROR: USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION \x1b[2J\x1b]0;owned\x07\rgone\x9b"
+)
+
+
+def test_history_and_status_show_control_characters_from_an_answer_escaped(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    scripted = ScriptedVicidial({"/hostile/non_agent_api.php": HOSTILE})
+    try:
+        config = write_daemon_config(
+            tmp_path / "refreshd.toml",
+            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+            servers=[
+                {
+                    "name": "east-1",
+                    "api_url": scripted.url + "/hostile/non_agent_api.php",
+                    "credentials": "main",
+                    "windows": ["02:00-04:00"],
+                }
+            ],
+        )
+        code, _, err = run_refreshd(["refresh", "-c", config, "east-1"])
+    finally:
+        scripted.close()
+    assert code == 1, err
+
+    table = run_ok(run_refreshd, ["history", "-c", config])
+    shown = run_ok(run_refreshd, ["status", "-c", config])
+    (row,) = history(run_refreshd, config)
+
+    assert row["outcome"] == "permission_denied"
+    assert "\x1b]0;owned\x07" in row["detail"]  # JSON keeps the text; json escapes it
+    for out in (table, shown, err):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), repr(out)
+    assert "\\x1b[2J\\x1b]0;owned" in table

@@ -110,7 +110,7 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
     fleet: Fleet,
 ) -> None:
     sim = fleet.sim
-    count = 600
+    count = 300
     window = window_from_now(-2, 600)
     fleet.write(
         [fleet.server(i, window) for i in range(count)],
@@ -127,7 +127,7 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
             # its time committing, so a kill in full flow lands in or between writes. The
             # kill comes after a random number of this round's successes, so that work is
             # always left for the next round however fast the machine.
-            daemon.wait_for("refresh.succeeded", count=rng.randint(20, 100), timeout=30)
+            daemon.wait_for("refresh.succeeded", count=rng.randint(10, 50), timeout=30)
             daemon.kill()
             kills += 1
             assert integrity(fleet.state_path) == "ok"

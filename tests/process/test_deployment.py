@@ -1,16 +1,22 @@
-"""The deployment files keep the promises SPEC.md makes: systemd unit, Dockerfile, .dockerignore."""
+"""The deployment files keep the promises SPEC.md makes, and agree with each other and with
+the README: systemd unit, Dockerfile, .dockerignore, deploy/docker/compose.yml, the example
+config, LICENSE. Docker itself does not run here: what a container would do is shown by the
+same command, user, files and PID 1 position, without the container."""
 
 from __future__ import annotations
 
 import configparser
+import itertools
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,15 +25,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 import refreshd
 from refreshd.cli import EXIT_CONFIG
 from refreshd.config import DEFAULT_CONFIG_PATH, DaemonConfig
-from tests.support.repo import REPO
+from refreshd.core.durations import parse_duration
+from tests.support.config import window_from_now
+from tests.support.daemon import assert_json_lines_only, clean_env, run_refreshd
+from tests.support.nobody import as_user, shared_directory
+from tests.support.pid1 import Pid1Daemon, pid_namespace_problem
+from tests.support.repo import EXAMPLE_CONFIG, REPO
+from tests.support.waiting import holds_for
 
 UNIT = REPO / "systemd" / "refreshd.service"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+COMPOSE = REPO / "deploy" / "docker" / "compose.yml"
+README = REPO / "README.md"
+LICENSE = REPO / "LICENSE"
+PYPROJECT = REPO / "pyproject.toml"
 
 DEFAULTS = DaemonConfig()
 DAEMON_ARGS = ["run", "-c", str(DEFAULT_CONFIG_PATH)]
@@ -134,11 +151,25 @@ def test_unit_runs_as_a_dynamic_user_with_its_own_state_and_config_directories(
     assert DEFAULT_CONFIG_PATH.parent == Path("/etc") / service["ConfigurationDirectory"]
 
 
-def test_unit_passes_passwords_as_credentials(service: configparser.SectionProxy) -> None:
-    credential_id, _, path = service["LoadCredential"].partition(":")
-    assert credential_id
-    assert "/" not in credential_id
-    assert PurePosixPath(path).is_absolute()
+def load_credentials() -> dict[str, str]:
+    """The unit's LoadCredential= lines, credential ID -> host path. A list setting: every
+    line counts (configparser, keeping the last value of a key, would show one)."""
+    found: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        key, separator, value = line.partition("=")
+        if separator and key.strip() == "LoadCredential":
+            credential_id, _, path = value.strip().partition(":")
+            found[credential_id] = path
+    return found
+
+
+def test_unit_passes_passwords_as_credentials() -> None:
+    credentials = load_credentials()
+    assert credentials
+    for credential_id, path in credentials.items():
+        assert credential_id
+        assert "/" not in credential_id
+        assert PurePosixPath(path).is_absolute()
 
 
 def test_unit_file_system_is_read_only_but_for_its_state(
@@ -311,9 +342,13 @@ def test_image_stops_with_sigterm(runtime: list[Instruction]) -> None:
     assert the_one(runtime, "STOPSIGNAL").args == "SIGTERM"
 
 
-def test_image_runs_the_daemon_on_the_default_config(runtime: list[Instruction]) -> None:
+def test_image_runs_the_daemon_as_pid_1_on_the_default_config_waiting_out_an_invalid_one(
+    runtime: list[Instruction],
+) -> None:
+    # Exec form (a JSON list), so no shell stands between Docker and refreshd: refreshd is
+    # PID 1 and gets `docker stop`'s SIGTERM and `docker kill -s HUP` itself.
     assert the_one(runtime, "ENTRYPOINT").exec_form() == ["refreshd"]
-    assert the_one(runtime, "CMD").exec_form() == DAEMON_ARGS
+    assert the_one(runtime, "CMD").exec_form() == [*DAEMON_ARGS, "--wait-for-config"]
 
 
 def test_image_logs_to_stdout_unbuffered(runtime: list[Instruction]) -> None:
@@ -519,3 +554,402 @@ def test_image_command_runs_the_daemon_and_its_healthcheck_passes(
         daemon.terminate()
         daemon.wait(timeout=30)
     assert daemon.returncode == 0
+
+
+# --- The README's systemd steps, the unit and the example config agree ------------------
+
+
+def example_password_files() -> dict[str, str | None]:
+    """Each [credentials.NAME] table of the example config -> its password_file (or None)."""
+    data = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    return {name: table.get("password_file") for name, table in data["credentials"].items()}
+
+
+def readme_section(heading: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The lines of the first ```sh block in the README section, continuations joined."""
+    section = readme_section(heading)
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ").splitlines()
+
+
+def test_example_config_reads_every_password_from_a_credential_file() -> None:
+    # Under systemd only LoadCredential= brings a password (the unit sets no environment),
+    # so every table of the example must name a credential: a bare file name.
+    for name, password_file in example_password_files().items():
+        assert password_file is not None, f"[credentials.{name}] has no password_file"
+        assert "/" not in password_file, f"[credentials.{name}]: not a credential name"
+
+
+def test_unit_loads_exactly_the_credentials_the_example_config_reads() -> None:
+    credentials = load_credentials()
+    assert set(credentials) == set(example_password_files().values())
+    for credential_id, path in credentials.items():
+        assert path == f"/etc/refreshd/credentials/{credential_id}"
+
+
+def test_readme_systemd_steps_write_every_credential_the_unit_loads() -> None:
+    written = {
+        PurePosixPath(match).name
+        for line in readme_commands("Running under systemd")
+        for match in re.findall(r"> (/etc/refreshd/credentials/\S+?)\)", line)
+    }
+    assert written == set(load_credentials())
+    quoted = re.findall(r"LoadCredential=(\S+?)`", readme_section("Running under systemd"))
+    assert quoted
+    for line in quoted:
+        credential_id, _, path = line.partition(":")
+        assert load_credentials()[credential_id] == path
+
+
+def test_readme_systemd_steps_pass_check_with_the_shipped_files(tmp_path: Path) -> None:
+    """The README's steps as written, /etc/refreshd moved under tmp_path: install the
+    example config, write the credentials, then its `refreshd check` line."""
+    etc = str(tmp_path / "etc" / "refreshd")
+    lines = [
+        line.replace("/etc/refreshd", etc) for line in readme_commands("Running under systemd")
+    ]
+    setup = [line for line in lines if line.startswith(("install ", "(umask "))]
+    assert len(setup) >= 3, lines
+    subprocess.run(["bash", "-euc", "\n".join(setup)], cwd=REPO, check=True, timeout=30)
+    (check,) = [line for line in lines if " check -c " in line]
+    assignment, _, command = check.partition(" refreshd ")
+    variable, _, value = assignment.partition("=")
+
+    done = run_refreshd(*shlex.split(command), env={variable: value})
+
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    for password in re.findall(r"printf '%s' '([^']+)'", "\n".join(setup)):
+        assert password not in output
+
+
+# --- The compose file, the Dockerfile and the example config agree ---------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose_service(compose: dict[str, Any]) -> dict[str, Any]:
+    service = compose["services"]["refreshd"]
+    assert isinstance(service, dict)
+    return service
+
+
+def image_user(runtime: list[Instruction]) -> tuple[int, int]:
+    user, _, group = the_one(runtime, "USER").args.partition(":")
+    return int(user), int(group or user)
+
+
+def test_compose_builds_this_repositorys_image(compose_service: dict[str, Any]) -> None:
+    context = (COMPOSE.parent / compose_service["build"]).resolve()
+    assert context == REPO
+    assert (context / "Dockerfile").is_file()
+
+
+def test_compose_runs_the_images_command_as_the_images_user(
+    compose_service: dict[str, Any],
+) -> None:
+    # No override: the image's exec-form ENTRYPOINT as PID 1 (no `init:` in front), its
+    # CMD with --wait-for-config, its USER (whom the secrets' owner must match).
+    assert not {"command", "entrypoint", "user", "init"} & set(compose_service)
+
+
+def test_compose_restarts_always_and_an_invalid_config_waits_instead_of_looping(
+    compose_service: dict[str, Any], runtime: list[Instruction]
+) -> None:
+    # always, not unless-stopped: `docker kill -s HUP` (the reload) marks a container as
+    # manually stopped, and unless-stopped would then leave it down after a crash or reboot.
+    assert compose_service["restart"] == "always"
+    assert "--wait-for-config" in the_one(runtime, "CMD").exec_form()
+
+
+def test_compose_stop_grace_outlasts_shutdown_grace(compose_service: dict[str, Any]) -> None:
+    grace = parse_duration(compose_service["stop_grace_period"])
+    assert grace > DEFAULTS.shutdown_grace
+
+
+def test_compose_mounts_the_config_read_only_and_keeps_the_state_in_a_volume(
+    compose: dict[str, Any], compose_service: dict[str, Any], runtime: list[Instruction]
+) -> None:
+    mounts = [volume.split(":") for volume in compose_service["volumes"]]
+    assert ["./refreshd.toml", str(DEFAULT_CONFIG_PATH), "ro"] in mounts
+    state_dir = str(PurePosixPath(DEFAULTS.state_path).parent)
+    (state,) = [mount for mount in mounts if mount[1] == state_dir]
+    assert state[0] in compose["volumes"], "a named volume: a new one starts owned by uid 10001"
+    assert state_dir in json.loads(the_one(runtime, "VOLUME").args)
+
+
+def compose_secret_files(compose: dict[str, Any], service: dict[str, Any]) -> dict[str, str]:
+    """Each secret's name under /run/secrets -> the host file compose mounts there."""
+    mounted: dict[str, str] = {}
+    for secret in service["secrets"]:
+        assert isinstance(secret, dict), "the long syntax, with a target per secret"
+        # Compose applies no uid, gid or mode to a file secret (a bind mount keeps the host
+        # file's): the host file's owner is what counts, as the comments say.
+        assert not {"uid", "gid", "mode"} & set(secret)
+        mounted[secret["target"]] = compose["secrets"][secret["source"]]["file"]
+    return mounted
+
+
+def test_compose_secrets_are_the_password_files_the_example_config_reads(
+    compose: dict[str, Any], compose_service: dict[str, Any]
+) -> None:
+    assert compose_service["environment"]["CREDENTIALS_DIRECTORY"] == "/run/secrets"
+    mounted = compose_secret_files(compose, compose_service)
+    assert set(mounted) == set(example_password_files().values())
+    for target, host_file in mounted.items():
+        assert host_file == f"./secrets/{target}"
+
+
+def test_compose_and_readme_give_the_secret_files_to_the_images_user(
+    runtime: list[Instruction],
+) -> None:
+    uid, gid = image_user(runtime)
+    for text in (COMPOSE.read_text(), readme_section("As a Docker sidecar")):
+        assert f"chown {uid}:{gid} secrets/*.password" in text
+
+
+def test_readme_points_at_the_shipped_compose_file_rather_than_a_copy() -> None:
+    section = readme_section("As a Docker sidecar")
+    assert "(deploy/docker/compose.yml)" in section
+    assert "```yaml" not in section
+
+
+def docker_runs(text: str) -> list[list[str]]:
+    """Each `docker run` command in `text` (README or Dockerfile comments), as argv."""
+    lines = [re.sub(r"^#\s*(\w+:)?\s*", "", line) for line in text.splitlines()]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [
+        shlex.split(line[line.index("docker run") :])
+        for line in joined.splitlines()
+        if "docker run" in line
+    ]
+
+
+def run_options(argv: list[str]) -> set[tuple[str, str]]:
+    """The -e/--env-file/-v options of a `docker run` argv."""
+    pairs = itertools.pairwise(argv)
+    return {(flag, value) for flag, value in pairs if flag in {"-e", "--env-file", "-v"}}
+
+
+@pytest.mark.parametrize("document", [README, DOCKERFILE], ids=["README", "Dockerfile"])
+def test_docker_run_check_gets_the_daemons_environment_and_secrets(document: Path) -> None:
+    """`check` reads the passwords: it needs the daemon's -e/--env-file and mounts (all but
+    the state volume)."""
+    runs = docker_runs(document.read_text())
+    (check,) = [argv for argv in runs if "check" in argv]
+    (daemon,) = [argv for argv in runs if "-d" in argv]
+    state_dir = str(PurePosixPath(DEFAULTS.state_path).parent)
+    needed = {
+        (flag, value) for flag, value in run_options(daemon) if not value.endswith(":" + state_dir)
+    }
+    assert needed <= run_options(check)
+    assert any(flag != "-v" or "/run/secrets" in value for flag, value in needed)
+
+
+# --- LICENSE -------------------------------------------------------------------------------
+
+
+def test_license_file_is_the_license_pyproject_and_the_image_name(
+    dockerfile: list[Instruction], runtime: list[Instruction]
+) -> None:
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["license"]
+    assert declared == "AGPL-3.0-or-later"
+    text = LICENSE.read_text()
+    assert text.split("\n", 2)[:2] == [
+        " " * 20 + "GNU AFFERO GENERAL PUBLIC LICENSE",
+        " " * 23 + "Version 3, 19 November 2007",
+    ]
+    assert "13. Remote Network Interaction; Use with the GNU General Public License." in text
+    assert text.rstrip().endswith("<https://www.gnu.org/licenses/>.")
+    labels = " ".join(i.args for i in runtime if i.keyword == "LABEL")
+    assert f'org.opencontainers.image.licenses="{declared}"' in labels
+    # The wheel, and so the image, carries the license text.
+    copied = [shlex.split(i.args) for i in dockerfile if i.keyword == "COPY"]
+    assert any("LICENSE" in argv[:-1] for argv in copied)
+
+
+# --- As the container runs it: the image's user, secrets and command, as PID 1 -------------
+
+
+class Container:
+    """A directory laid out as compose lays out the container (config, /run/secrets, the
+    state volume), owned as compose leaves it: the state and, as the README says, the
+    secret files belong to the image's user."""
+
+    def __init__(self, root: Path, uid: int, gid: int) -> None:
+        self.uid, self.gid = uid, gid
+        self.config = root / "refreshd.toml"
+        self.secrets = root / "run" / "secrets"
+        self.state = root / "state"
+        self.secrets.mkdir(parents=True)
+        self.secrets.parent.chmod(0o755)
+        self.secrets.chmod(0o755)
+        self.state.mkdir()
+        os.chown(self.state, uid, gid)
+
+    def secret(self, name: str, password: str, *, owner: tuple[int, int], mode: int) -> None:
+        path = self.secrets / name
+        path.write_text(password)
+        os.chown(path, *owner)
+        path.chmod(mode)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
+        self.config.chmod(0o644)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"CREDENTIALS_DIRECTORY": str(self.secrets)}
+
+
+@pytest.fixture
+def container(runtime: list[Instruction]) -> Iterator[Container]:
+    with shared_directory() as root:
+        yield Container(root, *image_user(runtime))
+
+
+def test_check_passes_as_the_images_user_with_the_secrets_as_the_readme_says(
+    container: Container,
+) -> None:
+    owner = (container.uid, container.gid)
+    for name in filter(None, example_password_files().values()):
+        container.secret(name, f"{name.split('.')[0]}-pass-1", owner=owner, mode=0o400)
+    container.write_config(EXAMPLE_CONFIG.read_text())
+
+    done = subprocess.run(
+        [*as_user(container.uid, container.gid), "check", "-c", str(container.config)],
+        capture_output=True, text=True, timeout=60, env=clean_env(container.env), check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "pass-1" not in done.stdout + done.stderr
+
+
+def test_check_refuses_a_root_owned_secret_naming_the_file(container: Container) -> None:
+    """A host file left root-owned 0600: the bind mount keeps that, and uid 10001 cannot
+    read it. A config error naming the file, never a traceback or the password."""
+    for name in filter(None, example_password_files().values()):
+        container.secret(name, "secret-pass-1", owner=(0, 0), mode=0o600)
+    container.write_config(EXAMPLE_CONFIG.read_text())
+
+    done = subprocess.run(
+        [*as_user(container.uid, container.gid), "check", "-c", str(container.config)],
+        capture_output=True, text=True, timeout=60, env=clean_env(container.env), check=False,
+    )  # fmt: skip
+
+    assert done.returncode == EXIT_CONFIG
+    assert "credentials.east.password_file" in done.stderr
+    assert "Permission denied" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "secret-pass-1" not in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def pid_namespaces() -> None:
+    problem = pid_namespace_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+def container_config(container: Container, refused_port: int, *, servers: int = 1) -> str:
+    """A config for the container: windows that open in six hours (nothing is called),
+    metrics on a port of the daemon's choosing. servers=0 makes it invalid."""
+    text = (
+        f'[daemon]\nstate_path = "{container.state / "state.db"}"\n'
+        'metrics_listen = "127.0.0.1:0"\n'
+        '[credentials.east]\nuser = "refreshd"\npassword_file = "east.password"\n'
+    )
+    for number in range(1, servers + 1):
+        text += (
+            f'[[servers]]\nname = "east-{number}"\n'
+            f'api_url = "http://127.0.0.1:{refused_port}/vicidial/non_agent_api.php"\n'
+            f'credentials = "east"\nwindows = ["{window_from_now(6 * 3600, 60)}"]\n'
+        )
+    return text
+
+
+def start_image_command(container: Container, runtime: list[Instruction]) -> Pid1Daemon:
+    """The image's ENTRYPOINT and CMD (config path swapped), run as the image's user and as
+    PID 1 of a PID namespace of its own."""
+    entrypoint = the_one(runtime, "ENTRYPOINT").exec_form()
+    assert entrypoint == ["refreshd"]  # as_user() runs refreshd's main
+    command = the_one(runtime, "CMD").exec_form()
+    command[command.index(str(DEFAULT_CONFIG_PATH))] = str(container.config)
+    argv = [*as_user(container.uid, container.gid), *command]
+    daemon = Pid1Daemon(container.config, argv, env=container.env)
+    daemon.start()
+    return daemon
+
+
+@pytest.mark.usefixtures("pid_namespaces")
+def test_image_command_as_pid_1_waits_on_an_invalid_config_then_starts_reloads_and_stops(
+    container: Container, runtime: list[Instruction], refused_port: int
+) -> None:
+    container.secret(
+        "east.password", "east-pass-1", owner=(container.uid, container.gid), mode=0o400
+    )
+    container.write_config(container_config(container, refused_port, servers=0))
+    daemon = start_image_command(container, runtime)
+    try:
+        (rejected,) = daemon.wait_for("config.rejected", timeout=30)
+        assert rejected["waiting"] == "for SIGHUP once the file is fixed"
+        # No exit 78 for a restart policy to loop on: it waits (unhealthy, no metrics).
+        holds_for(
+            lambda: daemon.alive() and not daemon.matching("daemon.started"),
+            seconds=2,
+            what="waiting on the invalid config",
+        )
+
+        container.write_config(container_config(container, refused_port, servers=1))
+        daemon.signal(signal.SIGHUP)  # as `docker kill -s HUP`: to PID 1, from outside
+        (started,) = daemon.wait_for("daemon.started", timeout=30)
+        assert started["pid"] == 1
+        assert started["servers"] == 1
+        assert run_healthcheck(runtime, daemon.metrics_port()).returncode == 0
+
+        container.write_config(container_config(container, refused_port, servers=2))
+        daemon.signal(signal.SIGHUP)
+        (reloaded,) = daemon.wait_for("config.reloaded", timeout=30)
+        assert reloaded["servers"] == 2
+        assert reloaded["added"] == ["east-2"]
+    finally:
+        code = daemon.stop(timeout=30)  # SIGTERM, as `docker stop`
+    assert code == 0
+    (stopped,) = daemon.matching("daemon.stopped")
+    assert stopped["clean"] is True
+    assert_json_lines_only(daemon)
+    assert "east-pass-1" not in daemon.stdout + daemon.stderr
+
+
+@pytest.mark.usefixtures("pid_namespaces")
+def test_image_command_as_pid_1_stops_on_sigterm_while_waiting_with_exit_78(
+    container: Container, runtime: list[Instruction], refused_port: int
+) -> None:
+    container.secret(
+        "east.password", "east-pass-1", owner=(container.uid, container.gid), mode=0o400
+    )
+    container.write_config(container_config(container, refused_port, servers=0))
+    daemon = start_image_command(container, runtime)
+    try:
+        daemon.wait_for("config.rejected", timeout=30)
+    finally:
+        code = daemon.stop(timeout=30)
+    assert code == EXIT_CONFIG
+    (stopped,) = daemon.matching("daemon.stopped")
+    assert stopped["signal"] == "SIGTERM"
+    assert stopped["config"] == "invalid"
+    assert_json_lines_only(daemon)

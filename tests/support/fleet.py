@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -58,11 +59,15 @@ def sim_users() -> list[SimUser]:
 
 
 def secret_forms(secret: str) -> set[str]:
-    """The password as typed, URL-encoded both ways, and as VICIdial filters it."""
+    """The password as typed, in either letter case, URL-encoded both ways, as HTML
+    entities, and as VICIdial filters it."""
     return {
         secret,
+        secret.upper(),
+        secret.lower(),
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote_plus(secret),
+        "".join(f"&#{ord(char)};" for char in secret),
         re.sub(r"[^0-9A-Za-z_-]", "", secret),
     }
 
@@ -209,10 +214,13 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def open_fleet(tmp_path: Path, users: Sequence[SimUser] = ()) -> Iterator[Fleet]:
-    """A fleet whose simulator knows `sim_users()` and `users`; its daemons are stopped
-    and their output checked on leaving."""
-    with running_simulator(users=[*sim_users(), *users], servers=SIM_SERVERS) as sim:
+def open_fleet(
+    tmp_path: Path, users: Sequence[SimUser] = (), tls: ssl.SSLContext | None = None
+) -> Iterator[Fleet]:
+    """A fleet whose simulator knows `sim_users()` and `users` (over https:// with `tls`,
+    a server context); its daemons are stopped and their output checked on leaving."""
+    users = [*sim_users(), *users]
+    with running_simulator(users=users, servers=SIM_SERVERS, tls=tls) as sim:
         fleet = Fleet(tmp_path, sim)
         try:
             yield fleet

@@ -16,6 +16,7 @@ from refreshd.client import Client
 from refreshd.clock import FakeClock
 from refreshd.config import Config, validate_config
 from refreshd.core.vicidial import Answer, Attempt, Transport, classify, refresh_params
+from refreshd.metrics import Metrics
 from refreshd.runner import Runner, runner_for
 from refreshd.scheduler import Scheduler
 from refreshd.simulator.rules import SimUser, Vicidial
@@ -112,12 +113,20 @@ class Loop:
     fault: Fault | None = None
     fault_after_login: bool = False
     """With a fault: run the PHP first (the login counts), then lose its answer."""
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.store = StateStore(self.store_path)
-        self.runner = Runner(self.config, store=self.store, clock=self.clock, log=self.log)
+        self.runner = Runner(
+            self.config, store=self.store, clock=self.clock, log=self.log, metrics=self.metrics
+        )
         self.scheduler = Scheduler(
-            self.config, runner=self.runner, clock=self.clock, log=self.log, send=self._send
+            self.config,
+            runner=self.runner,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            send=self._send,
         )
         self._lock = threading.Lock()
         self.client = Client(timeout=1)  # never used: the rules answer in-process
@@ -172,6 +181,10 @@ class Loop:
         self.scheduler.stop(1)
         self.client.close()
         self.store.close()
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """What a scrape of /metrics would show now for `name` with `labels`."""
+        return self.metrics.registry.get_sample_value(name, labels)
 
     def refreshes(self, kind: str = "success") -> list[Call]:
         return [call for call in self.calls if call.kind == kind]

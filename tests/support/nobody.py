@@ -1,5 +1,6 @@
-"""refreshd run as user `nobody`: the tests run as root, and root reads and writes any
-file, so refusals of unreadable or read-only files need another user."""
+"""refreshd run as another user (`nobody`, or the image's uid): the tests run as root, and
+root reads and writes any file, so refusals of unreadable or read-only files, and what a
+container's user may read, need another user."""
 
 from __future__ import annotations
 
@@ -12,27 +13,36 @@ from pathlib import Path
 
 from tests.support.daemon import DaemonProcess
 
-# The interpreter lives under /root (0700), so it cannot be started as `nobody`: it starts as
-# root, imports refreshd, then drops to nobody before reading the config or the state.
-_AS_NOBODY = """
+NOBODY = 65534
+
+# The interpreter lives under /root (0700), so it cannot be started as another user: it
+# starts as root, imports refreshd, then switches to the uid and gid given as its first two
+# arguments before reading the config or the state; the rest are refreshd's arguments.
+_AS_USER = """
 import os, sys
 import refreshd.cli
 # Imported lazily (by the cli, and by the daemon); the standard library becomes unreadable
 # after the switch.
 import refreshd.daemon, refreshd.manual
 import apscheduler.triggers.date, concurrent.futures.thread, encodings.idna
+uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-sys.exit(refreshd.cli.main(sys.argv[1:]))
+os.setgid(gid)
+os.setuid(uid)
+sys.exit(refreshd.cli.main(sys.argv[3:]))
 """
+
+
+def as_user(uid: int, gid: int) -> list[str]:
+    """The argv prefix that runs `refreshd ARGS...` as `uid`:`gid` (append ARGS)."""
+    return [sys.executable, "-c", _AS_USER, str(uid), str(gid)]
 
 
 class NobodyDaemon(DaemonProcess):
     """The real daemon run as user `nobody`."""
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _AS_NOBODY, "run", "-c", str(self.config)]
+        return [*as_user(NOBODY, NOBODY), "run", "-c", str(self.config)]
 
 
 @contextmanager

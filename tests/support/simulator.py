@@ -1,10 +1,14 @@
 """The VICIdial simulator as tests use it: started on a free loopback port, one path per
-server so that its counts tell servers apart, and what it saw."""
+server so that its counts tell servers apart, and what it saw; and a scripted stand-in
+for VICIdial that answers each path with a body of the test's choosing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser, load_simulator_config
@@ -38,3 +42,46 @@ def calls_on(sim: Simulator, path: str) -> list[dict[str, Any]]:
 
 def total_requests(sim: Simulator) -> int:
     return sum(sim.stats()["requests"].values())
+
+
+class ScriptedVicidial:
+    """A loopback web server answering each path with its own scripted body (HTTP 200)."""
+
+    def __init__(self, bodies: Mapping[str, str]) -> None:
+        self.bodies = dict(bodies)
+        self.requests: Counter[str] = Counter()
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                scripted.requests[self.path] += 1
+                body = scripted.bodies.get(self.path, "").encode("utf-8")
+                self.send_response(200 if self.path in scripted.bodies else 404)
+                self.send_header("Content-Type", "text/html; charset=UTF-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            # The default backlog of 5 overflows when 32 calls connect at once on a busy
+            # machine; the dropped handshakes then read as resets (test noise, not refreshd).
+            request_queue_size = 256
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -4,6 +4,7 @@ at once, REFRESHD_ overrides win, passwords resolve and never leak; and duration
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -28,6 +29,7 @@ from refreshd.config import (
     config_warnings,
     default_config_path,
     load_config,
+    resolve_passwords,
     validate_config,
 )
 from refreshd.core.durations import format_duration, parse_duration
@@ -37,6 +39,19 @@ from tests.support.repo import EXAMPLE_CONFIG
 PASSWORD = "Hunter2-secret_pw"
 BAD_PASSWORD = "Hunter2 secret!pw"  # has characters VICIdial filters out
 ENV = {"REFRESHD_EAST_PASSWORD": PASSWORD}
+
+
+def validated(
+    data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> Config:
+    """The daemon's way: the shape validated, then every password read."""
+    config = validate_config(data, environ=environ, path=path)
+    return resolve_passwords(config, environ=environ, path=path)
+
+
+def loaded(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """The daemon's way: the file loaded, then every password read."""
+    return resolve_passwords(load_config(path, environ), environ=environ, path=path)
 
 
 def base() -> dict[str, Any]:
@@ -61,7 +76,7 @@ def with_server(data: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 def errors_of(data: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        validate_config(data, environ=environ)
+        validated(data, environ=environ)
     return caught.value.errors
 
 
@@ -79,10 +94,11 @@ def write(tmp_path: Path, text: str, name: str = "refreshd.toml") -> Path:
 
 
 def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) -> None:
+    (tmp_path / "east.password").write_text(PASSWORD)
     (tmp_path / "west.password").write_text("westPW_1\n")
-    environ = {"REFRESHD_EAST_PASSWORD": PASSWORD, "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
-    config = load_config(EXAMPLE_CONFIG, environ=environ)
+    config = loaded(EXAMPLE_CONFIG, environ=environ)
 
     assert [server.name for server in config.servers] == ["east-1", "west-1", "west-2"]
     assert config.credentials_for("east-1").password.get_secret_value() == PASSWORD
@@ -92,17 +108,20 @@ def test_example_config_loads_with_the_environment_it_documents(tmp_path: Path) 
 
 def test_example_config_states_its_required_environment_at_the_top() -> None:
     header = EXAMPLE_CONFIG.read_text().split("[daemon]")[0]
-    assert "REFRESHD_EAST_PASSWORD" in header
     assert "CREDENTIALS_DIRECTORY" in header
+    assert '"east.password"' in header
+    assert '"west.password"' in header
 
 
 def test_example_config_shows_every_key_of_every_table() -> None:
     text = EXAMPLE_CONFIG.read_text()
     data = tomllib.loads(text)
+    # A key without a default to write (a path, a URL) is shown as a commented-out line.
+    shown = set(re.findall(r"^# (\w+) = ", text, re.MULTILINE))
     assert set(data["daemon"]) == set(DaemonConfig.model_fields)
-    assert set(data["client"]) == set(ClientConfig.model_fields)
+    assert set(data["client"]) | shown >= set(ClientConfig.model_fields)
     assert set(data["backoff"]) == set(BackoffConfig.model_fields)
-    assert set().union(*data["servers"]) == set(ServerConfig.model_fields)
+    assert set().union(*data["servers"]) | shown >= set(ServerConfig.model_fields)
     assert set().union(*data["blackouts"]) == set(BlackoutConfig.model_fields)
     for key in CredentialsConfig.model_fields:  # `password` appears in a comment only
         assert key in text
@@ -110,9 +129,9 @@ def test_example_config_shows_every_key_of_every_table() -> None:
 
 def test_example_config_gives_the_defaults_for_daemon_client_and_backoff() -> None:
     data = tomllib.loads(EXAMPLE_CONFIG.read_text())
-    defaults = validate_config(base(), environ=ENV)
+    defaults = validated(base(), environ=ENV)
     for table in ("daemon", "client", "backoff"):
-        written = validate_config({**base(), table: data[table]}, environ=ENV)
+        written = validated({**base(), table: data[table]}, environ=ENV)
         assert getattr(written, table) == getattr(defaults, table), table
 
 
@@ -120,7 +139,7 @@ def test_example_config_gives_the_defaults_for_daemon_client_and_backoff() -> No
 
 
 def test_a_minimal_config_gets_the_documented_defaults() -> None:
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
 
     assert config.daemon == DaemonConfig(
         state_path=Path("/var/lib/refreshd/state.db"),
@@ -150,14 +169,14 @@ def test_a_server_without_timezone_uses_the_daemon_timezone() -> None:
     data = {**base(), "daemon": {"timezone": "Europe/Paris"}}
     data = with_server(data, name="east-2", timezone="America/New_York")
 
-    config = validate_config(data, environ=ENV)
+    config = validated(data, environ=ENV)
 
     assert config.server("east-1").zone == ZoneInfo("Europe/Paris")
     assert config.server("east-2").zone == ZoneInfo("America/New_York")
 
 
 def test_windows_are_kept_parsed() -> None:
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
     (window,) = config.server("east-1").windows
     assert window == WeeklyWindow(
         days=frozenset(range(5)), start=dt.time(2), end=dt.time(4), text="mon-fri 02:00-04:00"
@@ -165,14 +184,14 @@ def test_windows_are_kept_parsed() -> None:
 
 
 def test_server_lookup_by_name_raises_key_error_when_absent() -> None:
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
     assert config.server("east-1").api_url.startswith("https://")
     with pytest.raises(KeyError):
         config.server("nope")
 
 
 def test_credentials_for_a_server_give_user_and_password() -> None:
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
     credentials = config.credentials_for(config.server("east-1"))
     assert credentials.name == "east"
     assert credentials.user == "refreshd"
@@ -188,37 +207,37 @@ def test_blackouts_apply_to_their_servers_and_star_to_all() -> None:
         {"name": "one", "servers": ["east-2"], "windows": ["2026-12-24T00:00/2026-12-27T00:00"]},
     ]
 
-    config = validate_config(data, environ=ENV)
+    config = validated(data, environ=ENV)
 
     assert [w.text for w in config.blackouts_for("east-1")] == ["mon-fri 09:00-17:00"]
     assert [type(w) for w in config.blackouts_for("east-2")] == [WeeklyWindow, AbsoluteWindow]
 
 
 def test_equal_configs_are_equal_and_hash_alike() -> None:
-    first = validate_config(base(), environ=ENV)
-    second = validate_config(base(), environ=ENV)
+    first = validated(base(), environ=ENV)
+    second = validated(base(), environ=ENV)
     assert first == second
     assert hash(first) == hash(second)
     assert first.servers[0] in {second.servers[0]}
 
 
 def test_a_changed_server_compares_different_and_the_others_equal() -> None:
-    old = validate_config(with_server(base(), name="east-2"), environ=ENV)
+    old = validated(with_server(base(), name="east-2"), environ=ENV)
     data = with_server(base(), name="east-2", windows=["sun 01:00-02:00"])
-    new = validate_config(data, environ=ENV)
+    new = validated(data, environ=ENV)
     assert old.server("east-1") == new.server("east-1")
     assert old.server("east-2") != new.server("east-2")
 
 
 def test_a_changed_password_makes_the_credentials_differ() -> None:
-    old = validate_config(base(), environ=ENV)
-    new = validate_config(base(), environ={"REFRESHD_EAST_PASSWORD": "another-one"})
+    old = validated(base(), environ=ENV)
+    new = validated(base(), environ={"REFRESHD_EAST_PASSWORD": "another-one"})
     assert old.credentials["east"] != new.credentials["east"]
     assert old.servers == new.servers
 
 
 def test_config_is_frozen() -> None:
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
     with pytest.raises(ValueError, match="frozen"):
         config.servers[0].name = "other"  # type: ignore[misc]
 
@@ -308,7 +327,7 @@ def test_source_with_too_few_or_too_many_letters_and_digits_is_refused(source: s
 
 @pytest.mark.parametrize("source", ["ab", "a-b", "refreshd", "a" * 20, "ops.refresh-d"])
 def test_source_counts_only_letters_and_digits(source: str) -> None:
-    config = validate_config({**base(), "client": {"source": source}}, environ=ENV)
+    config = validated({**base(), "client": {"source": source}}, environ=ENV)
     assert config.client.source == source
 
 
@@ -363,7 +382,9 @@ def test_unknown_keys_are_refused_at_every_level(
 
 def test_an_unknown_key_without_a_close_match_lists_the_known_keys() -> None:
     errors = errors_of({**base(), "client": {"colour": "blue"}})
-    assert errors == ["client.colour: unknown key; known keys here: timeout, verify_tls, source"]
+    assert errors == [
+        "client.colour: unknown key; known keys here: timeout, verify_tls, ca_file, proxy, source"
+    ]
 
 
 def test_a_duplicate_name_an_unknown_zone_and_a_typo_are_reported_together() -> None:
@@ -380,7 +401,7 @@ def test_errors_are_plain_sentences_without_pydantic_noise() -> None:
     data = with_server(base(), name="bad name", every="soon", windows="02:00-03:00")
     data["daemon"] = {"max_concurrency": 0, "verify": 1}
     with pytest.raises(ConfigError) as caught:
-        validate_config(data, environ=ENV)
+        validated(data, environ=ENV)
     text = str(caught.value)
     for noise in ("pydantic", "errors.pydantic.dev", "Value error", "Traceback", "input_value"):
         assert noise not in text
@@ -412,7 +433,7 @@ def test_server_ip_must_be_an_ip_address() -> None:
     assert places(errors_of(with_server(base(), name="e2", server_ip="dialer-1"))) == [
         "servers[1].server_ip"
     ]
-    config = validate_config(with_server(base(), name="e2", server_ip="fd00::11"), environ=ENV)
+    config = validated(with_server(base(), name="e2", server_ip="fd00::11"), environ=ENV)
     assert config.server("e2").server_ip == "fd00::11"
 
 
@@ -434,7 +455,7 @@ def test_max_concurrency_is_a_whole_number_from_1_to_1024(value: object) -> None
 def test_metrics_listen_is_host_port_or_empty_for_off(
     listen: str, address: tuple[str, int] | None
 ) -> None:
-    config = validate_config({**base(), "daemon": {"metrics_listen": listen}}, environ=ENV)
+    config = validated({**base(), "daemon": {"metrics_listen": listen}}, environ=ENV)
     assert config.daemon.metrics_address == address
 
 
@@ -460,7 +481,7 @@ def test_a_backoff_of_zero_is_refused_at_its_place(key: str) -> None:
 
 
 def test_a_short_auth_retry_is_allowed_but_warned_about() -> None:
-    config = validate_config({**base(), "backoff": {"auth_retry": "2s"}}, environ=ENV)
+    config = validated({**base(), "backoff": {"auth_retry": "2s"}}, environ=ENV)
     assert config.backoff.auth_retry == timedelta(seconds=2)
     (warning,) = config_warnings(config)
     assert warning.startswith("backoff.auth_retry: 2s is under 15 minutes")
@@ -482,17 +503,102 @@ def test_servers_written_as_a_single_table_get_the_two_brackets_hint() -> None:
 # --- Credentials ----------------------------------------------------------------------------
 
 
-def test_a_missing_password_environment_variable_names_it() -> None:
+def test_loading_reads_no_password_until_resolve_passwords_is_asked(tmp_path: Path) -> None:
+    data = base()
+    data["credentials"]["west"] = {"user": "other", "password_file": "west.password"}
+    # Neither the variable nor the file exists: a shell outside the service.
+    config = validate_config(data, environ={}, path=tmp_path / "refreshd.toml")
+
+    assert config.secrets() == frozenset()
+    with pytest.raises(ValueError, match="password not read"):
+        config.credentials_for("east-1")
+    with pytest.raises(ConfigError) as caught:
+        resolve_passwords(config, environ={}, path=tmp_path / "refreshd.toml")
+    assert places(caught.value.errors) == [
+        "credentials.east.password_env",
+        "credentials.west.password_file",
+    ]
+
+
+def test_resolving_gives_a_copy_with_every_password_and_leaves_the_config_alone() -> None:
+    config = validate_config(base(), environ={})
+
+    resolved = resolve_passwords(config, environ=ENV)
+
+    assert resolved.credentials_for("east-1").password.get_secret_value() == PASSWORD
+    assert resolved.secrets() == {PASSWORD}
+    assert config.secrets() == frozenset()
+
+
+@pytest.mark.parametrize("name", ["ea st", "east\x1b[2J", "east\r", "", "ost/west", "é"])
+def test_a_credentials_table_name_follows_the_server_name_rule(name: str) -> None:
+    data = base()
+    data["credentials"] = {name: data["credentials"]["east"]}
+    data["servers"][0]["credentials"] = name
+
+    errors = errors_of(data)
+
+    (error,) = [e for e in errors if e.startswith("credentials")]
+    assert "use only letters" in error or "must not be empty" in error
+    assert "[key]" not in error
+    assert "\x1b" not in error
+    assert "\r" not in error
+
+
+def test_a_state_path_with_a_nul_character_is_refused_at_its_place() -> None:
+    errors = errors_of({**base(), "daemon": {"state_path": "/var/lib/st\x00ate.db"}})
+
+    assert places(errors) == ["daemon.state_path"]
+    assert "NUL" in errors[0]
+
+
+def test_a_missing_password_environment_variable_is_named_by_its_place() -> None:
     errors = errors_of(base(), environ={})
     assert places(errors) == ["credentials.east.password_env"]
-    assert "environment variable REFRESHD_EAST_PASSWORD is not set" in errors[0]
+    assert "the environment variable it names is not set" in errors[0]
+    assert "REFRESHD_EAST_PASSWORD" not in errors[0]  # a password put there would show
 
 
 def test_an_empty_password_environment_variable_is_refused() -> None:
     errors = errors_of(base(), environ={"REFRESHD_EAST_PASSWORD": ""})
-    assert errors == [
-        "credentials.east.password_env: environment variable REFRESHD_EAST_PASSWORD is empty"
-    ]
+    assert errors == ["credentials.east.password_env: the environment variable it names is empty"]
+
+
+@pytest.mark.parametrize(
+    ("table", "place"),
+    [
+        ({"user": "refreshd", "password_env": PASSWORD}, "credentials.east.password_env"),
+        ({"user": "refreshd", "password_env": "Hunter2-x"}, "credentials.east.password_env"),
+        ({"user": "refreshd", "password_file": PASSWORD}, "credentials.east.password_file"),
+        ({"user": f"refreshd:{PASSWORD}", "password": PASSWORD}, "credentials.east.user"),
+        ({"user": f"ref {PASSWORD}", "password": PASSWORD}, "credentials.east.user"),
+    ],
+)
+def test_a_password_in_the_wrong_key_is_named_by_its_place_never_shown(
+    table: dict[str, str], place: str, tmp_path: Path
+) -> None:
+    data = base()
+    data["credentials"]["east"] = table
+    errors = errors_of(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert places(errors) == [place]
+    for secret in (PASSWORD, "Hunter2", "secret_pw"):
+        assert secret not in errors[0], errors
+
+
+def test_a_short_password_is_warned_about_without_showing_it() -> None:
+    data = base()
+    data["credentials"]["east"] = {"user": "refreshd", "password_env": "REFRESHD_EAST_PASSWORD"}
+    config = validated(data, environ={"REFRESHD_EAST_PASSWORD": "Ab-12_x"})
+    warnings = [w for w in config_warnings(config) if "fewer than 8 characters" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("credentials.east: ")
+    assert "Ab-12_x" not in warnings[0]
+
+
+def test_a_curl_style_user_is_explained() -> None:
+    data = base()
+    data["credentials"]["east"]["user"] = f"refreshd:{PASSWORD}"
+    assert "looks like user:password (curl style)" in errors_of(data)[0]
 
 
 def test_a_relative_password_file_is_read_from_credentials_directory(tmp_path: Path) -> None:
@@ -500,7 +606,7 @@ def test_a_relative_password_file_is_read_from_credentials_directory(tmp_path: P
     data = base()
     data["credentials"]["east"] = {"user": "refreshd", "password_file": "east.pw"}
 
-    config = validate_config(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    config = validated(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
     credentials = config.credentials_for("east-1")
     assert credentials.password.get_secret_value() == PASSWORD
@@ -524,7 +630,7 @@ def test_a_relative_password_file_is_read_next_to_the_config_without_credentials
         windows = ["01:00-02:00"]
         """,
     )
-    config = load_config(path, environ={})
+    config = loaded(path, environ={})
     assert config.credentials_for("east-1").password.get_secret_value() == PASSWORD
 
 
@@ -538,7 +644,7 @@ def test_a_password_file_loses_one_trailing_newline(
     (tmp_path / "pw").write_bytes(content.encode())
     data = base()
     data["credentials"]["east"] = {"user": "refreshd", "password_file": str(tmp_path / "pw")}
-    config = validate_config(data, environ={})
+    config = validated(data, environ={})
     assert config.credentials_for("east-1").password.get_secret_value() == password
 
 
@@ -562,8 +668,8 @@ def test_an_unreadable_password_file_is_an_error_at_its_place(tmp_path: Path) ->
     data["credentials"]["east"] = {"user": "refreshd", "password_file": "absent.pw"}
     errors = errors_of(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert errors == [
-        f"credentials.east.password_file: cannot read {tmp_path / 'absent.pw'}: No such file "
-        "or directory (a relative password_file is read from $CREDENTIALS_DIRECTORY)"
+        "credentials.east.password_file: cannot read the file it names: No such file or "
+        f"directory (a relative password_file is read from $CREDENTIALS_DIRECTORY, {tmp_path})"
     ]
 
 
@@ -585,7 +691,7 @@ def test_credentials_need_exactly_one_password_source(table: dict[str, str]) -> 
 def test_an_inline_password_works_and_is_warned_about() -> None:
     data = base()
     data["credentials"]["east"] = {"user": "refreshd", "password": PASSWORD}
-    config = validate_config(data, environ={})
+    config = validated(data, environ={})
     assert config.credentials_for("east-1").password.get_secret_value() == PASSWORD
     assert config_warnings(config) == [
         "credentials.east.password: the password is written in the config file; prefer "
@@ -599,7 +705,7 @@ def test_an_inline_password_works_and_is_warned_about() -> None:
 def test_the_password_never_appears_in_a_configs_repr_str_or_dump() -> None:
     data = base()
     data["credentials"]["inline"] = {"user": "other", "password": PASSWORD + "x"}
-    config = validate_config(data, environ=ENV)
+    config = validated(data, environ=ENV)
     shown = [
         repr(config),
         str(config),
@@ -637,7 +743,7 @@ def test_the_password_never_appears_in_an_error(tmp_path: Path, scenario: str) -
         texts = [str(caught.value), repr(caught.value)]
     else:
         with pytest.raises(ConfigError) as error:
-            validate_config(data, environ=environ)
+            validated(data, environ=environ)
         texts = [str(error.value), repr(error.value), *error.value.errors]
 
     for text in texts:
@@ -659,7 +765,7 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
         "REFRESHD_CLIENT__VERIFY_TLS": "false",
     }
 
-    config = load_config(path, environ=environ)
+    config = loaded(path, environ=environ)
 
     assert config.client.timeout == timedelta(seconds=5)
     assert config.daemon.state_path == Path("/tmp/x.db")
@@ -671,7 +777,7 @@ def test_environment_overrides_are_case_insensitive_and_can_set_a_list_as_json()
     servers = '[{"name": "env-1", "api_url": "https://d.example.com/vicidial/non_agent_api.php",'
     servers += ' "credentials": "east", "windows": ["01:00-02:00"]}]'
     environ = {**ENV, "refreshd_servers": servers}
-    config = validate_config(base(), environ=environ)
+    config = validated(base(), environ=environ)
     assert [server.name for server in config.servers] == ["env-1"]
 
 
@@ -703,14 +809,42 @@ def test_an_override_that_is_not_json_where_json_is_needed_is_refused() -> None:
     assert "not valid JSON" in errors[0]
 
 
+def test_a_list_cannot_be_overridden_item_by_item() -> None:
+    errors = errors_of(base(), environ={**ENV, "REFRESHD_SERVERS__0__NAME": "x"})
+    assert errors == [
+        "REFRESHD_SERVERS__0__NAME: a list cannot be set item by item from the environment; "
+        "set REFRESHD_SERVERS to the whole list as JSON"
+    ]
+
+
+def test_a_credentials_table_can_be_set_as_json_and_refined_key_by_key() -> None:
+    environ = {
+        **ENV,
+        "REFRESHD_CREDENTIALS__WEST": '{"user": "from-json", "password_env": "WEST_PASSWORD"}',
+        "REFRESHD_CREDENTIALS__WEST__USER": "from-key",
+        "WEST_PASSWORD": "west-password-1",
+    }
+    config = validated(base(), environ=environ)
+    west = config.resolved_credentials()["west"]
+    assert (west.user, west.password.get_secret_value()) == ("from-key", "west-password-1")
+
+
+def test_a_json_error_is_reported_beside_every_other_problem() -> None:
+    environ = {**ENV, "REFRESHD_SERVERS": "[{", "REFRESHD_CLIENT__TIMEOUT": "soon"}
+    assert sorted(places(errors_of(base(), environ=environ))) == [
+        "REFRESHD_SERVERS",
+        "client.timeout",
+    ]
+
+
 def test_unrelated_refreshd_variables_are_ignored() -> None:
     # REFRESHD_CONFIG names the file; REFRESHD_WEST__PASSWORD looks like an override of a
     # table 'west' but is a password_env variable. Neither is refused, neither sets a key.
     environ = {**ENV, "REFRESHD_CONFIG": "/etc/x.toml", "REFRESHD_WEST__PASSWORD": "x"}
     data = base()
     data["credentials"]["west"] = {"user": "w", "password_env": "REFRESHD_WEST__PASSWORD"}
-    config = validate_config(data, environ=environ)
-    file_alone = validate_config(base(), environ=ENV)
+    config = validated(data, environ=environ)
+    file_alone = validated(base(), environ=ENV)
     assert config.model_dump(exclude={"credentials"}) == file_alone.model_dump(
         exclude={"credentials"}
     )
@@ -722,7 +856,7 @@ def test_loading_does_not_read_os_environ_when_given_an_environ(
 ) -> None:
     monkeypatch.setenv("REFRESHD_CLIENT__TIMEOUT", "1s")
     monkeypatch.setenv("REFRESHD_EAST_PASSWORD", "from-os-environ")
-    config = validate_config(base(), environ=ENV)
+    config = validated(base(), environ=ENV)
     assert config.client.timeout == timedelta(seconds=10)
     assert config.credentials_for("east-1").password.get_secret_value() == PASSWORD
 
@@ -749,7 +883,7 @@ def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     line = text.splitlines().index('timeout = "10s') + 1
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        load_config(path, environ=ENV)
+        loaded(path, environ=ENV)
     (error,) = caught.value.errors
     assert error.startswith("TOML syntax error: ")
     assert f"line {line}," in error
@@ -759,7 +893,7 @@ def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 def test_a_missing_file_says_how_to_fix_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(tmp_path / "absent.toml", environ=ENV)
+        loaded(tmp_path / "absent.toml", environ=ENV)
     (error,) = caught.value.errors
     assert error.startswith("no such file; create it")
     assert "-c/--config" in error
@@ -767,20 +901,20 @@ def test_a_missing_file_says_how_to_fix_it(tmp_path: Path) -> None:
 
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
-        load_config(tmp_path, environ=ENV)
+        loaded(tmp_path, environ=ENV)
 
 
 @pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
 def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match=r"no settings; at least one \[\[servers\]\]"):
-        load_config(write(tmp_path, text), environ=ENV)
+        loaded(write(tmp_path, text), environ=ENV)
 
 
 def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b"# caf\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
-        load_config(path, environ=ENV)
+        loaded(path, environ=ENV)
 
 
 def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -791,13 +925,13 @@ def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Path, "read_bytes", refuse)  # root would read a chmod 0 file anyway
     with pytest.raises(ConfigError, match="permission denied; make the file readable"):
-        load_config(path, environ=ENV)
+        loaded(path, environ=ENV)
 
 
 def test_a_config_error_lists_every_error_under_the_files_name(tmp_path: Path) -> None:
     path = write(tmp_path, _servers_toml() + '[client]\nsource = "x"\ntimeout = "no"\n')
     with pytest.raises(ConfigError) as caught:
-        load_config(path, environ=ENV)
+        loaded(path, environ=ENV)
     lines = str(caught.value).splitlines()
     assert lines[0] == f"{path}: 2 config errors:"
     assert [line.split(":")[0] for line in lines[1:]] == ["  client.timeout", "  client.source"]
@@ -810,7 +944,7 @@ def test_warnings_flag_clear_text_and_unchecked_tls_and_short_repeats() -> None:
     data = with_server(base(), name="east-2", api_url="http://d.example.com/x.php", every="1m")
     data["client"] = {"verify_tls": False}
 
-    warnings = config_warnings(validate_config(data, environ=ENV))
+    warnings = config_warnings(validated(data, environ=ENV))
 
     assert places(warnings) == [
         "client.verify_tls",
@@ -889,7 +1023,7 @@ def test_loading_any_toml_document_gives_a_config_or_a_config_error(
     path.write_text(text, encoding="utf-8")
     errors: list[str] = []
     try:
-        load_config(path, environ={"REFRESHD_EAST_PASSWORD": PASSWORD})
+        loaded(path, environ={"REFRESHD_EAST_PASSWORD": PASSWORD})
     except ConfigError as error:
         errors = error.errors or ["(none)"]
     assert all(isinstance(line, str) and line for line in errors)
@@ -912,7 +1046,7 @@ def test_any_refreshd_environment_gives_a_config_or_a_config_error(
 ) -> None:
     errors: list[str] = []
     try:
-        validate_config(base(), environ={**overrides, **ENV})
+        validated(base(), environ={**overrides, **ENV})
     except ConfigError as error:
         errors = error.errors or ["(none)"]
     assert all(isinstance(line, str) and line for line in errors)
@@ -992,7 +1126,7 @@ def test_http_to_a_loopback_address_is_not_warned_about() -> None:
     data = with_server(
         base(), name="local", api_url="http://127.0.0.1:8080/vicidial/non_agent_api.php"
     )
-    config = validate_config(data, environ=ENV)
+    config = validated(data, environ=ENV)
     assert not [w for w in config_warnings(config) if "clear text" in w]
 
 
@@ -1005,7 +1139,7 @@ def test_two_tables_naming_one_vicidial_user_are_warned_about() -> None:
         for name in ("west", "north")
     ]
 
-    warnings = config_warnings(validate_config(data, environ=ENV))
+    warnings = config_warnings(validated(data, environ=ENV))
 
     (shared,) = [w for w in warnings if "share" in w]
     assert shared.startswith("credentials east, west: all log in as VICIdial user 'refreshd'")

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from refreshd.core.planning import earliest_start, next_fire, retry_until
+from refreshd.core.planning import (
+    earliest_start,
+    look_again_at,
+    never_runs,
+    next_fire,
+    retry_until,
+)
+from refreshd.core.runs import HORIZON
 from refreshd.core.slots import Schedule
 from refreshd.core.windows import parse_blackout_window, parse_window
 
@@ -132,3 +139,42 @@ def test_a_run_superseded_by_a_later_success_never_fires_after_the_clock_steps_b
     assert chosen is not None
     assert chosen.run.due == _utc(2027, 1, 5, 3, 30)
     assert chosen.at == _utc(2027, 1, 5, 3, 30)
+
+
+# -- servers that can never run ---------------------------------------------------------------
+
+
+def test_a_server_whose_every_window_is_blacked_out_never_runs_and_says_why() -> None:
+    schedule = _schedule("mon-fri 02:00-04:00", blackouts=("mon-fri 00:00-12:00",))
+    why = never_runs(schedule, _utc(2027, 1, 5, 3, 0))
+    assert why == "every window in the next 400 days falls in a blackout"
+
+
+def test_a_blackout_longer_than_the_horizon_means_no_run_within_it() -> None:
+    now = _utc(2027, 1, 5, 3, 0)
+    schedule = _schedule("02:00-04:00", blackouts=("2027-01-01T00:00/2028-06-01T00:00",))
+    assert never_runs(schedule, now) is not None
+    assert next_fire(schedule, now, None) is None
+
+
+def test_a_blackout_ending_inside_the_horizon_leaves_the_server_running() -> None:
+    schedule = _schedule("02:00-04:00", blackouts=("2027-01-01T00:00/2027-12-01T00:00",))
+    assert never_runs(schedule, _utc(2027, 1, 5, 3, 0)) is None
+
+
+def test_one_open_instant_in_a_slot_is_enough_to_run_whatever_the_spread() -> None:
+    # The run moves to the end of the blackout, inside the slot.
+    schedule = _schedule("02:00-04:00", blackouts=("00:00-03:59",), every=timedelta(minutes=10))
+    assert never_runs(schedule, _utc(2027, 1, 5, 5, 0)) is None
+
+
+def test_an_unplanned_server_is_planned_again_once_the_horizon_has_passed() -> None:
+    # Nothing lies within HORIZON of `not_before`: the first possible run is at or after its
+    # end, so planning again there misses nothing, and it sees a blackout's end beyond it.
+    now = _utc(2027, 1, 5, 3, 0)
+    schedule = _schedule("02:00-04:00", blackouts=("2027-01-01T00:00/2028-06-01T00:00",))
+    again = look_again_at(now)
+    assert again == now + HORIZON
+    chosen = next_fire(schedule, again, None)
+    assert chosen is not None
+    assert chosen.run.due == _utc(2028, 6, 1, 2, 0)

@@ -117,11 +117,22 @@ def test_http_status_outside_2xx_decides_before_the_body(status: int, outcome: O
     assert answer.http_status == status
 
 
-@pytest.mark.parametrize("kind", list(Transport))
-def test_every_transport_failure_is_transient(kind: Transport) -> None:
+CERTIFICATE_REFUSALS = [Transport.TLS_UNTRUSTED, Transport.TLS_NAME_MISMATCH, Transport.TLS_EXPIRED]
+
+
+@pytest.mark.parametrize("kind", [k for k in Transport if k not in CERTIFICATE_REFUSALS])
+def test_every_other_transport_failure_is_transient(kind: Transport) -> None:
     answer = classify(None, None, kind)
     assert answer.outcome is Outcome.TRANSIENT
     assert answer.detail
+
+
+@pytest.mark.parametrize("kind", CERTIFICATE_REFUSALS)
+def test_a_refused_certificate_is_tls_rejected_and_never_reached_vicidial(kind: Transport) -> None:
+    answer = classify(None, None, kind)
+    assert answer.outcome is Outcome.TLS_REJECTED
+    assert not answer.reached  # the handshake failed: no password left, no login counted
+    assert "never falls back" in answer.detail
 
 
 @pytest.mark.parametrize("body", ["", "   ", "\n\r\n", None])
@@ -163,6 +174,30 @@ def test_known_secret_is_redacted_in_any_form() -> None:
     out = redact(text, [PASSWORD, "p@ss word"])
     assert PASSWORD not in out
     assert redact("got p%40ss+word here", ["p@ss word"]) == "got *** here"
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "S3CRETPASS_9",  # another letter case
+        "s3CretPaSS_9",
+        "&#115;&#51;cretPass_9",  # HTML decimal entities, mixed with plain letters
+        "&#x73;&#X33;&#x63;retPass_9",  # HTML hex entities
+        "%73%33cretPass%5F9",  # URL-encoded, either case of hex
+        "%73%33cretPass%5f9",
+    ],
+)
+def test_a_known_secret_is_redacted_in_other_cases_and_escaped_forms(echoed: str) -> None:
+    assert redact(f"ERROR: echoed [{echoed}] here", [PASSWORD]) == "ERROR: echoed [***] here"
+
+
+def test_a_secret_with_html_special_characters_is_redacted_as_named_entities() -> None:
+    assert redact("value: a&amp;b&lt;c&quot;d", ['a&b<c"d']) == "value: ***"
+
+
+def test_a_short_secret_is_redacted_too() -> None:
+    # check warns about such passwords (they mask innocent text); they are never shown.
+    assert redact("pw 1234 and 12345", ["1234"]) == "pw *** and ***5"
 
 
 def test_query_string_password_is_redacted() -> None:

@@ -1,0 +1,60 @@
+"""Exit codes, and the config as each command needs it: the commands that call VICIdial
+ask for the passwords; the ones that only read never touch them, so they work where the
+daemon's environment and systemd credentials are absent (an operator's shell)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from refreshd.cli.text import say
+from refreshd.config import Config, ConfigError, default_config_path, load_config, resolve_passwords
+from refreshd.logs import redactor
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "config_path",
+    "load",
+    "unknown_servers",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus=78
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    path: Path | None = args.config
+    return path if path is not None else default_config_path()
+
+
+def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
+    """The config (with every password read if `passwords`), or the exit code after
+    saying why there is none."""
+    path = config_path(args)
+    try:
+        config = load_config(path)
+        if passwords:
+            config = resolve_passwords(config, path=path)
+    except ConfigError as err:
+        say(f"refreshd: {err}")
+        return EXIT_CONFIG
+    redactor.set_secrets(config.secrets())
+    return config
+
+
+def unknown_servers(command: str, names: Sequence[str], config: Config) -> bool:
+    """Whether any of `names` is no configured server (having said so, for exit 2)."""
+    known = [server.name for server in config.servers]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        say(
+            f"refreshd {command}: unknown server(s) {', '.join(unknown)}; "
+            f"configured: {', '.join(known)}"
+        )
+    return bool(unknown)

@@ -1,0 +1,159 @@
+"""The commands that only read: `plan` (the config), `status` and `history` (the state file,
+read-only, beside a running daemon). None of them reads a password."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown_servers
+from refreshd.cli.text import print_table, safe, say, when
+from refreshd.clock import system_clock
+from refreshd.config import Config
+from refreshd.instance import lock_holder
+from refreshd.store import StateError, StateStore
+from refreshd.views import daemon_entry, history_rows, plan_document, status_document
+
+__all__ = ["history", "plan", "status"]
+
+
+def plan(args: argparse.Namespace) -> int:
+    config = load(args, passwords=False)
+    if isinstance(config, int):
+        return config
+    start = args.start or system_clock.now()
+    document = plan_document(config, start, args.count)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            entry["server"],
+            run["due_local"],
+            run["slot_start_local"],
+            run["slot_end_local"],
+        ]
+        for entry in document["servers"]
+        for run in entry["runs"]
+        or [{"due_local": "-", "slot_start_local": "no window ahead", "slot_end_local": "-"}]
+    ]
+    print_table(["SERVER", "DUE (LOCAL)", "SLOT START", "SLOT END"], rows)
+    return EXIT_OK
+
+
+def _read_store(config: Config) -> StateStore | None:
+    """The state file, read-only; None (and a note) before the daemon's first start."""
+    path = config.daemon.state_path
+    if not path.exists():
+        say(f"refreshd: no state file at {path} yet (the daemon has not run)")
+        return None
+    return StateStore.open_readonly(path)
+
+
+def status(args: argparse.Namespace) -> int:
+    config = load(args, passwords=False)
+    if isinstance(config, int):
+        return config
+    now = system_clock.now()
+    try:
+        holder = lock_holder(config.daemon.state_path)
+    except OSError as err:
+        say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
+        return EXIT_FAILED
+    states, waits, done, beat = {}, {}, {}, None
+    try:
+        store = _read_store(config)
+        if store is not None:
+            with store:
+                states = store.all_server_states()
+                waits = store.all_credentials_waits()
+                done = store.last_runs_done()
+                beat = store.last_beat()
+    except StateError as err:
+        say(f"refreshd: {err}")
+        return EXIT_FAILED
+    daemon = daemon_entry(holder.running, holder.pid, beat)
+    document = status_document(config, states, waits, done, now, daemon=daemon)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(_daemon_line(holder.running, holder.pid, beat, now, utc=args.utc))
+    print_table(
+        ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "NEXT RUN", "HELD"],
+        [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],
+    )
+    return EXIT_OK
+
+
+def _daemon_line(
+    running: bool, pid: int | None, beat: datetime | None, now: datetime, *, utc: bool
+) -> str:
+    heartbeat = f"last heartbeat {when(beat, now, utc=utc)}" if beat else "no heartbeat recorded"
+    if running:
+        return f"daemon: running (pid {pid if pid is not None else 'unknown'}), {heartbeat}"
+    return f"daemon: NOT running ({heartbeat})"
+
+
+def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]:
+    def shown(key: str) -> str:
+        value = entry[key]
+        return when(datetime.fromisoformat(value), now, utc=utc) if value else "-"
+
+    held = ""
+    if entry["suspended_until"]:
+        held = f"suspended until {shown('suspended_until')}"
+    elif entry["credentials_wait_until"]:
+        held = f"credentials wait until {shown('credentials_wait_until')}"
+    return [
+        entry["server"],
+        entry["last_outcome"] or "-",
+        shown("last_attempt_at"),
+        shown("last_success_at"),
+        shown("next_run") if entry["next_run"] else "none ahead",
+        held,
+    ]
+
+
+def history(args: argparse.Namespace) -> int:
+    config = load(args, passwords=False)
+    if isinstance(config, int):
+        return config
+    if args.server is not None and unknown_servers("history", [args.server], config):
+        return EXIT_USAGE
+    try:
+        store = _read_store(config)
+        records = []
+        if store is not None:
+            with store:
+                records = store.history(server=args.server, since=args.since, limit=args.limit)
+    except StateError as err:
+        say(f"refreshd: {err}")
+        return EXIT_FAILED
+    if args.json:
+        for row in history_rows(records):
+            print(json.dumps(row))
+        return EXIT_OK
+    now = system_clock.now()
+    print_table(
+        ["AT", "SERVER", "OUTCOME", "TRY", "MS", "DETAIL"],
+        [
+            [
+                when(r.at, now, utc=args.utc, seconds=True),
+                r.server,
+                str(r.outcome),
+                str(r.attempt),
+                str(r.duration_ms),
+                _cut(r.detail or ""),
+            ]
+            for r in records
+        ],
+    )
+    return EXIT_OK
+
+
+def _cut(detail: str, width: int = 80) -> str:
+    # Escaped before it is cut: the width is what shows, and no escape is cut in half.
+    shown = safe(detail)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."

@@ -1,0 +1,83 @@
+"""What reaches a terminal: times as people read them, control characters made visible, and
+aligned tables.
+
+Text from outside (VICIdial's answers kept in the history, names, paths, arguments) may hold
+ESC sequences, CR or BEL that would rewrite or hide what a terminal shows: every human line
+goes through `safe`, which writes them as Python escapes (`\\x1b`). JSON output needs
+nothing: json.dumps escapes them itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["print_table", "relative", "safe", "say", "when"]
+
+_SPELLED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# Beyond this, a weekday alone is ambiguous: the date is shown too.
+_NEAR = timedelta(days=6)
+
+
+def safe(text: str) -> str:
+    """`text` with every character a terminal would not simply print (C0/C1 controls, DEL,
+    bidi overrides and other format characters, lone surrogates) written as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if ch in _SPELLED:
+        return _SPELLED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def say(text: str) -> None:
+    """A message for the operator on stderr, each of its lines made safe."""
+    print("\n".join(safe(line) for line in text.split("\n")), file=sys.stderr)
+
+
+def when(moment: datetime | None, now: datetime, *, utc: bool, seconds: bool = False) -> str:
+    """'Mon 02:00 EST, in 13h' (local time, or UTC with `utc`), the date added when it is
+    more than six days away; never microseconds. '-' for None."""
+    if moment is None:
+        return "-"
+    shown = _shown(moment, utc=utc)
+    delta = moment - now
+    day = "%a" if abs(delta) <= _NEAR else "%a %Y-%m-%d"
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    zone = shown.tzname() or shown.strftime("%z")
+    return f"{shown.strftime(f'{day} {clock}')} {zone}, {relative(delta)}"
+
+
+def _shown(moment: datetime, *, utc: bool) -> datetime:
+    if not utc:
+        try:
+            return moment.astimezone()  # the machine's zone ($TZ, /etc/localtime)
+        except (OverflowError, OSError, ValueError):
+            pass  # outside what the C library's local time covers: show UTC
+    return moment.astimezone(UTC)
+
+
+def relative(delta: timedelta) -> str:
+    """'in 13h', '5m ago', 'now': the largest whole unit (days from two days on)."""
+    seconds = int(abs(delta).total_seconds())
+    if seconds == 0:
+        return "now"
+    for size, unit in ((2 * 86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")):
+        if seconds >= size:
+            count = seconds // (86_400 if unit == "d" else size)
+            break
+    text = f"{count}{unit}"
+    return f"in {text}" if delta > timedelta(0) else f"{text} ago"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns aligned, two spaces apart, every cell made safe first."""
+    lines = [[safe(str(cell)) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(cell) for cell in column) for column in zip(*lines, strict=False)]
+    for line in lines:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip())

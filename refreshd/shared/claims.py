@@ -1,0 +1,153 @@
+"""Claims: before a call for a run (a server and a due instant), an instance claims it. A unique
+key decides the race; the claim lives for a lease measured by the database's clock and carries
+a fencing number that grows with every takeover, and a result is written only while the number
+is still the one in the row. So a run is called by one instance, and an instance that stalled
+past its lease can neither start a call on the lost claim nor record a late result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from refreshd.shared.engines import Engine, Tx
+from refreshd.store.rows import text
+
+TABLE = "refreshd_claims"
+SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    server VARCHAR(200) NOT NULL,
+    due VARCHAR(40) NOT NULL,
+    instance VARCHAR(200) NOT NULL,
+    fence BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    state VARCHAR(10) NOT NULL,
+    outcome VARCHAR(40),
+    PRIMARY KEY (server, due)
+)"""
+# A claim's life: claimed (nothing sent yet) -> called (the request may be out) -> done.
+CLAIMED, CALLED, DONE = "claimed", "called", "done"
+_COLUMNS = ("server", "due", "instance", "fence", "lease_until", "state")
+_MINE = "server = %s AND due = %s AND instance = %s AND fence = %s"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to call for one run, while `fence` is the row's."""
+
+    server: str
+    due: datetime
+    instance: str
+    fence: int
+    taken_over_from: str | None = None  # an instance whose lease ran out
+    maybe_called: bool = False  # that instance had marked the call as sent: at-least-once
+
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.server, text(self.due), self.instance, self.fence)
+
+
+class ClaimStore:
+    """One instance's view of the claims in a shared database."""
+
+    def __init__(self, engine: Engine, instance: str, lease: timedelta) -> None:
+        self.engine = engine
+        self.instance = instance
+        self._lease_ms = int(lease.total_seconds() * 1000)
+
+    def create(self) -> None:
+        with self.engine.transaction() as tx:
+            tx.execute(SCHEMA)
+
+    def claim(self, server: str, due: datetime) -> Claim | None:
+        """The claim on this run, or None: done already, or held by a live lease."""
+        with self.engine.transaction() as tx:
+            now = self.engine.now_ms(tx)
+            until = now + self._lease_ms
+            row = (server, text(due), self.instance, 1, until, CLAIMED)
+            if tx.execute(self.engine.insert_ignore(TABLE, _COLUMNS), row) == 1:
+                return Claim(server, due, self.instance, 1)
+            tx.execute(
+                f"SELECT instance, fence, lease_until, state FROM {TABLE} "
+                f"WHERE server = %s AND due = %s{self.engine.for_update()}",
+                (server, text(due)),
+            )
+            found = tx.fetchone()
+            assert found is not None  # the insert found the key: the row exists
+            holder, fence, lease_until, state = (
+                str(found[0]),
+                int(found[1]),
+                int(found[2]),
+                found[3],
+            )
+            if state == DONE or (lease_until > now and holder != self.instance):
+                return None
+            tx.execute(
+                f"UPDATE {TABLE} SET instance = %s, fence = %s, lease_until = %s "
+                "WHERE server = %s AND due = %s",
+                (self.instance, fence + 1, until, server, text(due)),
+            )
+            return Claim(
+                server,
+                due,
+                self.instance,
+                fence + 1,
+                taken_over_from=holder if holder != self.instance else None,
+                maybe_called=state == CALLED,
+            )
+
+    def calling(self, claim: Claim) -> bool:
+        """Just before the request goes out: True while the claim holds (and from now on a
+        takeover knows the call may have been sent); False: the claim is lost, do not call."""
+        with self.engine.transaction() as tx:
+            now = self.engine.now_ms(tx)
+            changed = tx.execute(
+                f"UPDATE {TABLE} SET state = %s WHERE {_MINE} AND lease_until > %s",
+                (CALLED, *claim.key(), now),
+            )
+            return changed == 1
+
+    def renew(self, claims: Iterable[Claim]) -> list[Claim]:
+        """Extend each claim's lease; the ones still held. An instance that cannot renew
+        (an error here) must start no call on any of them."""
+        held = []
+        with self.engine.transaction() as tx:
+            now = self.engine.now_ms(tx)
+            for claim in claims:
+                changed = tx.execute(
+                    f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND lease_until > %s",
+                    (now + self._lease_ms, *claim.key(), now),
+                )
+                if changed == 1:
+                    held.append(claim)
+        return held
+
+    def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
+        """Record the run's result: True when the fencing number still holds (the result
+        counts), False when another instance took the run over (the result is refused).
+        Given `tx`, inside that transaction, so the journal and the claim commit together."""
+        if tx is None:
+            with self.engine.transaction() as own:
+                return self.finish(claim, outcome, own)
+        changed = tx.execute(
+            f"UPDATE {TABLE} SET state = %s, outcome = %s WHERE {_MINE} AND state <> %s",
+            (DONE if outcome == "ok" else CLAIMED, outcome, *claim.key(), DONE),
+        )
+        return changed == 1
+
+    def release(self, claim: Claim) -> None:
+        """Give the run back at once (no call was made, or the result was not `ok` and a
+        retry may come from anyone): its lease ends now."""
+        with self.engine.transaction() as tx:
+            tx.execute(
+                f"UPDATE {TABLE} SET lease_until = 0 WHERE {_MINE} AND state <> %s",
+                (*claim.key(), DONE),
+            )
+
+    def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:
+        """(state, instance, fence) of a run's claim, None when nobody claimed it."""
+        with self.engine.transaction() as tx:
+            tx.execute(
+                f"SELECT state, instance, fence FROM {TABLE} WHERE server = %s AND due = %s",
+                (server, text(due)),
+            )
+            row = tx.fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))

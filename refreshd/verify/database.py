@@ -1,0 +1,145 @@
+"""One cluster's VICIdial database, read-only: which telephony servers still carry a refresh
+flag, and when the cluster last took a refresh. Two SELECTs; never a write."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from refreshd.dburl import DatabaseUrl
+
+if TYPE_CHECKING:  # imported on first use: a config without databases never pays for it
+    import pymysql
+
+# The rows ADMIN_keepalive_ALL.pl acts on: any other row keeps its flag forever.
+_BOXES = (
+    "SELECT server_id, server_ip, rebuild_conf_files FROM servers "
+    "WHERE active_asterisk_server = 'Y' AND generate_vicidial_conf = 'Y' "
+    "ORDER BY server_ip"
+)
+# VICIdial's DATETIMEs are the database server's local time: UNIX_TIMESTAMP reads them in
+# the session's zone, which is the server's own, and gives an instant.
+_RELOADED = "SELECT UNIX_TIMESTAMP(reload_timestamp) FROM system_settings LIMIT 1"
+GRANTS = ("SELECT ON {database}.servers", "SELECT ON {database}.system_settings")
+
+# MariaDB/MySQL error numbers, and what each tells an operator to do.
+_ACCESS_DENIED, _NO_DB_ACCESS, _UNKNOWN_DB = 1045, 1044, 1049
+_TABLE_DENIED, _COLUMN_DENIED, _NO_TABLE, _BAD_COLUMN = 1142, 1143, 1146, 1054
+
+
+@dataclass(frozen=True, order=True)
+class Box:
+    """One telephony server: `servers.server_id` and `server_ip`."""
+
+    server_ip: str
+    server_id: str
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one look at the database saw."""
+
+    boxes: tuple[Box, ...]  # every box that rebuilds on a refresh
+    flagged: tuple[Box, ...]  # those still at rebuild_conf_files = 'Y'
+    reload_timestamp: datetime | None  # system_settings.reload_timestamp, as UTC
+
+
+class DatabaseProblem(Exception):
+    """The database could not be read; the message says why and what to do, and never holds
+    the password. `lasting`: retrying will not help until someone acts (grant, password)."""
+
+    def __init__(self, message: str, *, lasting: bool) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+class ClusterDatabase:
+    """A read-only connection to one cluster's database, opened on first use and opened
+    again after an error. Thread-safe: one query at a time."""
+
+    def __init__(self, url: DatabaseUrl, password: str | None, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self._password = password
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: pymysql.connections.Connection[Any] | None = None
+
+    def read(self) -> Reading:
+        """One reading; DatabaseProblem when the database cannot give one."""
+        import pymysql
+
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.cursor() as cursor:
+                    cursor.execute(_BOXES)
+                    rows = cursor.fetchall()
+                    cursor.execute(_RELOADED)
+                    stamp = cursor.fetchone()
+                conn.rollback()  # end the read view: the next reading sees new flags
+            except pymysql.MySQLError as error:
+                self._discard()
+                raise self._problem(error) from None
+        boxes = tuple(Box(str(ip), str(sid)) for sid, ip, _ in rows)
+        flagged = tuple(Box(str(ip), str(sid)) for sid, ip, flag in rows if flag == "Y")
+        epoch = stamp[0] if stamp else None
+        reloaded = None if epoch is None else datetime.fromtimestamp(float(epoch), UTC)
+        return Reading(boxes, flagged, reloaded)
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def _connection(self) -> pymysql.connections.Connection[Any]:
+        import pymysql
+
+        if self._conn is None:
+            self._conn = pymysql.connect(
+                host=self.url.host,
+                port=self.url.port,
+                user=self.url.user,
+                password=self._password or "",
+                database=self.url.database,
+                connect_timeout=self._timeout,
+                read_timeout=self._timeout,
+                write_timeout=self._timeout,
+                autocommit=False,
+                charset="utf8mb4",
+            )
+        return self._conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A broken connection may fail to close; it is dropped either way.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _problem(self, error: Exception) -> DatabaseProblem:
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        url, grants = self.url, " and ".join(g.format(database=self.url.database) for g in GRANTS)
+        if code == _ACCESS_DENIED:
+            return DatabaseProblem(
+                f"{url}: access denied for {url.user!r}: wrong password, or the user may not "
+                "connect from this host; check password_env/password_file and the user's host",
+                lasting=True,
+            )
+        if code in (_NO_DB_ACCESS, _TABLE_DENIED, _COLUMN_DENIED):
+            return DatabaseProblem(
+                f"{url}: {url.user!r} may not read the tables refreshd needs; "
+                f"GRANT {grants} TO '{url.user}'@'...'",
+                lasting=True,
+            )
+        if code in (_UNKNOWN_DB, _NO_TABLE, _BAD_COLUMN):
+            return DatabaseProblem(
+                f"{url}: no VICIdial servers/system_settings tables there; point the URL at "
+                "the cluster's VICIdial database (usually 'asterisk')",
+                lasting=True,
+            )
+        reason = error.args[1] if len(error.args) > 1 else type(error).__name__
+        if self._password:
+            reason = str(reason).replace(self._password, "***")
+        return DatabaseProblem(f"{url}: cannot read the database ({reason})", lasting=False)

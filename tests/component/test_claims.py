@@ -1,0 +1,145 @@
+"""Claims with leases and fencing on the three engines: SQLite (one host, a FakeClock), and
+the machine's real PostgreSQL and MariaDB (each test in a database of its own, leases measured
+by the database's clock)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from refreshd.clock import FakeClock
+from refreshd.shared import Claim, ClaimStore, Engine, connect, sqlite_engine
+from tests.support.databases import scratch_database
+from tests.support.waiting import eventually
+
+DUE = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+ENGINES = ["sqlite", "postgresql", "mysql"]
+
+
+class Cluster:
+    """Instances sharing one database."""
+
+    def __init__(self, make_engine: Callable[[], Engine], clock: FakeClock | None) -> None:
+        self._make_engine = make_engine
+        self._clock = clock
+        self.engines: list[Engine] = []
+
+    def instance(self, name: str, lease: timedelta = timedelta(seconds=30)) -> ClaimStore:
+        engine = self._make_engine()
+        self.engines.append(engine)
+        store = ClaimStore(engine, name, lease)
+        store.create()
+        return store
+
+    def take_over(self, store: ClaimStore, server: str, lease: timedelta) -> Claim:
+        """`store`'s claim on `server`'s run once `lease` has passed: at once on a FakeClock,
+        else as soon as the database's clock says so."""
+        taken: list[Claim] = []
+
+        def claimed() -> bool:
+            claim = store.claim(server, DUE)
+            taken.extend([claim] if claim is not None else [])
+            return bool(taken)
+
+        if self._clock is not None:
+            self._clock.advance(lease + timedelta(milliseconds=1))
+            assert claimed()
+        else:
+            eventually(claimed, timeout=10, what="the lease to run out")
+        return taken[0]
+
+
+@pytest.fixture(params=ENGINES)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    if request.param == "sqlite":
+        clock = FakeClock(datetime(2026, 11, 30, 1, 0, tzinfo=UTC))
+        each = Cluster(lambda: sqlite_engine(tmp_path / "shared.db", clock), clock)
+        yield each
+    else:
+        with scratch_database(request.param) as url:
+            each = Cluster(lambda: connect(url, None), None)
+            yield each
+    for engine in each.engines:
+        engine.close()
+
+
+def test_eight_instances_racing_for_thirty_runs_give_each_run_one_claim(cluster: Cluster) -> None:
+    instances = [cluster.instance(f"web-{n}") for n in range(8)]
+    won: Counter[tuple[str, int]] = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(len(instances))
+
+    def race(store: ClaimStore) -> None:
+        start.wait()
+        for server in range(10):
+            for run in range(3):
+                if store.claim(f"s{server}", DUE + timedelta(minutes=run)) is not None:
+                    with lock:
+                        won[(f"s{server}", run)] += 1
+
+    threads = [threading.Thread(target=race, args=(store,)) for store in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(won) == 30
+    assert set(won.values()) == {1}
+
+
+def test_a_lapsed_claim_is_taken_over_and_its_holder_fenced_out(cluster: Cluster) -> None:
+    lease = timedelta(milliseconds=300)
+    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    mine = first.claim("east", DUE)
+    assert mine == Claim("east", DUE, "web-1", 1)
+    assert second.claim("east", DUE) is None  # a live lease
+
+    theirs = cluster.take_over(second, "east", lease)
+    assert (theirs.fence, theirs.taken_over_from, theirs.maybe_called) == (2, "web-1", False)
+
+    assert first.calling(mine) is False  # stalled past its lease: it must not call
+    assert first.finish(mine, "ok") is False  # and its late result is refused
+    assert second.calling(theirs) is True
+    assert second.finish(theirs, "ok") is True
+    assert second.state("east", DUE) == ("done", "web-2", 2)
+    assert first.claim("east", DUE) is None  # done: nobody calls again
+
+
+def test_a_claim_whose_call_may_have_gone_out_is_taken_over_as_maybe_called(
+    cluster: Cluster,
+) -> None:
+    lease = timedelta(milliseconds=300)
+    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    mine = first.claim("east", DUE)
+    assert mine is not None
+    assert first.calling(mine) is True
+    assert cluster.take_over(second, "east", lease).maybe_called is True  # at-least-once
+
+
+def test_renewal_keeps_a_claim_and_release_gives_it_back_at_once(cluster: Cluster) -> None:
+    first, second = cluster.instance("web-1"), cluster.instance("web-2")
+    mine = first.claim("east", DUE)
+    assert mine is not None
+    assert first.renew([mine]) == [mine]
+    assert second.claim("east", DUE) is None
+    first.release(mine)
+    assert first.renew([mine]) == []  # released: no longer held
+    theirs = second.claim("east", DUE)
+    assert theirs is not None
+    assert theirs.fence == 2
+
+
+def test_a_result_other_than_ok_leaves_the_run_open_for_a_retry(cluster: Cluster) -> None:
+    first = cluster.instance("web-1")
+    mine = first.claim("east", DUE)
+    assert mine is not None
+    assert first.finish(mine, "transient") is True
+    again = first.claim("east", DUE)  # its own claim: the retry may go at once
+    assert again is not None
+    assert (again.fence, again.taken_over_from) == (2, None)
+    assert first.finish(again, "ok") is True
+    assert first.claim("east", DUE) is None

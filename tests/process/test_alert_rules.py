@@ -1,0 +1,253 @@
+"""The alert rules shipped in deploy/prometheus/ fire on what a real daemon's /metrics shows,
+judged by `promtool test rules`; and the state gauges behind them survive a restart.
+
+A real `refreshd run` against the simulator is brought into each state an alert is for
+(a success, a suspension, a credentials wait, a missed slot, nothing planned, a call in
+flight, then stopped); its scrapes become promtool's input series, held unchanged for
+the hours the rules look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from refreshd.simulator import Simulator
+from tests.support.alerts import Scrape, alert, expect, input_series, promtool, run_promtool, scrape
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    NOAPI_PASSWORD,
+    NOAPI_USER,
+    window_from_now,
+    write_daemon_config,
+)
+from tests.support.daemon import EXIT_OK, StartDaemon
+from tests.support.simulator import api_path
+from tests.support.waiting import eventually
+
+GHOST_USER, GHOST_PASSWORD = "ghost", "ghost-pass-404"  # unknown to VICIdial: "Login incorrect"
+CREDENTIALS = {
+    "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
+    "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
+    "ghost": {"user": GHOST_USER, "password": GHOST_PASSWORD},
+}
+SECRETS = (GOOD_PASSWORD, NOAPI_PASSWORD, GHOST_PASSWORD)
+SLOW = 25.0  # s5's answer takes this long: in flight during the first scrapes
+TIMEOUT = "30s"  # client.timeout: longer than SLOW, so s5's call ends well
+SHORT_WINDOW = 15.0  # s3's window: open at start, over before the test ends
+HOLD = 27 * 60  # steps (minutes) each series is held after the last scrape: 27 hours
+
+
+def _write(path: Path, sim: Simulator, state: Path, servers: list[dict[str, Any]]) -> Path:
+    return write_daemon_config(
+        path,
+        servers=servers,
+        credentials=CREDENTIALS,
+        daemon={"state_path": str(state), "metrics_listen": "127.0.0.1:0", "shutdown_grace": "1s"},
+        client={"timeout": TIMEOUT},
+        backoff={"retry_initial": "1s", "retry_max": "1s"},
+        # s4, where there is one, is blacked out for good.
+        blackouts=[
+            {"name": "frozen", "servers": ["s4"], "windows": ["2000-01-01T00:00/2999-01-01T00:00"]}
+        ]
+        if any(server["name"] == "s4" for server in servers)
+        else None,
+    )
+
+
+def _server(sim: Simulator, index: int, credentials: str, window: str) -> dict[str, Any]:
+    return {
+        "name": f"s{index}",
+        "api_url": sim.url + api_path(index),
+        "credentials": credentials,
+        "windows": [window],
+    }
+
+
+def _only(server: str, credentials: str) -> Any:
+    """Keep the series of one server and one credentials table, and the daemon-wide ones."""
+
+    def keep(labels: Mapping[str, str]) -> bool:
+        return labels.get("server", server) == server and (
+            labels.get("credentials", credentials) == credentials
+        )
+
+    return keep
+
+
+def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    promtool()  # skip (or under CI fail) before starting anything
+    window = window_from_now(-2, 600)
+    simulator.set_fault("http500", path=api_path(3))
+    simulator.set_fault("latency", latency=SLOW, path=api_path(5))
+    config = _write(
+        tmp_path / "refreshd.toml",
+        simulator,
+        tmp_path / "state.db",
+        [
+            _server(simulator, 0, "main", window),  # succeeds
+            _server(simulator, 1, "noapi", window),  # permission denied: suspended
+            _server(simulator, 2, "ghost", window),  # login refused: credentials wait
+            _server(simulator, 3, "main", window_from_now(-2, SHORT_WINDOW)),  # 500s: missed
+            _server(simulator, 4, "main", window),  # blacked out for good: unplanned
+            _server(simulator, 5, "main", window),  # slow: in flight
+        ],
+    )
+    daemon = start_daemon(config)
+    port = daemon.metrics_port()
+    daemon.wait_for("refresh.succeeded", server="s0")
+    daemon.wait_for("server.suspended", server="s1")
+    daemon.wait_for("credentials.suspended", credentials="ghost")
+    daemon.wait_for("server.unplanned", server="s4")
+    eventually(lambda: simulator.stats()["requests"].get(api_path(5)) == 1, what="s5 called")
+
+    first = scrape(port)
+    assert first.value("refreshd_slots_missed_total", server="s3") == 0, "s3's slot ended early"
+    in_flight = first.value("refreshd_longest_call_seconds") or 0.0
+    later: list[Scrape] = []
+    # The oldest call's age, read twice a second apart: how fast it grows while in flight.
+    eventually(
+        lambda: (
+            (later.append(scrape(port)) or True)
+            and (later[-1].value("refreshd_longest_call_seconds") or 0.0) >= in_flight + 1.0
+        ),
+        what="the call in flight one second older",
+    )
+    second = later[-1]
+    daemon.wait_for("slot.missed", server="s3", timeout=SHORT_WINDOW + 15)
+    missed: list[Scrape] = []
+    eventually(
+        lambda: (
+            (missed.append(scrape(port)) or True)
+            and missed[-1].value("refreshd_slots_missed_total", server="s3") == 1
+        ),
+        what="the missed slot counted",
+    )
+    third = missed[-1]
+    assert daemon.stop() == EXIT_OK
+    gone = scrape(port)
+    assert gone.samples is None
+
+    scrapes = [first, second, third]
+    for each in scrapes:
+        assert not [secret for secret in SECRETS if secret in each.text]
+    age = second.value("refreshd_longest_call_seconds") or 0.0
+    growth = (age - in_flight) / (second.at - first.at)
+    assert 0.5 < growth < 1.5, growth  # seconds per second: a clock, not a counter
+    every_server = [f"s{index}" for index in range(6)]
+    run_promtool(
+        tmp_path,
+        [
+            # s0 alone, refreshed: silent for 25 hours; after 26 without a success it fires.
+            {
+                "input_series": input_series(scrapes, hold=HOLD, keep=_only("s0", "main")),
+                "alert_rule_test": [
+                    *expect("25h", {}),
+                    *expect(
+                        "27h",
+                        {"RefreshdNoSuccess26h": [alert("RefreshdNoSuccess26h", server="s0")]},
+                    ),
+                ],
+            },
+            # Every state at once.
+            {
+                "input_series": input_series(scrapes, hold=HOLD),
+                "alert_rule_test": [
+                    *expect(
+                        "30m",
+                        {
+                            "RefreshdServerSuspended": [
+                                alert("RefreshdServerSuspended", server="s1")
+                            ],
+                            "RefreshdCredentialsWaiting": [
+                                alert("RefreshdCredentialsWaiting", credentials="ghost")
+                            ],
+                            "RefreshdSlotMissed": [alert("RefreshdSlotMissed", server="s3")],
+                            "RefreshdServerUnplanned": [
+                                alert("RefreshdServerUnplanned", server="s4")
+                            ],
+                        },
+                    ),
+                    # Never succeeded (s1 to s4) counts from first seen, like s0's last success.
+                    *expect(
+                        "27h",
+                        {
+                            "RefreshdNoSuccess26h": [
+                                alert("RefreshdNoSuccess26h", server=name) for name in every_server
+                            ],
+                            "RefreshdServerSuspended": [
+                                alert("RefreshdServerSuspended", server="s1")
+                            ],
+                            "RefreshdCredentialsWaiting": [
+                                alert("RefreshdCredentialsWaiting", credentials="ghost")
+                            ],
+                            "RefreshdServerUnplanned": [
+                                alert("RefreshdServerUnplanned", server="s4")
+                            ],
+                        },
+                    ),
+                ],
+            },
+            # The call in flight never ends: its age passes client.timeout.
+            {
+                "input_series": input_series(
+                    scrapes,
+                    hold=60,
+                    keep=_only("s0", "main"),
+                    growth={"refreshd_longest_call_seconds": growth},
+                ),
+                "alert_rule_test": [
+                    *expect("2m", {}),
+                    *expect("40m", {"RefreshdCallStuck": [alert("RefreshdCallStuck")]}),
+                ],
+            },
+            # The daemon stopped: scrapes fail.
+            {
+                "input_series": input_series([*scrapes, gone], hold=60, keep=_only("s0", "main")),
+                "alert_rule_test": [
+                    *expect("4m", {}),
+                    *expect("10m", {"RefreshdDown": [alert("RefreshdDown")]}),
+                ],
+            },
+            # No target at all: Prometheus has no `up` for the job.
+            {
+                "input_series": input_series(scrapes, hold=60, keep=_only("s0", "main"), up=False),
+                "alert_rule_test": [
+                    *expect("10m", {"RefreshdAbsent": [alert("RefreshdAbsent", scraped=False)]}),
+                ],
+            },
+        ],
+    )
+
+
+def test_a_restarted_daemon_exports_the_credentials_wait_and_first_seen_it_left(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    window = window_from_now(-2, 600)
+    config = _write(
+        tmp_path / "refreshd.toml",
+        simulator,
+        tmp_path / "state.db",
+        [_server(simulator, 0, "main", window), _server(simulator, 2, "ghost", window)],
+    )
+    first = start_daemon(config)
+    first.wait_for("credentials.suspended", credentials="ghost")
+    before = scrape(first.metrics_port())
+    assert first.stop() == EXIT_OK
+
+    second = start_daemon(config)
+    after = scrape(second.metrics_port())
+
+    assert simulator.stats()["requests"].get(api_path(2)) == 1  # still waiting: not tried
+    assert after.value("refreshd_credentials_waiting", credentials="ghost") == 1
+    assert after.value("refreshd_credentials_waiting", credentials="main") == 0
+    seen = "refreshd_server_first_seen_timestamp_seconds"
+    for server in ("s0", "s2"):
+        assert before.value(seen, server=server) is not None
+        assert after.value(seen, server=server) == before.value(seen, server=server)
+    assert after.value("refreshd_last_success_timestamp_seconds", server="s2") is None
+    assert not [secret for secret in SECRETS if secret in before.text + after.text]

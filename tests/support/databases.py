@@ -1,0 +1,80 @@
+"""The machine's database servers as tests use them: MariaDB (127.0.0.1:3306, root, empty
+password) and PostgreSQL (127.0.0.1:5432, postgres, trust). A database of the test's own, and
+database users of its own, each dropped at the end. Under CI a server that does not answer
+fails the test; elsewhere the test skips saying why."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from refreshd.dburl import DatabaseUrl
+
+HOST = "127.0.0.1"
+SERVERS = {  # engine -> (port, administrator)
+    "mysql": (3306, "root"),
+    "postgresql": (5432, "postgres"),
+}
+
+
+def _admin(engine: str) -> Any:
+    port, user = SERVERS[engine]
+    try:
+        if engine == "postgresql":
+            import psycopg
+
+            return psycopg.connect(
+                host=HOST, port=port, user=user, dbname="postgres", autocommit=True
+            )
+        import pymysql
+
+        return pymysql.connect(host=HOST, port=port, user=user, password="", autocommit=True)
+    except Exception as error:  # each driver's own connection error
+        reason = f"{engine} on {HOST}:{port} (user {user}) does not answer: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the database tests, not skip them")
+        pytest.skip(reason)
+
+
+def _quote(engine: str, name: str) -> str:
+    return f'"{name}"' if engine == "postgresql" else f"`{name}`"
+
+
+@contextmanager
+def scratch_database(engine: str = "mysql", prefix: str = "refreshd_test") -> Iterator[DatabaseUrl]:
+    """A new empty database, as the administrator's URL; dropped on leaving."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = _admin(engine)
+    port, user = SERVERS[engine]
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {_quote(engine, name)}")
+        yield DatabaseUrl(user, HOST, port, name, engine)
+    finally:
+        if engine == "postgresql":
+            admin.execute(f"DROP DATABASE IF EXISTS {_quote(engine, name)} WITH (FORCE)")
+        else:
+            admin.cursor().execute(f"DROP DATABASE IF EXISTS {_quote(engine, name)}")
+        admin.close()
+
+
+@contextmanager
+def database_user(grants: list[str], password: str) -> Iterator[str]:
+    """A new MariaDB user with `password` and these GRANTs ('SELECT ON db.table'); dropped
+    on leaving. The user name is returned."""
+    name = f"ro_{secrets.token_hex(4)}"
+    admin = _admin("mysql")
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
+            for grant in grants:
+                cursor.execute(f"GRANT {grant} TO '{name}'@'%'")
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+        admin.close()

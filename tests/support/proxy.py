@@ -1,0 +1,112 @@
+"""A tiny HTTP proxy on loopback: CONNECT tunnels (https:// targets) and absolute-form
+requests (http:// targets), to loopback only; it records what went through it."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+_TIMEOUT = 10.0  # seconds any socket of the proxy waits: nothing here can hang a test
+_MAX_HEAD = 65536
+
+
+class LoopbackProxy:
+    """`url` is what `[client] proxy` names. `seen`: one "CONNECT host:port" or
+    "POST http://..." line per connection (what follows on it is relayed unseen);
+    `authorized`: how many carried Proxy-Authorization (its value is never kept)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.authorized = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        client.settimeout(_TIMEOUT)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < _MAX_HEAD:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        head, _, rest = head.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ", 2)
+        with self._lock:
+            self.seen.append(f"{method} {target}")
+            if any(line.lower().startswith("proxy-authorization:") for line in lines[1:]):
+                self.authorized += 1
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            upstream = self._connect(host, int(port))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            parts = urlsplit(target)
+            upstream = self._connect(parts.hostname or "", parts.port or 80)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            kept = [line for line in lines[1:] if not line.lower().startswith("proxy-")]
+            request = "\r\n".join([f"{method} {path} {version}", *kept]) + "\r\n\r\n"
+            upstream.sendall(request.encode("latin-1"))
+        with upstream:
+            if rest:
+                upstream.sendall(rest)
+            _relay(client, upstream)
+
+    @staticmethod
+    def _connect(host: str, port: int) -> socket.socket:
+        if host not in ("127.0.0.1", "localhost"):
+            raise ValueError("the test proxy goes to loopback only")
+        upstream = socket.create_connection((host, port), timeout=_TIMEOUT)
+        upstream.settimeout(_TIMEOUT)
+        return upstream
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def _relay(one: socket.socket, other: socket.socket) -> None:
+    """Copy bytes both ways until either side closes or goes quiet for _TIMEOUT."""
+    peers = {one: other, other: one}
+    while True:
+        ready, _, _ = select.select(list(peers), [], [], _TIMEOUT)
+        if not ready:
+            return
+        for sock in ready:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            peers[sock].sendall(data)
+
+
+@contextlib.contextmanager
+def running_proxy() -> Iterator[LoopbackProxy]:
+    proxy = LoopbackProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
