@@ -26,6 +26,8 @@ class LoginGate(Protocol):
 
     def waiting(self, login: str, now: datetime) -> datetime | None: ...
 
+    def why_waiting(self, login: str, now: datetime) -> str: ...
+
     def try_start(self, login: str, password: str, now: datetime) -> bool: ...
 
     def prove(self, login: str, password: str) -> bool: ...
@@ -176,8 +178,9 @@ class Dispatcher:
                 skipped.append(
                     (
                         job,
-                        f"VICIdial user {job.login!r} is waiting after a refused login: no call "
-                        f"with it until {until.isoformat().replace('+00:00', 'Z')}",
+                        f"VICIdial user {job.login!r} may not log in until "
+                        f"{until.isoformat().replace('+00:00', 'Z')}: "
+                        f"{self._gate.why_waiting(job.login, now)}",
                     )
                 )
                 continue

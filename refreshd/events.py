@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from refreshd.core.ledger import Event, Kind, Ledger
 from refreshd.core.planning import Next
+from refreshd.core.policy import LoginWait
 from refreshd.core.vicidial import Attempt
 from refreshd.metrics import Metrics, ServerGauges, StateGauges
 
@@ -60,7 +61,7 @@ class LedgerView(Protocol):
 
     def login_name(self, login: str) -> str: ...
 
-    def waiting(self, login: str, now: datetime) -> datetime | None: ...
+    def wait_of(self, login: str, now: datetime) -> LoginWait | None: ...
 
 
 def state_gauges(
@@ -87,7 +88,9 @@ def state_gauges(
     return StateGauges(
         servers=servers,
         credentials_waiting={
-            view.login_name(key): view.waiting(key, now) is not None for key in logins
+            view.login_name(key): None if wait is None else wait.kind
+            for key in logins
+            for wait in (view.wait_of(key, now),)
         },
         client_timeout=client_timeout,
     )

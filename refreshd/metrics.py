@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from refreshd import __version__
+from refreshd.core.policy import WaitKind
 
 __all__ = ["Metrics", "ServerGauges", "StateGauges"]
 
@@ -34,7 +35,7 @@ class StateGauges:
     """Every state gauge's value at one instant (see `Metrics.watch`)."""
 
     servers: Mapping[str, ServerGauges]
-    credentials_waiting: Mapping[str, bool]  # by credentials' name
+    credentials_waiting: Mapping[str, WaitKind | None]  # by credentials' name: the wait's kind
     client_timeout: float  # seconds
 
 
@@ -125,8 +126,9 @@ _STATE_FAMILIES: dict[str, tuple[str, str | None]] = {
         "server",
     ),
     "refreshd_credentials_waiting": (
-        "1 while no login with these credentials may be tried: a wait after a refused "
-        "login or a lock-out, or the failed-login budget spent.",
+        "1 while no login with these credentials may be tried, in the series whose reason "
+        "says why: refused_login, locked_out, failed_login_budget (calls that were or may "
+        "have been failed logins, e.g. during a web server outage); 0 in the others.",
         "credentials",
     ),
     "refreshd_client_timeout_seconds": (
@@ -168,14 +170,24 @@ class _StateCollector(Collector):
             add("refreshd_server_unplanned", server, float(gauges.next_run is None))
             add("refreshd_server_suspended", server, float(gauges.suspended))
         for credentials, waiting in sorted(state.credentials_waiting.items()):
-            add("refreshd_credentials_waiting", credentials, float(waiting))
+            for kind in WaitKind:
+                families["refreshd_credentials_waiting"].add_metric(
+                    [credentials, str(kind)], float(waiting is kind)
+                )
         families["refreshd_client_timeout_seconds"].add_metric([], state.client_timeout)
         return list(families.values())
 
 
+# Families keyed by a second label too.
+_SECOND_LABEL = {"refreshd_credentials_waiting": "reason"}
+
+
 def _family(name: str) -> GaugeMetricFamily:
     text, label = _STATE_FAMILIES[name]
-    return GaugeMetricFamily(name, text, labels=[] if label is None else [label])
+    labels = [] if label is None else [label]
+    if name in _SECOND_LABEL:
+        labels.append(_SECOND_LABEL[name])
+    return GaugeMetricFamily(name, text, labels=labels)
 
 
 def _label_values(metric: Any) -> list[tuple[str, ...]]:

@@ -33,7 +33,7 @@ from refreshd.core.ledger import (
     login_key,
 )
 from refreshd.core.merge import Merged, merge, reconfigure
-from refreshd.core.policy import FAILED_LOGIN_LIMIT, Decision, credentials_attempt_allowed
+from refreshd.core.policy import Decision, LoginWait, WaitKind, credentials_attempt_allowed
 from refreshd.core.settle import learn, settle
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
@@ -135,25 +135,21 @@ class Runner:
 
     # --- the login gate ----------------------------------------------------------------
 
+    def wait_of(self, login: str, now: datetime) -> LoginWait | None:
+        """The wait that holds `login` back at `now`, if any: one that binds this process
+        (--force sets journaled ones aside), or a spent failed-login budget (which --force
+        does not lift); with its kind and reason (`policy.login_wait`)."""
+        return self._ledger.login(login).gate_wait(now, set_aside=self._set_aside.get(login))
+
     def waiting(self, login: str, now: datetime) -> datetime | None:
-        """Until when the login may not be tried, if it may not at `now`: a wait that binds
-        this process, or a spent failed-login budget (which --force does not lift)."""
-        entry = self._ledger.login(login)
-        until = self._binding_wait(login, entry)
-        ends = [t for t in (until, entry.budget_spent_until(now)) if t is not None and t > now]
-        return max(ends, default=None)
+        """Until when the login may not be tried, if it may not at `now`."""
+        wait = self.wait_of(login, now)
+        return None if wait is None else wait.until
 
     def why_waiting(self, login: str, now: datetime) -> str:
         """The reason behind `waiting`, for a person."""
-        entry = self._ledger.login(login)
-        spent = entry.budget_spent_until(now)
-        wait = self._binding_wait(login, entry)
-        if spent is not None and (wait is None or wait <= spent):
-            return (
-                f"{FAILED_LOGIN_LIMIT} logins as this user in 15 minutes were refused or got "
-                "no readable answer; VICIdial locks a user at 10"
-            )
-        return entry.wait_reason or "a refused login"
+        wait = self.wait_of(login, now)
+        return "" if wait is None else wait.reason
 
     def try_start(self, login: str, password: str, now: datetime) -> bool:
         """May one more call log in as `login` with the password fingerprinted `password`
@@ -170,12 +166,6 @@ class Runner:
             if allowed:
                 self._set_login(login, replace(entry, in_flight=entry.in_flight + 1))
             return allowed
-
-    def _binding_wait(self, login: str, entry: LoginEntry) -> datetime | None:
-        until = entry.wait_until
-        if until is not None and self._set_aside.get(login) == until:
-            return None  # the operator forced past this very wait
-        return until
 
     def finished(self, login: str) -> None:
         with self._lock:
@@ -194,17 +184,23 @@ class Runner:
 
     def waits_before(self, servers: Iterable[ServerConfig]) -> list[str]:
         """Why these servers' logins may not be tried now: one line per waiting login,
-        saying until when and why (for a one-shot command to refuse with)."""
+        saying until when, why, and whether --force lifts it (for a one-shot command to
+        refuse with)."""
         now = self.clock.now()
         lines: dict[str, str] = {}
         for server in servers:
             login = self.login_of(server)
-            until = self.waiting(login, now)
-            if until is not None and login not in lines:
-                when = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+            wait = self.wait_of(login, now)
+            if wait is not None and login not in lines:
+                when = wait.until.isoformat(timespec="seconds").replace("+00:00", "Z")
+                force = (
+                    "--force does not lift it"
+                    if wait.kind is WaitKind.FAILED_LOGIN_BUDGET
+                    else "--force logs in anyway"
+                )
                 lines[login] = (
                     f"credentials {self.login_name(login)!r} wait until {when}: "
-                    f"{self.why_waiting(login, now)}"
+                    f"{wait.reason} ({force})"
                 )
         return list(lines.values())
 

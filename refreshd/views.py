@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from refreshd.binding import schedule_of
 from refreshd.config import Config
-from refreshd.core.ledger import login_key
+from refreshd.core.ledger import LoginEntry, login_key
 from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
-from refreshd.store import CallRecord, CredentialsWait, ServerState
+from refreshd.store import CallRecord, ServerState
 
 __all__ = ["daemon_entry", "history_rows", "iso", "plan_document", "status_document"]
 
@@ -58,21 +59,25 @@ def daemon_entry(running: bool, pid: int | None, heartbeat: datetime | None) -> 
 def status_document(
     config: Config,
     states: dict[str, ServerState],
-    waits: dict[str, CredentialsWait],
+    logins: Mapping[str, LoginEntry],
     last_done: dict[str, datetime],
     now: datetime,
     *,
     daemon: dict[str, Any],
 ) -> dict[str, Any]:
     """The daemon (`daemon_entry`), and per server: last outcome, last success,
-    suspension, credentials wait, next run (as the daemon would plan it from this state)."""
+    suspension, credentials wait, next run (as the daemon would plan it from this state).
+    `logins`: the ledger's login entries; a wait is what the login gate would apply
+    (`LoginEntry.gate_wait`: a refused login, a lock-out or the failed-login budget)."""
     servers = []
     for server in config.servers:
         state = states.get(server.name, ServerState(server.name))
         # Waits are kept per VICIdial user; an older refreshd kept them per table.
         user = login_key(config.credentials[server.credentials].user)
-        wait = waits.get(user) or waits.get(server.credentials)
-        waiting = wait if wait is not None and wait.until > now else None
+        waiting = None
+        for key in (user, server.credentials):
+            if key in logins:
+                waiting = waiting or logins[key].gate_wait(now)
         until = state.suspended_until
         suspended = until if until is not None and until > now else None
         start = earliest_start(now, suspended, waiting.until if waiting else None)
@@ -89,6 +94,7 @@ def status_document(
                 "suspension_reason": state.suspension_reason if suspended else None,
                 "credentials": server.credentials,
                 "credentials_wait_until": iso(waiting.until) if waiting else None,
+                "credentials_wait_kind": str(waiting.kind) if waiting else None,
                 "credentials_wait_reason": waiting.reason if waiting else None,
             }
         )

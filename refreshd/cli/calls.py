@@ -103,7 +103,7 @@ def refresh(args: argparse.Namespace) -> int:
         servers = [config.server(name) for name in names]
         if not args.force and (waits := runner.waits_before(servers)):
             for text in waits:
-                say(f"refreshd refresh: {text}; not refreshing (--force logs in anyway)")
+                say(f"refreshd refresh: not refreshing: {text}")
             return EXIT_FAILED
         results = refresh_now(runner, names)
     return EXIT_OK if all(results.get(n) is Outcome.OK for n in names) else EXIT_FAILED

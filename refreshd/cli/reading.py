@@ -12,6 +12,7 @@ from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown
 from refreshd.cli.text import print_table, safe, say, when
 from refreshd.clock import system_clock
 from refreshd.config import Config
+from refreshd.core.policy import WaitKind
 from refreshd.instance import lock_holder
 from refreshd.store import StateError, StateStore
 from refreshd.views import daemon_entry, history_rows, plan_document, status_document
@@ -62,20 +63,20 @@ def status(args: argparse.Namespace) -> int:
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
         return EXIT_FAILED
-    states, waits, done, beat = {}, {}, {}, None
+    states, logins, done, beat = {}, {}, {}, None
     try:
         store = _read_store(config)
         if store is not None:
             with store:
                 states = store.all_server_states()
-                waits = store.all_credentials_waits()
+                logins = dict(store.load().logins)
                 done = store.last_runs_done()
                 beat = store.last_beat()
     except StateError as err:
         say(f"refreshd: {err}")
         return EXIT_FAILED
     daemon = daemon_entry(holder.running, holder.pid, beat)
-    document = status_document(config, states, waits, done, now, daemon=daemon)
+    document = status_document(config, states, logins, done, now, daemon=daemon)
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -96,6 +97,14 @@ def _daemon_line(
     return f"daemon: NOT running ({heartbeat})"
 
 
+# The HELD column's words for each policy.WaitKind.
+_WAIT_WORDS = {
+    WaitKind.REFUSED_LOGIN: "login refused: credentials wait",
+    WaitKind.LOCKED_OUT: "login locked by VICIdial: credentials wait",
+    WaitKind.FAILED_LOGIN_BUDGET: "failed-login budget spent: logins paused",
+}
+
+
 def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]:
     def shown(key: str) -> str:
         value = entry[key]
@@ -105,7 +114,8 @@ def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]
     if entry["suspended_until"]:
         held = f"suspended until {shown('suspended_until')}"
     elif entry["credentials_wait_until"]:
-        held = f"credentials wait until {shown('credentials_wait_until')}"
+        what = _WAIT_WORDS.get(entry["credentials_wait_kind"], "credentials wait")
+        held = f"{what} until {shown('credentials_wait_until')}"
     return [
         entry["server"],
         entry["last_outcome"] or "-",

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from refreshd.core.policy import failed_login_budget_until
+from refreshd.core.policy import LoginWait, WaitKind, failed_login_budget_until, login_wait
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Outcome
 
@@ -81,11 +81,22 @@ class LoginEntry:
     """When calls as this user were refused, or ended without a readable answer while
     their password was unproven (each may have been a failed login), since the last
     login that worked, oldest first; journaled, so every process spends one budget."""
+    wait_kind: WaitKind = WaitKind.REFUSED_LOGIN
+    """What started the wait (`policy.WAIT_OF`); read only while `wait_until` is set."""
 
     def waiting_at(self, now: datetime) -> datetime | None:
         """The wait's end, if one runs at `now`."""
         until = self.wait_until
         return until if until is not None and until > now else None
+
+    def gate_wait(self, now: datetime, *, set_aside: datetime | None = None) -> LoginWait | None:
+        """The wait that holds this login back at `now` (`policy.login_wait`), if any;
+        `set_aside`: a journaled wait an operator forced past, which then does not bind."""
+        until = self.wait_until
+        wait = None
+        if until is not None and until != set_aside:
+            wait = LoginWait(until, self.wait_kind, self.wait_reason or "a refused login")
+        return login_wait(wait, self.failed_logins, now)
 
     def budget_spent_until(self, now: datetime) -> datetime | None:
         """The end of a pause after too many (maybe) failed logins, if one runs at `now`."""

@@ -85,6 +85,7 @@ def _adopt_table_keyed_waits(ledger: Ledger, logins: Logins) -> dict[str, LoginE
                 mine,
                 wait_until=old.wait_until,
                 wait_reason=old.wait_reason,
+                wait_kind=old.wait_kind,
                 fingerprint=old.fingerprint,
             )
         moved[table] = LoginEntry()  # journaled as the old row's deletion
@@ -245,6 +246,7 @@ def _merge_login(
             mine,
             wait_until=until,
             wait_reason=theirs.wait_reason,
+            wait_kind=theirs.wait_kind,
             fingerprint=theirs.fingerprint,
             proven=frozenset(),
         )
@@ -252,6 +254,7 @@ def _merge_login(
             Kind.CREDENTIALS_SUSPENDED,
             {
                 "credentials": name,
+                "wait": str(theirs.wait_kind),
                 "suspended_until": until,
                 "reason": f"{theirs.wait_reason} (by a manual refresh)",
             },

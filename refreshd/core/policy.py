@@ -42,6 +42,7 @@ from refreshd.core.durations import format_duration
 from refreshd.core.vicidial import Outcome
 
 __all__ = [
+    "BUDGET_REASON",
     "FAILED_LOGIN_LIMIT",
     "LOCKOUT_MARGIN",
     "LOCKOUT_SAFE_AUTH_RETRY",
@@ -52,12 +53,16 @@ __all__ = [
     "RETRY_FLOOR",
     "SUSPENDING",
     "VICIDIAL_LOCKOUT",
+    "WAIT_OF",
     "Action",
     "Backoff",
     "Decision",
+    "LoginWait",
+    "WaitKind",
     "credentials_attempt_allowed",
     "decide",
     "failed_login_budget_until",
+    "login_wait",
     "retry_delay",
     "suspension_length",
 ]
@@ -116,6 +121,54 @@ def failed_login_budget_until(times: tuple[datetime, ...], now: datetime) -> dat
     if len(recent) < FAILED_LOGIN_LIMIT:
         return None
     return recent[-FAILED_LOGIN_LIMIT] + VICIDIAL_LOCKOUT
+
+
+class WaitKind(enum.StrEnum):
+    """Why no login as a user may be tried: each asks the operator for something else."""
+
+    REFUSED_LOGIN = "refused_login"
+    """VICIdial said `Login incorrect`: fix the password."""
+    LOCKED_OUT = "locked_out"
+    """VICIdial locked the user after too many failed logins (from anywhere)."""
+    FAILED_LOGIN_BUDGET = "failed_login_budget"
+    """`FAILED_LOGIN_LIMIT` calls in 15 minutes were refused or got no readable answer
+    (a web server outage does this): a pause that ends by itself."""
+
+
+WAIT_OF: dict[Outcome, WaitKind] = {
+    Outcome.AUTH_FAILED: WaitKind.REFUSED_LOGIN,
+    Outcome.LOCKED_OUT: WaitKind.LOCKED_OUT,
+}
+"""The wait each refusing outcome starts."""
+
+BUDGET_REASON = (
+    f"{FAILED_LOGIN_LIMIT} logins as this user in 15 minutes were refused or got no "
+    "readable answer (each may have been a failed login; VICIdial locks a user at 10)"
+)
+
+
+@dataclass(frozen=True)
+class LoginWait:
+    """A wait the login gate applies: until when, of which kind, and why, for a person."""
+
+    until: datetime
+    kind: WaitKind
+    reason: str
+
+
+def login_wait(
+    wait: LoginWait | None, failed_logins: tuple[datetime, ...], now: datetime
+) -> LoginWait | None:
+    """The wait that holds a login back at `now`, if any: the longer of its journaled
+    `wait` (after a refused login or a lock-out) and a spent failed-login budget. The
+    one rule the gate, the metrics and `status` all ask."""
+    spent = failed_login_budget_until(failed_logins, now)
+    budget = (
+        None if spent is None else LoginWait(spent, WaitKind.FAILED_LOGIN_BUDGET, BUDGET_REASON)
+    )
+    # On a tie the budget is named: it holds even against --force.
+    ends = [w for w in (budget, wait) if w is not None and w.until > now]
+    return max(ends, key=lambda w: w.until, default=None)
 
 
 REFUSED_LOGIN: frozenset[Outcome] = frozenset({Outcome.AUTH_FAILED, Outcome.LOCKED_OUT})

@@ -7,16 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from refreshd.core.durations import format_duration
 from refreshd.core.ledger import Call, Event, Kind, Ledger, LoginEntry, ServerEntry
 from refreshd.core.policy import (
-    FAILED_LOGIN_LIMIT,
+    BUDGET_REASON,
     LOGIN_PROVEN,
     REFUSED_LOGIN,
     VICIDIAL_LOCKOUT,
+    WAIT_OF,
     Action,
     Backoff,
     Decision,
+    WaitKind,
     decide,
 )
 from refreshd.core.vicidial import Attempt, Outcome
@@ -107,6 +108,7 @@ def learn(
                 {
                     "credentials": call.credentials,
                     "outcome": str(outcome),
+                    "wait": str(WAIT_OF[outcome]),
                     "suspended_until": decision.at,
                     "reason": f"{decision.reason} (check --online)",
                 },
@@ -162,6 +164,7 @@ def login_after(
             entry,
             wait_until=decision.at,
             wait_reason=decision.reason,
+            wait_kind=WAIT_OF[outcome],
             fingerprint=call.login_fingerprint,
             proven=frozenset(),
         )
@@ -197,17 +200,13 @@ def _count_failed_login(
     until = login.budget_spent_until(now)
     if until is None or before.budget_spent_until(now) is not None:
         return login, ()
-    reason = (
-        f"{FAILED_LOGIN_LIMIT} calls in {format_duration(VICIDIAL_LOCKOUT)} were refused or "
-        "ended without a readable answer while the login was unproven (each may have been "
-        "a failed login)"
-    )
     fields = {
         "credentials": call.credentials,
         "server": call.server,
         "outcome": str(attempt.answer.outcome),
+        "wait": str(WaitKind.FAILED_LOGIN_BUDGET),
         "suspended_until": until,
-        "reason": reason,
+        "reason": BUDGET_REASON,
     }
     return login, (Event(Kind.CREDENTIALS_SUSPENDED, fields),)
 
@@ -267,6 +266,7 @@ def _call_events(
                 "credentials": call.credentials,
                 "server": call.server,
                 "outcome": str(answer.outcome),
+                "wait": str(WAIT_OF[answer.outcome]),
                 "suspended_until": decision.at,
                 "reason": decision.reason,
             },

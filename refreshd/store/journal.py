@@ -231,10 +231,7 @@ class StateStore:
         if login.wait_until is None:
             conn.execute(schema.WAIT_DELETE, (key,))
         else:
-            conn.execute(
-                schema.WAIT_UPSERT,
-                (key, rows.text(login.wait_until), login.wait_reason or "", login.fingerprint),
-            )
+            conn.execute(schema.WAIT_UPSERT, rows.wait_row(key, login))
         conn.execute(schema.FAILED_DELETE, (key,))
         conn.executemany(schema.FAILED_INSERT, [(key, rows.text(at)) for at in login.failed_logins])
 

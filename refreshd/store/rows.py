@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from refreshd.core.ledger import LoginEntry, ServerEntry
+from refreshd.core.policy import WaitKind
 from refreshd.core.vicidial import Outcome
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "server_state",
     "text",
     "time",
+    "wait_row",
 ]
 
 DETAIL_MAX = 1000
@@ -63,6 +65,7 @@ class CredentialsWait:
     fingerprint: str | None
     """The credentials' config fingerprint when the wait began: a reload that changes
     it ends the wait early (SPEC: a wait ends when the config changes)."""
+    kind: WaitKind = WaitKind.REFUSED_LOGIN
 
 
 @dataclass(frozen=True)
@@ -174,12 +177,31 @@ def server_row(name: str, entry: ServerEntry) -> tuple[object, ...]:
 
 
 def credentials_wait(row: tuple[object, ...]) -> CredentialsWait:
-    name, until, reason, fingerprint = row
-    return CredentialsWait(str(name), time(str(until)), str(reason), _opt_str(fingerprint))
+    name, until, reason, fingerprint, kind = row
+    return CredentialsWait(
+        str(name),
+        time(str(until)),
+        str(reason),
+        _opt_str(fingerprint),
+        WaitKind.REFUSED_LOGIN if kind is None else WaitKind(str(kind)),
+    )
+
+
+def wait_row(key: str, login: LoginEntry) -> tuple[object, ...]:
+    """A login's running wait as schema.WAIT_UPSERT's values."""
+    until = login.wait_until
+    if until is None:
+        raise ValueError("only a login with a wait has a wait row")
+    return (key, text(until), login.wait_reason or "", login.fingerprint, str(login.wait_kind))
 
 
 def login_entry(wait: CredentialsWait) -> LoginEntry:
-    return LoginEntry(wait_until=wait.until, wait_reason=wait.reason, fingerprint=wait.fingerprint)
+    return LoginEntry(
+        wait_until=wait.until,
+        wait_reason=wait.reason,
+        wait_kind=wait.kind,
+        fingerprint=wait.fingerprint,
+    )
 
 
 # -- calls -----------------------------------------------------------------------------

@@ -93,6 +93,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             heartbeat_at TEXT NOT NULL
         )""",
     ),
+    # 4 -> 5: what started each credentials wait (policy.WaitKind), so that status, the
+    # metrics and the alerts tell a refused login from a lock-out. NULL (older waits): a
+    # refused login.
+    ("ALTER TABLE credentials_waits ADD COLUMN kind TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -118,12 +122,12 @@ SERVER_UPSERT = (
 
 # -- credentials waits -----------------------------------------------------------------
 
-WAIT_SELECT = "SELECT name, waiting_until, reason, fingerprint FROM credentials_waits"
+WAIT_SELECT = "SELECT name, waiting_until, reason, fingerprint, kind FROM credentials_waits"
 WAIT_UPSERT = (
-    "INSERT INTO credentials_waits (name, waiting_until, reason, fingerprint) "
-    "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "INSERT INTO credentials_waits (name, waiting_until, reason, fingerprint, kind) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
     "waiting_until = excluded.waiting_until, reason = excluded.reason, "
-    "fingerprint = excluded.fingerprint"
+    "fingerprint = excluded.fingerprint, kind = excluded.kind"
 )
 WAIT_DELETE = "DELETE FROM credentials_waits WHERE name = ?"
 

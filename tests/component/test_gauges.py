@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from refreshd.simulator.rules import SimUser, Vicidial
-from tests.support.loop import USER, at, fleet, running, users
+from tests.support.loop import USER, at, fleet, http_error, running, users
 
 MONDAY = at("2027-01-04T00:00:00")
 HOUR = timedelta(hours=1)
@@ -28,7 +28,9 @@ def test_a_credentials_wait_restored_from_the_state_file_is_exported_before_any_
         first.run_for(MINUTE)
         assert first.log.matching("credentials.suspended")
     with running(config, tmp_path, start=MONDAY + HOUR, vicidial=first.vicidial) as second:
-        waiting = second.sample("refreshd_credentials_waiting", credentials="main")
+        waiting = second.sample(
+            "refreshd_credentials_waiting", credentials="main", reason="refused_login"
+        )
         calls = list(second.calls)
 
     assert calls == []
@@ -39,13 +41,19 @@ def test_a_credentials_wait_learnt_from_a_manual_refresh_is_exported(tmp_path: P
     vicidial = Vicidial(users())
     config = fleet([{"name": "east", "windows": ["05:00-06:00"]}], backoff={"auth_retry": "1h"})
     with running(config, tmp_path, start=MONDAY, vicidial=vicidial) as loop:
-        before = loop.sample("refreshd_credentials_waiting", credentials="main")
+        before = loop.sample(
+            "refreshd_credentials_waiting", credentials="main", reason="refused_login"
+        )
         vicidial.update_user(USER, password="changed-on-the-dialer")
         loop.manual_refresh("east")  # refused: the manual process journals a wait
         loop.sync()  # the daemon's heartbeat
-        after = loop.sample("refreshd_credentials_waiting", credentials="main")
+        after = loop.sample(
+            "refreshd_credentials_waiting", credentials="main", reason="refused_login"
+        )
         loop.clock.set(MONDAY + 2 * HOUR)  # the wait has run out, with no event to say so
-        ended = loop.sample("refreshd_credentials_waiting", credentials="main")
+        ended = loop.sample(
+            "refreshd_credentials_waiting", credentials="main", reason="refused_login"
+        )
 
     assert (before, after, ended) == (0, 1, 0)
 
@@ -112,3 +120,24 @@ def test_a_server_with_nothing_planned_is_exported_as_unplanned_without_a_next_s
         ("refreshd_next_slot_timestamp_seconds", "frozen"): None,
         ("refreshd_next_slot_timestamp_seconds", "east"): (MONDAY + 2 * HOUR).timestamp(),
     }
+
+
+def test_a_spent_failed_login_budget_is_exported_as_its_own_reason(tmp_path: Path) -> None:
+    # A web server answering 500 (a reached call without a readable answer) to a login not
+    # yet proven: after 3 such calls the logins pause; that is no refused password.
+    config = fleet(
+        [{"name": "east", "windows": ["00:00-24:00"]}],
+        backoff={"retry_initial": "1s", "retry_max": "2s"},
+    )
+    with running(config, tmp_path, start=MONDAY) as loop:
+        loop.fault = lambda n: http_error(500)
+        loop.run_for(MINUTE)
+        shown = {
+            reason: loop.sample("refreshd_credentials_waiting", credentials="main", reason=reason)
+            for reason in ("refused_login", "locked_out", "failed_login_budget")
+        }
+        paused = loop.log.matching("credentials.suspended")
+
+    assert len(loop.calls) == 3
+    assert shown == {"refused_login": 0, "locked_out": 0, "failed_login_budget": 1}
+    assert [event["wait"] for event in paused] == ["failed_login_budget"]

@@ -348,7 +348,8 @@ def test_a_vicidial_slower_than_the_timeout_with_a_changed_password_never_locks(
     assert max_in_any(times, timedelta(minutes=15)) <= 3
     paused = loop.log.matching("credentials.suspended")
     assert paused
-    assert "without a readable answer" in paused[0]["reason"]
+    assert paused[0]["wait"] == "failed_login_budget"
+    assert "no readable answer" in paused[0]["reason"]
 
 
 def max_in_any(times: list[datetime], window: timedelta) -> int:

@@ -23,6 +23,7 @@ import pytest
 from refreshd.clock import FakeClock
 from refreshd.config import Config, validate_config
 from refreshd.core.ledger import Ledger, LoginEntry, ServerEntry
+from refreshd.core.policy import WaitKind
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.runner import Runner
@@ -331,12 +332,16 @@ def test_credentials_waits_round_trip_and_clear(store: StateStore) -> None:
     first = LoginEntry(
         wait_until=SLOT + 60 * MIN, wait_reason="auth_failed", fingerprint="sha256:1"
     )
-    longer = LoginEntry(wait_until=SLOT + 6 * 60 * MIN, wait_reason="locked_out")
+    longer = LoginEntry(
+        wait_until=SLOT + 6 * 60 * MIN, wait_reason="locked_out", wait_kind=WaitKind.LOCKED_OUT
+    )
     west = LoginEntry(wait_until=SLOT, wait_reason="auth_failed", fingerprint="sha256:2")
     store.journal(servers={}, logins={"east": first})
     store.journal(servers={}, logins={"east": longer, "west": west})
     assert store.load().logins == {"east": longer, "west": west}
-    expected = CredentialsWait("east", SLOT + 6 * 60 * MIN, "locked_out", None)
+    expected = CredentialsWait(
+        "east", SLOT + 6 * 60 * MIN, "locked_out", None, kind=WaitKind.LOCKED_OUT
+    )
     assert store.credentials_wait("east") == expected
     assert list(store.all_credentials_waits()) == ["east", "west"]
     store.journal(servers={}, logins={"east": LoginEntry()})  # no wait_until: the wait ends
@@ -633,7 +638,7 @@ def test_a_version_2_file_gains_the_heartbeat_and_keeps_its_state(path: Path) ->
         assert upgraded.server_state("east-1").last_outcome is Outcome.OK
         assert upgraded.last_beat() is None  # no daemon of this version has beat yet
         upgraded.beat(SLOT)
-    assert user_version(path) == SCHEMA_VERSION == 4
+    assert user_version(path) == SCHEMA_VERSION == 5
     with StateStore.open_readonly(path) as reader:
         assert reader.last_beat() == SLOT
 

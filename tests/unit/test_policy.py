@@ -14,10 +14,14 @@ from refreshd.core.policy import (
     LOCKOUT_WAIT,
     MAX_LOGINS_IN_FLIGHT,
     RETRY_FLOOR,
+    VICIDIAL_LOCKOUT,
     Action,
     Backoff,
+    LoginWait,
+    WaitKind,
     credentials_attempt_allowed,
     decide,
+    login_wait,
     retry_delay,
     suspension_length,
 )
@@ -374,3 +378,34 @@ def test_the_simulation_catches_a_client_that_ignores_the_gate() -> None:
 def test_backoff_accepts_short_auth_retry_for_tests() -> None:
     # Below LOCKOUT_SAFE_AUTH_RETRY the lock-out bound no longer holds; config warns.
     assert Backoff(auth_retry=S).auth_retry == S
+
+
+def test_the_login_wait_names_a_spent_failed_login_budget_as_its_own_kind() -> None:
+    minute = timedelta(minutes=1)
+    failed = (NOW - 3 * minute, NOW - 2 * minute, NOW - minute)
+
+    wait = login_wait(None, failed, NOW)
+
+    assert wait is not None
+    assert wait.kind is WaitKind.FAILED_LOGIN_BUDGET
+    assert wait.until == failed[0] + VICIDIAL_LOCKOUT
+    assert login_wait(None, failed[1:], NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("journaled_for", "kind"),
+    [
+        (timedelta(hours=6), WaitKind.REFUSED_LOGIN),  # the longer wait binds: its kind
+        (timedelta(minutes=5), WaitKind.FAILED_LOGIN_BUDGET),
+    ],
+)
+def test_the_login_wait_is_the_one_that_ends_last(journaled_for: timedelta, kind: WaitKind) -> None:
+    minute = timedelta(minutes=1)
+    failed = (NOW - 3 * minute, NOW - 2 * minute, NOW - minute)
+    journaled = LoginWait(NOW + journaled_for, WaitKind.REFUSED_LOGIN, "login refused")
+
+    wait = login_wait(journaled, failed, NOW)
+
+    assert wait is not None
+    assert wait.kind is kind
+    assert wait.until == max(NOW + journaled_for, failed[0] + VICIDIAL_LOCKOUT)
