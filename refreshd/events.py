@@ -3,17 +3,19 @@ happens, and the state gauges read from it at each scrape."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from refreshd.core.ledger import Event, Kind, Ledger
-from refreshd.core.planning import Next
+from refreshd.core.planning import Next, success_gap
 from refreshd.core.policy import LoginWait
+from refreshd.core.slots import Schedule
 from refreshd.core.vicidial import Attempt
 from refreshd.metrics import Metrics, ServerGauges, StateGauges
 
-__all__ = ["Events", "LedgerView", "state_gauges"]
+__all__ = ["Events", "LedgerView", "SuccessGaps", "state_gauges"]
 
 _LEVELS: dict[Kind, str] = {
     Kind.REFRESH_SUCCEEDED: "info",
@@ -64,15 +66,44 @@ class LedgerView(Protocol):
     def wait_of(self, login: str, now: datetime) -> LoginWait | None: ...
 
 
+class SuccessGaps:
+    """Each server's success gap (`planning.success_gap`), worked out from its schedule
+    when the config is loaded or reloaded and again on the first scrape of each UTC day (as
+    the plan moves on), never at every scrape. Thread-safe: scrapes read it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._schedules: dict[str, Schedule] = {}
+        self._day: date | None = None
+        self._gaps: dict[str, timedelta | None] = {}
+
+    def configure(self, schedules: Mapping[str, Schedule], now: datetime) -> None:
+        with self._lock:
+            self._schedules = dict(schedules)
+            self._work_out(now)
+
+    def at(self, now: datetime) -> Mapping[str, timedelta | None]:
+        with self._lock:
+            if now.astimezone(UTC).date() != self._day:
+                self._work_out(now)
+            return self._gaps
+
+    def _work_out(self, now: datetime) -> None:
+        self._day = now.astimezone(UTC).date()
+        self._gaps = {name: success_gap(s, now) for name, s in self._schedules.items()}
+
+
 def state_gauges(
     view: LedgerView,
     plans: Mapping[str, tuple[str, Next | None]],
     *,
     now: datetime,
     client_timeout: float,
+    gaps: Mapping[str, timedelta | None] | None = None,
 ) -> StateGauges:
     """The state gauges read from the ledger and the plan: `plans` gives each configured
-    server's login and next run (None when nothing is planned)."""
+    server's login and next run (None when nothing is planned); `gaps` each one's success
+    gap (`SuccessGaps`)."""
     ledger = view.ledger
     servers = {
         name: ServerGauges(
@@ -80,6 +111,7 @@ def state_gauges(
             first_seen=entry.first_seen,
             next_run=None if planned is None else planned.at,
             suspended=entry.suspended_at(now) is not None,
+            success_gap=(gaps or {}).get(name),
         )
         for name, (_, planned) in plans.items()
         for entry in (ledger.server(name),)

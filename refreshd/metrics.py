@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,6 +28,7 @@ class ServerGauges:
     first_seen: datetime | None
     next_run: datetime | None  # None: nothing planned
     suspended: bool
+    success_gap: timedelta | None = None  # None: fewer than two slots to expect a success in
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,12 @@ _STATE_FAMILIES: dict[str, tuple[str, str | None]] = {
         "Unix time of the server's next planned refresh; absent while nothing is planned.",
         "server",
     ),
+    "refreshd_server_success_gap_seconds": (
+        "The longest the server can go without a success while every slot succeeds: the "
+        "longest from one slot's start to the end of the next, over the five weeks before "
+        "and after now (alert on time since the last success beyond it).",
+        "server",
+    ),
     "refreshd_server_unplanned": (
         "1 while the server has no refresh planned: blackouts cover its windows as far "
         "as the planner searches (400 days).",
@@ -167,6 +174,9 @@ class _StateCollector(Collector):
                 )
             if gauges.next_run is not None:
                 add("refreshd_next_slot_timestamp_seconds", server, gauges.next_run.timestamp())
+            if gauges.success_gap is not None:
+                seconds = gauges.success_gap.total_seconds()
+                add("refreshd_server_success_gap_seconds", server, seconds)
             add("refreshd_server_unplanned", server, float(gauges.next_run is None))
             add("refreshd_server_suspended", server, float(gauges.suspended))
         for credentials, waiting in sorted(state.credentials_waiting.items()):

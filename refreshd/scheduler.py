@@ -20,7 +20,7 @@ from refreshd.core.policy import Action, Decision
 from refreshd.core.slots import Run, Schedule, open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
-from refreshd.events import state_gauges
+from refreshd.events import SuccessGaps, state_gauges
 from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
 from refreshd.timer import Timer
@@ -91,6 +91,7 @@ class Scheduler:
         self._servers: dict[str, _Server] = {}
         self._timer = Timer(clock, self._wake, self._generation_of)
         self._stopping = False
+        self.gaps = SuccessGaps()
         if metrics is not None:
             metrics.in_flight.set_function(lambda: self.dispatcher.in_flight)
             metrics.longest_call.set_function(self.dispatcher.longest_in_flight)
@@ -140,7 +141,8 @@ class Scheduler:
         with self._lock:
             now, timeout = self._clock.now(), self.config.client.timeout.total_seconds()
             plans = {s.name: (s.login, s.run_next) for s in self._servers.values()}
-        return state_gauges(self.runner, plans, now=now, client_timeout=timeout)
+        gaps = self.gaps.at(now)
+        return state_gauges(self.runner, plans, now=now, client_timeout=timeout, gaps=gaps)
 
     # --- health ------------------------------------------------------------------------
 
@@ -235,6 +237,7 @@ class Scheduler:
             memo: _PlanMemo = {}
             for server in to_plan:
                 self._plan(server, now, memo)
+            self.gaps.configure({n: s.schedule for n, s in self._servers.items()}, now)
         if self.metrics is not None:
             self.metrics.servers_configured(self._servers)
         return changes

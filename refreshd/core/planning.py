@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 
-from refreshd.core.runs import HORIZON, next_runs, run_after, run_at_or_before
+from refreshd.core.runs import HORIZON, next_runs, run_after, run_at_or_before, run_from
 from refreshd.core.slots import Run, Schedule, Slot, open_until, slot_at, slots_between
 
 __all__ = [
@@ -17,9 +18,14 @@ __all__ = [
     "never_runs",
     "next_fire",
     "retry_until",
+    "success_gap",
 ]
 
 _TICK = timedelta(microseconds=1)
+
+GAP_SPAN = timedelta(weeks=5)
+"""`success_gap` looks this far back and ahead: every weekly pattern and the blackouts
+around now; a longer blackout is seen as it comes within reach."""
 
 
 @dataclass(frozen=True)
@@ -112,3 +118,27 @@ def _never_runs(schedule: Schedule, now: datetime) -> str | None:
     if slots_between(schedule, now, now + HORIZON):
         return f"every window in the next {days} days falls in a blackout"
     return f"its windows give no slot in the next {days} days"
+
+
+def success_gap(schedule: Schedule, now: datetime) -> timedelta | None:
+    """The longest a server with this schedule can go between two successes while every
+    slot succeeds: the longest from one slot's start to the end of the next slot with a
+    run, over the slots `GAP_SPAN` around `now` and the first one after them (wherever
+    the planner finds it). None with fewer than two slots with a run: nothing to expect."""
+    # Whether a slot has a run, and its start, depend on the windows, blackouts and zone
+    # only (see never_runs): servers sharing them share one computation.
+    return _success_gap(replace(schedule, offset=timedelta(0), every=None), now)
+
+
+@functools.lru_cache(maxsize=256)
+def _success_gap(schedule: Schedule, now: datetime) -> timedelta | None:
+    slots = {
+        slot.start: slot
+        for slot in slots_between(schedule, now - GAP_SPAN, now + GAP_SPAN)
+        if run_from(schedule, slot, slot.start) is not None
+    }
+    for run in next_runs(schedule, now + GAP_SPAN, 1):
+        slots.setdefault(run.slot.start, run.slot)
+    ordered = sorted(slots.values(), key=lambda slot: slot.start)
+    gaps = [after.end - before.start for before, after in pairwise(ordered)]
+    return max(gaps, default=None)

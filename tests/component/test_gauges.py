@@ -141,3 +141,24 @@ def test_a_spent_failed_login_budget_is_exported_as_its_own_reason(tmp_path: Pat
     assert len(loop.calls) == 3
     assert shown == {"refused_login": 0, "locked_out": 0, "failed_login_budget": 1}
     assert [event["wait"] for event in paused] == ["failed_login_budget"]
+
+
+def test_each_server_exports_its_success_gap_from_its_own_schedule(tmp_path: Path) -> None:
+    config = fleet(
+        [
+            {"name": "nightly", "windows": ["02:00-04:00"]},
+            {"name": "weekly", "windows": ["sun 03:00-05:00"]},
+            {"name": "weekdays", "windows": ["mon-fri 02:00-04:00"]},
+        ]
+    )
+    with running(config, tmp_path, start=MONDAY) as loop:
+        gaps = {
+            name: loop.sample("refreshd_server_success_gap_seconds", server=name)
+            for name in ("nightly", "weekly", "weekdays")
+        }
+
+    assert gaps == {
+        "nightly": (24 + 2) * 3600,
+        "weekly": (7 * 24 + 2) * 3600,
+        "weekdays": (3 * 24 + 2) * 3600,
+    }

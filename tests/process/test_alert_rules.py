@@ -2,14 +2,15 @@
 judged by `promtool test rules`; and the state gauges behind them survive a restart.
 
 A real `refreshd run` against the simulator is brought into each state an alert is for
-(a success, a suspension, a credentials wait, a missed slot, nothing planned, a call in
-flight, then stopped); its scrapes become promtool's input series, held unchanged for
-the hours the rules look at.
+(a success, daily and weekly, a suspension, a credentials wait, a spent failed-login budget,
+a missed slot, nothing planned, a call in flight, then stopped); its scrapes become
+promtool's input series, held unchanged for the hours (or the week) the rules look at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,20 @@ from tests.support.simulator import api_path
 from tests.support.waiting import eventually
 
 GHOST_USER, GHOST_PASSWORD = "ghost", "ghost-pass-404"  # unknown to VICIdial: "Login incorrect"
+# Its web server answers 500 only: the failed-login budget is spent, no login was refused.
+OUTAGE_USER, OUTAGE_PASSWORD = "outage", "outage-pass-500"
 CREDENTIALS = {
     "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
     "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
     "ghost": {"user": GHOST_USER, "password": GHOST_PASSWORD},
+    "outage": {"user": OUTAGE_USER, "password": OUTAGE_PASSWORD},
 }
-SECRETS = (GOOD_PASSWORD, NOAPI_PASSWORD, GHOST_PASSWORD)
+SECRETS = (GOOD_PASSWORD, NOAPI_PASSWORD, GHOST_PASSWORD, OUTAGE_PASSWORD)
 SLOW = 25.0  # s5's answer takes this long: in flight during the first scrapes
 TIMEOUT = "30s"  # client.timeout: longer than SLOW, so s5's call ends well
 SHORT_WINDOW = 15.0  # s3's window: open at start, over before the test ends
 HOLD = 27 * 60  # steps (minutes) each series is held after the last scrape: 27 hours
+WEEK_HOLD = (7 * 24 + 3) * 60  # a week and 3 hours: past a weekly server's success gap
 
 
 def _write(path: Path, sim: Simulator, state: Path, servers: list[dict[str, Any]]) -> Path:
@@ -66,6 +71,12 @@ def _server(sim: Simulator, index: int, credentials: str, window: str) -> dict[s
     }
 
 
+def _weekly(window: str) -> str:
+    """A daily window as a weekly one: the same hours, on today's weekday only (UTC)."""
+    today = datetime.now(UTC) - timedelta(seconds=1)  # window_from_now opens a second ago
+    return f"{today:%a}".lower() + " " + window
+
+
 def _only(server: str, credentials: str) -> Any:
     """Keep the series of one server and one credentials table, and the daemon-wide ones."""
 
@@ -84,6 +95,7 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
     window = window_from_now(-2, 600)
     simulator.set_fault("http500", path=api_path(3))
     simulator.set_fault("latency", latency=SLOW, path=api_path(5))
+    simulator.set_fault("http500", path=api_path(7))
     config = _write(
         tmp_path / "refreshd.toml",
         simulator,
@@ -95,6 +107,9 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
             _server(simulator, 3, "main", window_from_now(-2, SHORT_WINDOW)),  # 500s: missed
             _server(simulator, 4, "main", window),  # blacked out for good: unplanned
             _server(simulator, 5, "main", window),  # slow: in flight
+            _server(simulator, 6, "main", _weekly(window)),  # weekly: succeeds
+            # 500s: failed-login budget spent; its slot outlasts the test (none missed)
+            _server(simulator, 7, "outage", window_from_now(-2, 3600)),
         ],
     )
     daemon = start_daemon(config)
@@ -103,6 +118,8 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
     daemon.wait_for("server.suspended", server="s1")
     daemon.wait_for("credentials.suspended", credentials="ghost")
     daemon.wait_for("server.unplanned", server="s4")
+    daemon.wait_for("refresh.succeeded", server="s6")
+    daemon.wait_for("credentials.suspended", credentials="outage", wait="failed_login_budget")
     eventually(lambda: simulator.stats()["requests"].get(api_path(5)) == 1, what="s5 called")
 
     first = scrape(port)
@@ -138,18 +155,32 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
     age = second.value("refreshd_longest_call_seconds") or 0.0
     growth = (age - in_flight) / (second.at - first.at)
     assert 0.5 < growth < 1.5, growth  # seconds per second: a clock, not a counter
-    every_server = [f"s{index}" for index in range(6)]
+    # s4 has no slot to expect a success in (no success gap): RefreshdServerUnplanned's case.
+    daily = [f"s{index}" for index in (0, 1, 2, 3, 5, 7)]
+    assert (second.value("refreshd_server_success_gap_seconds", server="s6") or 0) > 7 * 86400
     run_promtool(
         tmp_path,
         [
-            # s0 alone, refreshed: silent for 25 hours; after 26 without a success it fires.
+            # s0 alone, refreshed daily (a 10-minute window): silent for 25 hours; past its
+            # success gap (24 h 10 min) and the hour's margin it fires.
             {
                 "input_series": input_series(scrapes, hold=HOLD, keep=_only("s0", "main")),
                 "alert_rule_test": [
                     *expect("25h", {}),
                     *expect(
-                        "27h",
-                        {"RefreshdNoSuccess26h": [alert("RefreshdNoSuccess26h", server="s0")]},
+                        "27h", {"RefreshdNoSuccess": [alert("RefreshdNoSuccess", server="s0")]}
+                    ),
+                ],
+            },
+            # s6 alone, refreshed weekly: silent for 27 hours (and for 7 days), fires once a
+            # whole week and its slot passed without a success.
+            {
+                "input_series": input_series(scrapes, hold=WEEK_HOLD, keep=_only("s6", "main")),
+                "alert_rule_test": [
+                    *expect("27h", {}),
+                    *expect("168h", {}),
+                    *expect(
+                        "170h", {"RefreshdNoSuccess": [alert("RefreshdNoSuccess", server="s6")]}
                     ),
                 ],
             },
@@ -164,7 +195,11 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
                                 alert("RefreshdServerSuspended", server="s1")
                             ],
                             "RefreshdCredentialsWaiting": [
-                                alert("RefreshdCredentialsWaiting", credentials="ghost")
+                                alert(
+                                    "RefreshdCredentialsWaiting",
+                                    credentials="ghost",
+                                    reason="refused_login",
+                                )
                             ],
                             "RefreshdSlotMissed": [alert("RefreshdSlotMissed", server="s3")],
                             "RefreshdServerUnplanned": [
@@ -172,18 +207,31 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
                             ],
                         },
                     ),
-                    # Never succeeded (s1 to s4) counts from first seen, like s0's last success.
+                    # Never succeeded (s1 to s3, s7) counts from first seen, like s0's last
+                    # success; weekly s6 is not due yet. The outage pages no one: a warning
+                    # after an hour, never the wrong-password alert.
                     *expect(
                         "27h",
                         {
-                            "RefreshdNoSuccess26h": [
-                                alert("RefreshdNoSuccess26h", server=name) for name in every_server
+                            "RefreshdNoSuccess": [
+                                alert("RefreshdNoSuccess", server=name) for name in daily
                             ],
                             "RefreshdServerSuspended": [
                                 alert("RefreshdServerSuspended", server="s1")
                             ],
                             "RefreshdCredentialsWaiting": [
-                                alert("RefreshdCredentialsWaiting", credentials="ghost")
+                                alert(
+                                    "RefreshdCredentialsWaiting",
+                                    credentials="ghost",
+                                    reason="refused_login",
+                                )
+                            ],
+                            "RefreshdLoginsPaused": [
+                                alert(
+                                    "RefreshdLoginsPaused",
+                                    credentials="outage",
+                                    reason="failed_login_budget",
+                                )
                             ],
                             "RefreshdServerUnplanned": [
                                 alert("RefreshdServerUnplanned", server="s4")
@@ -243,8 +291,9 @@ def test_a_restarted_daemon_exports_the_credentials_wait_and_first_seen_it_left(
     after = scrape(second.metrics_port())
 
     assert simulator.stats()["requests"].get(api_path(2)) == 1  # still waiting: not tried
-    assert after.value("refreshd_credentials_waiting", credentials="ghost") == 1
-    assert after.value("refreshd_credentials_waiting", credentials="main") == 0
+    refused = {"reason": "refused_login"}
+    assert after.value("refreshd_credentials_waiting", credentials="ghost", **refused) == 1
+    assert after.value("refreshd_credentials_waiting", credentials="main", **refused) == 0
     seen = "refreshd_server_first_seen_timestamp_seconds"
     for server in ("s0", "s2"):
         assert before.value(seen, server=server) is not None

@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from refreshd.core.planning import (
     earliest_start,
     look_again_at,
     never_runs,
     next_fire,
     retry_until,
+    success_gap,
 )
 from refreshd.core.runs import HORIZON
 from refreshd.core.slots import Schedule
@@ -178,3 +181,25 @@ def test_an_unplanned_server_is_planned_again_once_the_horizon_has_passed() -> N
     chosen = next_fire(schedule, again, None)
     assert chosen is not None
     assert chosen.run.due == _utc(2028, 6, 1, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("windows", "blackouts", "gap"),
+    [
+        (("02:00-04:00",), (), timedelta(days=1, hours=2)),
+        (("sun 03:00-05:00",), (), timedelta(days=7, hours=2)),
+        (("mon-fri 02:00-04:00",), (), timedelta(days=3, hours=2)),  # over the weekend
+        (("02:00-04:00",), ("2027-01-10T00:00/2027-01-13T00:00",), timedelta(days=4, hours=2)),
+        (("02:00-04:00",), ("2000-01-01T00:00/2999-01-01T00:00",), None),  # nothing planned
+    ],
+)
+def test_the_success_gap_is_the_longest_from_a_slot_start_to_the_next_slot_end(
+    windows: tuple[str, ...], blackouts: tuple[str, ...], gap: timedelta | None
+) -> None:
+    now = _utc(2027, 1, 5, 12, 0)  # the blackout above lies ahead: seen
+    assert success_gap(_schedule(*windows, blackouts=blackouts), now) == gap
+
+
+def test_the_success_gap_still_sees_a_blackout_that_has_begun() -> None:
+    schedule = _schedule("02:00-04:00", blackouts=("2027-01-10T00:00/2027-01-13T00:00",))
+    assert success_gap(schedule, _utc(2027, 1, 12, 12, 0)) == timedelta(days=4, hours=2)
