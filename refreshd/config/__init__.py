@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from refreshd.config.advice import config_warnings, ignored_proxies_note, is_loopback_host
 from refreshd.config.credentials import Credentials, CredentialsConfig
+from refreshd.config.databases import DatabaseConfig
 from refreshd.config.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -45,6 +46,7 @@ __all__ = [
     "Credentials",
     "CredentialsConfig",
     "DaemonConfig",
+    "DatabaseConfig",
     "ServerConfig",
     "config_warnings",
     "default_config_path",
