@@ -48,6 +48,8 @@ def check(args: argparse.Namespace) -> int:
     for warning in config_warnings(config, now=system_clock.now()):
         say(f"refreshd: warning: {warning}")
     tables = f"{len(config.servers)} server(s), {len(config.credentials)} credentials"
+    if config.databases:
+        tables += f", {len(config.databases)} database(s)"
     print(safe(f"{config_path(args)}: valid: {tables}, {len(config.blackouts)} blackout(s)"))
     print(safe(f"proxy: {config.client.proxy_shown}{ignored_proxies_note(os.environ)}"))
     if not args.online:

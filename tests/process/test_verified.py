@@ -16,8 +16,8 @@ from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser
 from refreshd.verify import DatabaseUrl
 from tests.support.alerts import scrape
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
-from tests.support.daemon import StartDaemon
-from tests.support.databases import verified_cluster
+from tests.support.daemon import RunRefreshd, StartDaemon
+from tests.support.databases import database_user, verified_cluster
 
 DB_PASSWORD = "ro-Pass_4567"
 VERIFY_TIMEOUT = 10.0  # seconds: the least verify_timeout allows
@@ -111,3 +111,53 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
     assert daemon.matching("refresh.not_applied") == []
     print(f"FIGURE applied {line['seconds']}s after the call (keepalive every 1 s)")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
+
+
+def _check_online(
+    tmp_path: Path, sim: Simulator, database: DatabaseUrl, password: str, run: RunRefreshd
+) -> tuple[int, str, str]:
+    config = _config(tmp_path, sim, database)
+    return run(["check", "--online", "-c", config], env={"EAST_DB_PASSWORD": password})
+
+
+def test_check_online_counts_the_telephony_servers_it_would_verify(
+    tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], run_refreshd: RunRefreshd
+) -> None:
+    sim, database = cluster
+    code, out, err = _check_online(tmp_path, sim, database, DB_PASSWORD, run_refreshd)
+
+    assert code == 0, out + err
+    (line,) = [text for text in out.splitlines() if "database east" in text]
+    assert line.startswith("ok")
+    assert "3 telephony server(s) to verify (dial1, dial2, dial3), 0 still flagged" in line
+    assert [call for call in sim.calls() if call["stage"] == "REFRESH"] == []  # no refresh
+    assert DB_PASSWORD not in out + err
+
+
+@pytest.mark.parametrize("problem", ["no grant on system_settings", "a wrong password"])
+def test_check_online_fails_naming_the_grant_or_the_password(
+    tmp_path: Path,
+    cluster: tuple[Simulator, DatabaseUrl],
+    run_refreshd: RunRefreshd,
+    problem: str,
+) -> None:
+    sim, full = cluster
+    grants = [f"SELECT ON `{full.database}`.servers"]
+    with database_user(grants, DB_PASSWORD) as user:
+        partial = DatabaseUrl(user, full.host, full.port, full.database)
+        if problem == "a wrong password":
+            code, out, err = _check_online(tmp_path, sim, full, "wrong-Pass_99", run_refreshd)
+        else:
+            code, out, err = _check_online(tmp_path, sim, partial, DB_PASSWORD, run_refreshd)
+
+    assert code == 1, out + err
+    (line,) = [text for text in out.splitlines() if "database east" in text]
+    assert line.startswith("FAIL")
+    if problem == "a wrong password":
+        assert "access denied" in line
+        assert "wrong password" in line
+    else:
+        assert f"GRANT SELECT ON {full.database}.servers and SELECT ON " in line
+        assert f"{full.database}.system_settings TO '{user}'" in line
+    assert DB_PASSWORD not in out + err
+    assert "wrong-Pass_99" not in out + err
