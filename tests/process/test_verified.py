@@ -5,6 +5,7 @@ their rebuild flag, or not; the daemon reads the database as a read-only user an
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +72,24 @@ def _start(tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], start: StartD
     return start(_config(tmp_path, sim, database), env={"EAST_DB_PASSWORD": DB_PASSWORD})
 
 
+def _shown(tmp_path: Path, run: RunRefreshd) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """`status` as text, then as JSON (the server's entry), and the newest `history` row."""
+    config = tmp_path / "refreshd.toml"
+    code, text, err = run(["status", "-c", config])
+    assert code == 0, err
+    code, document, err = run(["status", "--json", "-c", config])
+    assert code == 0, err
+    code, rows, err = run(["history", "--json", "-c", config, "--server", "east"])
+    assert code == 0, err
+    (entry,) = json.loads(document)["servers"]
+    return text, entry, json.loads(rows.splitlines()[0])
+
+
 def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
-    tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], start_daemon: StartDaemon
+    tmp_path: Path,
+    cluster: tuple[Simulator, DatabaseUrl],
+    start_daemon: StartDaemon,
+    run_refreshd: RunRefreshd,
 ) -> None:
     sim, _ = cluster
     sim.set_keepalive("10.0.0.12", alive=False)
@@ -92,9 +109,19 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     print(f"FIGURE not_applied told {waited:.1f}s after the success line, {line['seconds']}s")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
 
+    text, entry, row = _shown(tmp_path, run_refreshd)
+    assert entry["verified"]["applied"] is False
+    assert entry["verified"]["detail"] == "still flagged: dial2 (10.0.0.12)"
+    assert row["outcome"] == "ok"
+    assert row["verified"] == entry["verified"]
+    assert "NO (10s)" in text
+
 
 def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
-    tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], start_daemon: StartDaemon
+    tmp_path: Path,
+    cluster: tuple[Simulator, DatabaseUrl],
+    start_daemon: StartDaemon,
+    run_refreshd: RunRefreshd,
 ) -> None:
     daemon = _start(tmp_path, cluster, start_daemon)
     port = daemon.metrics_port()
@@ -111,6 +138,12 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
     assert daemon.matching("refresh.not_applied") == []
     print(f"FIGURE applied {line['seconds']}s after the call (keepalive every 1 s)")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
+
+    text, entry, row = _shown(tmp_path, run_refreshd)
+    assert entry["verified"]["applied"] is True
+    assert entry["verified"]["seconds"] == line["seconds"]
+    assert row["verified"] == entry["verified"]
+    assert f"yes ({line['seconds']:.0f}s)" in text
 
 
 def _check_online(
