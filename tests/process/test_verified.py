@@ -15,7 +15,7 @@ import pytest
 
 from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser
 from refreshd.verify import DatabaseUrl
-from tests.support.alerts import scrape
+from tests.support.alerts import alert, expect, input_series, promtool, run_promtool, scrape
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
 from tests.support.databases import database_user, verified_cluster
@@ -104,7 +104,8 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     assert line["flagged"] == [{"server_ip": "10.0.0.12", "server_id": "dial2"}]
     assert (line["boxes"], line["applied"]) == (3, 2)
     assert VERIFY_TIMEOUT <= line["seconds"] < VERIFY_TIMEOUT + 5
-    assert _metric(port, "refreshd_unapplied_servers", server="east") == 1
+    scraped = scrape(port)
+    assert scraped.value("refreshd_unapplied_servers", server="east") == 1
     assert daemon.matching("refresh.applied") == []
     print(f"FIGURE not_applied told {waited:.1f}s after the success line, {line['seconds']}s")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
@@ -115,6 +116,20 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     assert row["outcome"] == "ok"
     assert row["verified"] == entry["verified"]
     assert "NO (10s)" in text
+
+    # The shipped alert fires on that series (and no other alert does).
+    promtool()
+    series = input_series([scraped], hold=60)
+    firing = [alert("RefreshdRefreshNotApplied", server="east")]
+    run_promtool(
+        tmp_path,
+        [
+            {
+                "input_series": series,
+                "alert_rule_test": expect("30m", {"RefreshdRefreshNotApplied": firing}),
+            }
+        ],
+    )
 
 
 def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
