@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import ssl
+import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -72,8 +73,15 @@ class Client:
         pool_size: int = 16,
         max_body: int = MAX_BODY,
         monotonic: Callable[[], float] = system_clock.monotonic,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.timeout = timeout
+        # Every secret an answer could echo (each password of the config, the proxy's):
+        # whatever a call brings back is masked with all of them before it is kept or shown.
+        proxy_password = urlsplit(proxy).password if proxy else None
+        self.secrets = frozenset(
+            s for s in (*secrets, proxy_password, unquote(proxy_password or "")) if s
+        )
         self.verify_tls = verify_tls
         self.max_body = max_body
         self._monotonic = monotonic
@@ -99,6 +107,9 @@ class Client:
         adapter.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
         self._reaper = Reaper(monotonic)
         self._adapter = adapter
+        self._lock = threading.Lock()
+        self._calls = 0  # in flight now
+        self._retired = False  # close after the last call in flight
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -109,16 +120,26 @@ class Client:
         line, headers and body alike); never raises for network trouble, and its result
         holds no URL. `verify`: the server's trust (`Config.verify_for`: a CA file, True
         for the system's store, False for none); None: the client's `verify_tls`."""
-        start = self._monotonic()
-        deadline = start + self.timeout
-        trust = self.verify_tls if verify is None else verify
-        with self._reaper.watching(deadline) as watch:
-            answer = self._exchange(url, params, trust, start, deadline)
-        if watch.expired:
-            # The reaper cut it: whatever the broken read looked like (an error, or a body
-            # that just stopped), it was the deadline, and what came is not the answer.
-            return self._failed(Transport.TIMEOUT, start, answer.status)
-        return answer
+        with self._lock:
+            self._calls += 1
+        try:
+            start = self._monotonic()
+            deadline = start + self.timeout
+            trust = self.verify_tls if verify is None else verify
+            with self._reaper.watching(deadline) as watch:
+                answer = self._exchange(url, params, trust, start, deadline)
+            if watch.expired:
+                # The reaper cut it: whatever the broken read looked like (an error, or a
+                # body that just stopped), it was the deadline, and what came is not the
+                # answer.
+                return self._failed(Transport.TIMEOUT, start, answer.status)
+            return answer
+        finally:
+            with self._lock:
+                self._calls -= 1
+                last = self._retired and self._calls == 0
+            if last:
+                self.close()
 
     def _exchange(
         self,
@@ -189,8 +210,20 @@ class Client:
     def _failed(self, kind: Transport, start: float, status: int | None = None) -> RawAnswer:
         return RawAnswer(status, None, kind, self._monotonic() - start)
 
+    def retire(self) -> None:
+        """Close once the calls in flight end (a reload replaced this client): until then
+        they keep their connections; after, its pooled sockets and its reaper thread go.
+        A call that took this client just before still works, and closes it again."""
+        with self._lock:
+            self._retired = True
+            idle = self._calls == 0
+        if idle:
+            self.close()
+
     def close(self) -> None:
+        """Close the pooled connections and end the reaper's thread."""
         self._session.close()
+        self._reaper.close()
 
 
 def client_for(config: Config) -> Client:
@@ -200,6 +233,7 @@ def client_for(config: Config) -> Client:
         verify_tls=config.client.verify_tls,
         proxy=config.client.proxy,
         pool_size=config.daemon.max_concurrency,
+        secrets=config.secrets(),
     )
 
 

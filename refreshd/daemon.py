@@ -20,12 +20,14 @@ from refreshd.config import (
     Config,
     ConfigError,
     config_warnings,
+    grouped_warnings,
     load_config,
     resolve_passwords,
 )
+from refreshd.httpd import MetricsServer, listen_error
 from refreshd.instance import InstanceLock, LockHeld, lock_error
 from refreshd.logs import get_logger, redactor
-from refreshd.metrics import Metrics, MetricsServer
+from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
@@ -92,8 +94,7 @@ class Daemon:
         if config is None:
             return EXIT_CONFIG
         redactor.set_secrets(config.secrets())
-        for warning in config_warnings(config, now=self.clock.now()):
-            self.log.warning("config.warning", warning=warning)
+        self._warn(config)
         self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
         try:
             lock = InstanceLock(config.daemon.state_path)
@@ -151,7 +152,6 @@ class Daemon:
                 return None
 
     def _serve(self, config: Config, store: StateStore) -> int:
-        address = config.daemon.metrics_address
         try:
             runner = Runner(
                 config, store=store, clock=self.clock, log=self.log, metrics=self.metrics
@@ -192,11 +192,7 @@ class Daemon:
             servers=len(config.servers),
             state_path=str(config.daemon.state_path),
             proxy=config.client.proxy_shown,
-            metrics=(
-                f"http://{address[0]}:{self.metrics_server.port}/metrics"
-                if address and self.metrics_server
-                else None
-            ),
+            metrics=self.metrics_server.url if self.metrics_server else None,
         )
         while True:
             signum = self._next_signal()
@@ -212,13 +208,11 @@ class Daemon:
         if address is None:
             return True
         try:
-            self.metrics_server = MetricsServer(address[0], address[1], self.metrics, self.healthy)
-        except OSError as err:
-            self.log.error(
-                "daemon.failed",
-                error=f"daemon.metrics_listen {config.daemon.metrics_listen}: {err.strerror}; "
-                'choose a free port or set metrics_listen = "" to turn metrics off',
+            self.metrics_server = MetricsServer(
+                address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
             )
+        except OSError as err:
+            self.log.error("daemon.failed", error=listen_error(config.daemon.metrics_listen, err))
             return False
         self.metrics_server.start()
         return True
@@ -308,8 +302,7 @@ class Daemon:
             gc.collect()
             gc.freeze()
             self.metrics.config_reloads.labels("ok").inc()
-            for warning in config_warnings(config, now=self.clock.now()):
-                self.log.warning("config.warning", warning=warning)
+            self._warn(config)
             self.log.info(
                 "config.reloaded",
                 path=str(self.config_path),
@@ -320,6 +313,12 @@ class Daemon:
             )
         finally:
             self.notifier.ready()
+
+    def _warn(self, config: Config) -> None:
+        """Each distinct warning once, at start and on each reload, with how many places
+        it applies to (not once per server: a fleet would bury every other line)."""
+        for warning, places in grouped_warnings(config_warnings(config, now=self.clock.now())):
+            self.log.warning("config.warning", warning=warning, places=places)
 
     def _load_config(self) -> Config:
         """The config file with its passwords read: the daemon calls VICIdial."""

@@ -88,6 +88,7 @@ class Reaper:
         self._heap: list[tuple[float, int, Watch]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._closing = False  # the thread ends once no watch is left
 
     @contextlib.contextmanager
     def watching(self, deadline: float) -> Iterator[Watch]:
@@ -96,6 +97,7 @@ class Reaper:
         with self._cond:
             heapq.heappush(self._heap, (deadline, next(self._seq), watch))
             if self._thread is None:
+                self._closing = False
                 self._thread = threading.Thread(target=self._run, name="deadline", daemon=True)
                 self._thread.start()
             self._cond.notify()
@@ -109,10 +111,19 @@ class Reaper:
                 self._heap = [entry for entry in self._heap if entry[2] is not watch]
                 heapq.heapify(self._heap)
 
+    def close(self) -> None:
+        """End the thread once the watches left are over (a later watch starts a new one)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._heap:
+                    if self._closing:
+                        self._thread = None
+                        return
                     self._cond.wait()
                 deadline, _, watch = self._heap[0]
                 left = deadline - self._monotonic()

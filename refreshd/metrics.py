@@ -1,22 +1,19 @@
-"""Prometheus metrics and the /metrics + /healthz endpoint."""
+"""Prometheus metrics: every series refreshd exports (served by refreshd/httpd.py)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from refreshd import __version__
 
-__all__ = ["Metrics", "MetricsServer", "ServerGauges", "StateGauges"]
+__all__ = ["Metrics", "ServerGauges", "StateGauges"]
 
 # Calls take from tens of milliseconds to the client's time-out.
 _DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -213,41 +210,3 @@ def _label_values(metric: Any) -> list[tuple[str, ...]]:
     # prometheus-client has no public listing of a labelled metric's children.
     with metric._lock:
         return list(metric._metrics.keys())
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not news; stdout carries only our JSON lines."""
-
-
-class MetricsServer:
-    """`/metrics` (Prometheus text) and `/healthz` (200 while `healthy()`, else 503)."""
-
-    def __init__(self, host: str, port: int, metrics: Metrics, healthy: Callable[[], bool]):
-        metrics_app = make_wsgi_app(metrics.registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") == "/healthz":
-                ok = healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-                return [b"ok\n" if ok else b"scheduling loop stalled\n"]
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-
-        self._server = make_server(
-            host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

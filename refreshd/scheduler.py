@@ -81,7 +81,6 @@ class Scheduler:
         self._clock = clock
         self._lock = threading.RLock()
         self._client = client or client_for(config)
-        self._retired_clients: list[Client] = []
         self.dispatcher = Dispatcher(
             self._client,
             max_concurrency=config.daemon.max_concurrency,
@@ -129,8 +128,7 @@ class Scheduler:
             self._stopping = True
         self._timer.stop()
         finished = self.dispatcher.stop(grace)
-        for client in (self._client, *self._retired_clients):
-            client.close()
+        self._client.close()
         return finished
 
     def reload(self, config: Config) -> dict[str, list[str]]:
@@ -194,10 +192,10 @@ class Scheduler:
         ]
         with self._lock:
             if not initial and config.client != self.config.client:
-                # Calls in flight finish on the old client; it is closed at stop.
-                self._retired_clients.append(self._client)
+                # Calls in flight finish on the old client, which then closes itself: kept
+                # open until stop, 300 reloads took the daemon from 12 to 217 fds.
                 self._client = client_for(config)
-                self.dispatcher.use_client(self._client)
+                self.dispatcher.use_client(self._client).retire()
             self.config = config
             wanted = {server.name: server for server in config.servers}
             for name in list(self._servers):

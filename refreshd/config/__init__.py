@@ -9,12 +9,17 @@ Reading order for a newcomer:
   passwords.py   reading password_env / password_file, and the characters VICIdial keeps
   problems.py    a problem is a place and a message; several raised at once
   messages.py    pydantic's errors as 'place: message' lines an operator can act on
-  advice.py      `config_warnings`: non-fatal advice on a valid config
+  advice.py      `config_warnings`: non-fatal advice on a valid config, and its grouping
 """
 
 from __future__ import annotations
 
-from refreshd.config.advice import config_warnings, ignored_proxies_note, is_loopback_host
+from refreshd.config.advice import (
+    config_warnings,
+    grouped_warnings,
+    ignored_proxies_note,
+    is_loopback_host,
+)
 from refreshd.config.credentials import Credentials, CredentialsConfig
 from refreshd.config.databases import DatabaseConfig
 from refreshd.config.load import (
@@ -50,6 +55,7 @@ __all__ = [
     "ServerConfig",
     "config_warnings",
     "default_config_path",
+    "grouped_warnings",
     "ignored_proxies_note",
     "is_loopback_host",
     "load_config",

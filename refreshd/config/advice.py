@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -20,6 +20,8 @@ SHORTEST_SAFE_PASSWORD = 8
 """Passwords shorter than this are warned about: guessable, and redacting one everywhere
 it appears (as logs do, whatever its length) also masks innocent text such as numbers."""
 _API_PATH = "/vicidial/non_agent_api.php"
+# Places named in full when one message applies to many; the rest are counted.
+_PLACES_SHOWN = 5
 
 
 def is_loopback_host(host: str) -> bool:
@@ -51,6 +53,7 @@ def config_warnings(config: Config, *, now: datetime | None = None) -> list[str]
         *_credentials_warnings(config),
         *_short_password_warnings(config),
         *_client_and_backoff_warnings(config),
+        *_metrics_listen_warnings(config),
         *(
             warning
             for index, server in enumerate(config.servers)
@@ -150,6 +153,39 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
             "logins within 15 minutes, and each retry of a wrong password counts"
         )
     return warnings
+
+
+def _metrics_listen_warnings(config: Config) -> list[str]:
+    """/metrics names every server and its outcomes, and the endpoint answers whoever
+    connects: beyond loopback, only a firewall decides who that is."""
+    address = config.daemon.metrics_address
+    if address is None or is_loopback_host(address[0]):
+        return []
+    return [
+        f"daemon.metrics_listen: {config.daemon.metrics_listen} serves /metrics and /healthz "
+        "to other machines (every server's name and outcomes, to whoever connects); keep "
+        "127.0.0.1:9464 unless Prometheus scrapes from elsewhere, and then let a firewall "
+        "admit only Prometheus"
+    ]
+
+
+def grouped_warnings(warnings: Iterable[str]) -> list[tuple[str, int]]:
+    """Each distinct message once, as 'place, place and N more: message' with the number
+    of places: 1,000 servers over http:// make one log line, not 1,000."""
+    places: dict[str, list[str]] = {}
+    for warning in warnings:
+        where, separator, message = warning.partition(": ")
+        if not separator:
+            where, message = "config", warning
+        places.setdefault(message, []).append(where)
+    grouped: list[tuple[str, int]] = []
+    for message, wheres in places.items():
+        named = ", ".join(wheres[:_PLACES_SHOWN])
+        more = len(wheres) - _PLACES_SHOWN
+        grouped.append(
+            (f"{named}{f' and {more} more' if more > 0 else ''}: {message}", len(wheres))
+        )
+    return grouped
 
 
 def _server_warnings(where: str, server: ServerConfig) -> list[str]:

@@ -19,7 +19,8 @@ from refreshd.config import validate_config
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.daemon import STUCK_MARGIN, Daemon
 from refreshd.dispatch import Job
-from refreshd.metrics import Metrics, MetricsServer
+from refreshd.httpd import MetricsServer
+from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.store import StateStore
@@ -109,7 +110,7 @@ def test_a_stopped_timing_engine_no_longer_beats(scheduler: Scheduler) -> None:
 
 def test_healthz_answers_200_while_healthy_and_503_once_stalled() -> None:
     healthy = [True]
-    server = MetricsServer("127.0.0.1", 0, Metrics(), lambda: healthy[0])
+    server = MetricsServer("127.0.0.1", 0, Metrics().registry, lambda: healthy[0])
     server.start()
     try:
         assert _status(server.port) == 200

@@ -215,6 +215,11 @@ class DaemonProcess:
             return "".join(self.stderr_lines)
 
 
+def fds_and_threads(pid: int) -> tuple[int, int]:
+    """(open file descriptors, threads) of the running process `pid`, from /proc."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
 def assert_json_lines_only(daemon: DaemonProcess) -> None:
     """stdout holds JSON objects only, each with an ISO UTC timestamp, a level and an event;
     stderr holds no traceback. (A kill -9 may cut the last line short: a final line without
