@@ -47,6 +47,7 @@ STATUS_SERVER_KEYS = {
     "credentials",
     "credentials_wait_until",
     "credentials_wait_reason",
+    "verified",
 }
 HISTORY_KEYS = {
     "at",
@@ -59,12 +60,13 @@ HISTORY_KEYS = {
     "http_status",
     "servers_flagged",
     "detail",
+    "verified",
 }
 OUTCOMES = {str(outcome) for outcome in Outcome}
 
 PLAN_HEADERS = ["SERVER", "DUE (LOCAL)", "SLOT START", "SLOT END"]
-STATUS_HEADERS = ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "NEXT RUN", "HELD"]
-HISTORY_HEADERS = ["AT", "SERVER", "OUTCOME", "TRY", "MS", "DETAIL"]
+STATUS_HEADERS = ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"]
+HISTORY_HEADERS = ["AT", "SERVER", "OUTCOME", "TRY", "MS", "APPLIED", "DETAIL"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -360,8 +362,8 @@ def test_status_human_output_is_aligned_columns_under_a_header(
         ["east-1", "ok"],
         ["a-much-longer-name", "permission_denied"],
     ]
-    assert rows[1][5].startswith("suspended until ")
-    assert rows[0][5] == ""
+    assert rows[1][6].startswith("suspended until ")
+    assert rows[0][6] == ""
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def test_history_human_output_is_aligned_columns_under_a_header(
         ["a-much-longer-name", "permission_denied", "1"],
         ["east-1", "ok", "1"],
     ]
-    assert rows[1][5].startswith("SUCCESS")
+    assert rows[1][6].startswith("SUCCESS")
 
 
 def test_history_never_shows_an_echoed_wrong_password(
@@ -664,7 +666,7 @@ def test_status_and_history_human_times_have_a_weekday_and_no_microseconds(
     (row,) = assert_aligned(status_out.split("\n", 1)[1], STATUS_HEADERS, rows=1)
     assert re.fullmatch(_WHEN.format(zone="UTC"), row[2]), row
     assert row[2] == row[3]  # last call, last success
-    assert re.fullmatch(_WHEN.format(zone="UTC"), row[4]), row
+    assert re.fullmatch(_WHEN.format(zone="UTC"), row[5]), row
     (call,) = assert_aligned(history_out, HISTORY_HEADERS, rows=1)
     assert re.fullmatch(_WHEN.format(zone="UTC").replace(r"\d\d:\d\d", r"\d\d:\d\d:\d\d"), call[0])
     assert not re.search(r"\d:\d\d[.,]\d", status_out + history_out)
