@@ -30,7 +30,7 @@ def environment_overrides(
     """The overrides that `environ` sets on `model`'s fields, and a problem for each value
     that should be JSON and is not. Variables naming no field of `model` are left alone.
     A table name (`REFRESHD_CREDENTIALS__EAST__USER`) is the file's table of that name in any
-    case (`[credentials.East]`), else written as in the variable's name."""
+    case (`[credentials.East]`), else a new table named in lower case."""
     overrides: dict[str, Any] = {}
     problems: list[Problem] = []
     found = _override_paths(environ, model, data or {})
@@ -78,7 +78,7 @@ def _override_paths(
 
 def _keys(model: type[BaseModel], data: Any, parts: list[str]) -> tuple[str, ...]:
     """The variable's parts as the config's keys: field names lower-case, table names as
-    the file writes them (matched without regard to case)."""
+    the file writes them (matched without regard to case), new ones lower-case."""
     keys: list[str] = []
     current: Any = model
     for part in parts:
@@ -89,7 +89,7 @@ def _keys(model: type[BaseModel], data: Any, parts: list[str]) -> tuple[str, ...
             current = field.annotation if field is not None else None
         elif typing.get_origin(current) in (dict, Mapping):
             known = data if isinstance(data, Mapping) else {}
-            key = next((k for k in known if str(k).casefold() == part.casefold()), part)
+            key = next((k for k in known if str(k).casefold() == part.casefold()), part.lower())
             current = typing.get_args(current)[1]
         else:
             key, current = part.lower(), None
