@@ -778,3 +778,25 @@ def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert "File name too long" in err
+
+
+def test_refresh_of_an_unknown_server_is_a_usage_error_before_any_password_is_read(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db")},
+        credentials={"main": {"user": "refreshd", "password_env": "NOT_IN_THIS_SHELL"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+    assert run_refreshd(["refresh", "NOSUCH", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "east-1", "-c", config])[0] == 78  # a name: now it reads
