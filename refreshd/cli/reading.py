@@ -52,7 +52,14 @@ def plan(args: argparse.Namespace) -> int:
 def _read_store(config: Config) -> StateStore | None:
     """The state file, read-only; None (and a note) before the daemon's first start."""
     path = config.daemon.state_path
-    if not path.exists():
+    try:
+        present = path.exists()
+    except OSError as err:  # a directory this user may not search, a name too long
+        raise StateError(
+            f"cannot look at the state file {path}: {err.strerror or err}; run this command "
+            "as the user refreshd runs as (or with sudo), or fix daemon.state_path"
+        ) from None
+    if not present:
         say(f"refreshd: no state file at {path} yet (the daemon has not run)")
         return None
     return StateStore.open_readonly(path)

@@ -138,7 +138,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _environment_overrides(
     environ: Mapping[str, str], data: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[Problem]]:
-    overrides, problems = environment_overrides(environ, Config)
+    overrides, problems = environment_overrides(environ, Config, data)
     return overrides, [*_unknown_env_problems(environ, data), *problems]
 
 

@@ -752,3 +752,53 @@ def test_history_and_status_show_control_characters_from_an_answer_escaped(
     for out in (table, shown, err):
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), repr(out)
     assert "\\x1b[2J\\x1b]0;owned" in table
+
+
+@pytest.mark.parametrize("command", ["status", "history"])
+def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
+    tmp_path: Path, run_refreshd: RunRefreshd, command: str
+) -> None:
+    # A name past the file system's 255 bytes fails as a directory the operator may not
+    # search does (the README's systemd layout, /var/lib/private, for a non-root user).
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / ("s" * 300 + ".db"))},
+        credentials={"main": {"user": "refreshd", "password": "demo-pass-123"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+    code, _out, err = run_refreshd([command, "-c", config])
+
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert "File name too long" in err
+
+
+def test_refresh_of_an_unknown_server_is_a_usage_error_before_any_password_is_read(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db")},
+        credentials={"main": {"user": "refreshd", "password_env": "NOT_IN_THIS_SHELL"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+    assert run_refreshd(["refresh", "NOSUCH", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "east-1", "-c", config])[0] == 78  # a name: now it reads
