@@ -12,7 +12,6 @@ copy with each password read. Code that talks to VICIdial asks
 from __future__ import annotations
 
 import functools
-import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -71,10 +70,8 @@ from refreshd.core.verification import (
 )
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAY = timedelta(days=1)
 _MONTH = timedelta(days=30)
-_PASSWORD_KEYS = ("password", "password_env", "password_file")
 
 
 def _checked_ca_file(value: Path, info: ValidationInfo) -> Path:
