@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 _FORCE_HELP = (
     "log in even while a credentials wait runs (after a refused login or a lock-out); "
-    "still one login at a time until one works"
+    "still one login at a time until one works, and never past a spent failed-login budget"
 )
 _UTC_HELP = "times in UTC (default: this machine's local time)"
 
