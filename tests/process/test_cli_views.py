@@ -46,6 +46,7 @@ STATUS_SERVER_KEYS = {
     "suspension_reason",
     "credentials",
     "credentials_wait_until",
+    "credentials_wait_kind",
     "credentials_wait_reason",
     "verified",
 }
@@ -337,6 +338,7 @@ def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
     assert instant(west["next_run"]) >= instant(west["suspended_until"])
     assert south["credentials_wait_until"] is not None
     assert south["credentials_wait_reason"]
+    assert south["credentials_wait_kind"] == "refused_login"
     assert instant(south["next_run"]) >= instant(south["credentials_wait_until"])
     assert entries["east-1"]["suspended_until"] is None
 

@@ -189,7 +189,8 @@ def test_a_vicidial_slower_than_the_timeout_with_a_changed_password_costs_at_mos
     assert vicidial_failed_login_count(simulator, GOOD_USER) == 3
     assert never_locked(simulator)
     (paused,) = daemon.matching("credentials.suspended", outcome="transient")
-    assert "without a readable answer" in paused["reason"]
+    assert paused["wait"] == "failed_login_budget"
+    assert "no readable answer" in paused["reason"]
     # The budget is journaled: a manual refresh right after refuses and spends nothing.
     assert code == EXIT_FAILED
     assert "wait until" in err
