@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import ssl
 import threading
 import warnings
@@ -179,6 +180,9 @@ class Client:
                     response.status_code, text, None, self._monotonic() - start, truncated
                 )
         except requests.exceptions.RequestException as exc:
+            refused = proxy_refusal(exc)
+            if refused is not None:
+                return self._failed(Transport.PROXY_REFUSED, start, refused)
             return self._failed(transport_failure(exc), start)
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             return self._failed(transport_failure(exc), start)
@@ -258,6 +262,24 @@ def transport_failure(exc: BaseException) -> Transport:
     if having(urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError):
         return Transport.CONNECTION_RESET
     return Transport.CONNECTION_FAILED
+
+
+# What http.client raises when a proxy answers CONNECT with anything but 200; the one place
+# the status is found is this text, of which only the number is kept (the rest is the proxy's).
+_TUNNEL_REFUSED = re.compile(r"^Tunnel connection failed: (\d{3})\b")
+
+
+def proxy_refusal(exc: BaseException) -> int | None:
+    """The status the proxy refused the CONNECT tunnel with, if that is what ended the call."""
+    chain = _causes(exc)
+    if not any(isinstance(cause, urllib3.exceptions.ProxyError) for cause in chain):
+        return None
+    for cause in chain:
+        if type(cause) is OSError and cause.args and isinstance(cause.args[0], str):
+            match = _TUNNEL_REFUSED.match(cause.args[0])
+            if match:
+                return int(match.group(1))
+    return None
 
 
 # OpenSSL's X509_V_ERR_* codes that a retry cannot heal but a person can name the fix for;
