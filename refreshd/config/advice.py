@@ -87,7 +87,9 @@ def _credentials_warnings(config: Config) -> list[str]:
     used = {server.credentials for server in config.servers}
     for name, table in config.credentials.items():
         where = place(("credentials", name))
-        if table.password is not None:
+        if table.password is not None and not config.set_by_environment(
+            "credentials", name, "password"
+        ):
             warnings.append(
                 f"{where}.password: the password is written in the config file; prefer "
                 "password_env or password_file (e.g. a systemd credential)"
@@ -140,7 +142,7 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
                 "remove verify_tls = false to check certificates against them"
             )
     proxy = urlsplit(config.client.proxy or "")
-    if proxy.password:
+    if proxy.password and not config.set_by_environment("client", "proxy"):
         warnings.append(
             "client.proxy: holds the proxy's password; prefer setting it in the environment "
             "(REFRESHD_CLIENT__PROXY) so the config file holds no secret"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.config import window_from_now
-from tests.support.daemon import EXIT_FAILED
-from tests.support.fleet import Fleet, secret_forms
+from tests.support.daemon import EXIT_FAILED, EXIT_OK
+from tests.support.fleet import PASSWORD, USER, Fleet, secret_forms
 from tests.support.proxy import running_proxy
 from tests.support.simulator import api_path, total_requests
 from tests.support.waiting import holds_for
@@ -55,3 +55,44 @@ def test_a_proxy_refusing_the_tunnel_is_named_with_its_status_and_suspends_the_s
         assert total_requests(fleet.sim) == 0
         assert_never_shown(PROXY_PASSWORD, check.stdout, check.stderr, daemon.stdout)
         assert_never_shown(PROXY_PASSWORD, daemon.stderr)
+
+
+# -- B2. secrets set in the environment are not blamed on the file -------------------------------
+
+BLAMES_THE_FILE = ("holds the proxy's password", "written in the config file")
+
+
+def test_secrets_set_in_the_environment_draw_no_warning_about_the_config_file(
+    fleet: Fleet,
+) -> None:
+    with running_proxy() as proxy:
+        # As the README advises: the file names the user only, the environment the secrets.
+        fleet.write(
+            [fleet.server(0, window_from_now(3600, 60))], credentials={"main": {"user": USER}}
+        )
+        fleet.env["REFRESHD_CREDENTIALS__MAIN__PASSWORD"] = PASSWORD
+        fleet.env["REFRESHD_CLIENT__PROXY"] = proxy.url.replace(
+            "http://", f"http://refreshd:{PROXY_PASSWORD}@"
+        )
+
+        check = fleet.cli("check")
+        refresh = fleet.cli("refresh", "--all", "--dry-run")
+        daemon = fleet.start()
+        daemon.wait_for("daemon.started")
+        daemon.stop()
+
+    assert check.returncode == refresh.returncode == EXIT_OK, check.stderr + refresh.stderr
+    for output in (check.stderr, refresh.stderr, daemon.stdout):
+        assert [blame for blame in BLAMES_THE_FILE if blame in output] == []
+    assert_never_shown(PROXY_PASSWORD, check.stderr, refresh.stdout, daemon.stdout)
+
+
+def test_the_same_secrets_written_in_the_file_are_warned_about(fleet: Fleet) -> None:
+    proxy = f"http://refreshd:{PROXY_PASSWORD}@127.0.0.1:3128"
+    credentials = {"main": {"user": USER, "password": PASSWORD}}
+    fleet.write([fleet.server(0, "02:00-04:00")], credentials=credentials, client={"proxy": proxy})
+
+    check = fleet.cli("check")
+
+    assert check.returncode == EXIT_OK, check.stderr
+    assert [blame for blame in BLAMES_THE_FILE if blame in check.stderr] == list(BLAMES_THE_FILE)
