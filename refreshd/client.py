@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.message
 import errno
 import re
 import ssl
@@ -175,7 +177,7 @@ class Client:
                     return RawAnswer(response.status_code, text, None, elapsed)
                 if timed_out:
                     return self._failed(Transport.TIMEOUT, start, response.status_code)
-                text = body.decode(response.encoding or "utf-8", errors="replace")
+                text = decode_body(body, response.headers.get("Content-Type"), truncated)
                 return RawAnswer(
                     response.status_code, text, None, self._monotonic() - start, truncated
                 )
@@ -231,6 +233,34 @@ def client_for(config: Config) -> Client:
         proxy=config.client.proxy,
         pool_size=config.daemon.max_concurrency,
     )
+
+
+def decode_body(body: bytes, content_type: str | None, truncated: bool = False) -> str:
+    """The body as text: in the charset Content-Type declares, else UTF-8 (PHP's default
+    charset, and what a VICIdial answer with a name in it is), else Latin-1, which reads any
+    byte. Not requests' choice: Latin-1 for any text/* without a charset, which turned every
+    UTF-8 answer into mojibake. A body cut at `max_body` may end inside a character: that
+    character is dropped, not the encoding."""
+    for encoding in (_charset(content_type), "utf-8"):
+        if encoding is None:
+            continue
+        try:
+            return body.decode(encoding)
+        except UnicodeDecodeError as error:
+            if truncated and error.reason == "unexpected end of data":
+                with contextlib.suppress(UnicodeDecodeError):
+                    return body[: error.start].decode(encoding)
+        except LookupError:  # no such codec, or one that makes no text (base64)
+            continue
+    return body.decode("latin-1")
+
+
+def _charset(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    return header.get_content_charset()
 
 
 def transport_failure(exc: BaseException) -> Transport:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.config import window_from_now
-from tests.support.daemon import EXIT_FAILED, EXIT_OK
+from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
+from tests.support.daemon import EXIT_FAILED, EXIT_OK, RunRefreshd
 from tests.support.fleet import PASSWORD, USER, Fleet, secret_forms
 from tests.support.proxy import running_proxy
-from tests.support.simulator import api_path, total_requests
+from tests.support.simulator import ScriptedVicidial, api_path, total_requests
 from tests.support.waiting import holds_for
 
 PROXY_PASSWORD = "Pr0xy-Secret_9q"
@@ -96,3 +96,48 @@ def test_the_same_secrets_written_in_the_file_are_warned_about(fleet: Fleet) -> 
 
     assert check.returncode == EXIT_OK, check.stderr
     assert [blame for blame in BLAMES_THE_FILE if blame in check.stderr] == list(BLAMES_THE_FILE)
+
+
+# -- B3. any stdout encoding; answers read in their charset ----------------------------------------
+
+NAMED = "ERROR: server_refresh USER DOES NOT HAVE PERMISSION - refreshd|Peña Müller|"
+
+
+def test_every_command_prints_a_non_ascii_answer_under_an_ascii_stdout(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    scripted = ScriptedVicidial({"/named/non_agent_api.php": NAMED})
+    try:
+        config = write_daemon_config(
+            tmp_path / "refreshd.toml",
+            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
+            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+            servers=[
+                {
+                    "name": "east-1",
+                    "api_url": scripted.url + "/named/non_agent_api.php",
+                    "credentials": "main",
+                    "windows": ["02:00-04:00"],
+                }
+            ],
+        )
+        ascii_only = {"PYTHONIOENCODING": "ascii:strict", "LANG": "C"}
+        online = run_refreshd(["check", "--online", "-c", config], env=ascii_only)
+        refreshed = run_refreshd(["refresh", "-c", config, "--all"], env=ascii_only)
+    finally:
+        scripted.close()
+    shown = [
+        run_refreshd([*command, "-c", config], env=ascii_only)
+        for command in (["history"], ["history", "--json"], ["status"], ["plan"])
+    ]
+
+    assert (online[0], refreshed[0]) == (EXIT_FAILED, EXIT_FAILED), online[2] + refreshed[2]
+    assert [code for code, _, _ in shown] == [EXIT_OK] * 4, [err for _, _, err in shown]
+    for _, out, err in [online, refreshed, *shown]:
+        assert "Traceback" not in err
+        assert out.isascii()
+        assert err.isascii()
+    assert "Pe\\xf1a M\\xfcller" in online[1]  # escaped, never a UnicodeEncodeError
+    assert "Pe\\xf1a M\\xfcller" in shown[0][1]
+    assert "Pe\\u00f1a M\\u00fcller" in shown[1][1]  # JSON's own escape: still valid JSON
+
