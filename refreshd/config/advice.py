@@ -40,7 +40,11 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 def ignored_proxies_note(environ: Mapping[str, str]) -> str:
     """A note naming the proxy variables set in `environ`, which refreshd ignores on purpose
     (README, Proxies): "" when none is set."""
-    found = [name for name in _PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
+    # Named as set (https_proxy is as common as HTTPS_PROXY): the operator looks for that.
+    found = sorted(
+        (name for name in environ if name.upper() in _PROXY_VARIABLES and environ[name]),
+        key=lambda name: (_PROXY_VARIABLES.index(name.upper()), name),
+    )
     if not found:
         return ""
     return f" ({', '.join(found)} in the environment: ignored; set [client] proxy to use one)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
-from tests.support.daemon import EXIT_FAILED, EXIT_OK, RunRefreshd
+from tests.support.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RunRefreshd
 from tests.support.fleet import PASSWORD, USER, Fleet, secret_forms
 from tests.support.proxy import running_proxy
 from tests.support.simulator import ScriptedVicidial, api_path, total_requests
@@ -141,3 +141,59 @@ def test_every_command_prints_a_non_ascii_answer_under_an_ascii_stdout(
     assert "Pe\\xf1a M\\xfcller" in shown[0][1]
     assert "Pe\\u00f1a M\\u00fcller" in shown[1][1]  # JSON's own escape: still valid JSON
 
+
+# -- B4. places named as they are ----------------------------------------------------------------
+
+
+def _offline_config(tmp_path: Path, **daemon: str) -> Path:
+    return write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": "", **daemon},
+        credentials={"main": {"user": GOOD_USER, "password_env": "PW"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+
+def test_a_state_path_that_is_a_directory_is_called_a_directory(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    (tmp_path / "state").mkdir()
+    config = _offline_config(tmp_path, state_path=str(tmp_path / "state"))
+
+    for command in ("status", "history"):
+        code, _, err = run_refreshd([command, "-c", config])
+        assert code == EXIT_FAILED, err
+        assert f"{tmp_path / 'state'}: cannot open: it is a directory, not a file" in err
+        assert "disk" not in err
+
+
+def test_check_names_a_lower_case_proxy_variable_as_it_is_set(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = _offline_config(tmp_path)
+    env = {"PW": GOOD_PASSWORD, "https_proxy": "http://127.0.0.1:3128"}
+
+    code, out, err = run_refreshd(["check", "-c", config], env=env)
+
+    assert code == EXIT_OK, err
+    assert "proxy: none (https_proxy in the environment: ignored;" in out
+
+
+def test_an_impossible_metrics_address_is_a_config_error_for_check_and_run(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = _offline_config(tmp_path, metrics_listen="999.1.1.1:9464")
+
+    for command in ("check", "run"):
+        code, out, err = run_refreshd([command, "-c", config], env={"PW": GOOD_PASSWORD})
+        said = out + err  # run logs config.rejected as a JSON line on stdout
+        assert code == EXIT_CONFIG, said
+        assert "daemon.metrics_listen: '999.1.1.1:9464': 999.1.1.1 is not an IPv4 address" in said
+        assert "Traceback" not in said

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from refreshd.config import config_warnings, grouped_warnings, validate_config
+from refreshd.config.advice import ignored_proxies_note
 
 ENV = {"REFRESHD_EAST_PASSWORD": "Hunter2-secret_pw"}
 
@@ -137,3 +138,16 @@ def test_the_environment_overriding_a_secret_in_the_file_clears_its_warning() ->
     assert secret_warnings(inline_secrets(), environ) == IN_FILE - {
         "client.proxy: holds the proxy's password"
     }
+
+
+# -- proxy variables ignored, named as set ---------------------------------------------------------
+
+
+def test_ignored_proxy_variables_are_named_as_they_are_set() -> None:
+    environ = {"https_proxy": "http://a:1", "HTTP_PROXY": "http://b:1", "all_proxy": "", "X": "y"}
+    note = ignored_proxies_note(environ)
+    assert note.startswith(" (https_proxy, HTTP_PROXY in the environment: ignored;")
+
+
+def test_no_proxy_variable_no_note() -> None:
+    assert ignored_proxies_note({"NO_PROXY": "*", "https_proxy": ""}) == ""
