@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RunRefreshd
-from tests.support.fleet import PASSWORD, USER, Fleet, secret_forms
+from tests.support.fleet import PASSWORD, USER, Fleet, report, secret_forms
 from tests.support.proxy import running_proxy
 from tests.support.simulator import ScriptedVicidial, api_path, total_requests
 from tests.support.waiting import holds_for
@@ -37,6 +37,7 @@ def test_a_proxy_refusing_the_tunnel_is_named_with_its_status_and_suspends_the_s
         fleet.env["REFRESHD_CLIENT__PROXY"] = with_login
 
         check = fleet.cli("check", "--online")
+        by_check = len(proxy.seen)
 
         assert check.returncode == EXIT_FAILED, check.stdout + check.stderr
         assert "proxy_refused: the proxy refused to connect to api_url's host (HTTP 407)" in (
@@ -52,6 +53,13 @@ def test_a_proxy_refusing_the_tunnel_is_named_with_its_status_and_suspends_the_s
         # Suspended, not retried every second: a wrong proxy password does not heal.
         holds_for(lambda: len(proxy.seen) == tunnels, seconds=3, what="no retry")
         daemon.stop()
+        report(
+            "proxy refusing CONNECT with 407",
+            tunnels_asked_by_check=by_check,
+            tunnels_asked_by_daemon=tunnels - by_check,
+            more_in_the_3_s_after_the_suspension=len(proxy.seen) - tunnels,
+            check_exit=check.returncode,
+        )
         assert total_requests(fleet.sim) == 0
         assert_never_shown(PROXY_PASSWORD, check.stdout, check.stderr, daemon.stdout)
         assert_never_shown(PROXY_PASSWORD, daemon.stderr)
