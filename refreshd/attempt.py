@@ -16,7 +16,6 @@ from refreshd.core.vicidial import (
     classify_probe,
     parse_version,
     probe_params,
-    redact,
     refresh_params,
     version_params,
 )
@@ -94,7 +93,7 @@ def refresh(client: Client, target: Target, clock: Clock) -> Attempt:
         refresh_params(target.user, target.password, target.source, target.server_ip),
         verify=target.verify,
     )
-    answer = classify(raw.status, raw.body, raw.transport, secrets=(target.password,))
+    answer = classify(raw.status, raw.body, raw.transport, secrets=_secrets(client, target))
     return Attempt(answer, started, round(raw.elapsed * 1000))
 
 
@@ -102,7 +101,7 @@ def probe(client: Client, target: Target) -> tuple[ProbeResult, int]:
     """The side-effect-free login-and-permission probe; one login attempt, never repeated."""
     params = probe_params(target.user, target.password, target.source)
     raw = client.call(target.api_url, params, verify=target.verify)
-    result = classify_probe(raw.status, raw.body, raw.transport, secrets=(target.password,))
+    result = classify_probe(raw.status, raw.body, raw.transport, secrets=_secrets(client, target))
     return result, round(raw.elapsed * 1000)
 
 
@@ -121,5 +120,12 @@ def reach(client: Client, api_url: str, verify: bool | str | None = None) -> Rea
     version = parse_version(raw.body) if raw.status == 200 else None
     if version:
         return Reachability(True, f"VICIdial {version}", ms)
-    answer = classify(raw.status, raw.body, raw.transport)
-    return Reachability(False, redact(answer.detail) or answer.outcome.value, ms)
+    answer = classify(raw.status, raw.body, raw.transport, secrets=client.secrets)
+    return Reachability(False, answer.detail or answer.outcome.value, ms)
+
+
+def _secrets(client: Client, target: Target) -> tuple[str, ...]:
+    """What an answer to `target` is masked with: its own password and every other
+    secret the client knows (another table's password echoed by a shared page, the
+    proxy's)."""
+    return (target.password, *client.secrets)

@@ -9,10 +9,10 @@ import re
 import ssl
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -76,8 +76,15 @@ class Client:
         pool_size: int = 16,
         max_body: int = MAX_BODY,
         monotonic: Callable[[], float] = system_clock.monotonic,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.timeout = timeout
+        # Every secret an answer could echo (each password of the config, the proxy's):
+        # whatever a call brings back is masked with all of them before it is kept or shown.
+        proxy_password = urlsplit(proxy).password if proxy else None
+        self.secrets = frozenset(
+            s for s in (*secrets, proxy_password, unquote(proxy_password or "")) if s
+        )
         self.verify_tls = verify_tls
         self.max_body = max_body
         self._monotonic = monotonic
@@ -232,6 +239,7 @@ def client_for(config: Config) -> Client:
         verify_tls=config.client.verify_tls,
         proxy=config.client.proxy,
         pool_size=config.daemon.max_concurrency,
+        secrets=config.secrets(),
     )
 
 

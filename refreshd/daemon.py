@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import os
 import queue
@@ -26,13 +25,14 @@ from refreshd.config import (
     resolve_passwords,
 )
 from refreshd.httpd import MetricsServer, listen_error
-from refreshd.instance import InstanceLock, LockHeld, lock_path
+from refreshd.instance import InstanceLock, LockHeld, lock_error
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
 from refreshd.store import StateError, StateStore
+from refreshd.verify.watch import Verification
 
 __all__ = ["Daemon", "run"]
 
@@ -80,6 +80,7 @@ class Daemon:
         self.heartbeat = min(HEARTBEAT, interval) if interval else HEARTBEAT
         self.scheduler: Scheduler | None = None
         self.metrics_server: MetricsServer | None = None
+        self.verification: Verification | None = None
 
     # --- life ------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class Daemon:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
         except OSError as err:
-            self.log.error("daemon.failed", error=_lock_error(config.daemon.state_path, err))
+            self.log.error("daemon.failed", error=lock_error(config.daemon.state_path, err))
             return EXIT_FAILED
         try:
             try:
@@ -151,7 +152,6 @@ class Daemon:
                 return None
 
     def _serve(self, config: Config, store: StateStore) -> int:
-        address = config.daemon.metrics_address
         try:
             runner = Runner(
                 config, store=store, clock=self.clock, log=self.log, metrics=self.metrics
@@ -163,16 +163,12 @@ class Daemon:
             config, runner=runner, clock=self.clock, log=self.log, metrics=self.metrics
         )
         self.scheduler = scheduler
-        if address is not None:
-            try:
-                self.metrics_server = MetricsServer(
-                    address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
-                )
-            except OSError as err:
-                error = listen_error(config.daemon.metrics_listen, err)
-                self.log.error("daemon.failed", error=error)
-                return EXIT_FAILED
-            self.metrics_server.start()
+        # Verified refreshes: each `ok` of a server with a database, on a thread of its own.
+        self.verification = verification = Verification(self.clock, runner.verified)
+        verification.configure(config)
+        runner.after_call = verification.after_call
+        if not self._start_metrics(config):
+            return EXIT_FAILED
         try:
             scheduler.start()
         except StateError as err:
@@ -206,6 +202,21 @@ class Daemon:
             break
         return self._stop(signum)
 
+    def _start_metrics(self, config: Config) -> bool:
+        """Serve /metrics and /healthz where configured; False (said) if the port is taken."""
+        address = config.daemon.metrics_address
+        if address is None:
+            return True
+        try:
+            self.metrics_server = MetricsServer(
+                address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
+            )
+        except OSError as err:
+            self.log.error("daemon.failed", error=listen_error(config.daemon.metrics_listen, err))
+            return False
+        self.metrics_server.start()
+        return True
+
     def _stop(self, signum: int) -> int:
         assert self.scheduler is not None
         config = self.scheduler.config
@@ -225,6 +236,8 @@ class Daemon:
             grace_s=grace,
         )
         finished = self.scheduler.stop(grace)
+        if self.verification is not None:
+            self.verification.stop()  # waiting verifications end unsettled: nothing to keep
         self._stop_heartbeat.set()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -282,6 +295,8 @@ class Daemon:
                 self.log.exception("config.rejected", path=str(self.config_path), error=str(err))
                 return
             redactor.set_secrets(config.secrets())
+            if self.verification is not None:
+                self.verification.configure(config)
             # The new config lives on too (see _serve); collected first, so that the
             # reload's own cyclic garbage is not kept forever.
             gc.collect()
@@ -392,16 +407,6 @@ class Daemon:
             return
         if removed:
             self.log.info("state.pruned", calls_removed=removed)
-
-
-def _lock_error(state_path: Path, err: OSError) -> str:
-    where = f"cannot create the lock file {lock_path(state_path)}: {err.strerror or err}"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (
-            f"{where}. The state directory is read-only for this user: give the daemon's "
-            "user write access to it and to the state file, or set daemon.state_path."
-        )
-    return f"{where}. Check that daemon.state_path's directory exists and is writable."
 
 
 def run(

@@ -4,11 +4,12 @@ happens, and the state gauges read from it at each scrape."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from refreshd.core.ledger import Event, Kind, Ledger
 from refreshd.core.planning import Next
+from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Attempt
 from refreshd.metrics import Metrics, ServerGauges, StateGauges
 
@@ -46,6 +47,34 @@ class Events:
             return
         self.metrics.refresh_total.labels(server, str(attempt.answer.outcome)).inc()
         self.metrics.refresh_duration.observe(attempt.duration_ms / 1000)
+
+    def verified(self, server: str, started: datetime, verdict: Verdict) -> None:
+        """The verdict on a verified refresh of `server` sent at `started`."""
+        seconds = round(verdict.seconds, 3)
+        if isinstance(verdict, Applied):
+            self.log.info("refresh.applied", server=server, seconds=seconds, boxes=verdict.boxes)
+            if self.metrics is not None:
+                self.metrics.apply_seconds.observe(verdict.seconds)
+                self.metrics.unapplied_servers.labels(server).set(0)
+                applied_at = started + timedelta(seconds=verdict.seconds)
+                self.metrics.last_applied.labels(server).set(applied_at.timestamp())
+            return
+        flagged = [{"server_ip": ip, "server_id": sid} for ip, sid in verdict.flagged]
+        if verdict.unread is not None:
+            self.log.error(
+                "refresh.not_applied", server=server, seconds=seconds, error=verdict.unread
+            )
+            return
+        self.log.error(
+            "refresh.not_applied",
+            server=server,
+            seconds=seconds,
+            flagged=flagged,
+            boxes=verdict.boxes,
+            applied=verdict.boxes - len(flagged),
+        )
+        if self.metrics is not None:
+            self.metrics.unapplied_servers.labels(server).set(len(flagged))
 
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:

@@ -12,12 +12,13 @@ that took the lock for a moment could make a daemon starting at that moment refu
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Holder", "InstanceLock", "LockHeld", "lock_holder", "lock_path"]
+__all__ = ["Holder", "InstanceLock", "LockHeld", "lock_error", "lock_holder", "lock_path"]
 
 _PROC_LOCKS = Path("/proc/locks")
 
@@ -139,3 +140,13 @@ def _probe(path: Path) -> bool:
     finally:
         os.close(fd)  # also lets go of the shared lock if it was taken
     return False
+
+
+def lock_error(state_path: Path, err: OSError) -> str:
+    where = f"cannot create the lock file {lock_path(state_path)}: {err.strerror or err}"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"{where}. The state directory is read-only for this user: give the daemon's "
+            "user write access to it and to the state file, or set daemon.state_path."
+        )
+    return f"{where}. Check that daemon.state_path's directory exists and is writable."

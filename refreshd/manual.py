@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from refreshd.attempt import Attempt, probe, reach, target_of
 from refreshd.client import Client, client_for
+from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import Event, Kind
 from refreshd.core.policy import REFUSED_LOGIN
@@ -75,7 +76,7 @@ def _host(url: str) -> str:
 class ProbeLine:
     """One line of the `check --online` report."""
 
-    kind: str  # "login" or "reach"
+    kind: str  # "login", "reach" or "database"
     subject: str
     url: str
     ok: bool
@@ -88,7 +89,8 @@ def online_check(runner: Runner) -> list[ProbeLine]:
     reachability check per api_url. A probe is a login like any other: it goes through the
     runner's gate (never during a credentials wait, one at a time while unproven) and what
     it learns is journaled (a refused login starts the wait). Never more than one login
-    attempt per credentials in a run: each failed one counts toward VICIdial's lock-out."""
+    attempt per credentials in a run: each failed one counts toward VICIdial's lock-out.
+    Then each [databases.NAME] table is read as the daemon would verify (never written)."""
     config = runner.config
     client = client_for(config)
     try:
@@ -96,6 +98,39 @@ def online_check(runner: Runner) -> list[ProbeLine]:
         lines += _reach_lines(config, client)
     finally:
         client.close()
+    return lines + _database_lines(config, runner.clock)
+
+
+def _database_lines(config: Config, clock: Clock) -> list[ProbeLine]:
+    """Each database read once, as the verifier reads it: the telephony servers it would
+    wait for; a wrong password or a missing GRANT is a FAIL naming what to do."""
+    from refreshd.verify import ClusterDatabase, DatabaseProblem  # PyMySQL, when used
+
+    lines: list[ProbeLine] = []
+    for name, table in config.databases.items():
+        url = table.parsed
+        subject = f"database {name} @ {url.host}:{url.port}/{url.database}"
+        database = ClusterDatabase(url, table.secret)
+        started = clock.monotonic()
+        try:
+            reading = database.read()
+        except DatabaseProblem as problem:
+            ok, detail = False, str(problem)
+        else:
+            ids = ", ".join(box.server_id for box in reading.boxes)
+            ok = bool(reading.boxes)
+            detail = (
+                f"{len(reading.boxes)} telephony server(s) to verify ({ids}), "
+                f"{len(reading.flagged)} still flagged for a rebuild"
+                if ok
+                else "no telephony server to verify: no servers row has "
+                "active_asterisk_server = 'Y' and generate_vicidial_conf = 'Y'; is this the "
+                "cluster's VICIdial database?"
+            )
+        finally:
+            database.close()
+        ms = round((clock.monotonic() - started) * 1000)
+        lines.append(ProbeLine("database", subject, str(url), ok, detail, ms))
     return lines
 
 

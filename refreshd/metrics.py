@@ -17,6 +17,9 @@ __all__ = ["Metrics", "ServerGauges", "StateGauges"]
 
 # Calls take from tens of milliseconds to the client's time-out.
 _DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Keepalives run from cron every minute: a refresh applies within seconds to a minute or
+# two; verify_timeout is at most an hour.
+_APPLY_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,25 @@ class Metrics:
             ["server"],
             registry=r,
         )
+        self.apply_seconds = Histogram(
+            "refreshd_refresh_apply_seconds",
+            "Time from a verified refresh call to every telephony server having applied it.",
+            buckets=_APPLY_BUCKETS,
+            registry=r,
+        )
+        self.unapplied_servers = Gauge(
+            "refreshd_unapplied_servers",
+            "Telephony servers still flagged for a rebuild at the server's last verification "
+            "(absent before the first, and while its database cannot be read).",
+            ["server"],
+            registry=r,
+        )
+        self.last_applied = Gauge(
+            "refreshd_last_applied_timestamp_seconds",
+            "Unix time every telephony server was last seen to have applied a refresh.",
+            ["server"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "refreshd_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
@@ -95,7 +117,13 @@ class Metrics:
         keep = set(names)
         for name in keep:
             self.slots_missed.labels(name)
-        for family in (self.slots_missed, self.refresh_total):
+        families = (
+            self.slots_missed,
+            self.refresh_total,
+            self.unapplied_servers,
+            self.last_applied,
+        )
+        for family in families:
             for labels in _label_values(family):
                 if labels[0] not in keep:
                     family.remove(*labels)

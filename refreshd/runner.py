@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -35,10 +35,11 @@ from refreshd.core.ledger import (
 from refreshd.core.merge import Merged, merge, reconfigure
 from refreshd.core.policy import FAILED_LOGIN_LIMIT, Decision, credentials_attempt_allowed
 from refreshd.core.settle import learn, settle
+from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
 from refreshd.metrics import Metrics
-from refreshd.store import NewCall, StateError, StateStore
+from refreshd.store import NewCall, StateError, StateStore, Verification
 
 __all__ = ["Runner", "logins_of", "runner_for"]
 
@@ -86,6 +87,8 @@ class Runner:
         self._table_fps: dict[str, str] = {}  # credentials table -> its password's fingerprint
         self._server_logins: dict[str, str] = {}
         self._set_aside: dict[str, datetime] = {}  # login -> the wait --force set aside
+        # The daemon's verified refreshes (verify/watch.py) hear of every call settled.
+        self.after_call: Callable[[Call, Attempt], None] | None = None
 
     @property
     def ledger(self) -> Ledger:
@@ -268,7 +271,25 @@ class Runner:
             self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
         self.events.emit(done.events)
         self.events.called(call.server, attempt)
+        if self.after_call is not None:
+            self.after_call(call, attempt)
         return done.decision
+
+    def verified(self, server: str, started: datetime, verdict: Verdict) -> None:
+        """The verdict on `server`'s `ok` call sent at `started`: kept with the call in the
+        history (for `status` and `history`), then logged and counted."""
+        applied = isinstance(verdict, Applied)
+        detail = None
+        if not isinstance(verdict, Applied):
+            boxes = ", ".join(f"{sid} ({ip})" for ip, sid in verdict.flagged)
+            detail = verdict.unread or f"still flagged: {boxes}"
+        if self.store is not None:
+            try:
+                found = Verification(applied, verdict.seconds, detail)
+                self.store.verified(server, started, found)
+            except StateError as err:
+                self.log.error("state.error", error=str(err), server=server)
+        self.events.verified(server, started, verdict)
 
     def learn(self, call: Call, outcome: Outcome) -> None:
         """Take in what a login probe's answer says of its login (never of a server)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +12,17 @@ from refreshd.core.ledger import login_key
 from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
-from refreshd.store import CallRecord, CredentialsWait, ServerState
+from refreshd.store import CallRecord, CredentialsWait, ServerState, Verification
 
-__all__ = ["daemon_entry", "history_rows", "iso", "plan_document", "status_document"]
+__all__ = [
+    "applied_text",
+    "daemon_entry",
+    "history_rows",
+    "iso",
+    "plan_document",
+    "status_document",
+    "verification_entry",
+]
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -63,9 +72,12 @@ def status_document(
     now: datetime,
     *,
     daemon: dict[str, Any],
+    verifications: Mapping[str, Verification] | None = None,
 ) -> dict[str, Any]:
     """The daemon (`daemon_entry`), and per server: last outcome, last success,
-    suspension, credentials wait, next run (as the daemon would plan it from this state)."""
+    suspension, credentials wait, next run (as the daemon would plan it from this state),
+    and whether its last verified refresh was applied (`verification_entry`)."""
+    verifications = verifications or {}
     servers = []
     for server in config.servers:
         state = states.get(server.name, ServerState(server.name))
@@ -90,6 +102,7 @@ def status_document(
                 "credentials": server.credentials,
                 "credentials_wait_until": iso(waiting.until) if waiting else None,
                 "credentials_wait_reason": waiting.reason if waiting else None,
+                "verified": verification_entry(verifications.get(server.name)),
             }
         )
     return {"at": iso(now), "daemon": daemon, "servers": servers}
@@ -108,6 +121,27 @@ def history_rows(records: list[CallRecord]) -> list[dict[str, Any]]:
             "http_status": r.http_status,
             "servers_flagged": r.servers_flagged,
             "detail": r.detail,
+            "verified": verification_entry(r.verification),
         }
         for r in records
     ]
+
+
+def verification_entry(found: Verification | None) -> dict[str, Any] | None:
+    """Whether a verified refresh was applied, for `status` and `history`; None when the
+    call was not verified (no database, not `ok`, or the verdict still to come)."""
+    if found is None:
+        return None
+    return {
+        "applied": found.applied,
+        "call_at": iso(found.at),
+        "seconds": found.seconds,
+        "detail": found.detail,
+    }
+
+
+def applied_text(entry: dict[str, Any] | None) -> str:
+    """A `verification_entry` in a few words for a table: `yes (42s)`, `NO (180s)`, `-`."""
+    if entry is None:
+        return "-"
+    return f"{'yes' if entry['applied'] else 'NO'} ({entry['seconds']:.0f}s)"

@@ -18,6 +18,7 @@ from refreshd.cli.loading import (
     config_path,
     load,
     unknown_servers,
+    with_passwords,
 )
 from refreshd.cli.text import safe, say
 from refreshd.clock import system_clock
@@ -48,6 +49,8 @@ def check(args: argparse.Namespace) -> int:
     for warning in config_warnings(config, now=system_clock.now()):
         say(f"refreshd: warning: {warning}")
     tables = f"{len(config.servers)} server(s), {len(config.credentials)} credentials"
+    if config.databases:
+        tables += f", {len(config.databases)} database(s)"
     print(safe(f"{config_path(args)}: valid: {tables}, {len(config.blackouts)} blackout(s)"))
     print(safe(f"proxy: {config.client.proxy_shown}{ignored_proxies_note(os.environ)}"))
     if not args.online:
@@ -71,16 +74,21 @@ def check(args: argparse.Namespace) -> int:
 
 
 def refresh(args: argparse.Namespace) -> int:
-    config = load(args, passwords=True)
-    if isinstance(config, int):
-        return config
+    loaded = load(args, passwords=False)
+    if isinstance(loaded, int):
+        return loaded
+    # The arguments first: a wrong name is a usage error (2) wherever it is typed, also
+    # in a shell without the service's passwords.
     if args.all == bool(args.servers):
         say("refreshd refresh: name one or more servers, or --all")
         return EXIT_USAGE
-    known = [server.name for server in config.servers]
+    known = [server.name for server in loaded.servers]
     names: list[str] = known if args.all else list(dict.fromkeys(args.servers))
-    if unknown_servers("refresh", names, config):
+    if unknown_servers("refresh", names, loaded):
         return EXIT_USAGE
+    config = with_passwords(args, loaded)
+    if isinstance(config, int):
+        return config
     for warning in config_warnings(config, now=system_clock.now()):
         say(f"refreshd: warning: {warning}")
     # The HTTP stack (requests, urllib3, ssl) is imported by the commands that call

@@ -20,6 +20,7 @@ __all__ = [
     "config_path",
     "load",
     "unknown_servers",
+    "with_passwords",
 ]
 
 EXIT_OK = 0
@@ -41,6 +42,19 @@ def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
         config = load_config(path)
         if passwords:
             config = resolve_passwords(config, path=path)
+    except ConfigError as err:
+        say(f"refreshd: {err}")
+        return EXIT_CONFIG
+    redactor.set_secrets(config.secrets())
+    return config
+
+
+def with_passwords(args: argparse.Namespace, config: Config) -> Config | int:
+    """`config` (loaded without) with every password read, or the exit code after saying
+    why one cannot be: for a command that checks its own arguments first."""
+    path = config_path(args)
+    try:
+        config = resolve_passwords(config, path=path)
     except ConfigError as err:
         say(f"refreshd: {err}")
         return EXIT_CONFIG

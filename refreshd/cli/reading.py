@@ -14,7 +14,13 @@ from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.instance import lock_holder
 from refreshd.store import StateError, StateStore
-from refreshd.views import daemon_entry, history_rows, plan_document, status_document
+from refreshd.views import (
+    applied_text,
+    daemon_entry,
+    history_rows,
+    plan_document,
+    status_document,
+)
 
 __all__ = ["history", "plan", "status"]
 
@@ -46,7 +52,14 @@ def plan(args: argparse.Namespace) -> int:
 def _read_store(config: Config) -> StateStore | None:
     """The state file, read-only; None (and a note) before the daemon's first start."""
     path = config.daemon.state_path
-    if not path.exists():
+    try:
+        present = path.exists()
+    except OSError as err:  # a directory this user may not search, a name too long
+        raise StateError(
+            f"cannot look at the state file {path}: {err.strerror or err}; run this command "
+            "as the user refreshd runs as (or with sudo), or fix daemon.state_path"
+        ) from None
+    if not present:
         say(f"refreshd: no state file at {path} yet (the daemon has not run)")
         return None
     return StateStore.open_readonly(path)
@@ -62,7 +75,7 @@ def status(args: argparse.Namespace) -> int:
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
         return EXIT_FAILED
-    states, waits, done, beat = {}, {}, {}, None
+    states, waits, done, beat, verified = {}, {}, {}, None, {}
     try:
         store = _read_store(config)
         if store is not None:
@@ -71,17 +84,20 @@ def status(args: argparse.Namespace) -> int:
                 waits = store.all_credentials_waits()
                 done = store.last_runs_done()
                 beat = store.last_beat()
+                verified = store.last_verifications()
     except StateError as err:
         say(f"refreshd: {err}")
         return EXIT_FAILED
     daemon = daemon_entry(holder.running, holder.pid, beat)
-    document = status_document(config, states, waits, done, now, daemon=daemon)
+    document = status_document(
+        config, states, waits, done, now, daemon=daemon, verifications=verified
+    )
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
     print(_daemon_line(holder.running, holder.pid, beat, now, utc=args.utc))
     print_table(
-        ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "NEXT RUN", "HELD"],
+        ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"],
         [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],
     )
     return EXIT_OK
@@ -111,6 +127,7 @@ def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]
         entry["last_outcome"] or "-",
         shown("last_attempt_at"),
         shown("last_success_at"),
+        applied_text(entry["verified"]),
         shown("next_run") if entry["next_run"] else "none ahead",
         held,
     ]
@@ -137,7 +154,7 @@ def history(args: argparse.Namespace) -> int:
         return EXIT_OK
     now = system_clock.now()
     print_table(
-        ["AT", "SERVER", "OUTCOME", "TRY", "MS", "DETAIL"],
+        ["AT", "SERVER", "OUTCOME", "TRY", "MS", "APPLIED", "DETAIL"],
         [
             [
                 when(r.at, now, utc=args.utc, seconds=True),
@@ -145,12 +162,19 @@ def history(args: argparse.Namespace) -> int:
                 str(r.outcome),
                 str(r.attempt),
                 str(r.duration_ms),
-                _cut(r.detail or ""),
+                applied_text(row["verified"]),
+                _cut(_detail(r.detail, row["verified"])),
             ]
-            for r in records
+            for r, row in zip(records, history_rows(records), strict=True)
         ],
     )
     return EXIT_OK
+
+
+def _detail(detail: str | None, verified: dict[str, Any] | None) -> str:
+    # A refresh not applied says why first: the boxes still flagged, or the database.
+    why = verified["detail"] if verified and not verified["applied"] else None
+    return "; ".join(text for text in (why, detail) if text)
 
 
 def _cut(detail: str, width: int = 80) -> str:

@@ -21,6 +21,7 @@ from refreshd.config.advice import (
     is_loopback_host,
 )
 from refreshd.config.credentials import Credentials, CredentialsConfig
+from refreshd.config.databases import DatabaseConfig
 from refreshd.config.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -50,6 +51,7 @@ __all__ = [
     "Credentials",
     "CredentialsConfig",
     "DaemonConfig",
+    "DatabaseConfig",
     "ServerConfig",
     "config_warnings",
     "default_config_path",

@@ -1,5 +1,6 @@
 """`[credentials.NAME]` tables: a VICIdial user and where its password comes from, read only
-when a command asks (`with_password`); and the base every config table shares."""
+when a command asks (`with_password`); the password keys every table with a password shares
+(`PasswordTable`, also `[databases.NAME]`); and the base every config table shares."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from refreshd.config.passwords import (
 )
 from refreshd.config.problems import invalid_at
 
-__all__ = ["Credentials", "CredentialsConfig", "Table"]
+__all__ = ["Credentials", "CredentialsConfig", "PasswordTable", "Table"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PASSWORD_KEYS = ("password", "password_env", "password_file")
@@ -41,17 +42,16 @@ class Credentials:
     source_kind: Literal["inline", "env", "file"]
 
 
-class CredentialsConfig(Table):
-    """`[credentials.NAME]`: a user and exactly one of password, password_env, password_file.
+class PasswordTable(Table):
+    """A table with exactly one of password, password_env, password_file.
 
     Validation checks the shape; an inline password is kept at once, the others are read by
-    `with_password()` (see `Config.with_passwords`) and kept privately;
-    `Config.credentials_for()` hands them out. A relative password_file is read from
-    $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set, else from the
-    config file's directory.
+    `with_password()` (see `Config.with_passwords`) and kept privately. A relative
+    password_file is read from $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that
+    is set, else from the config file's directory. `check_secret` says which passwords the
+    other side can use.
     """
 
-    user: VicidialUser
     password: SecretStr | None = None
     password_env: str | None = None
     password_file: Path | None = None
@@ -59,11 +59,17 @@ class CredentialsConfig(Table):
     _secret: SecretStr | None = PrivateAttr(default=None)
     _source_kind: Literal["inline", "env", "file"] = PrivateAttr(default="inline")
 
+    @staticmethod
+    def check_secret(secret: str, where: str) -> None:
+        """ValueError unless `secret` (from `where`) can be used; any non-empty one here."""
+        if not secret:
+            raise ValueError(f"{where} is empty")
+
     @field_validator("password")
     @classmethod
     def _password_characters(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            check_password(value.get_secret_value(), "the password")
+            cls.check_secret(value.get_secret_value(), "the password")
         return value
 
     @field_validator("password_env")
@@ -109,19 +115,35 @@ class CredentialsConfig(Table):
         """The key that gives the password: password_env, password_file or password."""
         return next(key for key in _PASSWORD_KEYS if getattr(self, key) is not None)
 
-    def with_password(self, sources: PasswordSources) -> CredentialsConfig:
+    @property
+    def secret(self) -> str | None:
+        """The password in plain text once read: for a connection or the redactor only."""
+        return None if self._secret is None else self._secret.get_secret_value()
+
+    def with_password(self, sources: PasswordSources) -> Self:
         """A copy holding the password read from `sources`; ValueError saying why it cannot
         be read (the place is `password_key`)."""
         if self._secret is not None:
             return self
         copy = self.model_copy()
         if self.password_env is not None:
-            copy._secret = password_from_env(self.password_env, sources.environ)
+            copy._secret = password_from_env(self.password_env, sources.environ, self.check_secret)
             copy._source_kind = "env"
         elif self.password_file is not None:
-            copy._secret = password_from_file(self.password_file, sources)
+            copy._secret = password_from_file(self.password_file, sources, self.check_secret)
             copy._source_kind = "file"
         return copy
+
+
+class CredentialsConfig(PasswordTable):
+    """`[credentials.NAME]`: a VICIdial user and exactly one of password, password_env,
+    password_file (`PasswordTable`); `Config.credentials_for()` hands them out."""
+
+    user: VicidialUser
+
+    @staticmethod
+    def check_secret(secret: str, where: str) -> None:
+        check_password(secret, where)  # only what VICIdial keeps can ever log in
 
     def resolved(self, name: str) -> Credentials:
         """This table as a `Credentials` value: user plus the resolved password."""

@@ -25,14 +25,17 @@ ENV_DELIMITER = "__"
 
 
 def environment_overrides(
-    environ: Mapping[str, str], model: type[BaseModel]
+    environ: Mapping[str, str], model: type[BaseModel], data: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The overrides that `environ` sets on `model`'s fields, and a problem for each value
-    that should be JSON and is not. Variables naming no field of `model` are left alone."""
+    that should be JSON and is not. Variables naming no field of `model` are left alone.
+    A table name (`REFRESHD_CREDENTIALS__EAST__USER`) is the file's table of that name in any
+    case (`[credentials.East]`), else a new table named in lower case."""
     overrides: dict[str, Any] = {}
     problems: list[Problem] = []
+    found = _override_paths(environ, model, data or {})
     # Shorter paths first, so that REFRESHD_DAEMON='{...}' is refined by REFRESHD_DAEMON__X.
-    for name, path in sorted(_override_paths(environ, model), key=lambda item: len(item[1])):
+    for name, path in sorted(found, key=lambda item: len(item[1])):
         target = _field_type(model, path)
         if target is _INSIDE_A_LIST:
             problems.append(
@@ -61,16 +64,38 @@ def environment_overrides(
 
 
 def _override_paths(
-    environ: Mapping[str, str], model: type[BaseModel]
+    environ: Mapping[str, str], model: type[BaseModel], data: Mapping[str, Any]
 ) -> list[tuple[str, tuple[str, ...]]]:
     found = []
     for name in environ:
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        path = tuple(name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
-        if path[0] in model.model_fields:
-            found.append((name, path))
+        parts = name[len(ENV_PREFIX) :].split(ENV_DELIMITER)
+        if parts[0].lower() in model.model_fields:
+            found.append((name, _keys(model, data, parts)))
     return found
+
+
+def _keys(model: type[BaseModel], data: Any, parts: list[str]) -> tuple[str, ...]:
+    """The variable's parts as the config's keys: field names lower-case, table names as
+    the file writes them (matched without regard to case), new ones lower-case."""
+    keys: list[str] = []
+    current: Any = model
+    for part in parts:
+        current = _non_optional(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            key = part.lower()
+            field = current.model_fields.get(key)
+            current = field.annotation if field is not None else None
+        elif typing.get_origin(current) in (dict, Mapping):
+            known = data if isinstance(data, Mapping) else {}
+            key = next((k for k in known if str(k).casefold() == part.casefold()), part.lower())
+            current = typing.get_args(current)[1]
+        else:
+            key, current = part.lower(), None
+        keys.append(key)
+        data = data.get(key) if isinstance(data, Mapping) else None
+    return tuple(keys)
 
 
 _INSIDE_A_LIST = object()

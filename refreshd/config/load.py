@@ -138,7 +138,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _environment_overrides(
     environ: Mapping[str, str], data: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[Problem]]:
-    overrides, problems = environment_overrides(environ, Config)
+    overrides, problems = environment_overrides(environ, Config, data)
     return overrides, [*_unknown_env_problems(environ, data), *problems]
 
 
@@ -146,8 +146,12 @@ def _unknown_env_problems(environ: Mapping[str, str], data: Mapping[str, Any]) -
     # REFRESHD_X__Y can only be meant as an override: refuse it when X is no table, or a
     # typo would pass silently. (Not REFRESHD_X alone: password_env variables are often
     # called REFRESHD_SOMETHING.)
-    credentials = data.get("credentials")
-    tables = credentials.values() if isinstance(credentials, Mapping) else ()
+    tables = [
+        table
+        for kind in ("credentials", "databases")
+        if isinstance(data.get(kind), Mapping)
+        for table in data[kind].values()
+    ]
     password_vars = {str(raw_field(table, "password_env")).upper() for table in tables}
     problems: list[Problem] = []
     for name in environ:

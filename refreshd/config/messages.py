@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from refreshd.config.credentials import CredentialsConfig
+from refreshd.config.databases import DatabaseConfig
 from refreshd.config.models import (
     BackoffConfig,
     BlackoutConfig,
@@ -28,6 +29,7 @@ _TABLES: dict[str, type[BaseModel]] = {
     "client": ClientConfig,
     "backoff": BackoffConfig,
     "credentials": CredentialsConfig,
+    "databases": DatabaseConfig,
     "servers": ServerConfig,
     "blackouts": BlackoutConfig,
 }
@@ -46,7 +48,7 @@ def _table_at(loc: Loc) -> type[BaseModel] | None:
     """The model of the table at loc (config, [daemon], servers[2], ...), if it is one."""
     if not loc:
         return Config
-    depth = 2 if loc[0] in ("credentials", "servers", "blackouts") else 1
+    depth = 2 if loc[0] in ("credentials", "databases", "servers", "blackouts") else 1
     return _TABLES.get(str(loc[0])) if len(loc) == depth else None
 
 

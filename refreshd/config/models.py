@@ -12,7 +12,6 @@ copy with each password read. Code that talks to VICIdial asks
 from __future__ import annotations
 
 import functools
-import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -34,7 +33,8 @@ from pydantic import (
     model_validator,
 )
 
-from refreshd.config.credentials import Credentials, CredentialsConfig, Table
+from refreshd.config.credentials import Credentials, CredentialsConfig, PasswordTable, Table
+from refreshd.config.databases import DatabaseConfig
 from refreshd.config.fields import (
     ApiUrl,
     BlackoutWindow,
@@ -64,12 +64,15 @@ from refreshd.config.passwords import (
 from refreshd.config.problems import Problem, invalid
 from refreshd.config.references import raw_field, reference_problems
 from refreshd.core.durations import format_duration
+from refreshd.core.verification import (
+    VERIFY_TIMEOUT_DEFAULT,
+    VERIFY_TIMEOUT_MAX,
+    VERIFY_TIMEOUT_MIN,
+)
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAY = timedelta(days=1)
 _MONTH = timedelta(days=30)
-_PASSWORD_KEYS = ("password", "password_env", "password_file")
 
 
 def _checked_ca_file(value: Path, info: ValidationInfo) -> Path:
@@ -175,6 +178,10 @@ class ServerConfig(Table):
         None
     )
     ca_file: CaFile | None = None  # this server's CA, instead of [client] ca_file
+    database: NonEmpty | None = None  # a [databases.NAME] table: verify each refresh
+    verify_timeout: Annotated[PositiveDuration, between(VERIFY_TIMEOUT_MIN, VERIFY_TIMEOUT_MAX)] = (
+        VERIFY_TIMEOUT_DEFAULT
+    )
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -206,6 +213,7 @@ class Config(BaseModel):
     client: ClientConfig = ClientConfig()
     backoff: BackoffConfig = BackoffConfig()
     credentials: Mapping[Name, CredentialsConfig] = Field(default_factory=dict)
+    databases: Mapping[Name, DatabaseConfig] = Field(default_factory=dict)
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
     # Which values a REFRESHD_ variable set, by their path: advice must not blame the file
@@ -230,8 +238,17 @@ class Config(BaseModel):
 
     def __hash__(self) -> int:
         credentials = tuple(sorted(self.credentials.items()))
+        databases = tuple(sorted(self.databases.items()))
         return hash(
-            (self.daemon, self.client, self.backoff, credentials, self.servers, self.blackouts)
+            (
+                self.daemon,
+                self.client,
+                self.backoff,
+                credentials,
+                databases,
+                self.servers,
+                self.blackouts,
+            )
         )
 
     def server(self, name: str) -> ServerConfig:
@@ -260,18 +277,20 @@ class Config(BaseModel):
         return str(chosen) if chosen is not None else True
 
     def with_passwords(self, sources: PasswordSources) -> Config:
-        """A copy with every password read from `sources`; a ValidationError, as validation
-        raises, naming each key whose password cannot be read."""
-        tables: dict[str, CredentialsConfig] = {}
+        """A copy with every password read from `sources` (credentials and databases); a
+        ValidationError, as validation raises, naming each key whose password cannot be read."""
+        read: dict[str, dict[str, PasswordTable]] = {"credentials": {}, "databases": {}}
         problems: list[Problem] = []
-        for name, table in self.credentials.items():
-            try:
-                tables[name] = table.with_password(sources)
-            except ValueError as error:
-                problems.append((("credentials", name, table.password_key), str(error)))
+        for kind, found in read.items():
+            tables: Mapping[str, PasswordTable] = getattr(self, kind)
+            for name, table in tables.items():
+                try:
+                    found[name] = table.with_password(sources)
+                except ValueError as error:
+                    problems.append(((kind, name, table.password_key), str(error)))
         if problems:
             raise invalid(problems)
-        return self.model_copy(update={"credentials": tables})
+        return self.model_copy(update=read)
 
     def with_environment_origins(self, origins: Mapping[tuple[str | int, ...], str]) -> Config:
         """A copy that knows which REFRESHD_ variable set each value at a path in `origins`."""
@@ -287,11 +306,8 @@ class Config(BaseModel):
     def secrets(self) -> frozenset[str]:
         """Every password read so far (and the proxy's), in plain text: for the log
         redactor only, never for display."""
-        passwords = {
-            table._secret.get_secret_value()
-            for table in self.credentials.values()
-            if table._secret is not None
-        }
+        tables: list[PasswordTable] = [*self.credentials.values(), *self.databases.values()]
+        passwords = {table.secret for table in tables if table.secret is not None}
         proxy_password = urlsplit(self.client.proxy).password if self.client.proxy else None
         if proxy_password:
             passwords |= {proxy_password, unquote(proxy_password)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,15 @@ _NAMED_VARIABLE = "the environment variable it names"
 _NAMED_FILE = "the file it names"
 
 
-def password_from_env(name: str, environ: Mapping[str, str]) -> SecretStr:
-    """The password in the environment variable `name`; ValueError saying what to fix."""
+# A password's check: ValueError unless the other side can use it (`where` names the origin).
+Check = Callable[[str, str], None]
+
+
+def password_from_env(
+    name: str, environ: Mapping[str, str], check: Check | None = None
+) -> SecretStr:
+    """The password in the environment variable `name`; ValueError saying what to fix.
+    `check`: which passwords are usable (default: those VICIdial can check)."""
     value = environ.get(name)
     if value is None:
         raise ValueError(
@@ -67,13 +74,15 @@ def password_from_env(name: str, environ: Mapping[str, str]) -> SecretStr:
             "Environment= or EnvironmentFile=, docker -e) or use password_file (the name is "
             "not shown, in case the password was put here by mistake)"
         )
-    check_password(value, _NAMED_VARIABLE)
+    (check or check_password)(value, _NAMED_VARIABLE)
     return SecretStr(value)
 
 
-def password_from_file(path: Path, context: PasswordSources) -> SecretStr:
+def password_from_file(
+    path: Path, context: PasswordSources, check: Check | None = None
+) -> SecretStr:
     """The password in the file at `path`, one final newline removed; ValueError saying what
-    to fix."""
+    to fix. `check`: as for `password_from_env`."""
     full = context.password_file_path(path)
     try:
         with full.open("rb") as file:
@@ -89,7 +98,7 @@ def password_from_file(path: Path, context: PasswordSources) -> SecretStr:
     # `echo pw > file` and editors add one newline; it is not part of the password.
     # A second one stays, and is refused as a filtered character.
     text = text.removesuffix("\n").removesuffix("\r")
-    check_password(text, _NAMED_FILE)
+    (check or check_password)(text, _NAMED_FILE)
     return SecretStr(text)
 
 

@@ -33,7 +33,8 @@ def reference_problems(data: object) -> list[Problem]:
         return []
     servers = raw_items(data.get("servers"))
     problems, first_at = _duplicate_server_names(servers)
-    problems += _unknown_credentials(servers, data.get("credentials", {}))
+    problems += _unknown_tables(servers, data.get("credentials", {}), "credentials")
+    problems += _unknown_tables(servers, data.get("databases", {}), "database", "databases")
     problems += _blackout_problems(raw_items(data.get("blackouts")), first_at)
     return problems
 
@@ -61,19 +62,23 @@ def _duplicate_server_names(
     return problems, first_at
 
 
-def _unknown_credentials(servers: list[tuple[int, object]], credentials: object) -> list[Problem]:
-    """Servers naming a [credentials.NAME] table that does not exist."""
-    if not isinstance(credentials, Mapping):
+def _unknown_tables(
+    servers: list[tuple[int, object]], tables: object, key: str, kind: str | None = None
+) -> list[Problem]:
+    """Servers whose `key` names a [KIND.NAME] table (kind: key's plural) that does not
+    exist: [credentials.NAME] and [databases.NAME]."""
+    if not isinstance(tables, Mapping):
         return []
+    kind = kind or key
     problems: list[Problem] = []
-    known = ", ".join(sorted(str(key) for key in credentials)) or "none"
+    known = ", ".join(sorted(str(name) for name in tables)) or "none"
     for index, server in servers:
-        wanted = raw_field(server, "credentials")
-        if isinstance(wanted, str) and wanted and wanted not in credentials:
+        wanted = raw_field(server, key)
+        if isinstance(wanted, str) and wanted and wanted not in tables:
             problems.append(
                 (
-                    ("servers", index, "credentials"),
-                    f"unknown credentials {wanted!r}: add a [credentials.{wanted}] table "
+                    ("servers", index, key),
+                    f"unknown {key} {wanted!r}: add a [{kind}.{wanted}] table "
                     f"or use one that exists ({known})",
                 )
             )

@@ -10,6 +10,7 @@ Reading order, for whoever opens the file with `sqlite3` at night:
   journal.py  `StateStore`: open, migrate, `load` and `journal` the ledger, history, prune
   schema.py   the tables, their migrations (`PRAGMA user_version`) and every SQL statement
   rows.py     the values read and written, and times as fixed-width UTC text
+  verifications.py  the verdicts of verified refreshes, kept with the calls
   errors.py   `StateError`, and each SQLite failure as what to do
 """
 
@@ -17,7 +18,14 @@ from __future__ import annotations
 
 from refreshd.store.errors import BUSY_TIMEOUT, StateError
 from refreshd.store.journal import RUNS_DONE_EXTRA_KEEP, StateStore
-from refreshd.store.rows import DETAIL_MAX, CallRecord, CredentialsWait, NewCall, ServerState
+from refreshd.store.rows import (
+    DETAIL_MAX,
+    CallRecord,
+    CredentialsWait,
+    NewCall,
+    ServerState,
+    Verification,
+)
 from refreshd.store.schema import SCHEMA_VERSION
 
 __all__ = [
@@ -31,4 +39,5 @@ __all__ = [
     "ServerState",
     "StateError",
     "StateStore",
+    "Verification",
 ]

@@ -25,6 +25,7 @@ from refreshd.store import rows, schema
 from refreshd.store.errors import BUSY_TIMEOUT, StateError, explain
 from refreshd.store.rows import CallRecord, CredentialsWait, NewCall, ServerState
 from refreshd.store.schema import SCHEMA_VERSION
+from refreshd.store.verifications import Verifications
 
 __all__ = ["RUNS_DONE_EXTRA_KEEP", "StateStore"]
 
@@ -33,7 +34,7 @@ RUNS_DONE_EXTRA_KEEP = timedelta(days=2)
 forget a slot that is still open (a window lasts at most 24 h)."""
 
 
-class StateStore:
+class StateStore(Verifications):
     """The state file, open for the daemon (read-write) or the CLI (read-only).
 
     Thread-safe. Every method raises StateError for any database or file-system

@@ -20,6 +20,7 @@ __all__ = [
     "CredentialsWait",
     "NewCall",
     "ServerState",
+    "Verification",
     "call_record",
     "call_row",
     "credentials_wait",
@@ -66,6 +67,16 @@ class CredentialsWait:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """Whether an `ok` call's refresh was applied by every telephony server of the cluster."""
+
+    applied: bool
+    seconds: float  # from sending the call to the verdict
+    detail: str | None = None  # the boxes still flagged, or why the database was unreadable
+    at: datetime | None = None  # when the call was sent (as read back)
+
+
+@dataclass(frozen=True)
 class CallRecord:
     """One call, as kept in the history."""
 
@@ -84,6 +95,9 @@ class CallRecord:
     servers_flagged: int | None
     detail: str | None
     """Short, already redacted text (the caller redacts; the store cannot)."""
+    verification: Verification | None = None
+    """For an `ok` call of a server with a database: applied or not; None before the
+    verdict, or when not verified."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ def call_row(call: NewCall) -> tuple[object, ...]:
 
 
 def call_record(row: tuple[object, ...]) -> CallRecord:
-    row_id, server, slot, due, attempt, outcome, at, duration, status, flagged, detail = row
+    row_id, server, slot, due, attempt, outcome, at, duration, status, flagged, detail = row[:11]
     return CallRecord(
         id=_int(row_id),
         server=str(server),
@@ -215,7 +229,22 @@ def call_record(row: tuple[object, ...]) -> CallRecord:
         http_status=None if status is None else _int(status),
         servers_flagged=None if flagged is None else _int(flagged),
         detail=_opt_str(detail),
+        verification=verification((at, *row[11:])),
     )
+
+
+def verification(row: tuple[object, ...]) -> Verification | None:
+    """(at, applied, apply_seconds, apply_detail) as a Verification; None if not verified."""
+    at, applied, seconds, detail = row
+    if applied is None:
+        return None
+    spent = float(seconds) if isinstance(seconds, int | float) else 0.0
+    return Verification(bool(applied), spent, _opt_str(detail), time(str(at)))
+
+
+def verification_row(server: str, at: datetime, found: Verification) -> tuple[object, ...]:
+    detail = None if found.detail is None else found.detail[:DETAIL_MAX]
+    return (int(found.applied), round(found.seconds, 3), detail, server, text(at))
 
 
 def _opt_str(value: object) -> str | None:

@@ -18,12 +18,14 @@ __all__ = [
     "HEARTBEAT_SELECT",
     "HEARTBEAT_UPSERT",
     "LAST_RUNS_DONE",
+    "LAST_VERIFIED",
     "MIGRATIONS",
     "RUNS_DONE_PRUNE",
     "RUN_DONE_INSERT",
     "SCHEMA_VERSION",
     "SERVER_SELECT",
     "SERVER_UPSERT",
+    "VERIFIED_UPDATE",
     "WAIT_DELETE",
     "WAIT_SELECT",
     "WAIT_UPSERT",
@@ -93,6 +95,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             heartbeat_at TEXT NOT NULL
         )""",
     ),
+    # 4 -> 5: whether each `ok` call's refresh was applied by every telephony server, as
+    # the cluster's database showed (NULL: not verified), for `status` and `history`.
+    (
+        "ALTER TABLE calls ADD COLUMN applied INTEGER CHECK (applied IN (0, 1))",
+        "ALTER TABLE calls ADD COLUMN apply_seconds REAL",
+        "ALTER TABLE calls ADD COLUMN apply_detail TEXT",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -158,8 +167,19 @@ CALL_INSERT = (
 )
 CALL_SELECT = (
     "SELECT id, server, slot_start, due, attempt, outcome, at, duration_ms, "
-    "http_status, servers_flagged, detail FROM calls "
+    "http_status, servers_flagged, detail, applied, apply_seconds, apply_detail FROM calls "
     "WHERE (:server IS NULL OR server = :server) AND (:since IS NULL OR at >= :since) "
     "ORDER BY at DESC, id DESC LIMIT :limit"
 )
 CALLS_PRUNE = "DELETE FROM calls WHERE at < ?"
+# The verdict on the `ok` call of a server sent at a time (the verifier knows no call id).
+VERIFIED_UPDATE = (
+    "UPDATE calls SET applied = ?, apply_seconds = ?, apply_detail = ? "
+    "WHERE server = ? AND at = ? AND outcome = 'ok'"
+)
+# Each server's latest verdict.
+LAST_VERIFIED = (
+    "SELECT server, at, applied, apply_seconds, apply_detail FROM calls AS c "
+    "WHERE applied IS NOT NULL AND at = (SELECT MAX(at) FROM calls "
+    "WHERE server = c.server AND applied IS NOT NULL)"
+)

@@ -73,6 +73,10 @@ class Verifier:
                 readings[name] = self._databases[name].read()
             except DatabaseProblem as problem:
                 readings[name] = problem
+            except Exception as error:  # a bug or a driver's surprise must not end the thread
+                where = self._databases[name].url
+                text = f"{where}: cannot read the database ({type(error).__name__})"
+                readings[name] = DatabaseProblem(text, lasting=False)
         now = self._clock.now()
         settled: list[tuple[_Expected, Verdict]] = []
         with self._lock:
@@ -101,8 +105,17 @@ class Verifier:
             database.close()
 
     def _run(self) -> None:
-        while not self._clock.wait(self._stopping, self._interval):
+        while not self._clock.wait(self._stopping, self._next_look()):
             self.look()
+
+    def _next_look(self) -> float:
+        """Seconds to the next look: the interval, or sooner when a verification's timeout
+        ends first, so that a `not_applied` is told when its time is up, not up to an
+        interval later."""
+        now = self._clock.now()
+        with self._lock:
+            ends = [(e.started + e.timeout - now).total_seconds() for e in self._pending]
+        return max(0.05, min([self._interval, *ends]))
 
 
 def _verdict_of(

@@ -36,6 +36,7 @@ from refreshd.store import (
     ServerState,
     StateError,
     StateStore,
+    Verification,
 )
 from refreshd.store.errors import explain
 from refreshd.store.schema import MIGRATIONS
@@ -633,9 +634,38 @@ def test_a_version_2_file_gains_the_heartbeat_and_keeps_its_state(path: Path) ->
         assert upgraded.server_state("east-1").last_outcome is Outcome.OK
         assert upgraded.last_beat() is None  # no daemon of this version has beat yet
         upgraded.beat(SLOT)
-    assert user_version(path) == SCHEMA_VERSION == 4
+    assert user_version(path) == SCHEMA_VERSION
     with StateStore.open_readonly(path) as reader:
         assert reader.last_beat() == SLOT
+
+
+def test_a_version_4_file_keeps_its_calls_and_learns_which_were_applied(path: Path) -> None:
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in MIGRATIONS[:4] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO servers (name, last_outcome) VALUES ('east-1', 'ok')")
+        for at in ("2026-03-02T02:00:00.000000Z", "2026-03-03T02:00:00.000000Z"):
+            conn.execute(
+                "INSERT INTO calls (server, attempt, outcome, at, duration_ms) "
+                "VALUES ('east-1', 1, 'ok', ?, 40)",
+                (at,),
+            )
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    later = SLOT + timedelta(days=1)
+
+    with StateStore(path) as upgraded:
+        assert [r.verification for r in upgraded.history()] == [None, None]
+        upgraded.verified("east-1", SLOT, Verification(True, 42.5))
+        upgraded.verified("east-1", later, Verification(False, 180.0, "still flagged: dial2"))
+        latest = upgraded.last_verifications()
+        newest, oldest = upgraded.history()
+
+    assert user_version(path) == SCHEMA_VERSION == 5
+    assert oldest.verification == Verification(True, 42.5, None, SLOT)
+    assert newest.verification == Verification(False, 180.0, "still flagged: dial2", later)
+    assert latest == {"east-1": newest.verification}
 
 
 def test_the_heartbeat_keeps_only_the_latest_beat(store: StateStore, path: Path) -> None:

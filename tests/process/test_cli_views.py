@@ -47,6 +47,7 @@ STATUS_SERVER_KEYS = {
     "credentials",
     "credentials_wait_until",
     "credentials_wait_reason",
+    "verified",
 }
 HISTORY_KEYS = {
     "at",
@@ -59,12 +60,13 @@ HISTORY_KEYS = {
     "http_status",
     "servers_flagged",
     "detail",
+    "verified",
 }
 OUTCOMES = {str(outcome) for outcome in Outcome}
 
 PLAN_HEADERS = ["SERVER", "DUE (LOCAL)", "SLOT START", "SLOT END"]
-STATUS_HEADERS = ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "NEXT RUN", "HELD"]
-HISTORY_HEADERS = ["AT", "SERVER", "OUTCOME", "TRY", "MS", "DETAIL"]
+STATUS_HEADERS = ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"]
+HISTORY_HEADERS = ["AT", "SERVER", "OUTCOME", "TRY", "MS", "APPLIED", "DETAIL"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -360,8 +362,8 @@ def test_status_human_output_is_aligned_columns_under_a_header(
         ["east-1", "ok"],
         ["a-much-longer-name", "permission_denied"],
     ]
-    assert rows[1][5].startswith("suspended until ")
-    assert rows[0][5] == ""
+    assert rows[1][6].startswith("suspended until ")
+    assert rows[0][6] == ""
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def test_history_human_output_is_aligned_columns_under_a_header(
         ["a-much-longer-name", "permission_denied", "1"],
         ["east-1", "ok", "1"],
     ]
-    assert rows[1][5].startswith("SUCCESS")
+    assert rows[1][6].startswith("SUCCESS")
 
 
 def test_history_never_shows_an_echoed_wrong_password(
@@ -664,7 +666,7 @@ def test_status_and_history_human_times_have_a_weekday_and_no_microseconds(
     (row,) = assert_aligned(status_out.split("\n", 1)[1], STATUS_HEADERS, rows=1)
     assert re.fullmatch(_WHEN.format(zone="UTC"), row[2]), row
     assert row[2] == row[3]  # last call, last success
-    assert re.fullmatch(_WHEN.format(zone="UTC"), row[4]), row
+    assert re.fullmatch(_WHEN.format(zone="UTC"), row[5]), row
     (call,) = assert_aligned(history_out, HISTORY_HEADERS, rows=1)
     assert re.fullmatch(_WHEN.format(zone="UTC").replace(r"\d\d:\d\d", r"\d\d:\d\d:\d\d"), call[0])
     assert not re.search(r"\d:\d\d[.,]\d", status_out + history_out)
@@ -750,3 +752,53 @@ def test_history_and_status_show_control_characters_from_an_answer_escaped(
     for out in (table, shown, err):
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), repr(out)
     assert "\\x1b[2J\\x1b]0;owned" in table
+
+
+@pytest.mark.parametrize("command", ["status", "history"])
+def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
+    tmp_path: Path, run_refreshd: RunRefreshd, command: str
+) -> None:
+    # A name past the file system's 255 bytes fails as a directory the operator may not
+    # search does (the README's systemd layout, /var/lib/private, for a non-root user).
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / ("s" * 300 + ".db"))},
+        credentials={"main": {"user": "refreshd", "password": "demo-pass-123"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+    code, _out, err = run_refreshd([command, "-c", config])
+
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert "File name too long" in err
+
+
+def test_refresh_of_an_unknown_server_is_a_usage_error_before_any_password_is_read(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    config = write_daemon_config(
+        tmp_path / "refreshd.toml",
+        daemon={"state_path": str(tmp_path / "state.db")},
+        credentials={"main": {"user": "refreshd", "password_env": "NOT_IN_THIS_SHELL"}},
+        servers=[
+            {
+                "name": "east-1",
+                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
+                "credentials": "main",
+                "windows": ["02:00-04:00"],
+            }
+        ],
+    )
+
+    assert run_refreshd(["refresh", "NOSUCH", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "-c", config])[0] == 2
+    assert run_refreshd(["refresh", "east-1", "-c", config])[0] == 78  # a name: now it reads

@@ -17,6 +17,7 @@ from tests.support.config import window_from_now, write_daemon_config
 from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, RunRefreshd
 from tests.support.fleet import PASSWORD, PASSWORD_ENV, USER, open_fleet, report, secret_forms
 from tests.support.proxy import running_proxy
+from tests.support.simulator import ScriptedVicidial
 from tests.support.tls import PrivateCa
 from tests.support.waiting import eventually, holds_for
 
@@ -294,3 +295,34 @@ def test_a_password_echoed_in_another_case_or_escaped_is_masked_in_logs_and_hist
             forms_searched=len(secret_forms(PASSWORD)),
             places_searched=places,
         )
+
+
+def test_an_answer_echoing_every_secret_is_masked_in_check_history_and_the_state_file(
+    tmp_path: Path, run_refreshd: RunRefreshd
+) -> None:
+    """A page (VICIdial's, or a proxy's error page) may echo any secret the config holds,
+    in any case: every call's answer is masked with all of them before it is shown or kept."""
+    echo = f"ERROR: Login incorrect: |{USER}|{PASSWORD.upper()}|BAD| proxy {PROXY_PASSWORD}"
+    scripted = ScriptedVicidial({API_PATH: echo})
+    try:
+        with running_proxy() as proxy:
+            state = tmp_path / "state.db"
+            config = write_daemon_config(
+                tmp_path / "refreshd.toml",
+                daemon={"state_path": str(state), "metrics_listen": ""},
+                credentials={"main": {"user": USER, "password_env": "REL_MAIN_PASSWORD"}},
+                client={"proxy": proxy.url.replace("http://", f"http://u:{PROXY_PASSWORD}@")},
+                servers=[_server(scripted.url + API_PATH)],
+            )
+            check = run_refreshd(["check", "--online", "--force", "-c", config], env=PASSWORD_ENV)
+            refresh = run_refreshd(["refresh", "--force", "s0", "-c", config], env=PASSWORD_ENV)
+            history = run_refreshd(["history", "--json", "-c", config])
+    finally:
+        scripted.close()
+
+    assert check[0] == 1
+    assert "***" in check[1]
+    assert refresh[0] == 1
+    kept = history[1] + state.read_bytes().decode("latin-1")
+    for secret in (PASSWORD, PROXY_PASSWORD):
+        assert_never_shown(secret, *check[1:], *refresh[1:], *history[1:], kept)

@@ -48,6 +48,7 @@ def write_daemon_config(
     *,
     servers: list[Mapping[str, Any]],
     credentials: Mapping[str, Mapping[str, Any]],
+    databases: Mapping[str, Mapping[str, Any]] | None = None,
     daemon: Mapping[str, Any] | None = None,
     client: Mapping[str, Any] | None = None,
     backoff: Mapping[str, Any] | None = None,
@@ -60,6 +61,8 @@ def write_daemon_config(
             parts.append(f"[{table}]\n" + _pairs(values))
     for name, values in credentials.items():
         parts.append(f"[credentials.{name}]\n" + _pairs(values))
+    for name, values in (databases or {}).items():
+        parts.append(f"[databases.{name}]\n" + _pairs(values))
     for server in servers:
         parts.append("[[servers]]\n" + _pairs(server))
     for blackout in blackouts or []:

@@ -78,3 +78,26 @@ def database_user(grants: list[str], password: str) -> Iterator[str]:
         with admin.cursor() as cursor:
             cursor.execute(f"DROP USER IF EXISTS '{name}'@'%'")
         admin.close()
+
+
+@contextmanager
+def verified_cluster(
+    boxes: list[Any], password: str, **options: Any
+) -> Iterator[tuple[Any, DatabaseUrl]]:
+    """A started simulator (`options`: its users, keepalive_interval...) whose `boxes`
+    (SimServers) are mirrored into a scratch MariaDB database, and the URL of a read-only
+    user of it with exactly the grants refreshd documents (`password` is theirs)."""
+    from refreshd.simulator import Simulator
+    from refreshd.simulator.database import SimDatabase
+
+    with scratch_database() as url:
+        mirror = SimDatabase(url)
+        grants = [f"SELECT ON `{url.database}`.{table}" for table in ("servers", "system_settings")]
+        try:
+            with (
+                Simulator(host=HOST, port=0, servers=boxes, database=mirror, **options) as sim,
+                database_user(grants, password) as user,
+            ):
+                yield sim, DatabaseUrl(user, url.host, url.port, url.database)
+        finally:
+            mirror.close()

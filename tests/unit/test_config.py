@@ -853,6 +853,18 @@ def test_a_credentials_table_can_be_set_as_json_and_refined_key_by_key() -> None
     assert (west.user, west.password.get_secret_value()) == ("from-key", "west-password-1")
 
 
+def test_an_override_reaches_a_table_whose_name_has_capitals() -> None:
+    data = base()
+    data["credentials"] = {"East": data["credentials"]["east"]}
+    data["servers"][0]["credentials"] = "East"
+    environ = {**ENV, "REFRESHD_CREDENTIALS__EAST__USER": "from-env"}
+
+    config = validated(data, environ=environ)
+
+    assert list(config.credentials) == ["East"]  # no second, lower-case table
+    assert config.credentials["East"].user == "from-env"
+
+
 def test_a_json_error_is_reported_beside_every_other_problem() -> None:
     environ = {**ENV, "REFRESHD_SERVERS": "[{", "REFRESHD_CLIENT__TIMEOUT": "soon"}
     assert sorted(places(errors_of(base(), environ=environ))) == [

@@ -1,0 +1,99 @@
+"""The daemon's verified refreshes: one Verifier over the config's databases, rebuilt when
+[databases] change, told of each `ok` of a server with a database; each verdict goes to the
+runner (history, log, metrics)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from refreshd.clock import Clock
+from refreshd.config import Config
+from refreshd.core.ledger import Call
+from refreshd.core.verification import Verdict
+from refreshd.core.vicidial import Attempt, Outcome
+from refreshd.verify.database import ClusterDatabase
+from refreshd.verify.poller import POLL_INTERVAL, Verifier
+
+__all__ = ["Verification"]
+
+# What a verdict is handed to: the server, when its call was sent, the verdict.
+Record = Callable[[str, datetime, Verdict], None]
+
+
+class Verification:
+    """Verified refreshes for one daemon. `after_call` runs on the scheduler's workers and
+    only queues (it never delays a call); the reading happens on the verifier's thread."""
+
+    def __init__(self, clock: Clock, record: Record, *, interval: float = POLL_INTERVAL) -> None:
+        self._clock = clock
+        self._record = record
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._tables: dict[str, tuple[str, str | None]] = {}  # name -> (url, password)
+        self._servers: dict[str, tuple[str, timedelta]] = {}  # name -> (database, timeout)
+        self._verifier: Verifier | None = None
+
+    def configure(self, config: Config) -> None:
+        """Take a (new) config: which servers are verified against which database; the
+        connections are opened anew only when a [databases] table changed (refreshes still
+        waiting on the old ones are then dropped: their database is no longer the same)."""
+        servers = {
+            s.name: (s.database, s.verify_timeout) for s in config.servers if s.database is not None
+        }
+        used = {database for database, _ in servers.values()}
+        tables = {
+            name: (table.url, table.secret)
+            for name, table in config.databases.items()
+            if name in used
+        }
+        old = None
+        with self._lock:
+            self._servers = servers
+            if tables != self._tables:
+                old, self._verifier = self._verifier, self._new_verifier(config, tables)
+                self._tables = tables
+        if old is not None:
+            old.stop()
+
+    def _new_verifier(
+        self, config: Config, tables: dict[str, tuple[str, str | None]]
+    ) -> Verifier | None:
+        if not tables:
+            return None
+        databases = {
+            name: ClusterDatabase(config.databases[name].parsed, password)
+            for name, (_, password) in tables.items()
+        }
+        verifier = Verifier(self._clock, databases, interval=self._interval)
+        verifier.start()
+        return verifier
+
+    def after_call(self, call: Call, attempt: Attempt) -> None:
+        """A call was settled: an `ok` of a server with a database is verified."""
+        if attempt.answer.outcome is not Outcome.OK:
+            return
+        with self._lock:
+            verifier, found = self._verifier, self._servers.get(call.server)
+        if verifier is None or found is None:
+            return
+        database, timeout = found
+        server, started = call.server, attempt.started_at
+
+        def done(verdict: Verdict) -> None:
+            self._record(server, started, verdict)
+
+        verifier.expect(server, database, started, timeout, done)
+
+    def pending(self) -> list[str]:
+        """The servers whose last refresh waits for its verdict."""
+        with self._lock:
+            verifier = self._verifier
+        return [] if verifier is None else verifier.pending()
+
+    def stop(self) -> None:
+        with self._lock:
+            verifier, self._verifier, self._tables = self._verifier, None, {}
+        if verifier is not None:
+            verifier.stop()
