@@ -151,3 +151,12 @@ def test_ignored_proxy_variables_are_named_as_they_are_set() -> None:
 
 def test_no_proxy_variable_no_note() -> None:
     assert ignored_proxies_note({"NO_PROXY": "*", "https_proxy": ""}) == ""
+
+
+def test_a_password_set_for_a_table_named_in_another_case_is_not_blamed_on_the_file() -> None:
+    data = config_with("")
+    data["credentials"] = {"East": {"user": "refreshd"}}
+    for server in data["servers"]:
+        server["credentials"] = "East"
+    environ = {"REFRESHD_CREDENTIALS__EAST__PASSWORD": "Hunter2-secret_pw"}
+    assert secret_warnings(data, environ) == set()
