@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.message
 import errno
+import re
 import ssl
 import threading
 import warnings
@@ -181,11 +184,14 @@ class Client:
                     return RawAnswer(response.status_code, text, None, elapsed)
                 if timed_out:
                     return self._failed(Transport.TIMEOUT, start, response.status_code)
-                text = body.decode(response.encoding or "utf-8", errors="replace")
+                text = decode_body(body, response.headers.get("Content-Type"), truncated)
                 return RawAnswer(
                     response.status_code, text, None, self._monotonic() - start, truncated
                 )
         except requests.exceptions.RequestException as exc:
+            refused = proxy_refusal(exc)
+            if refused is not None:
+                return self._failed(Transport.PROXY_REFUSED, start, refused)
             return self._failed(transport_failure(exc), start)
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             return self._failed(transport_failure(exc), start)
@@ -237,6 +243,34 @@ def client_for(config: Config) -> Client:
     )
 
 
+def decode_body(body: bytes, content_type: str | None, truncated: bool = False) -> str:
+    """The body as text: in the charset Content-Type declares, else UTF-8 (PHP's default
+    charset, and what a VICIdial answer with a name in it is), else Latin-1, which reads any
+    byte. Not requests' choice: Latin-1 for any text/* without a charset, which turned every
+    UTF-8 answer into mojibake. A body cut at `max_body` may end inside a character: that
+    character is dropped, not the encoding."""
+    for encoding in (_charset(content_type), "utf-8"):
+        if encoding is None:
+            continue
+        try:
+            return body.decode(encoding)
+        except UnicodeDecodeError as error:
+            if truncated and error.reason == "unexpected end of data":
+                with contextlib.suppress(UnicodeDecodeError):
+                    return body[: error.start].decode(encoding)
+        except LookupError:  # no such codec, or one that makes no text (base64)
+            continue
+    return body.decode("latin-1")
+
+
+def _charset(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    return header.get_content_charset()
+
+
 def transport_failure(exc: BaseException) -> Transport:
     """Sort a network exception into a kind, reading its causes, never its text."""
     chain = _causes(exc)
@@ -266,6 +300,24 @@ def transport_failure(exc: BaseException) -> Transport:
     if having(urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError):
         return Transport.CONNECTION_RESET
     return Transport.CONNECTION_FAILED
+
+
+# What http.client raises when a proxy answers CONNECT with anything but 200; the one place
+# the status is found is this text, of which only the number is kept (the rest is the proxy's).
+_TUNNEL_REFUSED = re.compile(r"^Tunnel connection failed: (\d{3})\b")
+
+
+def proxy_refusal(exc: BaseException) -> int | None:
+    """The status the proxy refused the CONNECT tunnel with, if that is what ended the call."""
+    chain = _causes(exc)
+    if not any(isinstance(cause, urllib3.exceptions.ProxyError) for cause in chain):
+        return None
+    for cause in chain:
+        if type(cause) is OSError and cause.args and isinstance(cause.args[0], str):
+            match = _TUNNEL_REFUSED.match(cause.args[0])
+            if match:
+                return int(match.group(1))
+    return None
 
 
 # OpenSSL's X509_V_ERR_* codes that a retry cannot heal but a person can name the fix for;

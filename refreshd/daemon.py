@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -164,7 +165,9 @@ class Daemon:
         )
         self.scheduler = scheduler
         # Verified refreshes: each `ok` of a server with a database, on a thread of its own.
-        self.verification = verification = Verification(self.clock, runner.verified)
+        self.verification = verification = Verification(
+            self.clock, runner.verified, dropped=partial(self.log.warning, "refresh.unverified")
+        )
         verification.configure(config)
         runner.after_call = verification.after_call
         if not self._start_metrics(config):

@@ -14,7 +14,7 @@ from refreshd import __version__
 from refreshd.cli import calls, reading
 from refreshd.cli.arguments import MAX_HISTORY_LIMIT, MAX_PLAN_COUNT, count_up_to, instant, since
 from refreshd.cli.loading import EXIT_OK, EXIT_USAGE
-from refreshd.cli.text import safe
+from refreshd.cli.text import safe, survive_any_encoding
 
 __all__ = ["main"]
 
@@ -28,6 +28,7 @@ Command = Callable[[str, str], argparse.ArgumentParser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    survive_any_encoding()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

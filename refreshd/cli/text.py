@@ -1,5 +1,5 @@
-"""What reaches a terminal: times as people read them, control characters made visible, and
-aligned tables.
+"""What reaches a terminal: times as people read them, control characters made visible,
+aligned tables, and a stdout that writes any character whatever its encoding.
 
 Text from outside (VICIdial's answers kept in the history, names, paths, arguments) may hold
 ESC sequences, CR or BEL that would rewrite or hide what a terminal shows: every human line
@@ -9,15 +9,25 @@ nothing: json.dumps escapes them itself.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["print_table", "relative", "safe", "say", "when"]
+__all__ = ["print_table", "relative", "safe", "say", "survive_any_encoding", "when"]
 
 _SPELLED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 # Beyond this, a weekday alone is ambiguous: the date is shown too.
 _NEAR = timedelta(days=6)
+
+
+def survive_any_encoding() -> None:
+    """Make stdout write a character its encoding lacks (an ASCII locale,
+    PYTHONIOENCODING=ascii, a C locale under cron) as a backslash escape instead of raising:
+    names, paths and VICIdial's answers may hold any character, and every command prints
+    through it. (Python's stderr already escapes so, whatever the encoding.)"""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def safe(text: str) -> str:

@@ -40,7 +40,11 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 def ignored_proxies_note(environ: Mapping[str, str]) -> str:
     """A note naming the proxy variables set in `environ`, which refreshd ignores on purpose
     (README, Proxies): "" when none is set."""
-    found = [name for name in _PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
+    # Named as set (https_proxy is as common as HTTPS_PROXY): the operator looks for that.
+    found = sorted(
+        (name for name in environ if name.upper() in _PROXY_VARIABLES and environ[name]),
+        key=lambda name: (_PROXY_VARIABLES.index(name.upper()), name),
+    )
     if not found:
         return ""
     return f" ({', '.join(found)} in the environment: ignored; set [client] proxy to use one)"
@@ -87,7 +91,9 @@ def _credentials_warnings(config: Config) -> list[str]:
     used = {server.credentials for server in config.servers}
     for name, table in config.credentials.items():
         where = place(("credentials", name))
-        if table.password is not None:
+        if table.password is not None and not config.set_by_environment(
+            "credentials", name, "password"
+        ):
             warnings.append(
                 f"{where}.password: the password is written in the config file; prefer "
                 "password_env or password_file (e.g. a systemd credential)"
@@ -140,7 +146,7 @@ def _client_and_backoff_warnings(config: Config) -> list[str]:
                 "remove verify_tls = false to check certificates against them"
             )
     proxy = urlsplit(config.client.proxy or "")
-    if proxy.password:
+    if proxy.password and not config.set_by_environment("client", "proxy"):
         warnings.append(
             "client.proxy: holds the proxy's password; prefer setting it in the environment "
             "(REFRESHD_CLIENT__PROXY) so the config file holds no secret"

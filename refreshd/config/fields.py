@@ -250,13 +250,33 @@ def _ip_address(value: str) -> str:
     return value
 
 
+_LISTEN_EXAMPLES = "e.g. '127.0.0.1:9464' or '[::1]:9464', or \"\" to turn the metrics endpoint off"
+# A host name as bind() resolves it: dot-separated labels of letters, digits and inner '-'.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
 def _listen_address(value: str) -> str:
     if value == "":
         return value
-    if split_listen(value) is None:
+    address = split_listen(value)
+    if address is None:
+        raise ValueError(f"{value!r}: write HOST:PORT, {_LISTEN_EXAMPLES}")
+    host = address[0]
+    if ":" in host:  # IPv6, already checked by split_listen
+        return value
+    if all(part.isdigit() for part in host.split(".")):
+        # All numbers: meant as an IPv4 address, which the daemon could never bind if bad.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{value!r}: {host} is not an IPv4 address (four numbers from 0 to 255); "
+                f"use an address of this machine, {_LISTEN_EXAMPLES}"
+            ) from None
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
         raise ValueError(
-            f"{value!r}: write HOST:PORT, e.g. '127.0.0.1:9464' or '[::1]:9464', "
-            'or "" to turn the metrics endpoint off'
+            f"{value!r}: {host!r} is neither an IP address nor a host name; use an address "
+            f"of this machine, {_LISTEN_EXAMPLES}"
         )
     return value
 

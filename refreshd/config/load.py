@@ -99,7 +99,7 @@ def validate_config(
             problems.append(describe(detail, set_by))
     else:
         if not problems:
-            return config
+            return config.with_environment_origins(_origins(overrides, environ))
     raise ConfigError(format_problems(problems), path)
 
 
@@ -190,6 +190,22 @@ def _env_origin(loc: Loc, environ: Mapping[str, str], overrides: Mapping[str, An
         if upper in names:
             return names[upper]
     return None
+
+
+def _origins(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> dict[Loc, str]:
+    """Each value the environment set (a leaf of `overrides`, also inside a JSON table),
+    with the variable that set it."""
+    found: dict[Loc, str] = {}
+    todo: list[tuple[Loc, Any]] = [((key,), value) for key, value in overrides.items()]
+    while todo:
+        loc, value = todo.pop()
+        if isinstance(value, Mapping):
+            todo.extend(((*loc, key), child) for key, child in value.items())
+            continue
+        name = _env_origin(loc, environ, overrides)
+        if name is not None:
+            found[loc] = name
+    return found
 
 
 def _has_path(tree: Mapping[str, Any], path: Loc) -> bool:

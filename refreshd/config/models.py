@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -215,6 +216,9 @@ class Config(BaseModel):
     databases: Mapping[Name, DatabaseConfig] = Field(default_factory=dict)
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
+    # Which values a REFRESHD_ variable set, by their path: advice must not blame the file
+    # for a secret the environment holds.
+    _set_by_environment: Mapping[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -287,6 +291,17 @@ class Config(BaseModel):
         if problems:
             raise invalid(problems)
         return self.model_copy(update=read)
+
+    def with_environment_origins(self, origins: Mapping[tuple[str | int, ...], str]) -> Config:
+        """A copy that knows which REFRESHD_ variable set each value at a path in `origins`."""
+        copy = self.model_copy()
+        copy._set_by_environment = dict(origins)
+        return copy
+
+    def set_by_environment(self, *path: str) -> str | None:
+        """The REFRESHD_ variable that set the value at `path` (`"client", "proxy"`), None
+        when the file (or a default) did."""
+        return self._set_by_environment.get(path)
 
     def secrets(self) -> frozenset[str]:
         """Every password read so far (and the proxy's), in plain text: for the log

@@ -95,6 +95,7 @@ SUSPENDING: frozenset[Outcome] = frozenset(
         Outcome.NOT_FOUND,
         Outcome.BAD_REQUEST,
         Outcome.TLS_REJECTED,
+        Outcome.PROXY_REFUSED,
     }
 )
 """Outcomes that a retry inside the slot cannot fix: the server is suspended."""

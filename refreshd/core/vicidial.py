@@ -41,6 +41,7 @@ class Outcome(enum.StrEnum):
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
     TLS_REJECTED = "tls_rejected"
+    PROXY_REFUSED = "proxy_refused"
     TRANSIENT = "transient"
     UNEXPECTED = "unexpected"
 
@@ -56,6 +57,7 @@ class Transport(enum.StrEnum):
     TLS_UNTRUSTED = "tls_untrusted"
     TLS_NAME_MISMATCH = "tls_name_mismatch"
     TLS_EXPIRED = "tls_expired"
+    PROXY_REFUSED = "proxy_refused"  # the proxy answered CONNECT with no tunnel: its status
 
 
 _NO_FALLBACK = "never falls back to no verification"
@@ -82,9 +84,30 @@ _CERTIFICATE_REFUSED = frozenset(
 
 # Failures that end a call before any byte of the request left: no login was counted.
 _NEVER_SENT = frozenset(
-    {Transport.CONNECTION_REFUSED, Transport.CONNECTION_FAILED, Transport.TLS_ERROR}
+    {
+        Transport.CONNECTION_REFUSED,
+        Transport.CONNECTION_FAILED,
+        Transport.TLS_ERROR,
+        Transport.PROXY_REFUSED,
+    }
     | _CERTIFICATE_REFUSED
 )
+
+# HTTP 407 comes from a proxy only (VICIdial never sends it): to CONNECT for an https://
+# api_url, or as the answer itself for an http:// one sent through the proxy.
+_PROXY_AUTH = 407
+# The proxy's own trouble reaching api_url's host, or its load: these pass, so they are
+# retried. Any other refusal is the proxy's configuration (its credentials, its rules, no
+# CONNECT at all), which a retry cannot change: the server is suspended. Not a credentials
+# wait: VICIdial's login was never tried.
+_PROXY_PASSING = frozenset({408, 429, 502, 503, 504})
+_PROXY_FIXES = {
+    _PROXY_AUTH: "its credentials are missing or wrong: fix USER:PASSWORD in [client] proxy "
+    "(or REFRESHD_CLIENT__PROXY); VICIdial's login was not tried",
+    403: "its rules forbid api_url's host or port: have them allowed on the proxy",
+    405: "it does not tunnel https:// (CONNECT): name a proxy that does in [client] proxy",
+    501: "it does not tunnel https:// (CONNECT): name a proxy that does in [client] proxy",
+}
 
 
 def refresh_params(
@@ -197,6 +220,8 @@ def classify(
     secrets: Iterable[str] = (),
 ) -> Answer:
     """One call's outcome from what came back. Never raises, whatever the bytes."""
+    if transport is Transport.PROXY_REFUSED or status == _PROXY_AUTH:
+        return _proxy_refusal(status)
     if transport is not None:
         reached = transport not in _NEVER_SENT
         outcome = Outcome.TLS_REJECTED if transport in _CERTIFICATE_REFUSED else Outcome.TRANSIENT
@@ -221,6 +246,20 @@ def classify(
             flagged = int(match.group(1)) if match else None
         return Answer(meaning, _snippet(line, secrets), status, flagged)
     return Answer(Outcome.UNEXPECTED, _snippet(first_vicidial or text, secrets), status)
+
+
+def _proxy_refusal(status: int | None) -> Answer:
+    """The proxy answered instead of VICIdial, which it never reached: no login counted."""
+    shown = f"HTTP {status}" if status is not None else "no status"
+    if status in _PROXY_PASSING:
+        detail = (
+            f"the proxy could not reach api_url's host ({shown}): check that the host is up "
+            "and that the proxy can reach it"
+        )
+        return Answer(Outcome.TRANSIENT, detail, status, reached=False)
+    fix = _PROXY_FIXES.get(status or 0, "check [client] proxy and the proxy's own log")
+    detail = f"the proxy refused to connect to api_url's host ({shown}): {fix}"
+    return Answer(Outcome.PROXY_REFUSED, detail, status, reached=False)
 
 
 def _status_outcome(status: int) -> Outcome:

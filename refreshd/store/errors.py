@@ -51,6 +51,13 @@ _GENERIC_FIX = (
 
 def explain(path: Path, doing: str, err: sqlite3.Error) -> str:
     """The operator's message for `err`, raised while the store tried `doing` on `path`."""
+    if path.is_dir():
+        # SQLite calls this a disk I/O error (read-only) or "unable to open" (read-write):
+        # either sends the operator to the disk, and the disk is fine.
+        return (
+            f"state file {path}: cannot {doing}: it is a directory, not a file. Set "
+            f"daemon.state_path to a file in it (e.g. {path / 'state.db'})."
+        )
     # Extended codes (SQLITE_IOERR_WRITE, ...) carry the primary code in the low byte.
     code = getattr(err, "sqlite_errorcode", None)
     fix = _GENERIC_FIX if code is None else _FIXES.get(code & 0xFF, _GENERIC_FIX)

@@ -26,9 +26,19 @@ class Verification:
     """Verified refreshes for one daemon. `after_call` runs on the scheduler's workers and
     only queues (it never delays a call); the reading happens on the verifier's thread."""
 
-    def __init__(self, clock: Clock, record: Record, *, interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        record: Record,
+        *,
+        interval: float = POLL_INTERVAL,
+        dropped: Callable[..., object] = lambda **fields: None,
+    ) -> None:
         self._clock = clock
         self._record = record
+        # Told of refreshes whose verdict will never come (stop, a changed database): an
+        # operator sees they were not verified, rather than nothing at all.
+        self._dropped = dropped
         self._interval = interval
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[str, str | None]] = {}  # name -> (url, password)
@@ -55,7 +65,13 @@ class Verification:
                 old, self._verifier = self._verifier, self._new_verifier(config, tables)
                 self._tables = tables
         if old is not None:
-            old.stop()
+            self._stop(old, "its [databases] table changed")
+
+    def _stop(self, verifier: Verifier, why: str) -> None:
+        waiting = verifier.pending()
+        verifier.stop()
+        if waiting:
+            self._dropped(servers=waiting, why=why)
 
     def _new_verifier(
         self, config: Config, tables: dict[str, tuple[str, str | None]]
@@ -96,4 +112,4 @@ class Verification:
         with self._lock:
             verifier, self._verifier, self._tables = self._verifier, None, {}
         if verifier is not None:
-            verifier.stop()
+            self._stop(verifier, "the daemon stopped before the verdict")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from refreshd import __version__
-from refreshd.client import MAX_BODY, Client, RawAnswer
+from refreshd.client import MAX_BODY, Client, RawAnswer, decode_body
 from refreshd.core.vicidial import Transport
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, Simulator
 
@@ -334,6 +334,54 @@ def test_the_simulator_logs_the_call_without_a_query_string(simulator: Simulator
     assert logged["path"] == API_PATH
     assert logged["user"] == "refreshd"
     assert "demo-pass-123" not in repr(logged)
+
+
+# -- how the body becomes text -------------------------------------------------------------------
+
+NAMED = "ERROR: server_refresh USER DOES NOT HAVE PERMISSION - refreshd|Peña Müller ★|"
+
+
+def _answering(body: bytes, content_type: str | None) -> Reply:
+    def reply(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        if content_type is not None:
+            handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content_type"),
+    [
+        ("utf-8", "text/html"),  # PHP's default, and requests' Latin-1 guess
+        ("utf-8", None),
+        ("utf-8", "text/html; charset=UTF-8"),
+        ("utf-8", 'text/plain; charset="utf-8"'),
+        ("utf-8", "text/html; charset=no-such-codec"),
+        ("utf-8", "text/html; charset=base64"),  # a codec, but not a text one
+        ("cp1252", "text/html; charset=windows-1252"),
+        ("utf-16", "text/html; charset=UTF-16"),
+    ],
+)
+def test_the_body_is_read_in_its_charset_else_utf8(encoding: str, content_type: str | None) -> None:
+    body = NAMED if encoding != "cp1252" else NAMED.replace(" ★", "")
+    with serving(_answering(body.encode(encoding), content_type)) as scripted:
+        assert call_url(scripted.url).body == body
+
+
+def test_a_body_that_is_not_utf8_and_declares_nothing_is_latin1() -> None:
+    body = NAMED.replace(" ★", "")
+    with serving(_answering(body.encode("latin-1"), "text/html")) as scripted:
+        assert call_url(scripted.url).body == body
+
+
+def test_a_body_cut_inside_a_character_keeps_its_encoding() -> None:
+    body = ("é" * MAX_BODY).encode()  # two bytes each: the cap falls between characters
+    cut = decode_body(body[: MAX_BODY + 1], "text/html", truncated=True)
+    assert cut == "é" * (MAX_BODY // 2)
 
 
 def _answer_redirect_slowly(handler: http.server.BaseHTTPRequestHandler) -> None:

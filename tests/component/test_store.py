@@ -713,9 +713,15 @@ def test_a_path_under_a_regular_file_is_refused(tmp_path: Path) -> None:
         StateStore(tmp_path / "plain" / "state.db")
 
 
-def test_a_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StateError, match="cannot open"):
-        StateStore(tmp_path)
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_state_path_that_is_a_directory_is_called_one(tmp_path: Path, readonly: bool) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    with pytest.raises(StateError) as err:
+        StateStore.open_readonly(directory) if readonly else StateStore(directory)
+    assert f"state file {directory}: cannot open: it is a directory, not a file" in str(err.value)
+    assert f"daemon.state_path to a file in it (e.g. {directory / 'state.db'})" in str(err.value)
+    assert "disk" not in str(err.value)
 
 
 def test_a_read_only_store_refuses_writes(path: Path) -> None:

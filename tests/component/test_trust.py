@@ -163,3 +163,18 @@ def test_a_call_through_the_proxy_is_still_cut_at_its_deadline(
     assert raw.transport is Transport.TIMEOUT
     assert raw.elapsed < 2.0
     assert proxy.seen == [f"CONNECT 127.0.0.1:{tls_sim.port}"]
+
+
+@pytest.mark.parametrize("status", [407, 501, 502])
+def test_a_proxy_refusing_the_tunnel_is_reported_with_its_status(
+    tls_sim: Simulator, ca: PrivateCa, status: int
+) -> None:
+    with running_proxy(refuse=status) as refusing:
+        client = Client(timeout=TIMEOUT, proxy=refusing.url)
+        try:
+            raw = client.call(tls_sim.api_url, version_params(), verify=str(ca.ca))
+        finally:
+            client.close()
+        assert refusing.seen == [f"CONNECT 127.0.0.1:{tls_sim.port}"]
+    assert (raw.transport, raw.status) == (Transport.PROXY_REFUSED, status)
+    assert tls_sim.stats()["requests"] == {}

@@ -119,3 +119,23 @@ def test_a_reload_keeps_what_waits_and_a_new_password_takes_effect(
         verification.stop()
     assert [server for server, _ in verdicts.seen] == ["east"]
     assert isinstance(verdicts.seen[0][1], Applied)
+
+
+def test_a_refresh_whose_verdict_will_never_come_is_said_so_at_stop(
+    cluster: tuple[Simulator, DatabaseUrl],
+) -> None:
+    sim, url = cluster
+    sim.set_keepalive("10.0.0.12", alive=False)  # the verdict would wait the full timeout
+    dropped: list[dict[str, Any]] = []
+    verdicts = Verdicts()
+    verification = Verification(
+        system_clock, verdicts.record, dropped=lambda **fields: dropped.append(fields)
+    )
+    verification.configure(config(url, DB_PASSWORD))
+    refreshed(sim, verification)
+    assert verification.pending() == ["east"]
+
+    verification.stop()
+
+    assert dropped == [{"servers": ["east"], "why": "the daemon stopped before the verdict"}]
+    assert verdicts.seen == []

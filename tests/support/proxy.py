@@ -18,9 +18,12 @@ _MAX_HEAD = 65536
 class LoopbackProxy:
     """`url` is what `[client] proxy` names. `seen`: one "CONNECT host:port" or
     "POST http://..." line per connection (what follows on it is relayed unseen);
-    `authorized`: how many carried Proxy-Authorization (its value is never kept)."""
+    `authorized`: how many carried Proxy-Authorization (its value is never kept).
+    `refuse`: answer every request with this status instead (a 407 for bad credentials, a
+    501 from a proxy that does not tunnel), as a real proxy does, and close."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: int | None = None) -> None:
+        self.refuse = refuse
         self.seen: list[str] = []
         self.authorized = 0
         self._lock = threading.Lock()
@@ -56,6 +59,13 @@ class LoopbackProxy:
             self.seen.append(f"{method} {target}")
             if any(line.lower().startswith("proxy-authorization:") for line in lines[1:]):
                 self.authorized += 1
+        if self.refuse is not None:
+            client.sendall(
+                f"HTTP/1.1 {self.refuse} Refused by the test proxy\r\n"
+                'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n'
+                "Connection: close\r\n\r\n".encode()
+            )
+            return
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             upstream = self._connect(host, int(port))
@@ -104,8 +114,8 @@ def _relay(one: socket.socket, other: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def running_proxy() -> Iterator[LoopbackProxy]:
-    proxy = LoopbackProxy()
+def running_proxy(refuse: int | None = None) -> Iterator[LoopbackProxy]:
+    proxy = LoopbackProxy(refuse)
     try:
         yield proxy
     finally:

@@ -465,6 +465,30 @@ def test_metrics_listen_refuses_what_is_not_host_port(listen: str) -> None:
     assert places(errors) == ["daemon.metrics_listen"]
 
 
+@pytest.mark.parametrize(
+    ("listen", "words"),
+    [
+        ("999.1.1.1:9464", "999.1.1.1 is not an IPv4 address (four numbers from 0 to 255)"),
+        ("10.0.0:9464", "10.0.0 is not an IPv4 address"),
+        ("under_score:9464", "'under_score' is neither an IP address nor a host name"),
+        ("-box:9464", "neither an IP address nor a host name"),
+        ("a..b:9464", "neither an IP address nor a host name"),
+    ],
+)
+def test_metrics_listen_refuses_a_host_no_machine_can_bind(listen: str, words: str) -> None:
+    (error,) = errors_of({**base(), "daemon": {"metrics_listen": listen}})
+    assert error.startswith(f"daemon.metrics_listen: '{listen}': ")
+    assert words in error
+    assert "e.g. '127.0.0.1:9464'" in error
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:9464", "localhost:9464", "metrics-1.example.com:9464", "box:0"]
+)
+def test_metrics_listen_takes_ip_addresses_and_host_names(listen: str) -> None:
+    assert validated({**base(), "daemon": {"metrics_listen": listen}}, environ=ENV)
+
+
 def test_a_backoff_that_starts_above_its_maximum_is_refused() -> None:
     errors = errors_of({**base(), "backoff": {"retry_initial": "1h", "suspend_max": "30m"}})
     assert places(errors) == ["backoff.retry_initial", "backoff.suspend_initial"]

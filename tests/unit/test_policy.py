@@ -84,6 +84,7 @@ OUTCOME_TABLE: list[tuple[Outcome, Action, datetime | None, int]] = [
     (Outcome.NOT_FOUND, Action.SUSPEND_SERVER, NOW + 4 * H, 3),
     (Outcome.BAD_REQUEST, Action.SUSPEND_SERVER, NOW + 4 * H, 3),
     (Outcome.TLS_REJECTED, Action.SUSPEND_SERVER, NOW + 4 * H, 3),
+    (Outcome.PROXY_REFUSED, Action.SUSPEND_SERVER, NOW + 4 * H, 3),
     (Outcome.AUTH_FAILED, Action.WAIT_CREDENTIALS, NOW + 6 * H, 2),
     (Outcome.LOCKED_OUT, Action.WAIT_CREDENTIALS, NOW + 6 * H, 2),
 ]

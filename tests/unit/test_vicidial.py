@@ -118,9 +118,10 @@ def test_http_status_outside_2xx_decides_before_the_body(status: int, outcome: O
 
 
 CERTIFICATE_REFUSALS = [Transport.TLS_UNTRUSTED, Transport.TLS_NAME_MISMATCH, Transport.TLS_EXPIRED]
+NOT_TRANSIENT = [*CERTIFICATE_REFUSALS, Transport.PROXY_REFUSED]
 
 
-@pytest.mark.parametrize("kind", [k for k in Transport if k not in CERTIFICATE_REFUSALS])
+@pytest.mark.parametrize("kind", [k for k in Transport if k not in NOT_TRANSIENT])
 def test_every_other_transport_failure_is_transient(kind: Transport) -> None:
     answer = classify(None, None, kind)
     assert answer.outcome is Outcome.TRANSIENT
@@ -133,6 +134,35 @@ def test_a_refused_certificate_is_tls_rejected_and_never_reached_vicidial(kind: 
     assert answer.outcome is Outcome.TLS_REJECTED
     assert not answer.reached  # the handshake failed: no password left, no login counted
     assert "never falls back" in answer.detail
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "words"),
+    [
+        (407, Outcome.PROXY_REFUSED, "fix USER:PASSWORD in [client] proxy"),
+        (403, Outcome.PROXY_REFUSED, "forbid api_url's host"),
+        (501, Outcome.PROXY_REFUSED, "does not tunnel https://"),
+        (400, Outcome.PROXY_REFUSED, "check [client] proxy"),
+        (502, Outcome.TRANSIENT, "could not reach api_url's host (HTTP 502)"),
+        (503, Outcome.TRANSIENT, "could not reach"),
+    ],
+)
+def test_a_proxy_refusing_the_tunnel_names_the_proxy_its_status_and_the_fix(
+    status: int, outcome: Outcome, words: str
+) -> None:
+    answer = classify(status, None, Transport.PROXY_REFUSED)
+    assert answer.outcome is outcome
+    assert f"HTTP {status}" in answer.detail
+    assert "proxy" in answer.detail
+    assert words in answer.detail
+    assert not answer.reached  # the proxy answered: VICIdial never saw the login
+    assert not answer.unreadable
+
+
+def test_a_407_answer_to_an_http_request_is_the_proxys_too() -> None:
+    answer = classify(407, "<html>Proxy Authentication Required</html>")
+    assert answer.outcome is Outcome.PROXY_REFUSED
+    assert "USER:PASSWORD" in answer.detail
 
 
 @pytest.mark.parametrize("body", ["", "   ", "\n\r\n", None])
