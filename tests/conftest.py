@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from refreshd.simulator import Simulator
 from tests.support.config import WriteConfig, write_login_config
@@ -25,6 +26,12 @@ from tests.support.ports import refused_port as refusing_port
 from tests.support.simulator import running_simulator
 
 PROCESS_TESTS = Path(__file__).parent / "process"
+
+# No per-example deadline: on a loaded machine (four workers on two cores) a slow example
+# failed "flaky" tests of config loading that time nothing. Speed is `make bench`'s to
+# measure, never a test's.
+settings.register_profile("refreshd", deadline=None)
+settings.load_profile("refreshd")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
