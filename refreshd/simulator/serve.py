@@ -82,14 +82,16 @@ def serve(
 def _run_until_stopped(sim: Simulator, stopped: threading.Event) -> None:
     """Announce the simulator's address on stdout, then serve until Ctrl-C, SIGTERM or
     `stopped`, and stop it."""
-    previous: Any = None
+    previous: dict[int, Any] = {}
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
 
         def on_term(signum: int, frame: FrameType | None) -> None:
             stopped.set()
 
-        previous = signal.signal(signal.SIGTERM, on_term)
+        # Ctrl-C too through a handler: a KeyboardInterrupt raised inside Event.wait could
+        # leave the process hanging on a lock (seen once under load in the test suite).
+        previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
         # As the daemon does: a full garbage collection of the start-up objects would
         # hold every request for ~20 ms, and the benchmarks time calls by this clock.
         gc.freeze()
@@ -102,8 +104,8 @@ def _run_until_stopped(sim: Simulator, stopped: threading.Event) -> None:
         pass
     finally:
         sim.stop()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

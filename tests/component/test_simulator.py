@@ -823,9 +823,12 @@ def test_serve_process_exits_0_on_sigterm_or_ctrl_c(signum: int) -> None:
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
-        assert process.stdout is not None
-        started = json.loads(process.stdout.readline())
-        assert requests.get(started["url"] + "/_sim/stats", timeout=TIMEOUT).ok
-        process.send_signal(signum)
-        assert process.wait(timeout=5) == 0
-        assert process.stdout.read() == ""
+        try:
+            assert process.stdout is not None
+            started = json.loads(process.stdout.readline())
+            assert requests.get(started["url"] + "/_sim/stats", timeout=TIMEOUT).ok
+            process.send_signal(signum)
+            assert process.wait(timeout=5) == 0
+            assert process.stdout.read() == ""
+        finally:
+            process.kill()  # a no-op after a clean exit; else the context would wait forever
