@@ -6,7 +6,11 @@ import re
 from pathlib import Path
 
 from refreshd.simulator import API_PATH, Simulator
-from tests.support.config import GOOD_PASSWORD, GOOD_USER, WriteConfig, write_daemon_config
+from tests.support.config import (
+    GOOD_PASSWORD,
+    WriteConfig,
+    one_server_config,
+)
 from tests.support.daemon import EXIT_CONFIG, RunRefreshd
 from tests.support.repo import EXAMPLE_CONFIG
 from tests.support.simulator import ScriptedVicidial
@@ -299,19 +303,7 @@ def test_check_online_shows_control_characters_from_an_answer_escaped(
     hostile = "<html>\x1b[2J\x1b]0;owned\x07\rProxy login\x9b</html>"
     scripted = ScriptedVicidial({API_PATH: hostile})
     try:
-        config = write_daemon_config(
-            tmp_path / "refreshd.toml",
-            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-            servers=[
-                {
-                    "name": "east-1",
-                    "api_url": scripted.url + API_PATH,
-                    "credentials": "main",
-                    "windows": ["02:00-04:00"],
-                }
-            ],
-        )
+        config = one_server_config(tmp_path, scripted.url + API_PATH)
         code, out, err = run_refreshd(["check", "--online", "-c", config])
     finally:
         scripted.close()

@@ -20,6 +20,7 @@ from tests.support.config import (
     GOOD_USER,
     WriteConfig,
     instant,
+    one_server_config,
     window_from_now,
     write_daemon_config,
 )
@@ -272,19 +273,9 @@ def test_status_before_any_run_says_there_is_no_state_yet_and_exits_0(
 def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
     tmp_path: Path, simulator: Simulator, run_refreshd: RunRefreshd
 ) -> None:
-    config = write_daemon_config(
-        tmp_path / "refreshd.toml",
-        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-        servers=[
-            {
-                "name": "east-1",
-                "api_url": simulator.api_url,
-                "credentials": "main",
-                "windows": [window_from_now(-60, 3600)],  # open now
-            }
-        ],
-    )
+    config = one_server_config(
+        tmp_path, simulator.api_url, window=window_from_now(-60, 3600)
+    )  # open now
     daemon = DaemonProcess(config).start()
     try:
         (line,) = daemon.wait_for("refresh.succeeded", timeout=15)
@@ -407,19 +398,7 @@ def test_history_json_after_a_refresh_has_the_documented_keys_newest_first(
 def test_history_after_a_daemon_run_shows_the_slot_and_due(
     tmp_path: Path, simulator: Simulator, run_refreshd: RunRefreshd
 ) -> None:
-    config = write_daemon_config(
-        tmp_path / "refreshd.toml",
-        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-        servers=[
-            {
-                "name": "east-1",
-                "api_url": simulator.api_url,
-                "credentials": "main",
-                "windows": [window_from_now(-60, 3600)],
-            }
-        ],
-    )
+    config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(-60, 3600))
     daemon = DaemonProcess(config).start()
     try:
         (line,) = daemon.wait_for("refresh.succeeded", timeout=15)
@@ -598,19 +577,7 @@ _WHEN = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d\d:\d\d {zone}, (\d+[smhd] ago|now|in 
 @pytest.fixture
 def idle_daemon(tmp_path: Path, simulator: Simulator) -> Iterator[tuple[Path, DaemonProcess]]:
     """A running daemon whose window is far away (it calls nobody), and its config."""
-    config = write_daemon_config(
-        tmp_path / "refreshd.toml",
-        daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-        servers=[
-            {
-                "name": "east-1",
-                "api_url": simulator.api_url,
-                "credentials": "main",
-                "windows": [window_from_now(7200, 60)],
-            }
-        ],
-    )
+    config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(7200, 60))
     daemon = DaemonProcess(config).start()
     try:
         daemon.wait_for("daemon.started", timeout=15)
@@ -727,19 +694,7 @@ def test_history_and_status_show_control_characters_from_an_answer_escaped(
 ) -> None:
     scripted = ScriptedVicidial({"/hostile/non_agent_api.php": HOSTILE})
     try:
-        config = write_daemon_config(
-            tmp_path / "refreshd.toml",
-            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-            servers=[
-                {
-                    "name": "east-1",
-                    "api_url": scripted.url + "/hostile/non_agent_api.php",
-                    "credentials": "main",
-                    "windows": ["02:00-04:00"],
-                }
-            ],
-        )
+        config = one_server_config(tmp_path, scripted.url + "/hostile/non_agent_api.php")
         code, _, err = run_refreshd(["refresh", "-c", config, "east-1"])
     finally:
         scripted.close()
@@ -756,24 +711,17 @@ def test_history_and_status_show_control_characters_from_an_answer_escaped(
     assert "\\x1b[2J\\x1b]0;owned" in table
 
 
+DIALER = "https://dialer.example.com/vicidial/non_agent_api.php"
+
+
 @pytest.mark.parametrize("command", ["status", "history"])
 def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
     tmp_path: Path, run_refreshd: RunRefreshd, command: str
 ) -> None:
     # A name past the file system's 255 bytes fails as a directory the operator may not
     # search does (the README's systemd layout, /var/lib/private, for a non-root user).
-    config = write_daemon_config(
-        tmp_path / "refreshd.toml",
-        daemon={"state_path": str(tmp_path / ("s" * 300 + ".db"))},
-        credentials={"main": {"user": "refreshd", "password": "demo-pass-123"}},
-        servers=[
-            {
-                "name": "east-1",
-                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
-                "credentials": "main",
-                "windows": ["02:00-04:00"],
-            }
-        ],
+    config = one_server_config(
+        tmp_path, DIALER, daemon={"state_path": str(tmp_path / ("s" * 300 + ".db"))}
     )
 
     code, _out, err = run_refreshd([command, "-c", config])
@@ -787,19 +735,7 @@ def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
 def test_refresh_of_an_unknown_server_is_a_usage_error_before_any_password_is_read(
     tmp_path: Path, run_refreshd: RunRefreshd
 ) -> None:
-    config = write_daemon_config(
-        tmp_path / "refreshd.toml",
-        daemon={"state_path": str(tmp_path / "state.db")},
-        credentials={"main": {"user": "refreshd", "password_env": "NOT_IN_THIS_SHELL"}},
-        servers=[
-            {
-                "name": "east-1",
-                "api_url": "https://dialer.example.com/vicidial/non_agent_api.php",
-                "credentials": "main",
-                "windows": ["02:00-04:00"],
-            }
-        ],
-    )
+    config = one_server_config(tmp_path, DIALER, password={"password_env": "NOT_IN_THIS_SHELL"})
 
     assert run_refreshd(["refresh", "NOSUCH", "-c", config])[0] == 2
     assert run_refreshd(["refresh", "-c", config])[0] == 2

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
+from tests.support.config import (
+    GOOD_PASSWORD,
+    GOOD_USER,
+    one_server_config,
+    window_from_now,
+    write_daemon_config,
+)
 from tests.support.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, RunRefreshd
 from tests.support.fleet import PASSWORD, USER, Fleet, report, secret_forms
 from tests.support.proxy import running_proxy
@@ -116,19 +122,7 @@ def test_every_command_prints_a_non_ascii_answer_under_an_ascii_stdout(
 ) -> None:
     scripted = ScriptedVicidial({"/named/non_agent_api.php": NAMED})
     try:
-        config = write_daemon_config(
-            tmp_path / "refreshd.toml",
-            daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": ""},
-            credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-            servers=[
-                {
-                    "name": "east-1",
-                    "api_url": scripted.url + "/named/non_agent_api.php",
-                    "credentials": "main",
-                    "windows": ["02:00-04:00"],
-                }
-            ],
-        )
+        config = one_server_config(tmp_path, scripted.url + "/named/non_agent_api.php")
         ascii_only = {"PYTHONIOENCODING": "ascii:strict", "LANG": "C"}
         online = run_refreshd(["check", "--online", "-c", config], env=ascii_only)
         refreshed = run_refreshd(["refresh", "-c", config, "--all"], env=ascii_only)

@@ -71,6 +71,27 @@ def write_daemon_config(
     return path
 
 
+def one_server_config(
+    directory: Path,
+    api_url: str,
+    *,
+    window: str = "02:00-04:00",
+    password: Mapping[str, str] | None = None,
+    daemon: Mapping[str, Any] | None = None,
+) -> Path:
+    """`directory`/refreshd.toml: one server, east-1, at `api_url`, logging in as the
+    simulator's good user (or with `password`: e.g. {"password_env": "NAME"}); the state
+    file beside it, metrics off."""
+    return write_daemon_config(
+        directory / "refreshd.toml",
+        daemon={"state_path": str(directory / "state.db"), "metrics_listen": "", **(daemon or {})},
+        credentials={"main": {"user": GOOD_USER, **(password or {"password": GOOD_PASSWORD})}},
+        servers=[
+            {"name": "east-1", "api_url": api_url, "credentials": "main", "windows": [window]}
+        ],
+    )
+
+
 def _pairs(values: Mapping[str, Any]) -> str:
     return "\n".join(f"{key} = {toml_value(value)}" for key, value in values.items())
 
