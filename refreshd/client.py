@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import requests
 import urllib3
@@ -23,6 +23,7 @@ from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 from refreshd import __version__
 from refreshd.clock import system_clock
 from refreshd.config import Config
+from refreshd.config.fields import proxy_secrets
 from refreshd.core.vicidial import Transport
 from refreshd.deadline import DeadlineHTTPPool, DeadlineHTTPSPool, Reaper
 
@@ -81,10 +82,7 @@ class Client:
         self.timeout = timeout
         # Every secret an answer could echo (each password of the config, the proxy's):
         # whatever a call brings back is masked with all of them before it is kept or shown.
-        proxy_password = urlsplit(proxy).password if proxy else None
-        self.secrets = frozenset(
-            s for s in (*secrets, proxy_password, unquote(proxy_password or "")) if s
-        )
+        self.secrets = frozenset(s for s in secrets if s) | proxy_secrets(proxy)
         self.verify_tls = verify_tls
         self.max_body = max_body
         self._monotonic = monotonic

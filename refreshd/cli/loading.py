@@ -37,15 +37,14 @@ def config_path(args: argparse.Namespace) -> Path:
 def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
     """The config (with every password read if `passwords`), or the exit code after
     saying why there is none."""
-    path = config_path(args)
     try:
-        config = load_config(path)
-        if passwords:
-            config = resolve_passwords(config, path=path)
+        config = load_config(config_path(args))
     except ConfigError as err:
         say(f"refreshd: {err}")
         return EXIT_CONFIG
-    redactor.set_secrets(config.secrets())
+    if passwords:
+        return with_passwords(args, config)
+    redactor.set_secrets(config.secrets())  # inline passwords and the proxy's, read or not
     return config
 
 

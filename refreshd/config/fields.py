@@ -11,7 +11,7 @@ import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, PlainValidator
 from pydantic_core import PydanticCustomError
@@ -227,6 +227,12 @@ def _proxy_url(value: str) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"must be only scheme, host and port, {example}")
     return value
+
+
+def proxy_secrets(url: str | None) -> frozenset[str]:
+    """The proxy's password in the forms an answer may echo it (as written, URL-decoded)."""
+    password = urlsplit(url).password if url else None
+    return frozenset({password, unquote(password)}) if password else frozenset()
 
 
 def proxy_shown(url: str | None) -> str:

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Self
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -54,6 +53,7 @@ from refreshd.config.fields import (
     ca_file,
     is_known_zone,
     not_blank_path,
+    proxy_secrets,
     proxy_shown,
     split_listen,
 )
@@ -308,10 +308,7 @@ class Config(BaseModel):
         redactor only, never for display."""
         tables: list[PasswordTable] = [*self.credentials.values(), *self.databases.values()]
         passwords = {table.secret for table in tables if table.secret is not None}
-        proxy_password = urlsplit(self.client.proxy).password if self.client.proxy else None
-        if proxy_password:
-            passwords |= {proxy_password, unquote(proxy_password)}
-        return frozenset(passwords)
+        return frozenset(passwords) | proxy_secrets(self.client.proxy)
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:
         """Every blackout window that applies to the server, in config order."""
