@@ -35,8 +35,7 @@ def environment_overrides(
     problems: list[Problem] = []
     found = _override_paths(environ, model, data or {})
     # Shorter paths first, so that REFRESHD_DAEMON='{...}' is refined by REFRESHD_DAEMON__X.
-    for name, path in sorted(found, key=lambda item: len(item[1])):
-        target = _field_type(model, path)
+    for name, path, target in sorted(found, key=lambda item: len(item[1])):
         if target is _INSIDE_A_LIST:
             problems.append(
                 (
@@ -63,60 +62,48 @@ def environment_overrides(
     return overrides, problems
 
 
+_INSIDE_A_LIST = object()
+
+
 def _override_paths(
     environ: Mapping[str, str], model: type[BaseModel], data: Mapping[str, Any]
-) -> list[tuple[str, tuple[str, ...]]]:
+) -> list[tuple[str, tuple[str, ...], Any]]:
+    """(variable, the config keys it sets, the type its value must have) for each
+    REFRESHD_ variable naming a field of `model`."""
     found = []
     for name in environ:
         if not name.upper().startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].split(ENV_DELIMITER)
         if parts[0].lower() in model.model_fields:
-            found.append((name, _keys(model, data, parts)))
+            found.append((name, *_resolve(model, data, parts)))
     return found
 
 
-def _keys(model: type[BaseModel], data: Any, parts: list[str]) -> tuple[str, ...]:
-    """The variable's parts as the config's keys: field names lower-case, table names as
-    the file writes them (matched without regard to case), new ones lower-case."""
+def _resolve(model: type[BaseModel], data: Any, parts: list[str]) -> tuple[tuple[str, ...], Any]:
+    """The variable's parts as the config's keys (field names lower-case, table names as
+    the file writes them, matched without regard to case, new ones lower-case), and the
+    type a value there must have: None for a key the model does not know (its validation
+    names it), _INSIDE_A_LIST for a path through a list."""
     keys: list[str] = []
     current: Any = model
     for part in parts:
+        key = part.lower()
         current = _non_optional(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            key = part.lower()
             field = current.model_fields.get(key)
             current = field.annotation if field is not None else None
         elif typing.get_origin(current) in (dict, Mapping):
             known = data if isinstance(data, Mapping) else {}
-            key = next((k for k in known if str(k).casefold() == part.casefold()), part.lower())
+            key = next((k for k in known if str(k).casefold() == part.casefold()), key)
             current = typing.get_args(current)[1]
+        elif typing.get_origin(current) in (list, tuple) or current is _INSIDE_A_LIST:
+            current = _INSIDE_A_LIST
         else:
-            key, current = part.lower(), None
+            current = None
         keys.append(key)
         data = data.get(key) if isinstance(data, Mapping) else None
-    return tuple(keys)
-
-
-_INSIDE_A_LIST = object()
-
-
-def _field_type(model: type[BaseModel], path: tuple[str, ...]) -> Any:
-    """The type a value at `path` must have; None for a key the model does not know (its
-    validation names it), _INSIDE_A_LIST for a path through a list."""
-    current: Any = model
-    for key in path:
-        current = _non_optional(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(key)
-            current = field.annotation if field is not None else None
-        elif typing.get_origin(current) in (dict, Mapping):
-            current = typing.get_args(current)[1]
-        elif typing.get_origin(current) in (list, tuple):
-            return _INSIDE_A_LIST
-        else:
-            return None
-    return current
+    return tuple(keys), current
 
 
 def _non_optional(annotation: Any) -> Any:
