@@ -3,16 +3,11 @@ flag, and when the cluster last took a refresh. Two SELECTs; never a write."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
 from refreshd.dburl import DatabaseUrl
-
-if TYPE_CHECKING:  # imported on first use: a config without databases never pays for it
-    import pymysql
+from refreshd.shared.engines import connect
 
 # The rows ADMIN_keepalive_ALL.pl acts on: any other row keeps its flag forever.
 _BOXES = (
@@ -57,32 +52,27 @@ class DatabaseProblem(Exception):
 
 
 class ClusterDatabase:
-    """A read-only connection to one cluster's database, opened on first use and opened
-    again after an error. Thread-safe: one query at a time."""
+    """A read-only connection to one cluster's database (an engine of refreshd/shared:
+    opened on first use, opened again after a driver error, one query at a time)."""
 
     def __init__(self, url: DatabaseUrl, password: str | None, *, timeout: float = 5.0) -> None:
         self.url = url
         self._password = password
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._conn: pymysql.connections.Connection[Any] | None = None
+        self._engine = connect(url, password, timeout=timeout)
 
     def read(self) -> Reading:
         """One reading; DatabaseProblem when the database cannot give one."""
         import pymysql
 
-        with self._lock:
-            try:
-                conn = self._connection()
-                with conn.cursor() as cursor:
-                    cursor.execute(_BOXES)
-                    rows = cursor.fetchall()
-                    cursor.execute(_RELOADED)
-                    stamp = cursor.fetchone()
-                conn.rollback()  # end the read view: the next reading sees new flags
-            except pymysql.MySQLError as error:
-                self._discard()
-                raise self._problem(error) from None
+        try:
+            # One transaction, ended at once: the next reading sees new flags.
+            with self._engine.transaction() as tx:
+                tx.execute(_BOXES)
+                rows = tx.fetchall()
+                tx.execute(_RELOADED)
+                stamp = tx.fetchone()
+        except pymysql.MySQLError as error:
+            raise self._problem(error) from None
         boxes = tuple(Box(str(ip), str(sid)) for sid, ip, _ in rows)
         flagged = tuple(Box(str(ip), str(sid)) for sid, ip, flag in rows if flag == "Y")
         epoch = stamp[0] if stamp else None
@@ -90,33 +80,7 @@ class ClusterDatabase:
         return Reading(boxes, flagged, reloaded)
 
     def close(self) -> None:
-        with self._lock:
-            self._discard()
-
-    def _connection(self) -> pymysql.connections.Connection[Any]:
-        import pymysql
-
-        if self._conn is None:
-            self._conn = pymysql.connect(
-                host=self.url.host,
-                port=self.url.port,
-                user=self.url.user,
-                password=self._password or "",
-                database=self.url.database,
-                connect_timeout=self._timeout,
-                read_timeout=self._timeout,
-                write_timeout=self._timeout,
-                autocommit=False,
-                charset="utf8mb4",
-            )
-        return self._conn
-
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            # A broken connection may fail to close; it is dropped either way.
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._engine.close()
 
     def _problem(self, error: Exception) -> DatabaseProblem:
         code = error.args[0] if error.args and isinstance(error.args[0], int) else None
