@@ -16,45 +16,34 @@ import requests
 from refreshd.clock import FakeClock
 from refreshd.core.verification import Applied, NotApplied, Verdict
 from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser, load_simulator_config, serve
-from refreshd.simulator.database import SimDatabase
 from refreshd.verify import ClusterDatabase, DatabaseProblem, DatabaseUrl
 from refreshd.verify.poller import Verifier
-from tests.support.databases import database_user, scratch_database
+from tests.support.databases import (
+    database_user,
+    scratch_database,
+    telephony_boxes,
+    verified_cluster,
+)
 from tests.support.ports import refused_port
 
 PASSWORD = "api-pass-123"
 DB_PASSWORD = "ro-pass-4567"
-BOXES = [
-    SimServer("10.0.0.11", server_id="dial1"),
-    SimServer("10.0.0.12", server_id="dial2"),
-    SimServer("10.0.0.13", server_id="dial3"),
-    # A database-only box: it generates no Asterisk conf, so its flag never clears and it
-    # must not be waited for.
-    SimServer("10.0.0.20", server_id="db1", generate_vicidial_conf=False),
-]
+BOXES = telephony_boxes()
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    with scratch_database() as url:
-        database = SimDatabase(url)
-        try:
-            with Simulator(
-                users=[SimUser("api", PASSWORD)], servers=BOXES, database=database
-            ) as sim:
-                yield sim, url
-        finally:
-            database.close()
+    """The simulator, and the URL of a read-only user with the documented grants."""
+    with verified_cluster(BOXES, DB_PASSWORD, users=[SimUser("api", PASSWORD)]) as found:
+        yield found
 
 
 @pytest.fixture
 def reader(cluster: tuple[Simulator, DatabaseUrl]) -> Iterator[ClusterDatabase]:
     _, url = cluster
-    grants = [f"SELECT ON `{url.database}`.servers", f"SELECT ON `{url.database}`.system_settings"]
-    with database_user(grants, DB_PASSWORD) as user:
-        database = ClusterDatabase(DatabaseUrl(user, url.host, url.port, url.database), DB_PASSWORD)
-        yield database
-        database.close()
+    database = ClusterDatabase(url, DB_PASSWORD)
+    yield database
+    database.close()
 
 
 def refresh(sim: Simulator) -> None:

@@ -13,22 +13,16 @@ from typing import Any
 
 import pytest
 
-from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser
+from refreshd.simulator import API_PATH, Simulator, SimUser
 from refreshd.verify import DatabaseUrl
 from tests.support.alerts import alert, expect, input_series, promtool, run_promtool, scrape
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
-from tests.support.databases import database_user, verified_cluster
+from tests.support.databases import database_user, telephony_boxes, verified_cluster
 
 DB_PASSWORD = "ro-Pass_4567"
 VERIFY_TIMEOUT = 10.0  # seconds: the least verify_timeout allows
-BOXES = [
-    SimServer("10.0.0.11", server_id="dial1"),
-    SimServer("10.0.0.12", server_id="dial2"),
-    SimServer("10.0.0.13", server_id="dial3"),
-    # Generates no Asterisk conf: the keepalive never clears it, and refreshd must not wait.
-    SimServer("10.0.0.20", server_id="db1", generate_vicidial_conf=False),
-]
+BOXES = telephony_boxes()
 
 
 @pytest.fixture

@@ -80,6 +80,19 @@ def database_user(grants: list[str], password: str) -> Iterator[str]:
         admin.close()
 
 
+def telephony_boxes() -> list[Any]:
+    """Three telephony servers (dial1-3), and a database-only box that generates no
+    Asterisk conf: its flag never clears, and refreshd must not wait for it."""
+    from refreshd.simulator import SimServer
+
+    return [
+        SimServer("10.0.0.11", server_id="dial1"),
+        SimServer("10.0.0.12", server_id="dial2"),
+        SimServer("10.0.0.13", server_id="dial3"),
+        SimServer("10.0.0.20", server_id="db1", generate_vicidial_conf=False),
+    ]
+
+
 @contextmanager
 def verified_cluster(
     boxes: list[Any], password: str, **options: Any
