@@ -193,7 +193,10 @@ class Scheduler:
             if initial or old_credentials.get(name) != creds
         ]
         with self._lock:
-            if not initial and config.client != self.config.client:
+            if not initial and (
+                config.client != self.config.client or config.secrets() != self.config.secrets()
+            ):
+                # A new client also for new passwords: it masks every answer with them.
                 # Calls in flight finish on the old client, which then closes itself: kept
                 # open until stop, 300 reloads took the daemon from 12 to 217 fds.
                 self._client = client_for(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from refreshd.config import Config
 from refreshd.core.policy import LOCKOUT_WAIT
 from refreshd.simulator.rules import SimUser, Vicidial
 from tests.support.loop import (
@@ -360,3 +361,25 @@ def max_in_any(times: list[datetime], window: timedelta) -> int:
             first += 1
         most = max(most, last - first + 1)
     return most
+
+
+def test_a_reload_with_a_new_password_gives_the_calls_a_client_that_masks_it(
+    tmp_path: Path,
+) -> None:
+    servers = [{"name": "east", "windows": ["02:00-04:00"]}]
+
+    def with_other(password: str) -> Config:
+        # A table no server uses: an answer may still echo its password (a shared page).
+        other = {"user": "other", "password": password}
+        return fleet(
+            servers, credentials={"main": {"user": USER, "password": PASSWORD}, "other": other}
+        )
+
+    with running(with_other("the-old-one-123"), tmp_path, start=MONDAY) as loop:
+        before = loop.scheduler._client
+        loop.scheduler.reload(with_other("a-new-one-456"))
+        after = loop.scheduler._client
+
+    assert "the-old-one-123" in before.secrets
+    assert after is not before
+    assert "a-new-one-456" in after.secrets
