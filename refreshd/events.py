@@ -44,12 +44,16 @@ class Events:
             getattr(self.log, _LEVELS[event.kind])(str(event.kind), **event.fields)
             self._count(event)
 
-    def called(self, server: str, attempt: Attempt) -> None:
-        """A call ended (whatever it changed): its outcome and duration."""
+    def called(self, server: str, attempt: Attempt, due: datetime | None = None) -> None:
+        """A call ended (whatever it changed): its outcome and duration; `due`: the due
+        instant of the scheduled run it was the first call of (its lag)."""
         if self.metrics is None:
             return
         self.metrics.refresh_total.labels(server, str(attempt.answer.outcome)).inc()
         self.metrics.refresh_duration.observe(attempt.duration_ms / 1000)
+        if due is not None:
+            lag = (attempt.started_at - due).total_seconds()
+            self.metrics.refresh_lag.observe(max(lag, 0.0))
 
     def verified(self, server: str, started: datetime, verdict: Verdict) -> None:
         """The verdict on a verified refresh of `server` sent at `started`."""
@@ -141,8 +145,12 @@ def state_gauges(
             next_run=None if planned is None else planned.at,
             suspended=entry.suspended_at(now) is not None,
             success_gap=(gaps or {}).get(name),
+            last_call=None
+            if entry.last_attempt_at is None or entry.last_outcome is None
+            else (entry.last_attempt_at, str(entry.last_outcome)),
+            credentials=view.login_name(login),
         )
-        for name, (_, planned) in plans.items()
+        for name, (login, planned) in plans.items()
         for entry in (ledger.server(name),)
     }
     logins = {login for login, _ in plans.values()}
