@@ -38,6 +38,8 @@ SDIST_FILES = (
     "MANIFEST.in",
     "config/refreshd.example.toml",
     "deploy/docker/compose.yml",
+    "deploy/docker/compose.vicidial.yml",
+    "deploy/docker/refreshd.sidecar.toml",
     "deploy/grafana/refreshd.json",
     "deploy/prometheus/refreshd.rules.yml",
     "systemd/refreshd.service",
@@ -65,13 +67,24 @@ def package_files() -> set[str]:
     return found | {"refreshd/py.typed"}
 
 
+def clean_environ() -> dict[str, str]:
+    """This environment (pip's settings, PATH) without what would reach into the checkout
+    or steer refreshd: PYTHONPATH, an active venv, REFRESHD_* overrides, credentials."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"PYTHONPATH", "VIRTUAL_ENV", "CREDENTIALS_DIRECTORY"}
+        and not key.startswith("REFRESHD_")
+    }
+
+
 def run(argv: list[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path) -> str:
     done = subprocess.run(
         [str(arg) for arg in argv],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, **(env or {})},
+        env={**clean_environ(), **(env or {})},
         cwd=cwd,
         check=False,
     )
@@ -79,9 +92,7 @@ def run(argv: list[str | Path], *, env: Mapping[str, str] | None = None, cwd: Pa
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
-    root = tmp_path_factory.mktemp("build")
+def build(root: Path) -> Dist:
     source = root / "source"
     shutil.copytree(REPO, source, ignore=NOT_SOURCES)
     out = root / "dist"
@@ -92,23 +103,17 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     return Dist(wheel, sdist, time.monotonic() - started)
 
 
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("venv") / "venv"
-    venv.create(where, with_pip=True, clear=True)
-    return where
-
-
 def checked_config(tmp_path: Path) -> tuple[dict[str, str], list[str]]:
     """The example config's passwords in a credentials directory, and `check`'s argv."""
     secrets = tmp_path / "credentials"
-    secrets.mkdir()
+    secrets.mkdir(exist_ok=True)
     for name in ("east.password", "west.password"):
         (secrets / name).write_text(PASSWORD)
     return {"CREDENTIALS_DIRECTORY": str(secrets)}, ["check", "-c", str(EXAMPLE_CONFIG)]
 
 
-def test_the_sdist_holds_the_package_and_what_operators_need(dist: Dist) -> None:
+def check_sdist(dist: Dist) -> None:
+    """The sdist holds the package and what operators need."""
     with tarfile.open(dist.sdist) as sdist:
         top = f"refreshd-{refreshd.__version__}/"
         names = {m.name.removeprefix(top) for m in sdist.getmembers() if m.isfile()}
@@ -116,10 +121,10 @@ def test_the_sdist_holds_the_package_and_what_operators_need(dist: Dist) -> None
     assert set(SDIST_FILES) <= names, set(SDIST_FILES) - names
     assert package_files() <= names, package_files() - names
     assert not [name for name in names if name.startswith(("tests/", ".venv/"))]
-    print(f"python -m build: {dist.seconds:.1f} s")
 
 
-def test_the_wheel_holds_the_package_its_license_and_the_command(dist: Dist) -> None:
+def check_wheel(dist: Dist) -> None:
+    """The wheel holds the package, its license and the command."""
     with zipfile.ZipFile(dist.wheel) as wheel:
         names = set(wheel.namelist())
         info = f"refreshd-{refreshd.__version__}.dist-info/"
@@ -130,9 +135,10 @@ def test_the_wheel_holds_the_package_its_license_and_the_command(dist: Dist) -> 
     assert "refreshd = refreshd.cli:main" in entry_points
 
 
-def test_the_wheel_installs_in_a_fresh_venv_and_runs(
-    dist: Dist, fresh_venv: Path, tmp_path: Path
-) -> None:
+def install_in_a_fresh_venv(dist: Dist, tmp_path: Path) -> Path:
+    """The wheel, pip-installed into a new venv; its `refreshd` run from outside the repo."""
+    fresh_venv = tmp_path / "venv"
+    venv.create(fresh_venv, with_pip=True)
     started = time.monotonic()
     run([fresh_venv / "bin" / "python", "-m", "pip", "install", "-q", dist.wheel], cwd=tmp_path)
     took = time.monotonic() - started
@@ -149,14 +155,20 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs(
     assert PASSWORD not in checked
     assert "complete -F _refreshd refreshd" in run([command, "completion", "bash"], cwd=tmp_path)
     print(f"pip install of the wheel and its dependencies: {took:.1f} s")
+    return fresh_venv
 
 
-def test_pipx_installs_the_wheel_and_its_command_runs(
-    dist: Dist, fresh_venv: Path, tmp_path: Path
-) -> None:
+def install_with_pipx(dist: Dist, fresh_venv: Path, tmp_path: Path) -> None:
+    """pipx (from the package index, into the fresh venv) installs the wheel; its command
+    runs. pipx's home and bin directory are in tmp_path."""
     pip = [fresh_venv / "bin" / "python", "-m", "pip", "install", "-q", "pipx"]
     got = subprocess.run(
-        [str(arg) for arg in pip], capture_output=True, text=True, timeout=600, check=False
+        [str(arg) for arg in pip],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_environ(),
+        check=False,
     )
     if got.returncode != 0:
         why = f"pipx cannot be installed from the package index here: {got.stderr[-500:]}"
@@ -175,3 +187,14 @@ def test_pipx_installs_the_wheel_and_its_command_runs(
     secrets, check = checked_config(tmp_path)
     assert "valid: 3 server(s)" in run([command, *check], env=secrets, cwd=tmp_path)
     print(f"pipx install of the wheel: {took:.1f} s")
+
+
+def test_the_wheel_and_sdist_build_install_with_pip_and_pipx_and_run(tmp_path: Path) -> None:
+    """One test, in order: under pytest-xdist separate tests would each build and install
+    again on their own worker."""
+    dist = build(tmp_path)
+    print(f"python -m build: {dist.seconds:.1f} s")
+    check_sdist(dist)
+    check_wheel(dist)
+    fresh_venv = install_in_a_fresh_venv(dist, tmp_path)
+    install_with_pipx(dist, fresh_venv, tmp_path)  # last: it may skip
