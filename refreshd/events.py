@@ -58,13 +58,15 @@ class Events:
     def verified(self, server: str, started: datetime, verdict: Verdict) -> None:
         """The verdict on a verified refresh of `server` sent at `started`."""
         seconds = round(verdict.seconds, 3)
+        # The metrics first, then the line: whoever reads the line (an operator, a test)
+        # and then scrapes finds the verdict counted.
         if isinstance(verdict, Applied):
-            self.log.info("refresh.applied", server=server, seconds=seconds, boxes=verdict.boxes)
             if self.metrics is not None:
                 self.metrics.apply_seconds.observe(verdict.seconds)
                 self.metrics.unapplied_servers.labels(server).set(0)
                 applied_at = started + timedelta(seconds=verdict.seconds)
                 self.metrics.last_applied.labels(server).set(applied_at.timestamp())
+            self.log.info("refresh.applied", server=server, seconds=seconds, boxes=verdict.boxes)
             return
         flagged = [{"server_ip": ip, "server_id": sid} for ip, sid in verdict.flagged]
         if verdict.unread is not None:
@@ -72,6 +74,8 @@ class Events:
                 "refresh.not_applied", server=server, seconds=seconds, error=verdict.unread
             )
             return
+        if self.metrics is not None:
+            self.metrics.unapplied_servers.labels(server).set(len(flagged))
         self.log.error(
             "refresh.not_applied",
             server=server,
@@ -80,8 +84,6 @@ class Events:
             boxes=verdict.boxes,
             applied=verdict.boxes - len(flagged),
         )
-        if self.metrics is not None:
-            self.metrics.unapplied_servers.labels(server).set(len(flagged))
 
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:
