@@ -188,11 +188,9 @@ def test_every_expression_uses_only_names_and_labels_a_real_daemon_serves(
     text = scrape(daemon.metrics_port()).text
     assert not [secret for secret in SECRETS if secret in text]
     families = list(text_string_to_metric_families(text))
+    # Only samples count: a labelled family with none (HELP and TYPE only) shows no labels,
+    # so a name used with no sample here is reported "not served" rather than passed.
     serving = served((s.name, s.labels) for family in families for s in family.samples)
-    # Each family has samples, so its labels are known (a labelled family with none would
-    # show no labels, and the check could not see a wrong one).
-    empty = [family.name for family in families if not family.samples]
-    assert empty == []
     # The series the panels were added for, with the values this daemon's state gives.
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in families for s in family.samples}  # fmt: skip
