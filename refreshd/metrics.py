@@ -20,6 +20,9 @@ __all__ = ["Metrics", "ServerGauges", "StateGauges"]
 _DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Keepalives run from cron every minute: a refresh applies within seconds to a minute or
 # two; verify_timeout is at most an hour.
+# A run fires within milliseconds of its due instant (bench/accuracy.py); seconds and more
+# are a loaded machine, and minutes a catch-up after downtime or a hold.
+_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 _APPLY_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 3600.0)
 
 
@@ -32,6 +35,8 @@ class ServerGauges:
     next_run: datetime | None  # None: nothing planned
     suspended: bool
     success_gap: timedelta | None = None  # None: fewer than two slots to expect a success in
+    last_call: tuple[datetime, str] | None = None  # the latest call: when, and its outcome
+    credentials: str | None = None  # how refreshd_credentials_waiting names its login
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,13 @@ class Metrics:
             "refreshd_refresh_duration_seconds",
             "Time from sending a refresh call to its outcome.",
             buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.refresh_lag = Histogram(
+            "refreshd_refresh_lag_seconds",
+            "From a scheduled run's due instant to its first call being sent: the firing "
+            "delay, and for a catch-up the time the daemon was down or the server held.",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.slots_missed = Counter(
@@ -137,6 +149,11 @@ _STATE_FAMILIES: dict[str, tuple[str, str | None]] = {
         "Unix time of the server's last successful refresh; absent before the first.",
         "server",
     ),
+    "refreshd_last_call_timestamp_seconds": (
+        "Unix time of the server's latest call, in the series labelled with its outcome; "
+        "absent before the first.",
+        "server",
+    ),
     "refreshd_server_first_seen_timestamp_seconds": (
         "Unix time a daemon first had the server in its config (kept in the state file).",
         "server",
@@ -158,6 +175,11 @@ _STATE_FAMILIES: dict[str, tuple[str, str | None]] = {
     ),
     "refreshd_server_suspended": (
         "1 while the server is suspended (permission, IP, not found, bad request).",
+        "server",
+    ),
+    "refreshd_server_credentials": (
+        "1 for each server, in the series labelled with the credentials it logs in with, as "
+        "refreshd_credentials_waiting names them (join the two to see a server's wait).",
         "server",
     ),
     "refreshd_credentials_waiting": (
@@ -194,6 +216,11 @@ class _StateCollector(Collector):
                     server,
                     gauges.last_success.timestamp(),
                 )
+            if gauges.last_call is not None:
+                at, outcome = gauges.last_call
+                families["refreshd_last_call_timestamp_seconds"].add_metric(
+                    [server, outcome], at.timestamp()
+                )
             if gauges.first_seen is not None:
                 add(
                     "refreshd_server_first_seen_timestamp_seconds",
@@ -207,6 +234,10 @@ class _StateCollector(Collector):
                 add("refreshd_server_success_gap_seconds", server, seconds)
             add("refreshd_server_unplanned", server, float(gauges.next_run is None))
             add("refreshd_server_suspended", server, float(gauges.suspended))
+            if gauges.credentials is not None:
+                families["refreshd_server_credentials"].add_metric(
+                    [server, gauges.credentials], 1.0
+                )
         for credentials, waiting in sorted(state.credentials_waiting.items()):
             for kind in WaitKind:
                 families["refreshd_credentials_waiting"].add_metric(
@@ -217,7 +248,11 @@ class _StateCollector(Collector):
 
 
 # Families keyed by a second label too.
-_SECOND_LABEL = {"refreshd_credentials_waiting": "reason"}
+_SECOND_LABEL = {
+    "refreshd_credentials_waiting": "reason",
+    "refreshd_last_call_timestamp_seconds": "outcome",
+    "refreshd_server_credentials": "credentials",
+}
 
 
 def _family(name: str) -> GaugeMetricFamily:

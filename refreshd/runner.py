@@ -266,7 +266,8 @@ class Runner:
             due = (call.server, call.due) if done.run_done and call.due is not None else None
             self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
         self.events.emit(done.events)
-        self.events.called(call.server, attempt)
+        first = call.due if call.attempt == 1 and not call.manual else None
+        self.events.called(call.server, attempt, due=first)
         if self.after_call is not None:
             self.after_call(call, attempt)
         return done.decision

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from refreshd import __version__
-from refreshd.cli import calls, reading
+from refreshd.cli import calls, completion, reading
 from refreshd.cli.arguments import MAX_HISTORY_LIMIT, MAX_PLAN_COUNT, count_up_to, instant, since
 from refreshd.cli.loading import EXIT_OK, EXIT_USAGE
 from refreshd.cli.text import safe, survive_any_encoding
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 _FORCE_HELP = (
     "log in even while a credentials wait runs (after a refused login or a lock-out); "
@@ -29,7 +29,7 @@ Command = Callable[[str, str], argparse.ArgumentParser]
 
 def main(argv: Sequence[str] | None = None) -> int:
     survive_any_encoding()
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="refreshd",
         description="Schedules VICIdial server_refresh calls inside refresh windows.",
@@ -79,7 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
     p.add_argument("--config", type=Path, default=None, help="users and servers TOML (see config/)")
     p.set_defaults(handler=_simulator)
+    p = sub.add_parser("completion", help=_COMPLETION_HELP, description=_COMPLETION_HELP)
+    p.add_argument("shell", choices=completion.SHELLS, help="the shell to complete in")
+    p.set_defaults(handler=lambda args: _completion(parser, args.shell))
     return parser
+
+
+_COMPLETION_HELP = "print the shell completion script: source <(refreshd completion bash)"
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    assert shell == "bash"  # argparse allowed only completion.SHELLS
+    sys.stdout.write(completion.bash_script(parser))
+    return EXIT_OK
 
 
 # For containers: Docker's restart policies cannot exempt exit 78 (README, Docker).
