@@ -49,14 +49,22 @@ class Job:
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
     followers: list[Job] = field(default_factory=list)
+    group: Hashable | None = None
+    """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
+    gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
+
+    @property
+    def key(self) -> Hashable:
+        return self.target.key if self.group is None else self.group
 
 
 class Dispatcher:
     """At most `max_concurrency` calls in flight, started in submission order.
 
     A job whose request is identical to one pending or in flight (same URL, login and
-    server_ip) rides along with it and gets the same answer: VICIdial's refresh flags
-    every server of the cluster, so sending it twice at once only doubles the load.
+    server_ip), or of the same group (one cluster, one login), rides along with it and gets
+    the same answer: VICIdial's refresh flags every server of the cluster, so sending it
+    twice at once only doubles the load.
     A job whose credentials may not log in now is held back (unproven credentials: one
     call at a time) or, during a credentials wait, skipped with a reason.
     """
@@ -132,11 +140,11 @@ class Dispatcher:
                 return False
             leaders = 0
             for job in jobs:
-                leader = self._by_key.get(job.target.key)
+                leader = self._by_key.get(job.key)
                 if leader is not None:
                     leader.followers.append(job)
                     continue
-                self._by_key[job.target.key] = job
+                self._by_key[job.key] = job
                 self._pending.append(job)
                 leaders += 1
             self._cond.notify(leaders)
@@ -150,7 +158,7 @@ class Dispatcher:
             dropped = list(self._pending)
             self._pending.clear()
             for job in dropped:
-                self._by_key.pop(job.target.key, None)
+                self._by_key.pop(job.key, None)
             self._cond.notify_all()
         for job in dropped:
             for each in (job, *job.followers):
@@ -174,7 +182,7 @@ class Dispatcher:
             until = self._gate.waiting(job.login, now)
             if until is not None:
                 self._pending.remove(job)
-                self._by_key.pop(job.target.key, None)
+                self._by_key.pop(job.key, None)
                 skipped.append(
                     (
                         job,
@@ -260,7 +268,7 @@ class Dispatcher:
                     self._release(job, proven_now=proven_now)
                 with self._cond:
                     # From here on, a new identical job is a new request.
-                    self._by_key.pop(job.target.key, None)
+                    self._by_key.pop(job.key, None)
                     riders = list(job.followers)
                 for each in (job, *riders):
                     try:
