@@ -1,0 +1,86 @@
+"""Same cluster twice, in the daemon's loop on a fake clock: entries known to be one cluster
+make one call per slot, whose answer counts for each; never across two logins."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from refreshd.core.clusters import CallGroups
+from refreshd.core.ledger import login_key
+from refreshd.simulator.rules import SimUser, Vicidial
+from tests.support.loop import PASSWORD, USER, at, fleet, numbered, running, users
+
+START = at("2026-11-30T08:00:00")
+
+
+def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
+    tmp_path: Path,
+) -> None:
+    # Two entries with different server_ip: two requests, unless known to be one cluster.
+    config = fleet(numbered(2), daemon={"spread": "0s"})
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    config = fleet(servers)
+    with running(config, tmp_path, start=START) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(hours=3, minutes=30))
+
+        calls = loop.refreshes()
+        assert [c.at for c in calls] == [START + timedelta(hours=h) for h in range(4)]
+        for name in ("s0", "s1"):
+            assert len(loop.log.matching("refresh.succeeded", server=name)) == 4
+            assert loop.runner.ledger.server(name).last_done == START + timedelta(hours=3)
+            assert loop.sample("refreshd_refresh_total", server=name, outcome="ok") == 4
+
+
+def test_without_a_known_cluster_each_entry_calls(tmp_path: Path) -> None:
+    config = fleet([{**s, "every": "1h"} for s in numbered(2)])
+    with running(config, tmp_path, start=START) as loop:
+        loop.run_for(timedelta(minutes=90))
+
+        assert len(loop.refreshes()) == 4  # the status quo the grouping removes
+
+
+def test_one_cluster_reached_with_two_logins_calls_once_per_login(tmp_path: Path) -> None:
+    other = SimUser("refreshd2", "other-pass-456")
+    config = fleet(
+        [
+            {"name": "s0", "server_ip": "10.0.0.1", "windows": ["00:00-24:00"], "every": "1h"},
+            {
+                "name": "s1",
+                "server_ip": "10.0.0.2",
+                "windows": ["00:00-24:00"],
+                "every": "1h",
+                "credentials": "second",
+            },
+        ],
+        credentials={
+            "main": {"user": USER, "password": PASSWORD},
+            "second": {"user": other.user, "password": other.password},
+        },
+    )
+    with running(config, tmp_path, start=START, vicidial=Vicidial(users(other))) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=90))
+
+        assert sorted(c.user for c in loop.refreshes()) == sorted([USER, other.user] * 2)
+
+
+def test_a_refused_login_of_the_group_is_one_failed_login_for_the_user(tmp_path: Path) -> None:
+    # The password in the config is wrong: one call for both entries, so VICIdial counts
+    # one failed login; refreshd's budget never counts fewer than VICIdial does (each entry
+    # records the shared answer, as identical requests always have: it may count more).
+    config = fleet(
+        [{**s, "every": "1h"} for s in numbered(2)],
+        credentials={"main": {"user": USER, "password": "wrong-pass-789"}},
+    )
+    vicidial = Vicidial(users())
+    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls] == ["login_incorrect"]
+        assert vicidial.failed_login_count(USER) == 1
+        assert len(loop.runner.ledger.login(login_key(USER)).failed_logins) >= 1
+        for name in ("s0", "s1"):
+            assert len(loop.log.matching("refresh.failed", server=name)) == 1
