@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from refreshd.binding import schedule_of
 from refreshd.core.clusters import CallGroups
 from refreshd.core.ledger import login_key
 from refreshd.simulator.rules import SimUser, Vicidial
@@ -84,3 +85,16 @@ def test_a_refused_login_of_the_group_is_one_failed_login_for_the_user(tmp_path:
         assert len(loop.runner.ledger.login(login_key(USER)).failed_logins) >= 1
         for name in ("s0", "s1"):
             assert len(loop.log.matching("refresh.failed", server=name)) == 1
+
+
+def test_with_a_spread_entries_of_one_database_table_are_still_due_together() -> None:
+    database = {"url": "mysql://ro@vicidb-east/asterisk", "password": "ro-pass-4567"}
+    servers = [{**s, "database": "east"} for s in numbered(2)] + [
+        {"name": "alone", "windows": ["00:00-24:00"]}
+    ]
+    config = fleet(servers, daemon={"spread": "50m"}, databases={"east": database})
+
+    s0, s1, alone = (schedule_of(config, config.server(n)).offset for n in ("s0", "s1", "alone"))
+
+    assert s0 == s1
+    assert alone != s0  # the spread still spreads everything else
