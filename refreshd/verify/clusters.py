@@ -81,7 +81,8 @@ class ClusterWatch:
         with self._lock:
             self._config = config
         self.relearn()
-        if self._thread is None:
+        # Without a database there is nothing to learn, and no thread to keep.
+        if self._thread is None and any(s.database for s in config.servers):
             self._thread = threading.Thread(target=self._run, name="refreshd-clusters", daemon=True)
             self._thread.start()
 

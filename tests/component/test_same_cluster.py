@@ -3,14 +3,20 @@ make one call per slot, whose answer counts for each; never across two logins.""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 from refreshd.binding import schedule_of
-from refreshd.core.clusters import CallGroups
+from refreshd.clock import system_clock
+from refreshd.config import Config
+from refreshd.core.clusters import CallGroups, SameCluster
 from refreshd.core.ledger import login_key
 from refreshd.simulator.rules import SimUser, Vicidial
+from refreshd.verify.clusters import ClusterWatch
 from tests.support.loop import PASSWORD, USER, at, fleet, numbered, running, users
+from tests.support.waiting import eventually
 
 START = at("2026-11-30T08:00:00")
 
@@ -98,3 +104,68 @@ def test_with_a_spread_entries_of_one_database_table_are_still_due_together() ->
 
     assert s0 == s1
     assert alone != s0  # the spread still spreads everything else
+
+
+# -- the daemon's learning (verify/clusters.ClusterWatch), with its reading stubbed ----------
+
+EAST = {"url": "mysql://ro@vicidb-east/asterisk", "password": "ro-pass-4567"}
+
+
+def _group(why: str = "the same database") -> SameCluster:
+    return SameCluster("f00d", "east", ("s0", "s1"), why)
+
+
+class Learnt:
+    """A stand-in for reading the databases: answers `groups`, counting the reads."""
+
+    def __init__(self) -> None:
+        self.groups = [_group()]
+        self.reads = 0
+        self.told: list[list[SameCluster]] = []
+
+    def learn(self, config: Config) -> tuple[list[SameCluster], dict[str, str]]:
+        self.reads += 1
+        return list(self.groups), {}
+
+    def tell(self, groups: Sequence[SameCluster]) -> None:
+        self.told.append(list(groups))
+
+
+def test_the_scheduler_is_told_only_when_the_grouping_changes() -> None:
+    learnt = Learnt()
+    watch = ClusterWatch(system_clock, learnt.tell, interval=3600, learn=learnt.learn)
+    config = fleet([{**s, "database": "east"} for s in numbered(2)], databases={"east": EAST})
+    try:
+        watch.configure(config)  # learnt at once, before any slot
+        learnt.groups = [_group("another last reload")]  # only the reason moved
+        watch.relearn()
+        learnt.groups = []  # the database now says otherwise
+        watch.relearn()
+    finally:
+        watch.stop()
+
+    assert learnt.told == [[_group()], []]
+
+
+def test_the_grouping_is_learnt_again_at_its_interval() -> None:
+    learnt = Learnt()
+    watch = ClusterWatch(system_clock, learnt.tell, interval=0.05, learn=learnt.learn)
+    config = fleet([{**s, "database": "east"} for s in numbered(2)], databases={"east": EAST})
+    try:
+        watch.configure(config)
+        eventually(lambda: learnt.reads >= 3, timeout=5, what="two more readings")
+    finally:
+        watch.stop()
+
+
+def test_without_a_database_nothing_is_read_and_no_thread_runs() -> None:
+    def watchers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "refreshd-clusters"}
+
+    before = watchers()  # another test's, in this process, would not be ours
+    watch = ClusterWatch(system_clock, lambda groups: None, interval=0.05)
+
+    watch.configure(fleet(numbered(2)))  # the real reading: it must not connect anywhere
+
+    assert watchers() == before
+    watch.stop()
