@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
 from refreshd.attempt import Target, refresh
 from refreshd.client import Client
 from refreshd.clock import Clock
+from refreshd.core.clusters import counts_for_mate
 from refreshd.core.policy import LOGIN_PROVEN
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.logs import get_logger
@@ -237,6 +238,26 @@ class Dispatcher:
             answer = Answer(Outcome.UNEXPECTED, "internal error while sending; see refresh.error")
             return Attempt(answer, started, 0)
 
+    def _hand_back(self, job: Job, attempt: Attempt) -> None:
+        """The answer to the job and to its riders; a rider through another web server of
+        the cluster, whose answer spoke only of the job's web server, is sent on its own
+        (after the job's answer is recorded: what it taught the login gate binds it)."""
+        with self._cond:
+            # From here on, a new identical job is a new request.
+            self._by_key.pop(job.key, None)
+            riders = list(job.followers)
+        alone = [r for r in riders if not _counts_for(job, r, attempt.answer.outcome)]
+        for each in (job, *(r for r in riders if r not in alone)):
+            try:
+                each.on_done(attempt)
+            except Exception:
+                # A bug in recording must not kill the worker or skip the others.
+                _log.exception("refresh.error", server=each.server)
+        own = [replace(r, group=None, followers=[]) for r in alone]
+        if own and not self.submit_all(own):
+            for each in own:
+                each.on_skipped("shutting down")
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -266,16 +287,7 @@ class Dispatcher:
                     # the gate, so the next call with these credentials need not wait for it.
                     released = True
                     self._release(job, proven_now=proven_now)
-                with self._cond:
-                    # From here on, a new identical job is a new request.
-                    self._by_key.pop(job.key, None)
-                    riders = list(job.followers)
-                for each in (job, *riders):
-                    try:
-                        each.on_done(attempt)
-                    except Exception:
-                        # A bug in recording must not kill the worker or skip the others.
-                        _log.exception("refresh.error", server=each.server)
+                self._hand_back(job, attempt)
             finally:
                 if not released:
                     self._release(job)
@@ -283,3 +295,14 @@ class Dispatcher:
                     self._in_flight -= 1
                     self._started.pop(id(job), None)
                     self._notify_if_idle()
+
+
+def _counts_for(leader: Job, rider: Job, outcome: Outcome) -> bool:
+    """Whether the leader's answer is the rider's too. Always for an identical request; for
+    one cluster's entry through another web server, not when the answer speaks only of the
+    leader's web server (core/clusters.counts_for_mate): that entry then calls on its own."""
+    same = (leader.target.api_url, leader.target.verify) == (
+        rider.target.api_url,
+        rider.target.verify,
+    )
+    return counts_for_mate(str(outcome), same_web_server=same)

@@ -145,3 +145,17 @@ class CallGroups:
         password); None: not known to share a cluster, its call is its own."""
         cluster = self.clusters.get(server)
         return None if cluster is None else ("cluster", cluster, login, password_key)
+
+
+# Outcomes that speak of the web server reached (its address, TLS, proxy, or an outage), not
+# of the cluster or the login: an entry of the group that names another web server makes
+# its own call then, rather than count a failure its own path may not have.
+_PATH_OUTCOMES = frozenset(
+    {"not_found", "tls_rejected", "proxy_refused", "transient", "unexpected"}
+)
+
+
+def counts_for_mate(outcome: str, *, same_web_server: bool) -> bool:
+    """Whether a grouped call's `outcome` counts for an entry of its group (else that entry
+    calls on its own, through the login gate like any call, so lock-out rules hold)."""
+    return same_web_server or outcome not in _PATH_OUTCOMES

@@ -15,7 +15,17 @@ from refreshd.core.clusters import CallGroups, SameCluster
 from refreshd.core.ledger import login_key
 from refreshd.simulator.rules import SimUser, Vicidial
 from refreshd.verify.clusters import ClusterWatch
-from tests.support.loop import PASSWORD, USER, at, fleet, numbered, running, users
+from tests.support.loop import (
+    API_URL,
+    PASSWORD,
+    USER,
+    at,
+    fleet,
+    numbered,
+    running,
+    timeout_answer,
+    users,
+)
 from tests.support.waiting import eventually
 
 START = at("2026-11-30T08:00:00")
@@ -169,3 +179,36 @@ def test_without_a_database_nothing_is_read_and_no_thread_runs() -> None:
 
     assert watchers() == before
     watch.stop()
+
+
+def test_a_mate_through_another_web_server_calls_alone_when_the_first_one_is_down(
+    tmp_path: Path,
+) -> None:
+    # Two web servers of one cluster; the first entry's does not answer. Its time-out says
+    # nothing of the second web server: that entry makes its own call, in the same slot.
+    second = API_URL.replace("vicidial.test", "vicidial2.test")
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    servers[1]["api_url"] = second
+    with running(fleet(servers), tmp_path, start=START) as loop:
+        loop.fault = lambda number: timeout_answer() if number == 0 else None
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls[:2]] == ["fault", "success"]
+        assert loop.calls[1].server_ip == "10.0.0.1"
+        assert loop.runner.ledger.server("s1").last_done == START
+        assert loop.log.matching("refresh.failed", server="s1") == []
+
+
+def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: Path) -> None:
+    # A refused login is the cluster's answer about the login: the mate does not try it.
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    servers[1]["api_url"] = API_URL.replace("vicidial.test", "vicidial2.test")
+    config = fleet(servers, credentials={"main": {"user": USER, "password": "wrong-pass-789"}})
+    vicidial = Vicidial(users())
+    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls] == ["login_incorrect"]
+        assert vicidial.failed_login_count(USER) == 1
