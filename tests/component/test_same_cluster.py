@@ -194,10 +194,12 @@ def test_a_mate_through_another_web_server_calls_alone_when_the_first_one_is_dow
         loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
         loop.run_for(timedelta(minutes=1))
 
-        assert [c.kind for c in loop.calls[:2]] == ["fault", "success"]
-        assert loop.calls[1].server_ip == "10.0.0.1"
-        assert loop.runner.ledger.server("s1").last_done == START
-        assert loop.log.matching("refresh.failed", server="s1") == []
+        first, second = loop.calls[:2]
+        assert (first.kind, first.server_ip, first.at) == ("fault", "10.0.0.0", START)
+        # At once, not after a back-off: s1's own request, answered by its web server.
+        assert (second.kind, second.server_ip, second.at) == ("success", "10.0.0.1", START)
+        assert loop.log.matching("refresh.retrying", server="s1") == []
+        assert len(loop.log.matching("refresh.retrying", server="s0")) == 1
 
 
 def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: Path) -> None:
