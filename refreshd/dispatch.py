@@ -305,4 +305,4 @@ def _counts_for(leader: Job, rider: Job, outcome: Outcome) -> bool:
         rider.target.api_url,
         rider.target.verify,
     )
-    return counts_for_mate(str(outcome), same_web_server=same)
+    return counts_for_mate(outcome, same_web_server=same)

@@ -24,11 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from refreshd.core.vicidial import Outcome
+
 __all__ = [
     "CallGroups",
     "ClusterFacts",
     "SameCluster",
     "cluster_of",
+    "counts_for_mate",
     "fingerprint",
     "same_clusters",
 ]
@@ -151,11 +154,17 @@ class CallGroups:
 # of the cluster or the login: an entry of the group that names another web server makes
 # its own call then, rather than count a failure its own path may not have.
 _PATH_OUTCOMES = frozenset(
-    {"not_found", "tls_rejected", "proxy_refused", "transient", "unexpected"}
+    {
+        Outcome.NOT_FOUND,
+        Outcome.TLS_REJECTED,
+        Outcome.PROXY_REFUSED,
+        Outcome.TRANSIENT,
+        Outcome.UNEXPECTED,
+    }
 )
 
 
-def counts_for_mate(outcome: str, *, same_web_server: bool) -> bool:
+def counts_for_mate(outcome: Outcome, *, same_web_server: bool) -> bool:
     """Whether a grouped call's `outcome` counts for an entry of its group (else that entry
     calls on its own, through the login gate like any call, so lock-out rules hold)."""
     return same_web_server or outcome not in _PATH_OUTCOMES

@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refreshd.core.clusters import CallGroups, ClusterFacts, cluster_of, fingerprint, same_clusters
+from refreshd.core.clusters import (
+    CallGroups,
+    ClusterFacts,
+    cluster_of,
+    counts_for_mate,
+    fingerprint,
+    same_clusters,
+)
 from refreshd.core.verification import Taken, refresh_taken
+from refreshd.core.vicidial import Outcome
 
 STAMP = datetime(2026, 11, 30, 1, 59, 12, tzinfo=UTC)
 ROWS = (("dial1", "10.0.0.11"), ("dial2", "10.0.0.12"), ("db1", "10.0.0.20"))
@@ -102,6 +110,21 @@ def test_one_call_per_cluster_and_login_never_across_logins() -> None:
     assert groups.group_of("a", "api", "h1") != groups.group_of("b", "other", "h1")
     assert groups.group_of("a", "api", "h1") != groups.group_of("b", "api", "h2")
     assert groups.group_of("c", "api", "h1") is None
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_only_an_answer_about_the_web_server_leaves_a_mate_elsewhere_to_call(
+    outcome: Outcome,
+) -> None:
+    about_the_path = {
+        Outcome.NOT_FOUND,
+        Outcome.TLS_REJECTED,
+        Outcome.PROXY_REFUSED,
+        Outcome.TRANSIENT,
+        Outcome.UNEXPECTED,
+    }
+    assert counts_for_mate(outcome, same_web_server=True)
+    assert counts_for_mate(outcome, same_web_server=False) is (outcome not in about_the_path)
 
 
 # -- refresh_taken: settling a call whose answer was lost ------------------------------------
