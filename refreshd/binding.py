@@ -22,7 +22,9 @@ def schedule_of(config: Config, server: ServerConfig) -> Schedule:
         windows=server.windows,
         blackouts=config.blackouts_for(server.name),
         every=server.every,
-        offset=spread_offset(server.name, config.daemon.spread),
+        # Entries read from one [databases] table are one cluster: one offset, so they are
+        # due together and their calls become one (core/clusters.CallGroups).
+        offset=spread_offset(server.database or server.name, config.daemon.spread),
     )
 
 

@@ -11,7 +11,6 @@ import sys
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -165,9 +164,9 @@ class Daemon:
         )
         self.scheduler = scheduler
         # Verified refreshes: each `ok` of a server with a database, on a thread of its own.
-        self.verification = verification = Verification(
-            self.clock, runner.verified, dropped=partial(self.log.warning, "refresh.unverified")
-        )
+        # And the entries that are one cluster, for the scheduler to group their calls.
+        verification = Verification(self.clock, runner.verified, log=self.log, scheduler=scheduler)
+        self.verification = verification
         verification.configure(config)
         runner.after_call = verification.after_call
         if not self._start_metrics(config):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
 from refreshd.attempt import Target, refresh
 from refreshd.client import Client
 from refreshd.clock import Clock
+from refreshd.core.clusters import counts_for_mate
 from refreshd.core.policy import LOGIN_PROVEN
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.logs import get_logger
@@ -49,14 +50,22 @@ class Job:
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
     followers: list[Job] = field(default_factory=list)
+    group: Hashable | None = None
+    """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
+    gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
+
+    @property
+    def key(self) -> Hashable:
+        return self.target.key if self.group is None else self.group
 
 
 class Dispatcher:
     """At most `max_concurrency` calls in flight, started in submission order.
 
     A job whose request is identical to one pending or in flight (same URL, login and
-    server_ip) rides along with it and gets the same answer: VICIdial's refresh flags
-    every server of the cluster, so sending it twice at once only doubles the load.
+    server_ip), or of the same group (one cluster, one login), rides along with it and gets
+    the same answer: VICIdial's refresh flags every server of the cluster, so sending it
+    twice at once only doubles the load.
     A job whose credentials may not log in now is held back (unproven credentials: one
     call at a time) or, during a credentials wait, skipped with a reason.
     """
@@ -132,11 +141,11 @@ class Dispatcher:
                 return False
             leaders = 0
             for job in jobs:
-                leader = self._by_key.get(job.target.key)
+                leader = self._by_key.get(job.key)
                 if leader is not None:
                     leader.followers.append(job)
                     continue
-                self._by_key[job.target.key] = job
+                self._by_key[job.key] = job
                 self._pending.append(job)
                 leaders += 1
             self._cond.notify(leaders)
@@ -150,7 +159,7 @@ class Dispatcher:
             dropped = list(self._pending)
             self._pending.clear()
             for job in dropped:
-                self._by_key.pop(job.target.key, None)
+                self._by_key.pop(job.key, None)
             self._cond.notify_all()
         for job in dropped:
             for each in (job, *job.followers):
@@ -174,7 +183,7 @@ class Dispatcher:
             until = self._gate.waiting(job.login, now)
             if until is not None:
                 self._pending.remove(job)
-                self._by_key.pop(job.target.key, None)
+                self._by_key.pop(job.key, None)
                 skipped.append(
                     (
                         job,
@@ -229,6 +238,26 @@ class Dispatcher:
             answer = Answer(Outcome.UNEXPECTED, "internal error while sending; see refresh.error")
             return Attempt(answer, started, 0)
 
+    def _hand_back(self, job: Job, attempt: Attempt) -> None:
+        """The answer to the job and to its riders; a rider through another web server of
+        the cluster, whose answer spoke only of the job's web server, is sent on its own
+        (after the job's answer is recorded: what it taught the login gate binds it)."""
+        with self._cond:
+            # From here on, a new identical job is a new request.
+            self._by_key.pop(job.key, None)
+            riders = list(job.followers)
+        alone = [r for r in riders if not _counts_for(job, r, attempt.answer.outcome)]
+        for each in (job, *(r for r in riders if r not in alone)):
+            try:
+                each.on_done(attempt)
+            except Exception:
+                # A bug in recording must not kill the worker or skip the others.
+                _log.exception("refresh.error", server=each.server)
+        own = [replace(r, group=None, followers=[]) for r in alone]
+        if own and not self.submit_all(own):
+            for each in own:
+                each.on_skipped("shutting down")
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -258,16 +287,7 @@ class Dispatcher:
                     # the gate, so the next call with these credentials need not wait for it.
                     released = True
                     self._release(job, proven_now=proven_now)
-                with self._cond:
-                    # From here on, a new identical job is a new request.
-                    self._by_key.pop(job.target.key, None)
-                    riders = list(job.followers)
-                for each in (job, *riders):
-                    try:
-                        each.on_done(attempt)
-                    except Exception:
-                        # A bug in recording must not kill the worker or skip the others.
-                        _log.exception("refresh.error", server=each.server)
+                self._hand_back(job, attempt)
             finally:
                 if not released:
                     self._release(job)
@@ -275,3 +295,14 @@ class Dispatcher:
                     self._in_flight -= 1
                     self._started.pop(id(job), None)
                     self._notify_if_idle()
+
+
+def _counts_for(leader: Job, rider: Job, outcome: Outcome) -> bool:
+    """Whether the leader's answer is the rider's too. Always for an identical request; for
+    one cluster's entry through another web server, not when the answer speaks only of the
+    leader's web server (core/clusters.counts_for_mate): that entry then calls on its own."""
+    same = (leader.target.api_url, leader.target.verify) == (
+        rider.target.api_url,
+        rider.target.verify,
+    )
+    return counts_for_mate(outcome, same_web_server=same)

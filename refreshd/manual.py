@@ -76,12 +76,13 @@ def _host(url: str) -> str:
 class ProbeLine:
     """One line of the `check --online` report."""
 
-    kind: str  # "login", "reach" or "database"
+    kind: str  # "login", "reach", "database" or "cluster"
     subject: str
     url: str
     ok: bool
     detail: str
     duration_ms: int
+    warning: bool = False  # ok, but worth an operator's look (same cluster twice)
 
 
 def online_check(runner: Runner) -> list[ProbeLine]:
@@ -98,7 +99,36 @@ def online_check(runner: Runner) -> list[ProbeLine]:
         lines += _reach_lines(config, client)
     finally:
         client.close()
-    return lines + _database_lines(config, runner.clock)
+    return lines + _database_lines(config, runner.clock) + _cluster_lines(config, runner.clock)
+
+
+def _cluster_lines(config: Config, clock: Clock) -> list[ProbeLine]:
+    """A warning per group of entries whose databases say they are one cluster."""
+    if not any(server.database for server in config.servers):
+        return []
+    from refreshd.verify.clusters import learn_clusters  # PyMySQL, when used
+
+    started = clock.monotonic()
+    groups, _ = learn_clusters(config)  # an unreadable database has its FAIL line above
+    ms = round((clock.monotonic() - started) * 1000)
+    lines = []
+    credentials = config.resolved_credentials()
+    for group in groups:
+        logins = [credentials[config.server(name).credentials] for name in group.servers]
+        detail = (
+            f"one VICIdial cluster ({group.why}): each refresh reloads every box of it, so "
+            "the daemon sends one call per slot for these entries when they are due together"
+        )
+        if len({(login.user, login.password) for login in logins}) > 1:
+            users = ", ".join(sorted({login.user for login in logins}))
+            detail += (
+                f"; but they log in with different credentials ({users}), and one login's "
+                "answer cannot count for another's lock-out rules: one call per login, so "
+                "give them the same [credentials] table"
+            )
+        subject = "cluster " + ", ".join(group.servers)
+        lines.append(ProbeLine("cluster", subject, "", True, detail, ms, warning=True))
+    return lines
 
 
 def _database_lines(config: Config, clock: Clock) -> list[ProbeLine]:

@@ -14,6 +14,7 @@ from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core import planning
+from refreshd.core.clusters import CallGroups
 from refreshd.core.ledger import Call, Event, Kind, login_key
 from refreshd.core.planning import Next, earliest_start, missed_slot, next_fire, retry_until
 from refreshd.core.policy import Action, Decision
@@ -89,6 +90,7 @@ class Scheduler:
             send=send,
         )
         self._servers: dict[str, _Server] = {}
+        self.clusters = CallGroups({})  # replaced whole when verify/clusters.py learns anew
         self._timer = Timer(clock, self._wake, self._generation_of)
         self._stopping = False
         self.gaps = SuccessGaps()
@@ -328,25 +330,25 @@ class Scheduler:
             if self._stopping:
                 return
             now = self._clock.now()
-            # Servers whose refreshes would be the identical request, grouped before any is
-            # fired: each group goes to the dispatcher in one step, so its first request
-            # cannot be answered before its twins ride along (they would be sent again),
-            # and a group's call leaves without waiting for the rest of a large burst.
+            # Identical requests, or one cluster's (core/clusters.CallGroups), grouped: each
+            # group goes to the dispatcher in one step, so its first call is not answered
+            # before its twins ride along, and leaves without waiting for a large burst.
             groups: dict[Hashable, list[_Server]] = {}
             for name in self._timer.pop_due(now):
                 server = self._servers[name]
                 if server.run_next is None:  # the look again of an unplanned server
                     self._plan(server, now)
                     continue
-                groups.setdefault(server.target.key, []).append(server)
-            for group in groups.values():
-                jobs = [job for server in group if (job := self._fire(server, now)) is not None]
+                mates = self.clusters.group_of(server.name, server.login, server.target.key[2])
+                groups.setdefault(mates or server.target.key, []).append(server)
+            for key, group in groups.items():
+                jobs = [job for s in group if (job := self._fire(s, now, key)) is not None]
                 if jobs and not self.dispatcher.submit_all(jobs):
                     for job in jobs:
                         self._servers[job.server].in_flight = False
             self._timer.arm()
 
-    def _fire(self, server: _Server, now: datetime) -> Job | None:
+    def _fire(self, server: _Server, now: datetime, group: Hashable) -> Job | None:
         """Re-check a due server and make its call, or re-plan it; under the lock."""
         planned = server.run_next
         assert planned is not None
@@ -379,6 +381,7 @@ class Scheduler:
             server.target,
             on_done=lambda attempt: self._done(name, generation, call, attempt),
             on_skipped=lambda reason: self._skipped(name),
+            group=group,
         )
 
     def _done(self, name: str, generation: int, call: Call, attempt: Attempt) -> None:

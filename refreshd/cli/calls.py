@@ -66,10 +66,12 @@ def check(args: argparse.Namespace) -> int:
     subjects = [safe(line.subject) for line in lines]
     width = max(len(subject) for subject in subjects)
     for line, subject in zip(lines, subjects, strict=True):
-        mark = "ok  " if line.ok else "FAIL"
+        mark = ("WARN" if line.warning else "ok  ") if line.ok else "FAIL"
         print(f"{mark}  {subject:<{width}}  {line.duration_ms:>5} ms  {safe(line.detail)}")
     failed = sum(not line.ok for line in lines)
-    print(f"{len(lines) - failed} passed, {failed} failed")
+    warned = sum(line.warning for line in lines)
+    warnings = f", {warned} warning(s)" if warned else ""
+    print(f"{len(lines) - failed} passed, {failed} failed{warnings}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

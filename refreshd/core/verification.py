@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 
 # (server_ip, server_id) of one telephony server
 BoxId = tuple[str, str]
@@ -55,3 +56,61 @@ def verdict(
     if boxes is None:
         return NotApplied(seconds, (), 0, unread or "the database could not be read")
     return NotApplied(seconds, tuple(sorted(flagged)), len(boxes))
+
+
+# Settling a call whose answer was lost (issue 14, item 5): did VICIdial take a refresh at
+# or after the call's start? `server_refresh` sets system_settings.reload_timestamp = NOW():
+# the database's clock, truncated to the second, in its own zone (the reader turns it into
+# an instant with UNIX_TIMESTAMP, so zones drop out; the database's clock does not).
+_STAMP_RESOLUTION = timedelta(seconds=1)
+
+
+class Taken(Enum):
+    """Whether a refresh was taken at or after a call's start."""
+
+    YES = "yes"  # record the run as done: a second call would only reload every box again
+    NO = "no"  # nothing since the call's start: call again
+    UNKNOWN = "unknown"  # too close to tell within the clocks' uncertainty: call again
+
+
+def refresh_taken(
+    started: datetime,
+    reload_timestamp: datetime | None,
+    *,
+    read_at: datetime,
+    database_now: datetime,
+    uncertainty: timedelta = timedelta(0),
+) -> Taken:
+    """Was a refresh taken at or after `started` (refreshd's clock, UTC)?
+
+    `reload_timestamp`: system_settings.reload_timestamp as read; `database_now`: the
+    database's own clock read in the same query, at `read_at` on refreshd's clock; their
+    difference is the skew between the two clocks, known within `uncertainty` (half the
+    query's round trip). The call's start on the database's clock is `started` + skew; the
+    PHP ran after it, and NOW() truncated that to the second. So a stamp at or after the
+    second of the latest possible start proves a refresh since (ours, or another that the
+    boxes will pick up just the same); a stamp before the second of the earliest possible
+    start proves none. A refresh earlier in that same second is counted as taken: it flags
+    the boxes no earlier than ours would, so a second call would only double the reloads.
+    Anything between is UNKNOWN, and the caller calls again: a second reload costs less than
+    a missed refresh."""
+    if reload_timestamp is None:
+        return Taken.NO
+    if uncertainty < timedelta(0):
+        raise ValueError("uncertainty must not be negative")
+    skew = database_now - read_at
+    # A stamp after the database's own now was not written by a past refresh (a clock moved
+    # back, a zone change, an hour of DST read twice): it proves nothing.
+    if reload_timestamp > database_now + _STAMP_RESOLUTION:
+        return Taken.UNKNOWN
+    latest = _second_of(started + skew + uncertainty)
+    earliest = _second_of(started + skew - uncertainty)
+    if reload_timestamp >= latest:
+        return Taken.YES
+    if reload_timestamp < earliest:
+        return Taken.NO
+    return Taken.UNKNOWN
+
+
+def _second_of(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)

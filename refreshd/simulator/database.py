@@ -10,7 +10,7 @@ from typing import Any
 import pymysql
 
 from refreshd.dburl import DatabaseUrl
-from refreshd.simulator.rules import SimServer
+from refreshd.simulator.rules import VERSION, SimServer
 
 # VICIdial's own column types for the columns refreshd reads (install/MySQL_AST_CREATE_tables).
 _SCHEMA = (
@@ -47,7 +47,10 @@ class SimDatabase:
         with self._conn.cursor() as cursor:
             for statement in _SCHEMA:
                 cursor.execute(statement)
+            cursor.execute("DELETE FROM system_settings")
+            cursor.execute("INSERT INTO system_settings VALUES (%s, NULL)", (VERSION,))
         self._conn.commit()
+        self._stamped: float | None = None  # the refresh whose stamp the row holds
 
     def write(
         self, servers: Sequence[SimServer], flagged: set[str], reload_timestamp: float | None
@@ -66,13 +69,14 @@ class SimDatabase:
         with self._conn.cursor() as cursor:
             cursor.execute("DELETE FROM servers")
             cursor.executemany("INSERT INTO servers VALUES (%s, %s, %s, %s, %s, %s)", rows)
-            cursor.execute("DELETE FROM system_settings")
-            # FROM_UNIXTIME: a DATETIME in the session's (the server's) zone, as NOW() in
-            # VICIdial's PHP writes it.
-            cursor.execute(
-                "INSERT INTO system_settings VALUES ('2.14-simulated', FROM_UNIXTIME(%s))",
-                (reload_timestamp,),
-            )
+            if reload_timestamp != self._stamped:
+                # As server_refresh does: `reload_timestamp=NOW()`, the database's own clock,
+                # in its zone, truncated to the second (so a test can skew it from ours).
+                if reload_timestamp is None:
+                    cursor.execute("UPDATE system_settings SET reload_timestamp = NULL")
+                else:
+                    cursor.execute("UPDATE system_settings SET reload_timestamp = NOW()")
+                self._stamped = reload_timestamp
         self._conn.commit()
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from refreshd.core.clusters import ClusterFacts
 from refreshd.dburl import DatabaseUrl
 from refreshd.shared.engines import connect
 
@@ -17,7 +18,15 @@ _BOXES = (
 )
 # VICIdial's DATETIMEs are the database server's local time: UNIX_TIMESTAMP reads them in
 # the session's zone, which is the server's own, and gives an instant.
-_RELOADED = "SELECT UNIX_TIMESTAMP(reload_timestamp) FROM system_settings LIMIT 1"
+# With the database's own clock, in the same statement: a lost call's start is compared
+# with the stamp on the database's clock (core/verification.refresh_taken).
+_RELOADED = (
+    "SELECT UNIX_TIMESTAMP(reload_timestamp), UNIX_TIMESTAMP(NOW(6)) FROM system_settings LIMIT 1"
+)
+# What tells one cluster from another (core/clusters.py): every servers row, and the
+# system_settings columns every VICIdial version has.
+_IDENTITY = "SELECT server_id, server_ip FROM servers ORDER BY server_id, server_ip"
+_SETTINGS = "SELECT version, UNIX_TIMESTAMP(reload_timestamp) FROM system_settings LIMIT 1"
 GRANTS = ("SELECT ON {database}.servers", "SELECT ON {database}.system_settings")
 
 # MariaDB/MySQL error numbers, and what each tells an operator to do.
@@ -40,6 +49,7 @@ class Reading:
     boxes: tuple[Box, ...]  # every box that rebuilds on a refresh
     flagged: tuple[Box, ...]  # those still at rebuild_conf_files = 'Y'
     reload_timestamp: datetime | None  # system_settings.reload_timestamp, as UTC
+    database_now: datetime | None = None  # the database's clock when it was read
 
 
 class DatabaseProblem(Exception):
@@ -75,9 +85,28 @@ class ClusterDatabase:
             raise self._problem(error) from None
         boxes = tuple(Box(str(ip), str(sid)) for sid, ip, _ in rows)
         flagged = tuple(Box(str(ip), str(sid)) for sid, ip, flag in rows if flag == "Y")
-        epoch = stamp[0] if stamp else None
-        reloaded = None if epoch is None else datetime.fromtimestamp(float(epoch), UTC)
-        return Reading(boxes, flagged, reloaded)
+        reloaded = _instant(stamp[0]) if stamp else None
+        return Reading(boxes, flagged, reloaded, _instant(stamp[1]) if stamp else None)
+
+    def identify(self) -> ClusterFacts:
+        """What tells this cluster from another; DatabaseProblem when it cannot be read."""
+        import pymysql
+
+        try:
+            with self._engine.transaction() as tx:
+                tx.execute(_IDENTITY)
+                rows = tx.fetchall()
+                tx.execute(_SETTINGS)
+                settings = tx.fetchone()
+        except pymysql.MySQLError as error:
+            raise self._problem(error) from None
+        version, stamp = settings if settings else (None, None)
+        return ClusterFacts(
+            (self.url.host, self.url.port, self.url.database),
+            tuple((str(sid), str(ip)) for sid, ip in rows),
+            None if version is None else str(version),
+            _instant(stamp),
+        )
 
     def close(self) -> None:
         self._engine.close()
@@ -107,3 +136,8 @@ class ClusterDatabase:
         if self._password:
             reason = str(reason).replace(self._password, "***")
         return DatabaseProblem(f"{url}: cannot read the database ({reason})", lasting=False)
+
+
+def _instant(epoch: object) -> datetime | None:
+    """UNIX_TIMESTAMP's answer (a Decimal, an int, or NULL) as a UTC instant."""
+    return None if epoch is None else datetime.fromtimestamp(float(str(epoch)), UTC)

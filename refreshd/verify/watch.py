@@ -1,18 +1,22 @@
 """The daemon's verified refreshes: one Verifier over the config's databases, rebuilt when
 [databases] change, told of each `ok` of a server with a database; each verdict goes to the
-runner (history, log, metrics)."""
+runner (history, log, metrics). And which entries are one cluster (verify/clusters.py)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Protocol
 
 from refreshd.clock import Clock
 from refreshd.config import Config
+from refreshd.core.clusters import CallGroups, SameCluster, cluster_of
 from refreshd.core.ledger import Call
 from refreshd.core.verification import Verdict
 from refreshd.core.vicidial import Attempt, Outcome
+from refreshd.verify.clusters import ClusterWatch
 from refreshd.verify.database import ClusterDatabase
 from refreshd.verify.poller import POLL_INTERVAL, Verifier
 
@@ -32,18 +36,24 @@ class Verification:
         record: Record,
         *,
         interval: float = POLL_INTERVAL,
-        dropped: Callable[..., object] = lambda **fields: None,
+        log: Any = None,
+        scheduler: Grouping | None = None,
+        dropped: Callable[..., object] | None = None,
     ) -> None:
         self._clock = clock
         self._record = record
         # Told of refreshes whose verdict will never come (stop, a changed database): an
         # operator sees they were not verified, rather than nothing at all.
-        self._dropped = dropped
+        self._dropped = dropped or partial(_warn, log, "refresh.unverified")
         self._interval = interval
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[str, str | None]] = {}  # name -> (url, password)
         self._servers: dict[str, tuple[str, timedelta]] = {}  # name -> (database, timeout)
         self._verifier: Verifier | None = None
+        # Same cluster twice: a log line per group, and the scheduler's groups (it then
+        # sends one call per cluster and login).
+        self._log, self._scheduler = log, scheduler
+        self._clusters = ClusterWatch(clock, self._learnt)
 
     def configure(self, config: Config) -> None:
         """Take a (new) config: which servers are verified against which database; the
@@ -66,6 +76,20 @@ class Verification:
                 self._tables = tables
         if old is not None:
             self._stop(old, "its [databases] table changed")
+        self._clusters.configure(config)
+
+    def _learnt(self, groups: Sequence[SameCluster]) -> None:
+        for group in groups:
+            _warn(
+                self._log,
+                "cluster.same",
+                servers=list(group.servers),
+                cluster=group.cluster,
+                why=group.why,
+                calls="one per slot for them all, per login",
+            )
+        if self._scheduler is not None:
+            self._scheduler.clusters = CallGroups(cluster_of(groups))
 
     def _stop(self, verifier: Verifier, why: str) -> None:
         waiting = verifier.pending()
@@ -109,7 +133,19 @@ class Verification:
         return [] if verifier is None else verifier.pending()
 
     def stop(self) -> None:
+        self._clusters.stop()
         with self._lock:
             verifier, self._verifier, self._tables = self._verifier, None, {}
         if verifier is not None:
             self._stop(verifier, "the daemon stopped before the verdict")
+
+
+class Grouping(Protocol):
+    """The scheduler, as far as cluster groups go."""
+
+    clusters: CallGroups
+
+
+def _warn(log: Any, event: str, **fields: object) -> None:
+    if log is not None:
+        log.warning(event, **fields)

@@ -1,0 +1,216 @@
+"""Same cluster twice, in the daemon's loop on a fake clock: entries known to be one cluster
+make one call per slot, whose answer counts for each; never across two logins."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from refreshd.binding import schedule_of
+from refreshd.clock import system_clock
+from refreshd.config import Config
+from refreshd.core.clusters import CallGroups, SameCluster
+from refreshd.core.ledger import login_key
+from refreshd.simulator.rules import SimUser, Vicidial
+from refreshd.verify.clusters import ClusterWatch
+from tests.support.loop import (
+    API_URL,
+    PASSWORD,
+    USER,
+    at,
+    fleet,
+    numbered,
+    running,
+    timeout_answer,
+    users,
+)
+from tests.support.waiting import eventually
+
+START = at("2026-11-30T08:00:00")
+
+
+def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
+    tmp_path: Path,
+) -> None:
+    # Two entries with different server_ip: two requests, unless known to be one cluster.
+    config = fleet(numbered(2), daemon={"spread": "0s"})
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    config = fleet(servers)
+    with running(config, tmp_path, start=START) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(hours=3, minutes=30))
+
+        calls = loop.refreshes()
+        assert [c.at for c in calls] == [START + timedelta(hours=h) for h in range(4)]
+        for name in ("s0", "s1"):
+            assert len(loop.log.matching("refresh.succeeded", server=name)) == 4
+            assert loop.runner.ledger.server(name).last_done == START + timedelta(hours=3)
+            assert loop.sample("refreshd_refresh_total", server=name, outcome="ok") == 4
+
+
+def test_without_a_known_cluster_each_entry_calls(tmp_path: Path) -> None:
+    config = fleet([{**s, "every": "1h"} for s in numbered(2)])
+    with running(config, tmp_path, start=START) as loop:
+        loop.run_for(timedelta(minutes=90))
+
+        assert len(loop.refreshes()) == 4  # the status quo the grouping removes
+
+
+def test_one_cluster_reached_with_two_logins_calls_once_per_login(tmp_path: Path) -> None:
+    other = SimUser("refreshd2", "other-pass-456")
+    config = fleet(
+        [
+            {"name": "s0", "server_ip": "10.0.0.1", "windows": ["00:00-24:00"], "every": "1h"},
+            {
+                "name": "s1",
+                "server_ip": "10.0.0.2",
+                "windows": ["00:00-24:00"],
+                "every": "1h",
+                "credentials": "second",
+            },
+        ],
+        credentials={
+            "main": {"user": USER, "password": PASSWORD},
+            "second": {"user": other.user, "password": other.password},
+        },
+    )
+    with running(config, tmp_path, start=START, vicidial=Vicidial(users(other))) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=90))
+
+        assert sorted(c.user for c in loop.refreshes()) == sorted([USER, other.user] * 2)
+
+
+def test_a_refused_login_of_the_group_is_one_failed_login_for_the_user(tmp_path: Path) -> None:
+    # The password in the config is wrong: one call for both entries, so VICIdial counts
+    # one failed login; refreshd's budget never counts fewer than VICIdial does (each entry
+    # records the shared answer, as identical requests always have: it may count more).
+    config = fleet(
+        [{**s, "every": "1h"} for s in numbered(2)],
+        credentials={"main": {"user": USER, "password": "wrong-pass-789"}},
+    )
+    vicidial = Vicidial(users())
+    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls] == ["login_incorrect"]
+        assert vicidial.failed_login_count(USER) == 1
+        assert len(loop.runner.ledger.login(login_key(USER)).failed_logins) >= 1
+        for name in ("s0", "s1"):
+            assert len(loop.log.matching("refresh.failed", server=name)) == 1
+
+
+def test_with_a_spread_entries_of_one_database_table_are_still_due_together() -> None:
+    database = {"url": "mysql://ro@vicidb-east/asterisk", "password": "ro-pass-4567"}
+    servers = [{**s, "database": "east"} for s in numbered(2)] + [
+        {"name": "alone", "windows": ["00:00-24:00"]}
+    ]
+    config = fleet(servers, daemon={"spread": "50m"}, databases={"east": database})
+
+    s0, s1, alone = (schedule_of(config, config.server(n)).offset for n in ("s0", "s1", "alone"))
+
+    assert s0 == s1
+    assert alone != s0  # the spread still spreads everything else
+
+
+# -- the daemon's learning (verify/clusters.ClusterWatch), with its reading stubbed ----------
+
+EAST = {"url": "mysql://ro@vicidb-east/asterisk", "password": "ro-pass-4567"}
+
+
+def _group(why: str = "the same database") -> SameCluster:
+    return SameCluster("f00d", "east", ("s0", "s1"), why)
+
+
+class Learnt:
+    """A stand-in for reading the databases: answers `groups`, counting the reads."""
+
+    def __init__(self) -> None:
+        self.groups = [_group()]
+        self.reads = 0
+        self.told: list[list[SameCluster]] = []
+
+    def learn(self, config: Config) -> tuple[list[SameCluster], dict[str, str]]:
+        self.reads += 1
+        return list(self.groups), {}
+
+    def tell(self, groups: Sequence[SameCluster]) -> None:
+        self.told.append(list(groups))
+
+
+def test_the_scheduler_is_told_only_when_the_grouping_changes() -> None:
+    learnt = Learnt()
+    watch = ClusterWatch(system_clock, learnt.tell, interval=3600, learn=learnt.learn)
+    config = fleet([{**s, "database": "east"} for s in numbered(2)], databases={"east": EAST})
+    try:
+        watch.configure(config)  # learnt at once, before any slot
+        learnt.groups = [_group("another last reload")]  # only the reason moved
+        watch.relearn()
+        learnt.groups = []  # the database now says otherwise
+        watch.relearn()
+    finally:
+        watch.stop()
+
+    assert learnt.told == [[_group()], []]
+
+
+def test_the_grouping_is_learnt_again_at_its_interval() -> None:
+    learnt = Learnt()
+    watch = ClusterWatch(system_clock, learnt.tell, interval=0.05, learn=learnt.learn)
+    config = fleet([{**s, "database": "east"} for s in numbered(2)], databases={"east": EAST})
+    try:
+        watch.configure(config)
+        eventually(lambda: learnt.reads >= 3, timeout=5, what="two more readings")
+    finally:
+        watch.stop()
+
+
+def test_without_a_database_nothing_is_read_and_no_thread_runs() -> None:
+    def watchers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "refreshd-clusters"}
+
+    before = watchers()  # another test's, in this process, would not be ours
+    watch = ClusterWatch(system_clock, lambda groups: None, interval=0.05)
+
+    watch.configure(fleet(numbered(2)))  # the real reading: it must not connect anywhere
+
+    assert watchers() == before
+    watch.stop()
+
+
+def test_a_mate_through_another_web_server_calls_alone_when_the_first_one_is_down(
+    tmp_path: Path,
+) -> None:
+    # Two web servers of one cluster; the first entry's does not answer. Its time-out says
+    # nothing of the second web server: that entry makes its own call, in the same slot.
+    second = API_URL.replace("vicidial.test", "vicidial2.test")
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    servers[1]["api_url"] = second
+    with running(fleet(servers), tmp_path, start=START) as loop:
+        loop.fault = lambda number: timeout_answer() if number == 0 else None
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        first, second = loop.calls[:2]
+        assert (first.kind, first.server_ip, first.at) == ("fault", "10.0.0.0", START)
+        # At once, not after a back-off: s1's own request, answered by its web server.
+        assert (second.kind, second.server_ip, second.at) == ("success", "10.0.0.1", START)
+        assert loop.log.matching("refresh.retrying", server="s1") == []
+        assert len(loop.log.matching("refresh.retrying", server="s0")) == 1
+
+
+def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: Path) -> None:
+    # A refused login is the cluster's answer about the login: the mate does not try it.
+    servers = [{**s, "every": "1h"} for s in numbered(2)]
+    servers[1]["api_url"] = API_URL.replace("vicidial.test", "vicidial2.test")
+    config = fleet(servers, credentials={"main": {"user": USER, "password": "wrong-pass-789"}})
+    vicidial = Vicidial(users())
+    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls] == ["login_incorrect"]
+        assert vicidial.failed_login_count(USER) == 1
