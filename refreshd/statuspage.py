@@ -29,7 +29,13 @@ from refreshd.views import WAIT_WORDS, stored_status
 if TYPE_CHECKING:
     from refreshd.daemon import Daemon
 
-__all__ = ["CONTENT_SECURITY_POLICY", "REFRESH_SECONDS", "daemon_page", "render_status"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "REFRESH_SECONDS",
+    "daemon_page",
+    "html_answer",
+    "render_status",
+]
 
 REFRESH_SECONDS = 30
 
@@ -78,14 +84,14 @@ def daemon_page(daemon: Daemon) -> EndpointAnswer:
     now = daemon.clock.now()
     scheduler = daemon.scheduler
     if scheduler is None:
-        return _answer(503, _page(now, '<p class="error">refreshd is starting.</p>'))
+        return html_answer(503, _page(now, '<p class="error">refreshd is starting.</p>'))
     try:
         document = stored_status(
             scheduler.config, scheduler.runner.store, now, running=True, pid=os.getpid()
         )
     except StateError as err:
-        return _answer(503, _page(now, f'<p class="error">{_text(str(err))}</p>'))
-    return _answer(200, render_status(document, now))
+        return html_answer(503, _page(now, f'<p class="error">{_text(str(err))}</p>'))
+    return html_answer(200, render_status(document, now))
 
 
 def render_status(document: dict[str, Any], now: datetime) -> str:
@@ -103,7 +109,8 @@ def render_status(document: dict[str, Any], now: datetime) -> str:
     return _page(now, body)
 
 
-def _answer(status: int, page: str) -> EndpointAnswer:
+def html_answer(status: int, page: str) -> EndpointAnswer:
+    """`page` served with its Content-Type and the headers that keep it self-contained."""
     return EndpointAnswer(status, page.encode(), "text/html; charset=utf-8", _HEADERS)
 
 
@@ -170,13 +177,15 @@ def _row(entry: dict[str, Any], now: datetime) -> str:
     kind = "suspended" if entry["suspended_until"] else ""
     kind = kind or ("waiting" if entry["credentials_wait_until"] else "")
     outcome = entry["last_outcome"]
-    shown = '<span class="{}">{}</span>'.format("ok" if outcome == "ok" else "bad", _text(outcome))
+    shown = "-"
+    if outcome:
+        shown = f'<span class="{"ok" if outcome == "ok" else "bad"}">{_text(outcome)}</span>'
     next_run = _at(entry, "next_run", now) if entry["next_run"] else "none ahead"
     if entry["next_slot"]:
         next_run += f"<small>slot from {_at(entry, 'next_slot', now)}</small>"
     cells = [
         f'<td class="name">{_text(entry["server"])}</td>',
-        f"<td>{shown if outcome else '-'}</td>",
+        f"<td>{shown}</td>",
         f"<td>{_at(entry, 'last_attempt_at', now)}</td>",
         f"<td>{_at(entry, 'last_success_at', now)}</td>",
         f"<td>{next_run}</td>",
