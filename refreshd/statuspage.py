@@ -47,7 +47,8 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; vertical-align: top; padding: .35em .6em;
   border-bottom: 1px solid #ddd; }
 th { background: #f1f3f5; font-weight: 600; white-space: nowrap; }
-td.name { font-weight: 600; word-break: break-all; }
+td.name { font-weight: 600; white-space: nowrap; }
+time { white-space: nowrap; }
 small { display: block; color: #555; }
 .ok { color: #1a7f37; font-weight: 600; }
 .bad { color: #b42318; font-weight: 600; }
