@@ -135,7 +135,11 @@ def _text(value: str) -> str:
 def _time(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "-"
-    local = _text(moment.astimezone().isoformat(timespec="seconds"))
+    try:
+        shown = moment.astimezone()  # this machine's zone, as `status` shows it
+    except (OverflowError, OSError, ValueError):  # beyond the C library's local time
+        shown = moment
+    local = _text(shown.isoformat(timespec="seconds"))
     return f'<time datetime="{local}" title="{local}">{_text(_when(moment, now))}</time>'
 
 

@@ -12,14 +12,17 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from refreshd.clock import FakeClock
 from refreshd.httpd import EndpointAnswer, MetricsServer
 from refreshd.logs import redactor
 from refreshd.metrics import Metrics
-from refreshd.statuspage import html_answer, render_status
+from refreshd.statuspage import daemon_page, html_answer, render_status
+from refreshd.store import StateError
 from refreshd.views import iso
 
 NOW = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
@@ -152,6 +155,21 @@ def test_the_page_reloads_itself_and_says_when_the_daemon_is_not_running() -> No
     assert '<meta http-equiv="refresh" content="30">' in page
     assert "Daemon NOT running" in page
     assert "no servers configured" in page
+
+
+def test_a_state_file_that_cannot_be_read_is_a_503_page_saying_why() -> None:
+    class Unreadable:
+        def all_server_states(self) -> None:
+            raise StateError("state file /var/lib/refreshd/state.db: disk I/O error")
+
+    daemon = SimpleNamespace(
+        clock=FakeClock(NOW),
+        scheduler=SimpleNamespace(config=None, runner=SimpleNamespace(store=Unreadable())),
+    )
+    answer = daemon_page(daemon)  # type: ignore[arg-type]
+    assert answer.status == 503
+    assert answer.content_type == "text/html; charset=utf-8"
+    assert b"state.db: disk I/O error" in answer.body
 
 
 # --- served at / -----------------------------------------------------------------------
