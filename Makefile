@@ -33,8 +33,10 @@ pytest: $(STAMP) test-tools
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 # libfaketime lets the clock-step tests move a real daemon's wall clock; promtool (Debian's
-# `prometheus` package) tests the shipped alert rules. Installed when we can (root with
-# apt); elsewhere those tests skip and say why (the alert-rule test fails under CI=true).
+# `prometheus` package) tests the shipped alert rules; Debian's `chromium` is the browser
+# Playwright drives for the status page (Playwright's own browser download is not used).
+# Installed when we can (root with apt); elsewhere those tests skip and say why (the
+# alert-rule and browser tests fail under CI=true).
 test-tools:
 	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
@@ -45,6 +47,11 @@ test-tools:
 	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	          prometheus >/dev/null; } \
 	  || echo "promtool not installed: the alert-rule test will skip (and fail under CI=true)"
+	@test -x /usr/bin/chromium \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	          chromium >/dev/null; } \
+	  || echo "chromium not installed: the status page's browser test will skip (and fail under CI=true)"
 
 # Lint and type checks run beside the tests: they are short and CPU-bound, the tests wait on
 # processes much of the time. Each part's output is shown whole when it ends.

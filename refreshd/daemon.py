@@ -31,6 +31,7 @@ from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
+from refreshd.statuspage import daemon_page
 from refreshd.store import StateError, StateStore
 from refreshd.verify.watch import Verification
 
@@ -81,6 +82,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.metrics_server: MetricsServer | None = None
         self.verification: Verification | None = None
+        self.page = partial(daemon_page, self)  # the status page at /
 
     # --- life ------------------------------------------------------------------------
 
@@ -205,13 +207,13 @@ class Daemon:
         return self._stop(signum)
 
     def _start_metrics(self, config: Config) -> bool:
-        """Serve /metrics and /healthz where configured; False (said) if the port is taken."""
+        """Serve /metrics, /healthz and / where configured; False (said) if the port is taken."""
         address = config.daemon.metrics_address
         if address is None:
             return True
         try:
             self.metrics_server = MetricsServer(
-                address[0], address[1], self.metrics.registry, self.healthy, clock=self.clock
+                *address, self.metrics.registry, self.healthy, clock=self.clock, page=self.page
             )
         except OSError as err:
             self.log.error("daemon.failed", error=listen_error(config.daemon.metrics_listen, err))

@@ -1,4 +1,5 @@
-"""The /metrics and /healthz endpoint: a small HTTP server no client can exhaust."""
+"""The /metrics, /healthz and status page (`/`) endpoint: a small HTTP server no client can
+exhaust. The page itself is refreshd/statuspage.py's."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ ANSWER_THREADS = 2
 # What the event loop reports (out of file descriptors at accept, say): one line a minute.
 ERROR_LOG_INTERVAL = 60.0
 
-_PATHS = "/metrics and /healthz"
+_PATHS = "/ (the status page), /metrics and /healthz"
+# The status page: an answer built on the answer threads, like a scrape.
+Page = Callable[[], "EndpointAnswer"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,16 @@ def answer_request(
     headers: dict[str, str],
     registry: CollectorRegistry,
     healthy: Callable[[], bool],
+    page: Page | None = None,
 ) -> EndpointAnswer:
     """The answer to one parsed request (header names in lower case)."""
     path = target.split("?", 1)[0]
-    if path not in ("/metrics", "/healthz"):
+    if path not in ("/metrics", "/healthz") and not (path == "/" and page):
         return _text(404, f"not found: {_PATHS} are served here\n")
     if method not in ("GET", "HEAD"):
         return EndpointAnswer(405, b"GET or HEAD only\n", headers=(("Allow", "GET, HEAD"),))
+    if path == "/" and page:
+        return page()
     if path == "/healthz":
         if healthy():
             return _text(200, "ok\n")
@@ -148,8 +154,9 @@ def listen_error(listen: str, err: OSError) -> str:
 
 
 class MetricsServer:
-    """`/metrics` (Prometheus text) and `/healthz` (200 while `healthy()`, else 503), on
-    one event-loop thread: an idle connection costs a file descriptor, not a thread.
+    """`/metrics` (Prometheus text), `/healthz` (200 while `healthy()`, else 503) and, given
+    `page`, the status page at `/`, on one event-loop thread: an idle connection costs a
+    file descriptor, not a thread.
 
     Raises OSError at construction when the address cannot be listened on."""
 
@@ -163,7 +170,9 @@ class MetricsServer:
         clock: Clock = system_clock,
         exchange_timeout: float = EXCHANGE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        page: Page | None = None,
     ) -> None:
+        self._page = page
         self._exchange_timeout = exchange_timeout
         self._max_connections = max_connections
         self._registry = registry
@@ -275,7 +284,14 @@ class MetricsServer:
         loop = asyncio.get_running_loop()
         try:
             answering = loop.run_in_executor(
-                self._pool, answer_request, method, target, headers, self._registry, self._healthy
+                self._pool,
+                answer_request,
+                method,
+                target,
+                headers,
+                self._registry,
+                self._healthy,
+                self._page,
             )
         except RuntimeError:
             # No thread could be started for the answer (the process is out of threads).

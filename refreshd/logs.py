@@ -1,4 +1,5 @@
-"""structlog set-up: one JSON object per line on stdout, redacted as a last line of defence."""
+"""structlog set-up: one JSON object per line on stdout (or, for a person at a terminal, one
+short console line: refreshd/console.py), redacted as a last line of defence."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
 from refreshd.clock import system_clock
+from refreshd.console import ConsoleRenderer
 from refreshd.core.vicidial import redact
 
-__all__ = ["Redactor", "configure", "get_logger", "redactor"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "Redactor", "configure", "get_logger", "redactor"]
+
+# `auto`: console on a terminal, JSON elsewhere (journald, docker logs, a pipe to jq).
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class Redactor:
@@ -121,8 +127,21 @@ class _Sink:
             os.close(devnull)
 
 
-def configure(stream: TextIO | None = None, level: str = "info") -> None:
-    """Configure structlog once, in `main`: JSON lines on `stream` (stdout by default)."""
+def configure(
+    stream: TextIO | None = None,
+    level: str = "info",
+    log_format: str = "json",
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Configure structlog once, in `main`: lines on `stream` (stdout by default) at `level`
+    and above, in `log_format` (one of LOG_FORMATS). Console lines are coloured only on a
+    terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    out = stream or sys.stdout
+    terminal = _is_terminal(out)
+    renderer: Any = structlog.processors.JSONRenderer(sort_keys=False)
+    if log_format == "console" or (log_format == "auto" and terminal):
+        environ = os.environ if environ is None else environ
+        renderer = ConsoleRenderer(colour=terminal and not environ.get("NO_COLOR"))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -132,14 +151,21 @@ def configure(stream: TextIO | None = None, level: str = "info") -> None:
             _iso_datetimes,
             redactor,
             _leading_keys,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(_Sink(stream or sys.stdout)),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(_Sink(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):  # closed, or no file behind it
+        return False
 
 
 def get_logger(**context: Any) -> Any:

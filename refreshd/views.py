@@ -10,19 +10,30 @@ from refreshd.binding import schedule_of
 from refreshd.config import Config
 from refreshd.core.ledger import LoginEntry, login_key
 from refreshd.core.planning import earliest_start, next_fire
+from refreshd.core.policy import WaitKind
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
-from refreshd.store import CallRecord, ServerState, Verification
+from refreshd.store import CallRecord, ServerState, StateStore, Verification
 
 __all__ = [
+    "WAIT_WORDS",
     "applied_text",
     "daemon_entry",
     "history_rows",
     "iso",
     "plan_document",
     "status_document",
+    "stored_status",
     "verification_entry",
 ]
+
+# What holds a server back, in words, for each policy.WaitKind (`status`'s HELD column and
+# the status page).
+WAIT_WORDS = {
+    WaitKind.REFUSED_LOGIN: "login refused: credentials wait",
+    WaitKind.LOCKED_OUT: "login locked by VICIdial: credentials wait",
+    WaitKind.FAILED_LOGIN_BUDGET: "failed-login budget spent: logins paused",
+}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -111,6 +122,26 @@ def status_document(
             }
         )
     return {"at": iso(now), "daemon": daemon, "servers": servers}
+
+
+def stored_status(
+    config: Config, store: StateStore | None, now: datetime, *, running: bool, pid: int | None
+) -> dict[str, Any]:
+    """The `status_document` of what `store` holds (None: no state file yet), for a daemon
+    that is `running` as `pid` or not: what `refreshd status` prints and the status page at
+    `/` shows, read the same way. Raises StateError."""
+    states: dict[str, ServerState] = {}
+    logins: dict[str, LoginEntry] = {}
+    done: dict[str, datetime] = {}
+    beat, verified = None, {}
+    if store is not None:
+        states = store.all_server_states()
+        logins = dict(store.load().logins)
+        done = store.last_runs_done()
+        beat = store.last_beat()
+        verified = store.last_verifications()
+    daemon = daemon_entry(running, pid, beat)
+    return status_document(config, states, logins, done, now, daemon=daemon, verifications=verified)
 
 
 def history_rows(records: list[CallRecord]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from refreshd.clock import system_clock
@@ -22,6 +22,7 @@ __all__ = [
     "MAX_PLAN_COUNT",
     "count_up_to",
     "instant",
+    "one_of",
     "since",
 ]
 
@@ -87,5 +88,20 @@ def count_up_to(most: int, what: str) -> Callable[[str], int]:
                 "it takes bounded)"
             )
         return number
+
+    return parse
+
+
+def one_of(choices: Sequence[str], what: str, variable: str) -> Callable[[str], str]:
+    """An argument type: one of `choices` in any case (a `what`, for the message), given as
+    the option or, when it is not, in the environment `variable` (the option's default)."""
+
+    def parse(text: str) -> str:
+        if text.lower() in choices:
+            return text.lower()
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a {what}: give {', '.join(choices[:-1])} or {choices[-1]} "
+            f"(in the option, or else in ${variable})"
+        )
 
     return parse

@@ -37,7 +37,7 @@ __all__ = ["check", "refresh", "run"]
 def run(args: argparse.Namespace) -> int:
     from refreshd.daemon import run as run_daemon
 
-    configure()
+    configure(level=args.log_level, log_format=args.log_format)
     # The daemon reads its passwords itself.
     return run_daemon(config_path(args), wait_for_config=args.wait_for_config)
 
@@ -105,7 +105,7 @@ def refresh(args: argparse.Namespace) -> int:
             body = urlencode(target.masked_params(), safe="*")
             print(safe(f"{name:<{width}}  POST {target.api_url}  {body}"))
         return EXIT_OK
-    configure()
+    configure(level=args.log_level, log_format=args.log_format)
     log = get_logger()
     with _login_runner(config, log, "refreshd refresh", force=args.force) as runner:
         if runner is None:

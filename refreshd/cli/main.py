@@ -12,9 +12,17 @@ from typing import NoReturn
 
 from refreshd import __version__
 from refreshd.cli import calls, completion, reading
-from refreshd.cli.arguments import MAX_HISTORY_LIMIT, MAX_PLAN_COUNT, count_up_to, instant, since
+from refreshd.cli.arguments import (
+    MAX_HISTORY_LIMIT,
+    MAX_PLAN_COUNT,
+    count_up_to,
+    instant,
+    one_of,
+    since,
+)
 from refreshd.cli.loading import EXIT_OK, EXIT_USAGE
 from refreshd.cli.text import safe, survive_any_encoding
+from refreshd.logs import LOG_FORMATS, LOG_LEVELS
 
 __all__ = ["build_parser", "main"]
 
@@ -102,6 +110,7 @@ def _calling_commands(command: Command) -> None:
     """The commands that call VICIdial: run, check, refresh."""
     p = command("run", "run the daemon in the foreground (systemd Type=notify)")
     p.add_argument("--wait-for-config", action="store_true", help=_WAIT_HELP)
+    _log_options(p)
     p.set_defaults(handler=calls.run)
 
     p = command("check", "validate the config (exit 0 valid, 78 invalid)")
@@ -121,7 +130,29 @@ def _calling_commands(command: Command) -> None:
         "--dry-run", action="store_true", help="show the requests (password masked), send none"
     )
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    _log_options(p)
     p.set_defaults(handler=calls.refresh)
+
+
+def _log_options(p: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, defaulting to $REFRESHD_LOG_FORMAT / $REFRESHD_LOG_LEVEL
+    (argparse checks a default given as text with the option's type: a bad variable is the
+    same usage error as a bad option)."""
+    p.add_argument(
+        "--log-format",
+        type=one_of(LOG_FORMATS, "log format", "REFRESHD_LOG_FORMAT"),
+        metavar="FORMAT",
+        default=os.environ.get("REFRESHD_LOG_FORMAT") or "auto",
+        help="auto (console on a terminal, JSON otherwise), json or console "
+        "(default: $REFRESHD_LOG_FORMAT or auto)",
+    )
+    p.add_argument(
+        "--log-level",
+        type=one_of(LOG_LEVELS, "log level", "REFRESHD_LOG_LEVEL"),
+        metavar="LEVEL",
+        default=os.environ.get("REFRESHD_LOG_LEVEL") or "info",
+        help="debug, info, warning or error (default: $REFRESHD_LOG_LEVEL or info)",
+    )
 
 
 def _read_commands(command: Command) -> None:

@@ -4,6 +4,7 @@ read-only, beside a running daemon). None of them reads a password."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from datetime import datetime
 from typing import Any
@@ -12,16 +13,9 @@ from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown
 from refreshd.cli.text import print_table, safe, say, when
 from refreshd.clock import system_clock
 from refreshd.config import Config
-from refreshd.core.policy import WaitKind
 from refreshd.instance import lock_holder
 from refreshd.store import StateError, StateStore
-from refreshd.views import (
-    applied_text,
-    daemon_entry,
-    history_rows,
-    plan_document,
-    status_document,
-)
+from refreshd.views import WAIT_WORDS, applied_text, history_rows, plan_document, stored_status
 
 __all__ = ["history", "plan", "status"]
 
@@ -76,26 +70,18 @@ def status(args: argparse.Namespace) -> int:
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
         return EXIT_FAILED
-    states, logins, done, beat, verified = {}, {}, {}, None, {}
     try:
         store = _read_store(config)
-        if store is not None:
-            with store:
-                states = store.all_server_states()
-                logins = dict(store.load().logins)
-                done = store.last_runs_done()
-                beat = store.last_beat()
-                verified = store.last_verifications()
+        with store or contextlib.nullcontext():
+            document = stored_status(config, store, now, running=holder.running, pid=holder.pid)
     except StateError as err:
         say(f"refreshd: {err}")
         return EXIT_FAILED
-    daemon = daemon_entry(holder.running, holder.pid, beat)
-    document = status_document(
-        config, states, logins, done, now, daemon=daemon, verifications=verified
-    )
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
+    beat = document["daemon"]["heartbeat"]
+    beat = datetime.fromisoformat(beat) if beat else None
     print(_daemon_line(holder.running, holder.pid, beat, now, utc=args.utc))
     print_table(
         ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"],
@@ -113,14 +99,6 @@ def _daemon_line(
     return f"daemon: NOT running ({heartbeat})"
 
 
-# The HELD column's words for each policy.WaitKind.
-_WAIT_WORDS = {
-    WaitKind.REFUSED_LOGIN: "login refused: credentials wait",
-    WaitKind.LOCKED_OUT: "login locked by VICIdial: credentials wait",
-    WaitKind.FAILED_LOGIN_BUDGET: "failed-login budget spent: logins paused",
-}
-
-
 def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]:
     def shown(key: str) -> str:
         value = entry[key]
@@ -130,7 +108,7 @@ def _status_row(entry: dict[str, Any], now: datetime, *, utc: bool) -> list[str]
     if entry["suspended_until"]:
         held = f"suspended until {shown('suspended_until')}"
     elif entry["credentials_wait_until"]:
-        what = _WAIT_WORDS.get(entry["credentials_wait_kind"], "credentials wait")
+        what = WAIT_WORDS.get(entry["credentials_wait_kind"], "credentials wait")
         held = f"{what} until {shown('credentials_wait_until')}"
     return [
         entry["server"],

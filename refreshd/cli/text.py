@@ -3,8 +3,8 @@ aligned tables, and a stdout that writes any character whatever its encoding.
 
 Text from outside (VICIdial's answers kept in the history, names, paths, arguments) may hold
 ESC sequences, CR or BEL that would rewrite or hide what a terminal shows: every human line
-goes through `safe`, which writes them as Python escapes (`\\x1b`). JSON output needs
-nothing: json.dumps escapes them itself.
+goes through `safe` (refreshd/escapes.py), which writes them as Python escapes (`\\x1b`).
+JSON output needs nothing: json.dumps escapes them itself.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from refreshd.escapes import safe
+
 __all__ = ["print_table", "relative", "safe", "say", "survive_any_encoding", "when"]
 
-_SPELLED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 # Beyond this, a weekday alone is ambiguous: the date is shown too.
 _NEAR = timedelta(days=6)
 
@@ -30,29 +31,22 @@ def survive_any_encoding() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
 
 
-def safe(text: str) -> str:
-    """`text` with every character a terminal would not simply print (C0/C1 controls, DEL,
-    bidi overrides and other format characters, lone surrogates) written as an escape."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    if ch in _SPELLED:
-        return _SPELLED[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 def say(text: str) -> None:
     """A message for the operator on stderr, each of its lines made safe."""
     print("\n".join(safe(line) for line in text.split("\n")), file=sys.stderr)
 
 
-def when(moment: datetime | None, now: datetime, *, utc: bool, seconds: bool = False) -> str:
+def when(
+    moment: datetime | None,
+    now: datetime,
+    *,
+    utc: bool,
+    seconds: bool = False,
+    offset: bool = False,
+) -> str:
     """'Mon 02:00 EST, in 13h' (local time, or UTC with `utc`), the date added when it is
-    more than six days away; never microseconds. '-' for None."""
+    more than six days away; never microseconds. With `offset` the zone is written as its
+    offset ('Mon 02:00 UTC-05:00, in 13h'). '-' for None."""
     if moment is None:
         return "-"
     shown = _shown(moment, utc=utc)
@@ -60,7 +54,16 @@ def when(moment: datetime | None, now: datetime, *, utc: bool, seconds: bool = F
     day = "%a" if abs(delta) <= _NEAR else "%a %Y-%m-%d"
     clock = "%H:%M:%S" if seconds else "%H:%M"
     zone = shown.tzname() or shown.strftime("%z")
+    if offset:
+        zone = _offset(shown)
     return f"{shown.strftime(f'{day} {clock}')} {zone}, {relative(delta)}"
+
+
+def _offset(moment: datetime) -> str:
+    """'UTC-05:00'; to the minute (a zone's old local mean time had seconds too)."""
+    minutes = int((moment.utcoffset() or timedelta(0)).total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _shown(moment: datetime, *, utc: bool) -> datetime:

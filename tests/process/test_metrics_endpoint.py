@@ -140,7 +140,7 @@ def test_a_trickling_client_is_cut_off_at_the_exchange_time_out(
     assert healthz(url)[0] == 200
 
 
-def test_unknown_paths_are_not_found_and_the_two_endpoints_answer(
+def test_unknown_paths_are_not_found_and_the_three_endpoints_answer(
     tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(write_config(tmp_path))
@@ -151,7 +151,10 @@ def test_unknown_paths_are_not_found_and_the_two_endpoints_answer(
     assert status == 200
     assert "refreshd_build_info" in text
     assert http_get(base + "/healthz") == (200, "ok\n")
-    for path in ("/", "/favicon.ico", "/metrics/x", "/admin"):
+    status, text = http_get(base + "/")
+    assert status == 200
+    assert "<title>refreshd status</title>" in text
+    for path in ("/favicon.ico", "/metrics/x", "/admin", "/index.html"):
         status, text = http_get(base + path)
         assert status == 404, path
         assert "/metrics and /healthz" in text
