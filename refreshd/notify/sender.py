@@ -101,7 +101,7 @@ class Sender:
         self._queue: deque[Delivery] = deque()
         self._closing = False
         self._dropping = False  # a drop was logged; the next one logged is after a success
-        self._hurry = threading.Event()  # set at stop: back-offs end, no more retries
+        self._hurry = threading.Event()  # set past stop's bound: back-offs end, no retries
         self.dropped = 0
         self._thread = threading.Thread(target=self._work, name="notify", daemon=True)
 
@@ -127,14 +127,14 @@ class Sender:
             return len(self._queue)
 
     def stop(self, grace: float = DRAIN) -> bool:
-        """Deliver what is queued, each once (no more retries), for at most `grace`
-        seconds; what is left is dropped and counted. True when the queue emptied."""
+        """Deliver what is queued (retries included) for at most `grace` seconds; what is
+        left then is dropped and counted. True when the queue emptied."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._hurry.set()
         if self._thread.is_alive():
             self._thread.join(grace)
+        self._hurry.set()  # past the bound: a back-off in progress ends, no more retries
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
