@@ -6,6 +6,7 @@ output."""
 
 from __future__ import annotations
 
+import signal
 import statistics
 import urllib.request
 from pathlib import Path
@@ -208,4 +209,39 @@ def test_with_the_listener_down_refreshes_keep_their_time_and_each_failure_is_lo
     # On time: the same lag as the server that pings nothing, well under a second.
     assert max(pinged + control) < 1.0, (pinged, control)
     assert abs(statistics.median(pinged) - statistics.median(control)) < 0.1, (pinged, control)
+    _no_token_in(daemon.stdout, daemon.stderr)
+
+
+def test_a_reload_that_changes_notify_sends_to_the_new_url_only(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
+) -> None:
+    with listening() as listener:
+        window = window_from_now(-1, 600)
+        first = [_server(simulator, 1, "noapi", window)]
+
+        def notify(path: str) -> list[dict[str, Any]]:
+            return [{"name": "ops", "url": f"{listener.url}/{path}/{HOOK_TOKEN}"}]
+
+        config = _write(tmp_path, first, notify("old"))
+        daemon = start_daemon(config)
+        daemon.wait_for("server.suspended", server="s1")
+        eventually(lambda: len(listener.paths("/old/")) == 2, what="s1's two events")
+        _write(tmp_path, [*first, _server(simulator, 3, "noapi", window)], notify("new"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("config.reloaded")
+        daemon.wait_for("server.suspended", server="s3")
+        eventually(lambda: len(listener.paths("/new/")) == 2, what="s3's two events")
+        assert daemon.stop() == EXIT_OK
+        received = listener.received
+
+    old = [r.json() for r in received if r.path.startswith("/old/")]
+    new = [r.json() for r in received if r.path.startswith("/new/")]
+    assert sorted((p["event"], p["server"]) for p in old) == [
+        ("server.suspended", "s1"),
+        ("slot.missed", "s1"),
+    ]
+    assert sorted((p["event"], p["server"]) for p in new) == [
+        ("server.suspended", "s3"),
+        ("slot.missed", "s3"),
+    ]
     _no_token_in(daemon.stdout, daemon.stderr)
