@@ -85,12 +85,17 @@ def read_url(
     inline: SecretStr | None, env: str | None, file: Path | None, sources: PasswordSources
 ) -> SecretStr | None:
     """The URL from whichever of the three keys is given; ValueError saying why not."""
-    if inline is not None:
-        return inline
-    if env is not None:
-        return password_from_env(env, sources.environ, check_url)
-    if file is not None:
-        return password_from_file(file, sources, check_url)
+    try:
+        if inline is not None:
+            return inline
+        if env is not None:
+            return password_from_env(env, sources.environ, check_url)
+        if file is not None:
+            return password_from_file(file, sources, check_url)
+    except ValueError as error:
+        # The password readers' words, said of a URL (their text never holds the value).
+        text = str(error).replace(" or use password_file", "")
+        raise ValueError(text.replace("the password", "the URL")) from None
     return None
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from refreshd.clock import Clock
 from refreshd.config import Config
+from refreshd.config.notify import NotifyConfig
 from refreshd.logs import redactor
 from refreshd.metrics import Metrics
 from refreshd.notify.formats import body
@@ -57,7 +58,7 @@ class Notifications:
         self._metrics = metrics
         self._sender_options = sender  # for tests: capacity, timeout, attempts, send...
         self._lock = threading.Lock()
-        self._tables: tuple[object, ...] | None = None
+        self._tables: tuple[NotifyConfig, ...] | None = None
         self._sinks: tuple[_Sink, ...] = ()
         self._pings: dict[str, str] = {}
         self._sender: Sender | None = None
@@ -76,8 +77,8 @@ class Notifications:
         old = None
         with self._lock:
             self._sinks, self._pings = sinks, pings
-            wanted = sinks or pings
-            if config.notify != self._tables or (wanted and self._sender is None):
+            wanted = bool(sinks or pings)
+            if config.notify != self._tables or wanted != (self._sender is not None):
                 old = self._sender
                 self._sender = self._new_sender() if wanted else None
                 self._tables = config.notify

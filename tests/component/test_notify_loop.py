@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from refreshd.clock import FakeClock
 from refreshd.config import Config, resolve_passwords, validate_config
 from refreshd.config.notify import DEFAULT_EVENTS
 from refreshd.notify import Delivery, Notifications
@@ -141,3 +142,27 @@ def test_a_reload_that_changes_notify_rebuilds_the_sender_and_one_without_keeps_
         loop.scheduler.reload(changed)
         assert notifications._sender is not first
         assert notifications._sinks[0].format == "slack"
+
+
+def test_only_the_events_a_table_asks_for_are_posted_and_only_scheduled_calls_ping() -> None:
+    config = _config([{"name": "east", "windows": ["02:00-03:00"]}])
+    document = config.model_dump(mode="python", exclude_none=True)
+    document["notify"] = [{"name": "ops", "url": HOOK, "events": ["refresh.failed"]}]
+    config = resolve_passwords(
+        validate_config(document, environ={}), environ={"PING": PING}, urls=True
+    )
+    recorder = Recorder()
+    notifications = Notifications(FakeClock(MONDAY), None, send=recorder)
+    notifications.configure(config)
+    slot = MONDAY.replace(hour=2)
+    fields = {"server": "east", "slot": slot, "outcome": "ok"}
+    notifications.event("refresh.succeeded", "info", {**fields, "trigger": "manual"})
+    notifications.event("server.suspended", "warning", {"server": "east"})
+    notifications.event("refresh.failed", "error", {**fields, "trigger": "schedule"})
+    notifications.event("refresh.succeeded", "info", {**fields, "trigger": "schedule"})
+    notifications.event("refresh.succeeded", "info", {**fields, "trigger": "schedule"})
+    assert notifications.stop()
+    assert [(d.kind, d.event) for d in recorder.sent] == [
+        ("notification", "refresh.failed"),
+        ("ping", "success"),  # once per slot
+    ]

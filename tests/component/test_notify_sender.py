@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from refreshd.clock import FakeClock
+from refreshd.clock import FakeClock, system_clock
 from refreshd.metrics import Metrics
 from refreshd.notify.sender import Delivery, Failed, Sender, shown_url
 from tests.support.listener import listening
@@ -146,8 +146,6 @@ def test_a_url_is_shown_as_scheme_and_host_only(url: str, shown: str) -> None:
 
 
 def _real_sender(**options: object) -> tuple[Sender, Log, Metrics]:
-    from refreshd.clock import system_clock
-
     log, metrics = Log(), Metrics()
     sender = Sender(system_clock, log, metrics, backoff=0.01, **options)  # type: ignore[arg-type]
     return sender.start(), log, metrics
