@@ -180,3 +180,12 @@ def test_real_failures_are_sorted_into_kinds() -> None:
     assert failed["refused"]["url"] == f"http://127.0.0.1:{port}"
     assert TOKEN not in repr(log.lines)
     assert _value(metrics, "failed") == 2
+
+
+def test_a_webhook_that_does_not_answer_is_cut_at_the_time_out() -> None:
+    with listening() as listener:
+        listener.delay = 5.0
+        sender, log, _ = _real_sender(attempts=1, timeout=0.2)
+        sender.submit(_delivery(url=f"{listener.url}/hook/{TOKEN}"))
+        assert sender.stop(5)  # well before the listener would have answered
+    assert log.matching("notify.failed", error="timeout", attempts=1)

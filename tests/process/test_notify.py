@@ -206,9 +206,10 @@ def test_with_the_listener_down_refreshes_keep_their_time_and_each_failure_is_lo
     pinged, control = _lags(daemon, "s0"), _lags(daemon, "s1")
     assert len(pinged) >= 4, pinged
     assert len(control) >= 4, control
-    # On time: the same lag as the server that pings nothing, well under a second.
-    assert max(pinged + control) < 1.0, (pinged, control)
-    assert abs(statistics.median(pinged) - statistics.median(control)) < 0.1, (pinged, control)
+    # On time: the same lag as the server that pings nothing (a few milliseconds on an
+    # idle machine), where a sender in the way would add its three seconds of tries.
+    assert max(pinged + control) < 2.0, (pinged, control)
+    assert abs(statistics.median(pinged) - statistics.median(control)) < 0.25, (pinged, control)
     _no_token_in(daemon.stdout, daemon.stderr)
 
 

@@ -24,10 +24,13 @@ class Received:
 
 
 class Listener:
-    """Records requests in `received`; answers `status` (settable while it runs)."""
+    """Records requests in `received`; answers `status` after `delay` seconds (both
+    settable while it runs)."""
 
     def __init__(self) -> None:
         self.status = 200
+        self.delay = 0.0
+        self._answering = threading.Event()  # set at stop: a delayed answer goes at once
         self._lock = threading.Lock()
         self._received: list[Received] = []
         listener = self
@@ -40,6 +43,7 @@ class Listener:
                     listener._received.append(
                         Received(self.command, self.path, dict(self.headers), body)
                     )
+                listener._answering.wait(listener.delay)
                 self.send_response(listener.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -73,6 +77,7 @@ class Listener:
         return self
 
     def stop(self) -> None:
+        self._answering.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
