@@ -77,24 +77,24 @@ class Events:
     def verified(self, server: str, started: datetime, verdict: Verdict) -> None:
         """The verdict on a verified refresh of `server` sent at `started`."""
         seconds = round(verdict.seconds, 3)
+        # The metrics first, then the line: whoever reads the line (an operator, a test)
+        # and then scrapes finds the verdict counted.
         if isinstance(verdict, Applied):
-            fields: dict[str, object] = {
-                "server": server,
-                "seconds": seconds,
-                "boxes": verdict.boxes,
-            }
-            self._told("refresh.applied", "info", fields)
             if self.metrics is not None:
                 self.metrics.apply_seconds.observe(verdict.seconds)
                 self.metrics.unapplied_servers.labels(server).set(0)
                 applied_at = started + timedelta(seconds=verdict.seconds)
                 self.metrics.last_applied.labels(server).set(applied_at.timestamp())
+            fields: dict[str, object] = {"server": server, "seconds": seconds}
+            self._told("refresh.applied", "info", {**fields, "boxes": verdict.boxes})
             return
         flagged = [{"server_ip": ip, "server_id": sid} for ip, sid in verdict.flagged]
         if verdict.unread is not None:
             fields = {"server": server, "seconds": seconds, "error": verdict.unread}
             self._told("refresh.not_applied", "error", fields)
             return
+        if self.metrics is not None:
+            self.metrics.unapplied_servers.labels(server).set(len(flagged))
         fields = {
             "server": server,
             "seconds": seconds,
@@ -103,8 +103,6 @@ class Events:
             "applied": verdict.boxes - len(flagged),
         }
         self._told("refresh.not_applied", "error", fields)
-        if self.metrics is not None:
-            self.metrics.unapplied_servers.labels(server).set(len(flagged))
 
     def _told(self, event: str, level: str, fields: dict[str, object]) -> None:
         """An event that changes no ledger entry (a verdict): logged and notified."""

@@ -15,9 +15,11 @@ from typing import Any
 from refreshd.clock import FakeClock
 from refreshd.config import Config, resolve_passwords, validate_config
 from refreshd.config.notify import DEFAULT_EVENTS
+from refreshd.core.verification import Applied, NotApplied
+from refreshd.events import Events
 from refreshd.notify import Delivery, Notifications
 from refreshd.simulator.rules import SimUser, Vicidial
-from tests.support.loop import Loop, at, fleet, http_error, running, users
+from tests.support.loop import Log, Loop, at, fleet, http_error, running, users
 
 MONDAY = at("2027-01-04T00:00:00")
 DAY = timedelta(days=1)
@@ -166,3 +168,19 @@ def test_only_the_events_a_table_asks_for_are_posted_and_only_scheduled_calls_pi
         ("notification", "refresh.failed"),
         ("ping", "success"),  # once per slot
     ]
+
+
+def test_a_verified_refresh_not_applied_is_posted_as_logged() -> None:
+    recorder = Recorder()
+    config = _config([{"name": "east", "windows": ["02:00-03:00"]}])
+    events = Events(Log())
+    events.notifications = Notifications(FakeClock(MONDAY), None, send=recorder)
+    events.configure(config)
+    verdict = NotApplied(seconds=180.0, flagged=(("10.0.0.5", "box5"),), boxes=3)
+    events.verified("east", MONDAY, verdict)
+    events.verified("east", MONDAY, Applied(seconds=20.0, boxes=3))  # not asked for
+    events.close()
+    (posted,) = recorder.posted("refresh.not_applied")
+    assert posted["flagged"] == [{"server_ip": "10.0.0.5", "server_id": "box5"}]
+    assert (posted["applied"], posted["boxes"], posted["level"]) == (2, 3, "error")
+    assert len(recorder.sent) == 1
