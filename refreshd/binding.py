@@ -44,7 +44,8 @@ def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str
     login included; a suspension recorded under another fingerprint ends (SPEC: a change
     of the server's or the credentials' config ends it)."""
     parts = (
-        server.model_dump_json(),
+        # Where it pings is not how it is refreshed: a new ping URL ends no suspension.
+        server.model_dump_json(exclude={"ping_url", "ping_url_env"}),
         _blackouts_text(config.blackouts_for(server.name)),
         str(config.daemon.spread),
         config.client.source,

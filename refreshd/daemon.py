@@ -28,6 +28,7 @@ from refreshd.httpd import MetricsServer, listen_error
 from refreshd.instance import InstanceLock, LockHeld, lock_error
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics
+from refreshd.notify import Notifications
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
@@ -161,6 +162,7 @@ class Daemon:
         except StateError as err:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
+        runner.events.notifications = Notifications(self.clock, self.log, self.metrics)
         scheduler = Scheduler(
             config, runner=runner, clock=self.clock, log=self.log, metrics=self.metrics
         )
@@ -327,7 +329,7 @@ class Daemon:
     def _load_config(self) -> Config:
         """The config file with its passwords read: the daemon calls VICIdial."""
         config = load_config(self.config_path, self.environ)
-        return resolve_passwords(config, environ=self.environ, path=self.config_path)
+        return resolve_passwords(config, environ=self.environ, path=self.config_path, urls=True)
 
     def _keep_restart_only(self, running: Config, new: Config) -> Config:
         kept = {}

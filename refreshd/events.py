@@ -6,15 +6,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from refreshd.core.ledger import Event, Kind, Ledger
+from refreshd.core.ledger import Call, Event, Kind, Ledger
 from refreshd.core.planning import Next, success_gap
 from refreshd.core.policy import LoginWait
 from refreshd.core.slots import Schedule
 from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Attempt
 from refreshd.metrics import Metrics, ServerGauges, StateGauges
+
+if TYPE_CHECKING:
+    from refreshd.config import Config
+    from refreshd.notify import Notifications
 
 __all__ = ["Events", "LedgerView", "SuccessGaps", "state_gauges"]
 
@@ -33,16 +37,35 @@ _LEVELS: dict[Kind, str] = {
 
 
 class Events:
-    """Tells the log and the metrics what changed. Thread-safe as its parts are."""
+    """Tells the log, the metrics and (in the daemon) the webhooks and pings what changed.
+    Thread-safe as its parts are."""
 
     def __init__(self, log: Any, metrics: Metrics | None = None) -> None:
         self.log = log
         self.metrics = metrics
+        self.notifications: Notifications | None = None  # the daemon's; it only queues
+
+    def configure(self, config: Config) -> None:
+        if self.notifications is not None:
+            self.notifications.configure(config)
+
+    def close(self) -> None:
+        """Deliver the queued notifications, within the sender's bound (at stop)."""
+        if self.notifications is not None:
+            self.notifications.stop()
 
     def emit(self, events: Iterable[Event]) -> None:
         for event in events:
-            getattr(self.log, _LEVELS[event.kind])(str(event.kind), **event.fields)
+            level = _LEVELS[event.kind]
+            getattr(self.log, level)(str(event.kind), **event.fields)
             self._count(event)
+            if self.notifications is not None:
+                self.notifications.event(str(event.kind), level, event.fields)
+
+    def starting(self, call: Call) -> None:
+        """A scheduled call is sent: its slot's first one pings /start."""
+        if self.notifications is not None and call.slot is not None:
+            self.notifications.starting(call.server, call.slot.start)
 
     def called(self, server: str, attempt: Attempt, due: datetime | None = None) -> None:
         """A call ended (whatever it changed): its outcome and duration; `due`: the due
@@ -66,24 +89,30 @@ class Events:
                 self.metrics.unapplied_servers.labels(server).set(0)
                 applied_at = started + timedelta(seconds=verdict.seconds)
                 self.metrics.last_applied.labels(server).set(applied_at.timestamp())
-            self.log.info("refresh.applied", server=server, seconds=seconds, boxes=verdict.boxes)
+            fields: dict[str, object] = {"server": server, "seconds": seconds}
+            self._told("refresh.applied", "info", {**fields, "boxes": verdict.boxes})
             return
         flagged = [{"server_ip": ip, "server_id": sid} for ip, sid in verdict.flagged]
         if verdict.unread is not None:
-            self.log.error(
-                "refresh.not_applied", server=server, seconds=seconds, error=verdict.unread
-            )
+            fields = {"server": server, "seconds": seconds, "error": verdict.unread}
+            self._told("refresh.not_applied", "error", fields)
             return
         if self.metrics is not None:
             self.metrics.unapplied_servers.labels(server).set(len(flagged))
-        self.log.error(
-            "refresh.not_applied",
-            server=server,
-            seconds=seconds,
-            flagged=flagged,
-            boxes=verdict.boxes,
-            applied=verdict.boxes - len(flagged),
-        )
+        fields = {
+            "server": server,
+            "seconds": seconds,
+            "flagged": flagged,
+            "boxes": verdict.boxes,
+            "applied": verdict.boxes - len(flagged),
+        }
+        self._told("refresh.not_applied", "error", fields)
+
+    def _told(self, event: str, level: str, fields: dict[str, object]) -> None:
+        """An event that changes no ledger entry (a verdict): logged and notified."""
+        getattr(self.log, level)(event, **fields)
+        if self.notifications is not None:
+            self.notifications.event(event, level, fields)
 
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:

@@ -48,6 +48,19 @@ class StateGauges:
     client_timeout: float  # seconds
 
 
+def _notify_counters(registry: CollectorRegistry) -> tuple[Counter, Counter, Counter]:
+    """Webhook notifications and pings (notify/sender.py), by kind: notification or ping."""
+    sent, failed, dropped = (
+        Counter(f"refreshd_notify_{what}", help_text, ["kind"], registry=registry)
+        for what, help_text in (
+            ("sent", "Notifications and pings delivered."),
+            ("failed", "Notifications and pings given up after their retries."),
+            ("dropped", "Notifications and pings dropped: the queue was full, or at stop."),
+        )
+    )
+    return sent, failed, dropped
+
+
 class Metrics:
     """Every metric refreshd exports, in a registry of its own (tests make several).
 
@@ -114,6 +127,7 @@ class Metrics:
             "How long the oldest refresh call in flight has run; 0 when none.",
             registry=r,
         )
+        self.notify_sent, self.notify_failed, self.notify_dropped = _notify_counters(r)
         self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
         self.info.labels(__version__).set(1)
         self._state: _StateCollector | None = None

@@ -121,6 +121,7 @@ class Runner:
             )
             self._ledger = done.ledger
             self._journal(done.servers, done.logins)
+        self.events.configure(config)
         self.events.emit(done.events)
 
     def login_of(self, server: ServerConfig) -> str:

@@ -131,6 +131,7 @@ class Scheduler:
             self._stopping = True
         self._timer.stop()
         finished = self.dispatcher.stop(grace)
+        self.runner.events.close()  # the last notifications, within their own bound
         self._client.close()
         return finished
 
@@ -373,6 +374,7 @@ class Scheduler:
             due=run.due,
             retry_until=retry_until(server.schedule, run, now),
         )
+        self.runner.events.starting(call)  # only queues: a ping's /start
         name = server.name
         return Job(
             name,

@@ -58,6 +58,7 @@ def config_warnings(config: Config, *, now: datetime | None = None) -> list[str]
         *_short_password_warnings(config),
         *_client_and_backoff_warnings(config),
         *_metrics_listen_warnings(config),
+        *_notify_warnings(config),
         *(
             warning
             for index, server in enumerate(config.servers)
@@ -208,4 +209,18 @@ def _server_warnings(where: str, server: ServerConfig) -> list[str]:
             "refresh makes every telephony server rebuild and reload its Asterisk "
             "configuration, which takes about a minute"
         )
+    if server.ping_url is not None:
+        warnings.append(f"{where}.ping_url: {_INLINE_URL} ping_url_env")
     return warnings
+
+
+# Like a password: the URL is the check's or the webhook's key.
+_INLINE_URL = "the URL, a secret, is written in the config file; prefer"
+
+
+def _notify_warnings(config: Config) -> list[str]:
+    return [
+        f"{place(('notify', index))}.url: {_INLINE_URL} url_env or url_file"
+        for index, table in enumerate(config.notify)
+        if table.url is not None
+    ]

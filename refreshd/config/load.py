@@ -57,18 +57,24 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def resolve_passwords(
-    config: Config, *, environ: Mapping[str, str] | None = None, path: Path | None = None
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+    urls: bool = False,
 ) -> Config:
     """`config` with every password read: password_env from `environ` (default:
     os.environ), a relative password_file from $CREDENTIALS_DIRECTORY, else from `path`'s
-    directory (the config file's).
+    directory (the config file's). With `urls` (the daemon: it alone notifies and pings),
+    every [[notify]] URL and ping_url_env too, from the same places.
 
     Raises ConfigError naming each password that cannot be read; never anything else.
     """
     environ = os.environ if environ is None else environ
     sources = PasswordSources(environ, config_dir=path.parent if path is not None else None)
     try:
-        return config.with_passwords(sources)
+        config = config.with_passwords(sources)
+        return config.with_urls(sources) if urls else config
     except ValidationError as error:
         problems = [describe(detail) for detail in error.errors()]
         raise ConfigError(format_problems(problems), path) from None

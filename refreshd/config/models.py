@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -57,11 +58,12 @@ from refreshd.config.fields import (
     proxy_shown,
     split_listen,
 )
+from refreshd.config.notify import NotifyConfig, check_url, env_name, read_url, unique_names
 from refreshd.config.passwords import (
     PasswordSources,
     password_sources,
 )
-from refreshd.config.problems import Problem, invalid
+from refreshd.config.problems import Problem, invalid, invalid_at
 from refreshd.config.references import raw_field, reference_problems
 from refreshd.core.durations import format_duration
 from refreshd.core.verification import (
@@ -182,6 +184,32 @@ class ServerConfig(Table):
     verify_timeout: Annotated[PositiveDuration, between(VERIFY_TIMEOUT_MIN, VERIFY_TIMEOUT_MAX)] = (
         VERIFY_TIMEOUT_DEFAULT
     )
+    # A dead-man's switch (config/notify.py): a secret, read as a password is.
+    ping_url: SecretStr | None = None
+    ping_url_env: Annotated[str | None, AfterValidator(env_name)] = None
+    _ping: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_ping_url(self) -> Self:
+        if self.ping_url is not None and self.ping_url_env is not None:
+            raise invalid_at((), "give at most one of ping_url and ping_url_env")
+        if self.ping_url is not None:
+            check_url(self.ping_url.get_secret_value(), "ping_url")
+        self._ping = self.ping_url
+        return self
+
+    @property
+    def ping_secret(self) -> str | None:
+        """The ping URL in plain text once read: for the sender and the redactor only."""
+        return None if self._ping is None else self._ping.get_secret_value()
+
+    def with_ping_url(self, sources: PasswordSources) -> Self:
+        """A copy holding ping_url_env's URL; ValueError saying why it cannot be read."""
+        if self._ping is not None or self.ping_url_env is None:
+            return self
+        copy = self.model_copy()
+        copy._ping = read_url(None, self.ping_url_env, None, sources)
+        return copy
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -216,6 +244,7 @@ class Config(BaseModel):
     databases: Mapping[Name, DatabaseConfig] = Field(default_factory=dict)
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
+    notify: Annotated[tuple[NotifyConfig, ...], AfterValidator(unique_names)] = ()
     # Which values a REFRESHD_ variable set, by their path: advice must not blame the file
     # for a secret the environment holds.
     _set_by_environment: Mapping[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
@@ -248,6 +277,7 @@ class Config(BaseModel):
                 databases,
                 self.servers,
                 self.blackouts,
+                self.notify,
             )
         )
 
@@ -292,6 +322,26 @@ class Config(BaseModel):
             raise invalid(problems)
         return self.model_copy(update=read)
 
+    def with_urls(self, sources: PasswordSources) -> Config:
+        """A copy with every [[notify]] URL and ping_url_env read from `sources`; a
+        ValidationError naming each key whose URL cannot be read (never the URL)."""
+        problems: list[Problem] = []
+        notify: list[NotifyConfig] = []
+        servers: list[ServerConfig] = []
+        for index, table in enumerate(self.notify):
+            try:
+                notify.append(table.with_url(sources))
+            except ValueError as error:
+                problems.append((("notify", index, table.url_key), str(error)))
+        for index, server in enumerate(self.servers):
+            try:
+                servers.append(server.with_ping_url(sources))
+            except ValueError as error:
+                problems.append((("servers", index, "ping_url_env"), str(error)))
+        if problems:
+            raise invalid(problems)
+        return self.model_copy(update={"notify": tuple(notify), "servers": tuple(servers)})
+
     def with_environment_origins(self, origins: Mapping[tuple[str | int, ...], str]) -> Config:
         """A copy that knows which REFRESHD_ variable set each value at a path in `origins`."""
         copy = self.model_copy()
@@ -308,7 +358,8 @@ class Config(BaseModel):
         redactor only, never for display."""
         tables: list[PasswordTable] = [*self.credentials.values(), *self.databases.values()]
         passwords = {table.secret for table in tables if table.secret is not None}
-        return frozenset(passwords) | proxy_secrets(self.client.proxy)
+        urls = {table.secret for table in self.notify} | {s.ping_secret for s in self.servers}
+        return frozenset(passwords) | {u for u in urls if u} | proxy_secrets(self.client.proxy)
 
     def blackouts_for(self, server_name: str) -> tuple[WeeklyWindow | AbsoluteWindow, ...]:
         """Every blackout window that applies to the server, in config order."""

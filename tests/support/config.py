@@ -53,6 +53,7 @@ def write_daemon_config(
     client: Mapping[str, Any] | None = None,
     backoff: Mapping[str, Any] | None = None,
     blackouts: list[Mapping[str, Any]] | None = None,
+    notify: list[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a refreshd config; tables are given as dicts, exactly as in TOML."""
     parts: list[str] = []
@@ -67,6 +68,8 @@ def write_daemon_config(
         parts.append("[[servers]]\n" + _pairs(server))
     for blackout in blackouts or []:
         parts.append("[[blackouts]]\n" + _pairs(blackout))
+    for table in notify or []:
+        parts.append("[[notify]]\n" + _pairs(table))
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     return path
 
