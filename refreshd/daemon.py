@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 

@@ -2,9 +2,10 @@
 series a real daemon serves: every metric name and label in every expression is checked
 against the /metrics of a real `refreshd run`, brought into every state the panels show
 (a verified success, a suspension, a credentials wait, a reload), so that every family the
-expressions use has samples, and so its labels. The PromQL is read by tests/support/promql.py (its own unit
-test shows it fails on a wrong name or label). The dashboard's shape is checked here too:
-a datasource variable, no hard-coded datasource UID, the panels the README names."""
+expressions use has samples, and so its labels. The PromQL is read by
+tests/support/promql.py (its own unit test shows it fails on a wrong name or label). The
+dashboard's shape is checked here too: a datasource variable, no hard-coded datasource UID,
+the panels the README names."""
 
 from __future__ import annotations
 
