@@ -576,10 +576,11 @@ def test_the_file_is_set_up_for_durability(store: StateStore, path: Path) -> Non
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
-    pragmas = {
-        name: store._conn.execute(f"PRAGMA {name}").fetchone()[0]
-        for name in ("synchronous", "foreign_keys", "busy_timeout")
-    }
+    pragmas = {}
+    with store.engine.transaction() as tx:  # the store's own connection
+        for name in ("synchronous", "foreign_keys", "busy_timeout"):
+            tx.execute(f"PRAGMA {name}")
+            pragmas[name] = tx.fetchone()[0]  # type: ignore[index]
     assert pragmas == {"synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
 
 
@@ -993,6 +994,6 @@ def test_a_version_5_files_waits_upgrade_as_refused_logins(path: Path) -> None:
     with StateStore(path) as upgraded:
         entry = upgraded.load().login("main")
 
-    assert user_version(path) == SCHEMA_VERSION == 6
+    assert user_version(path) == SCHEMA_VERSION
     assert entry.wait_kind is WaitKind.REFUSED_LOGIN
     assert entry.wait_reason == "login refused"

@@ -1,0 +1,93 @@
+"""The StateStore's opening: the schema migrated (or, read-only, checked), a SQLite file's
+integrity, a server database that is another application's refused."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from refreshd.shared.engines import Engine, Tx
+from refreshd.store import schema
+from refreshd.store.errors import StateError
+from refreshd.store.schema import SCHEMA_VERSION
+from refreshd.store.verifications import Verifications
+
+__all__ = ["SetUp"]
+
+
+class SetUp(Verifications):
+    """The StateStore's set-up methods (a part of it, kept apart for its size)."""
+
+    _engine: Engine
+    _path: Path | None
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError  # the StateStore's
+
+    def _translated(self, doing: str) -> AbstractContextManager[None]:
+        raise NotImplementedError  # the StateStore's
+
+    def _migrate(self) -> None:
+        with self._translated("lock the schema to upgrade it"), self._engine.schema_lock():
+            for target in range(1, SCHEMA_VERSION + 1):
+                with self._write(f"upgrade to schema version {target}") as tx:
+                    # Read inside the lock: another process may have just migrated.
+                    version = self._engine.schema_version(tx)
+                    self._refuse_newer(version)
+                    if version >= target:
+                        continue
+                    if version == 0:
+                        self._refuse_foreign(tx)
+                    for statement in schema.migrations(self._engine)[target - 1]:
+                        tx.execute(statement)
+                    self._engine.set_schema_version(tx, target)
+
+    def _check_integrity(self) -> None:
+        with self._read("check the file's integrity") as tx:
+            problems = self._engine.integrity_problems(tx)
+        if problems:
+            raise StateError(
+                f"{self.where}: damaged ({'; '.join(problems)}). Stop refreshd, move the file "
+                "aside (it keeps the history and the runs already done) and start again: a "
+                "new file is created, and the slot now open may be refreshed once more."
+            )
+
+    def _check_readable(self) -> None:
+        with self._read("read") as tx:
+            version = self._engine.schema_version(tx)
+        if version == 0:
+            raise StateError(f"{self.where} holds no refreshd state yet: start the daemon once.")
+        if version < SCHEMA_VERSION:
+            raise StateError(
+                f"{self.where} has schema version {version}, older than this refreshd's "
+                f"{SCHEMA_VERSION}: restart the daemon (it upgrades it), then try again."
+            )
+        self._refuse_newer(version)
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            aside = (
+                "move the file aside"
+                if self._path is not None
+                else "point [state] url at an empty database"
+            )
+            raise StateError(
+                f"{self.where} has schema version {version}, newer than this refreshd "
+                f"understands ({SCHEMA_VERSION}): it was written by a newer refreshd. Run "
+                f"that version, or {aside} to start with empty state (suspensions and done "
+                "runs are forgotten)."
+            )
+
+    def _refuse_foreign(self, tx: Tx) -> None:
+        """A server database with the store's table names but no schema version is another
+        application's (VICIdial's own database has a `servers` table): never migrated."""
+        if self._path is not None:
+            return
+        clash = sorted(set(schema.OURS) & self._engine.tables(tx))
+        if clash:
+            raise StateError(
+                f"{self.where} already has tables named {', '.join(clash)} that refreshd did "
+                "not create: give refreshd a database of its own (CREATE DATABASE refreshd) "
+                "and point [state] url at it."
+            )
