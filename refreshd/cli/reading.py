@@ -8,13 +8,21 @@ import json
 from datetime import datetime
 from typing import Any
 
-from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown_servers
+from refreshd.cli.loading import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    load,
+    state_password,
+    unknown_servers,
+)
 from refreshd.cli.text import print_table, safe, say, when
 from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.core.policy import WaitKind
-from refreshd.instance import lock_holder
+from refreshd.instance import Holder, lock_holder
 from refreshd.store import StateError, StateStore
+from refreshd.store.opening import open_store
 from refreshd.views import (
     applied_text,
     daemon_entry,
@@ -50,8 +58,14 @@ def plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_store(config: Config) -> StateStore | None:
-    """The state file, read-only; None (and a note) before the daemon's first start."""
+def _read_store(args: argparse.Namespace, config: Config) -> StateStore | None:
+    """The store, read-only; None (and a note) before the daemon's first start. A `[state]`
+    database's password is read (the only one these commands read): it opens the store."""
+    if config.state is not None:
+        read = state_password(args, config)
+        if isinstance(read, int):
+            raise StateError("the [state] password cannot be read (see above)")
+        return open_store(read, readonly=True)
     path = config.daemon.state_path
     try:
         present = path.exists()
@@ -72,13 +86,14 @@ def status(args: argparse.Namespace) -> int:
         return config
     now = system_clock.now()
     try:
-        holder = lock_holder(config.daemon.state_path)
+        # A shared store has no lock file: instances are told by their claims (issue 13).
+        holder = Holder(False, None) if config.state else lock_holder(config.daemon.state_path)
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
         return EXIT_FAILED
     states, logins, done, beat, verified = {}, {}, {}, None, {}
     try:
-        store = _read_store(config)
+        store = _read_store(args, config)
         if store is not None:
             with store:
                 states = store.all_server_states()
@@ -89,6 +104,8 @@ def status(args: argparse.Namespace) -> int:
     except StateError as err:
         say(f"refreshd: {err}")
         return EXIT_FAILED
+    if config.state is not None:
+        holder = Holder(_beat_recent(beat, now), None)
     daemon = daemon_entry(holder.running, holder.pid, beat)
     document = status_document(
         config, states, logins, done, now, daemon=daemon, verifications=verified
@@ -102,6 +119,14 @@ def status(args: argparse.Namespace) -> int:
         [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],
     )
     return EXIT_OK
+
+
+def _beat_recent(beat: datetime | None, now: datetime) -> bool:
+    """Whether some instance beat lately (a shared store has no lock to ask): within three
+    heartbeats."""
+    from refreshd.daemon import HEARTBEAT
+
+    return beat is not None and (now - beat).total_seconds() <= 3 * HEARTBEAT
 
 
 def _daemon_line(
@@ -150,7 +175,7 @@ def history(args: argparse.Namespace) -> int:
     if args.server is not None and unknown_servers("history", [args.server], config):
         return EXIT_USAGE
     try:
-        store = _read_store(config)
+        store = _read_store(args, config)
         records = []
         if store is not None:
             with store:
