@@ -68,7 +68,7 @@ def explain_server(where: str, doing: str, err: BaseException, *, connection: bo
     """The operator's message for a PostgreSQL or MariaDB failure: `connection` when the
     database could not be reached or the connection broke (it is tried again at the next
     write). Never a password: the URL holds none, and the drivers' messages neither."""
-    reason = " ".join(str(err).split()) or type(err).__name__
+    reason = " ".join(str(err).split()).rstrip(".") or type(err).__name__
     if connection:
         fix = (
             "Check that the database server runs and answers from this host, and the [state] "
