@@ -286,8 +286,11 @@ class _Sqlite(Engine):
     def _abandon(self, error: BaseException) -> None:
         # Never reconnect: a new connection to a deleted file's path would create an
         # empty file, without its mode or schema (the store notices a replaced file).
-        if self._conn.in_transaction:
-            self._conn.rollback()
+        try:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+        except sqlite3.Error:  # the error being raised says more than this one
+            return
 
     def now_ms(self, tx: Tx) -> int:
         # One host: its own clock is the database's.

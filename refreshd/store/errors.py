@@ -1,4 +1,5 @@
-"""StateError and what each SQLite failure means to an operator: what went wrong, what to do."""
+"""StateError and what each SQLite, PostgreSQL or MariaDB failure means to an operator: what
+went wrong, what to do."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ BUSY_TIMEOUT = timedelta(seconds=5)
 
 
 class StateError(Exception):
-    """The state file cannot be used; the message names the file and what to do."""
+    """The store cannot be used; the message names the file or the database (never a
+    password) and what to do."""
 
 
 _FIXES: dict[int, str] = {
