@@ -59,8 +59,8 @@ class Engine:
         with self._lock:
             if self._conn is None:
                 self._conn = self._connect()
-            tx = _DriverTx(self._conn.cursor(), self._placeholder)
             try:
+                tx = _DriverTx(self._conn.cursor(), self._placeholder)
                 self._begin(tx, write)
                 yield tx
                 self._conn.commit()
@@ -186,6 +186,11 @@ class Engine:
             return
         if self._is_driver_error(error):
             self._drop()
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether `error` rolled the whole transaction back for a reason that passes: a
+        deadlock's victim, a serialization failure, a lock wait that timed out."""
+        return False
 
     def lost_connection(self, error: BaseException) -> bool:
         """Whether `error` means the connection failed or broke (the next transaction

@@ -65,6 +65,13 @@ class _Postgresql(_Server):
 
         return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
 
+    def retryable(self, error: BaseException) -> bool:
+        from psycopg import errors
+
+        return isinstance(
+            error, errors.DeadlockDetected | errors.SerializationFailure | errors.LockNotAvailable
+        )
+
 
 class _Mysql(_Server):
     kind = "mysql"
@@ -136,6 +143,12 @@ class _Mysql(_Server):
         import pymysql
 
         return isinstance(error, pymysql.OperationalError | pymysql.InterfaceError)
+
+    def retryable(self, error: BaseException) -> bool:
+        import pymysql
+
+        # 1213: a deadlock's victim; 1205: a lock wait timed out (rolled back here whole).
+        return isinstance(error, pymysql.OperationalError) and error.args[:1] in ((1213,), (1205,))
 
 
 def server_engine(url: DatabaseUrl, password: str | None, timeout: float) -> Engine:

@@ -12,7 +12,6 @@ host, or a PostgreSQL or MariaDB/MySQL database that several instances share.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,9 +24,12 @@ from refreshd.shared.engines import Engine, Tx, sqlite_engine
 from refreshd.store import rows, schema
 from refreshd.store.errors import StateError, explain, explain_server
 from refreshd.store.rows import CallRecord, CredentialsWait, NewCall, ServerState
-from refreshd.store.setup import SetUp
+from refreshd.store.setup import SetUp, create_private_file, identity
 
 __all__ = ["RUNS_DONE_EXTRA_KEEP", "StateStore"]
+
+_ATTEMPTS = 3
+"""Tries of a journal write that nothing can have reached (see `_journaled`)."""
 
 RUNS_DONE_EXTRA_KEEP = timedelta(days=2)
 """`prune` keeps done runs this much longer than history, so no retention setting can
@@ -48,7 +50,7 @@ class StateStore(SetUp):
     def __init__(self, target: Path | Engine) -> None:
         """Open (creating a SQLite file if needed) and migrate the store."""
         if isinstance(target, Path):
-            _create_private_file(target)
+            create_private_file(target)
             engine = sqlite_engine(target)
         else:
             engine = target
@@ -59,7 +61,7 @@ class StateStore(SetUp):
             self._migrate()
             self._check_integrity()
             self._seen = self._read_counter()
-            self._identity = None if self._path is None else _identity(self._path)
+            self._identity = None if self._path is None else identity(self._path)
         except BaseException:
             self._engine.close()
             raise
@@ -98,21 +100,6 @@ class StateStore(SetUp):
         self._others = False
         self._identity = None
 
-    def replaced(self) -> str | None:
-        """Whether the SQLite file this store writes is still the one at its path: None if
-        it is (or the store is a database server's), else what happened ("deleted",
-        "replaced"). A deleted or replaced file keeps taking our writes into the old inode,
-        where no restart would find them."""
-        if self._path is None or self._identity is None:
-            return None
-        try:
-            identity = _identity(self._path)
-        except FileNotFoundError:
-            return "deleted"
-        except OSError as err:
-            return f"unreadable ({err.strerror or err})"
-        return None if identity == self._identity else "replaced"
-
     def reopened(self) -> StateStore:
         """A new store at the same place (a SQLite file created again at its path)."""
         return type(self)(self._path if self._path is not None else self._engine)
@@ -121,7 +108,8 @@ class StateStore(SetUp):
         """Write a whole ledger in one transaction: every server (its latest done run
         marked done at `at`) and every login. For a file created anew under a running
         daemon, so that a restart still knows what is done."""
-        with self._journaled("write the ledger out again") as tx:
+
+        def write(tx: Tx) -> None:
             for name, entry in ledger.servers.items():
                 tx.execute(self._sql.server_upsert, rows.server_row(name, entry))
                 if entry.last_done is not None:
@@ -129,6 +117,8 @@ class StateStore(SetUp):
                     tx.execute(self._sql.run_done_insert, done)
             for key, login in ledger.logins.items():
                 self._journal_login(tx, key, login, None)
+
+        self._journaled("write the ledger out again", write)
 
     def close(self) -> None:
         self._engine.close()
@@ -206,7 +196,8 @@ class StateStore(SetUp):
         first in the same transaction (a claim's end): what it raises undoes it all."""
         if done is not None and call is None:
             raise ValueError("a done run is journaled with the call that did it")
-        with self._journaled("record a call") as tx:
+
+        def write(tx: Tx) -> None:
             if within is not None:
                 within(tx)
             for name, entry in servers.items():
@@ -218,6 +209,8 @@ class StateStore(SetUp):
                 tx.execute(self._sql.run_done_insert, row)
             if call is not None:
                 tx.execute(self._sql.call_insert, rows.call_row(call))
+
+        self._journaled("record a call", write)
 
     def _journal_login(self, tx: Tx, key: str, login: LoginEntry, call: NewCall | None) -> None:
         if login.wait_until is None:
@@ -248,21 +241,36 @@ class StateStore(SetUp):
             row = tx.fetchone()
         return 0 if row is None else int(row[0])
 
-    @contextmanager
-    def _journaled(self, doing: str) -> Iterator[Tx]:
+    def _journaled(self, doing: str, write: Callable[[Tx], None]) -> None:
         """A write that changes the ledger: the counter first (it also queues every
-        writer of a shared database on one row, so they never deadlock), noted once
-        committed."""
-        with self._write(doing) as tx:
-            tx.execute(schema.CHANGES_BUMP)
-            tx.execute(schema.CHANGES_SELECT)
-            found = tx.fetchone()
-            counter = 0 if found is None else int(found[0])
-            yield tx
+        writer of a shared database on one row), noted once committed. Tried again when
+        nothing can have been written: a deadlock's victim (rolled back whole), or a
+        connection found dead at the first statement (a database restarted overnight
+        must not cost the first result after it)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            started = False
+            try:
+                with self._write(doing) as tx:
+                    tx.execute(schema.CHANGES_BUMP)
+                    started = True
+                    tx.execute(schema.CHANGES_SELECT)
+                    found = tx.fetchone()
+                    counter = 0 if found is None else int(found[0])
+                    write(tx)
+                break
+            except StateError as err:
+                if attempt == _ATTEMPTS or not self._may_retry(err.__cause__, started=started):
+                    raise
         with self._lock:
             if counter - 1 != self._seen:
                 self._others = True  # someone wrote between our last look and this write
             self._seen = counter
+
+    def _may_retry(self, cause: BaseException | None, *, started: bool) -> bool:
+        if cause is None or self._path is not None:  # SQLite waits busy_timeout itself
+            return False
+        engine = self._engine
+        return engine.retryable(cause) or (not started and engine.lost_connection(cause))
 
     def last_runs_done(self) -> dict[str, datetime]:
         """Each server's latest successful run (its due time). Every run due at or before
@@ -375,36 +383,3 @@ class StateStore(SetUp):
                 raise StateError(explain(self._path, doing, err)) from err  # type: ignore[arg-type]
             lost = self._engine.lost_connection(err)
             raise StateError(explain_server(self.where, doing, err, connection=lost)) from err
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    """The file at `path`, as the file system knows it (device, inode)."""
-    status = path.stat()
-    return status.st_dev, status.st_ino
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the directory (0700) and an empty file (0600) unless they exist.
-
-    SQLite would create the file with the umask's looser mode; it then gives its
-    -wal and -shm files the database file's mode, so this covers them too.
-    """
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-        finally:
-            os.close(fd)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        if path.parent.exists() and not path.parent.is_dir():
-            reason = f"{path.parent} is not a directory"
-        raise StateError(
-            f"state file {path}: cannot create it: {reason}. Check that its "
-            "directory can be created and written by the daemon's user, or set "
-            "daemon.state_path."
-        ) from err

@@ -1,8 +1,10 @@
 """The StateStore's opening: the schema migrated (or, read-only, checked), a SQLite file's
-integrity, a server database that is another application's refused."""
+integrity, mode and identity (a file deleted or replaced under the daemon), a server database
+that is another application's refused."""
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from refreshd.store.errors import StateError
 from refreshd.store.schema import SCHEMA_VERSION
 from refreshd.store.verifications import Verifications
 
-__all__ = ["SetUp"]
+__all__ = ["SetUp", "create_private_file", "identity"]
 
 
 class SetUp(Verifications):
@@ -20,6 +22,7 @@ class SetUp(Verifications):
 
     _engine: Engine
     _path: Path | None
+    _identity: tuple[int, int] | None
 
     @property
     def where(self) -> str:
@@ -27,6 +30,21 @@ class SetUp(Verifications):
 
     def _translated(self, doing: str) -> AbstractContextManager[None]:
         raise NotImplementedError  # the StateStore's
+
+    def replaced(self) -> str | None:
+        """Whether the SQLite file this store writes is still the one at its path: None if
+        it is (or the store is a database server's), else what happened ("deleted",
+        "replaced"). A deleted or replaced file keeps taking our writes into the old inode,
+        where no restart would find them."""
+        if self._path is None or self._identity is None:
+            return None
+        try:
+            now = identity(self._path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as err:
+            return f"unreadable ({err.strerror or err})"
+        return None if now == self._identity else "replaced"
 
     def _migrate(self) -> None:
         with self._translated("lock the schema to upgrade it"), self._engine.schema_lock():
@@ -91,3 +109,36 @@ class SetUp(Verifications):
                 "not create: give refreshd a database of its own (CREATE DATABASE refreshd) "
                 "and point [state] url at it."
             )
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """The file at `path`, as the file system knows it (device, inode)."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
+
+
+def create_private_file(path: Path) -> None:
+    """Create the directory (0700) and an empty file (0600) unless they exist.
+
+    SQLite would create the file with the umask's looser mode; it then gives its
+    -wal and -shm files the database file's mode, so this covers them too.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+        finally:
+            os.close(fd)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if path.parent.exists() and not path.parent.is_dir():
+            reason = f"{path.parent} is not a directory"
+        raise StateError(
+            f"state file {path}: cannot create it: {reason}. Check that its "
+            "directory can be created and written by the daemon's user, or set "
+            "daemon.state_path."
+        ) from err

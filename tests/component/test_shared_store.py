@@ -13,7 +13,7 @@ import pytest
 
 from refreshd.clock import FakeClock
 from refreshd.config import Config, validate_config
-from refreshd.core.ledger import ServerEntry
+from refreshd.core.ledger import LoginEntry, ServerEntry
 from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dburl import DatabaseUrl
@@ -212,6 +212,26 @@ def test_a_lost_connection_is_a_clear_error_then_reconnects(kind: str) -> None:
     assert password is None or password not in message
 
 
+@pytest.mark.parametrize("kind", SERVER_ENGINES)
+def test_a_connection_that_died_while_idle_costs_no_write(kind: str) -> None:
+    """A database restarted overnight: the first journal write finds the connection dead at
+    its first statement, connects again and writes, instead of losing that result."""
+    with scratch_database(kind) as url:
+        relay = TcpCut(url.port)
+        via = DatabaseUrl(url.user, url.host, relay.port, url.database, url.engine)
+        try:
+            store = StateStore(connect(via, None, timeout=2.0))
+            relay.cut()
+            relay.mend()  # back at once: only the open connection is gone
+            call = NewCall("east-1", None, None, 1, Outcome.OK, SLOT, 100)
+            servers = {"east-1": ServerEntry(last_outcome=Outcome.OK)}
+            store.journal(servers=servers, logins={}, call=call)
+            assert [c.server for c in store.history()] == ["east-1"]
+            store.close()
+        finally:
+            relay.close()
+
+
 def test_a_store_that_does_not_answer_is_named_with_the_fix(tmp_path: Path) -> None:
     from tests.support.ports import refused_port
 
@@ -232,3 +252,41 @@ def test_without_state_the_store_is_the_sqlite_file(tmp_path: Path) -> None:
         assert store.engine.kind == "sqlite"
     with open_store(config(path=path), readonly=True) as reader:
         assert reader.readonly
+
+
+def test_two_stores_journaling_at_once_lose_nothing(shared: Place) -> None:
+    """Two processes' connections, four threads each, the same servers and logins: every
+    write lands (each journal write queues on the change counter first: no deadlock)."""
+    import threading
+
+    stores = [shared.open(), shared.open()]
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+    per_thread = 15
+
+    def worker(n: int) -> None:
+        store = stores[n % 2]
+        try:
+            start.wait()
+            for i in range(per_thread):
+                at = SLOT + timedelta(seconds=n * 100 + i)
+                name = SERVERS[i % 2]
+                failed = LoginEntry(failed_logins=(at,))
+                store.journal(
+                    servers={name: ServerEntry(last_outcome=Outcome.OK, last_done=at)},
+                    logins={"u_east": failed},
+                    call=NewCall(name, SLOT, at, 1, Outcome.OK, at, 100),
+                    done=(name, at),
+                )
+                store.beat(at)
+        except BaseException as err:  # checked in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(stores[0].history(limit=1000)) == 8 * per_thread
+    assert len(stores[1].load().login("u_east").failed_logins) == 8 * per_thread
