@@ -168,6 +168,9 @@ class Engine:
         other (a server's session lock: MariaDB commits each DDL statement by itself)."""
         with self.transaction() as tx:
             tx.execute(self._lock_sql[0])
+            got = tx.fetchone()
+        if got is not None and got[0] == 0:  # GET_LOCK timed out (pg_advisory_lock waits)
+            raise TimeoutError("another refreshd has been upgrading the schema for 60 s")
         try:
             yield
         finally:

@@ -47,6 +47,15 @@ class SetUp(Verifications):
         return None if now == self._identity else "replaced"
 
     def _migrate(self) -> None:
+        try:
+            self._migrate_locked()
+        except TimeoutError as err:
+            raise StateError(
+                f"{self.where}: cannot upgrade the schema: {err}. Start this instance again "
+                "once the other one has started."
+            ) from None
+
+    def _migrate_locked(self) -> None:
         with self._translated("lock the schema to upgrade it"), self._engine.schema_lock():
             for target in range(1, SCHEMA_VERSION + 1):
                 with self._write(f"upgrade to schema version {target}") as tx:
