@@ -86,7 +86,7 @@ def status(args: argparse.Namespace) -> int:
         return config
     now = system_clock.now()
     try:
-        # A shared store has no lock file: instances are told by their claims (issue 13).
+        # A shared store has no lock file: whether an instance runs is read from its beat.
         holder = Holder(False, None) if config.state else lock_holder(config.daemon.state_path)
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
