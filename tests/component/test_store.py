@@ -1020,3 +1020,28 @@ def test_a_version_5_files_waits_upgrade_as_refused_logins(path: Path) -> None:
     assert user_version(path) == SCHEMA_VERSION
     assert entry.wait_kind is WaitKind.REFUSED_LOGIN
     assert entry.wait_reason == "login refused"
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_file_at_every_older_version_migrates_and_notices_other_writers(
+    path: Path, version: int
+) -> None:
+    """Whatever version a file was left at, it reaches this one, keeps its servers, and the
+    change counter (new in version 7) tells another process's writes from its own."""
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in MIGRATIONS[:version] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO servers (name, last_outcome) VALUES ('east-1', 'ok')")
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+    with StateStore(path) as upgraded, StateStore(path) as other:
+        assert upgraded.server_state("east-1").last_outcome is Outcome.OK
+        assert not upgraded.changed_by_others()
+        record(upgraded, "east-1")
+        assert not upgraded.changed_by_others()
+        record(other, "east-2")
+        assert upgraded.changed_by_others()
+    assert user_version(path) == SCHEMA_VERSION
+    assert integrity(path) == "ok"
