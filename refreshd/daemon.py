@@ -26,7 +26,7 @@ from refreshd.config import (
     resolve_passwords,
 )
 from refreshd.httpd import MetricsServer, listen_error
-from refreshd.instance import InstanceLock, LockHeld, lock_error
+from refreshd.instance import LockHeld, daemon_lock
 from refreshd.logs import get_logger, redactor
 from refreshd.metrics import Metrics
 from refreshd.notify import Notifications
@@ -35,6 +35,7 @@ from refreshd.scheduler import Scheduler
 from refreshd.sdnotify import Notifier
 from refreshd.statuspage import daemon_page
 from refreshd.store import StateError, StateStore
+from refreshd.store.opening import open_store
 from refreshd.verify.watch import Verification
 
 __all__ = ["Daemon", "run"]
@@ -101,16 +102,13 @@ class Daemon:
         self._warn(config)
         self.log.info("config.loaded", path=str(self.config_path), servers=len(config.servers))
         try:
-            lock = InstanceLock(config.daemon.state_path)
+            lock = daemon_lock(config.daemon.state_path, shared=config.state is not None)
         except LockHeld as err:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
-        except OSError as err:
-            self.log.error("daemon.failed", error=lock_error(config.daemon.state_path, err))
-            return EXIT_FAILED
         try:
             try:
-                store = StateStore(config.daemon.state_path)
+                store = open_store(config)
             except StateError as err:
                 self.log.error("daemon.failed", error=str(err))
                 return EXIT_FAILED
@@ -344,9 +342,12 @@ class Daemon:
                     running=str(old_value),
                     configured=str(new_value),
                 )
-        if not kept:
-            return new
-        return new.model_copy(update={"daemon": new.daemon.model_copy(update=kept)})
+        update: dict[str, object] = {"daemon": new.daemon.model_copy(update=kept)} if kept else {}
+        if running.state != new.state:  # the store stays the one opened at start
+            was, now = (c.state.url if c.state else "none" for c in (running, new))
+            self.log.warning("config.restart_needed", key="state", running=was, configured=now)
+            update["state"] = running.state
+        return new.model_copy(update=update) if update else new
 
     # --- heartbeat ---------------------------------------------------------------------
 

@@ -150,3 +150,23 @@ def lock_error(state_path: Path, err: OSError) -> str:
             "user write access to it and to the state file, or set daemon.state_path."
         )
     return f"{where}. Check that daemon.state_path's directory exists and is writable."
+
+
+class _Shared:
+    """No lock: on a shared store several instances run (claims keep them apart)."""
+
+    def release(self) -> None:
+        return
+
+
+def daemon_lock(state_path: Path, *, shared: bool) -> InstanceLock | _Shared:
+    """The daemon's lock on its SQLite file (one daemon per file; none on a shared store);
+    LockHeld saying who holds it, or why the lock file cannot be made."""
+    if shared:
+        return _Shared()
+    try:
+        return InstanceLock(state_path)
+    except LockHeld:
+        raise
+    except OSError as err:
+        raise LockHeld(lock_error(state_path, err)) from None

@@ -343,10 +343,10 @@ class Runner:
             return
         self.log.error(
             "state.error",
-            error=f"state file {store.path} was {what} while refreshd ran",
+            error=f"{store.where} was {what} while refreshd ran",
             fix="writing the ledger out again to a new file at that path",
         )
-        fresh = type(store)(store.path)
+        fresh = store.reopened()
         with self._lock:
             fresh.restore(self._ledger, self.clock.now())
             self.store = fresh

@@ -125,11 +125,17 @@ def status_document(
 
 
 def stored_status(
-    config: Config, store: StateStore | None, now: datetime, *, running: bool, pid: int | None
+    config: Config,
+    store: StateStore | None,
+    now: datetime,
+    *,
+    running: bool | None,
+    pid: int | None,
 ) -> dict[str, Any]:
     """The `status_document` of what `store` holds (None: no state file yet), for a daemon
-    that is `running` as `pid` or not: what `refreshd status` prints and the status page at
-    `/` shows, read the same way. Raises StateError."""
+    that is `running` as `pid` or not (None: a shared store, which has no lock to ask; some
+    instance runs if one beat within three heartbeats): what `refreshd status` prints and
+    the status page at `/` shows, read the same way. Raises StateError."""
     states: dict[str, ServerState] = {}
     logins: dict[str, LoginEntry] = {}
     done: dict[str, datetime] = {}
@@ -140,6 +146,10 @@ def stored_status(
         done = store.last_runs_done()
         beat = store.last_beat()
         verified = store.last_verifications()
+    if running is None:
+        from refreshd.daemon import HEARTBEAT  # the daemon's module is heavy: only here
+
+        running = beat is not None and (now - beat).total_seconds() <= 3 * HEARTBEAT
     daemon = daemon_entry(running, pid, beat)
     return status_document(config, states, logins, done, now, daemon=daemon, verifications=verified)
 

@@ -27,6 +27,7 @@ from refreshd.config.advice import ignored_proxies_note
 from refreshd.core.vicidial import Outcome
 from refreshd.logs import configure, get_logger
 from refreshd.store import StateError, StateStore
+from refreshd.store.opening import open_store
 
 if TYPE_CHECKING:
     from refreshd.runner import Runner
@@ -131,7 +132,7 @@ def _login_runner(
 
     store: StateStore | None = None
     try:
-        store = StateStore(config.daemon.state_path)
+        store = open_store(config)
         runner = runner_for(config, store=store, clock=system_clock, log=log)
     except StateError as err:
         if store is not None:
@@ -139,7 +140,7 @@ def _login_runner(
         store = None
         if not force:
             say(
-                f"{command}: {err}\nWithout the state file the credentials waits and the "
+                f"{command}: {err}\nWithout the state store the credentials waits and the "
                 "failed-login budget are unknown, so no login is tried (--force logs in "
                 "anyway and records nothing)."
             )

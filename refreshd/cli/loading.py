@@ -5,11 +5,13 @@ daemon's environment and systemd credentials are absent (an operator's shell).""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from refreshd.cli.text import say
 from refreshd.config import Config, ConfigError, default_config_path, load_config, resolve_passwords
+from refreshd.config.passwords import PasswordSources
 from refreshd.logs import redactor
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "EXIT_USAGE",
     "config_path",
     "load",
+    "state_password",
     "unknown_servers",
     "with_passwords",
 ]
@@ -57,6 +60,24 @@ def with_passwords(args: argparse.Namespace, config: Config) -> Config | int:
     except ConfigError as err:
         say(f"refreshd: {err}")
         return EXIT_CONFIG
+    redactor.set_secrets(config.secrets())
+    return config
+
+
+def state_password(args: argparse.Namespace, config: Config) -> Config | int:
+    """`config` with only `[state]`'s password read (the store's, which `status` and
+    `history` need to open a shared store), or the exit code after saying why it cannot be."""
+    state = config.state
+    if state is None:
+        return config
+    path = config_path(args)
+    sources = PasswordSources(os.environ, config_dir=path.parent)
+    try:
+        read = state.with_password(sources)
+    except ValueError as err:
+        say(f"refreshd: {path}: state.{state.password_key}: {err}")
+        return EXIT_CONFIG
+    config = config.model_copy(update={"state": read})
     redactor.set_secrets(config.secrets())
     return config
 

@@ -9,12 +9,20 @@ import json
 from datetime import datetime
 from typing import Any
 
-from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown_servers
+from refreshd.cli.loading import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    load,
+    state_password,
+    unknown_servers,
+)
 from refreshd.cli.text import print_table, safe, say, when
 from refreshd.clock import system_clock
 from refreshd.config import Config
-from refreshd.instance import lock_holder
+from refreshd.instance import Holder, lock_holder
 from refreshd.store import StateError, StateStore
+from refreshd.store.opening import open_store
 from refreshd.views import WAIT_WORDS, applied_text, history_rows, plan_document, stored_status
 
 __all__ = ["history", "plan", "status"]
@@ -44,8 +52,14 @@ def plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_store(config: Config) -> StateStore | None:
-    """The state file, read-only; None (and a note) before the daemon's first start."""
+def _read_store(args: argparse.Namespace, config: Config) -> StateStore | None:
+    """The store, read-only; None (and a note) before the daemon's first start. A `[state]`
+    database's password is read (the only one these commands read): it opens the store."""
+    if config.state is not None:
+        read = state_password(args, config)
+        if isinstance(read, int):
+            raise StateError("the [state] password cannot be read (see above)")
+        return open_store(read, readonly=True)
     path = config.daemon.state_path
     try:
         present = path.exists()
@@ -66,14 +80,17 @@ def status(args: argparse.Namespace) -> int:
         return config
     now = system_clock.now()
     try:
-        holder = lock_holder(config.daemon.state_path)
+        # A shared store has no lock file: whether an instance runs is read from its beat.
+        holder = Holder(False, None) if config.state else lock_holder(config.daemon.state_path)
     except OSError as err:
         say(f"refreshd: cannot tell whether a daemon runs: {err.strerror or err}")
         return EXIT_FAILED
     try:
-        store = _read_store(config)
+        store = _read_store(args, config)
         with store or contextlib.nullcontext():
-            document = stored_status(config, store, now, running=holder.running, pid=holder.pid)
+            # A shared store has no lock file: whether an instance runs is read from its beat.
+            running = None if config.state is not None else holder.running
+            document = stored_status(config, store, now, running=running, pid=holder.pid)
     except StateError as err:
         say(f"refreshd: {err}")
         return EXIT_FAILED
@@ -82,7 +99,8 @@ def status(args: argparse.Namespace) -> int:
         return EXIT_OK
     beat = document["daemon"]["heartbeat"]
     beat = datetime.fromisoformat(beat) if beat else None
-    print(_daemon_line(holder.running, holder.pid, beat, now, utc=args.utc))
+    daemon = document["daemon"]
+    print(_daemon_line(daemon["running"], daemon["pid"], beat, now, utc=args.utc))
     print_table(
         ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"],
         [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],
@@ -128,7 +146,7 @@ def history(args: argparse.Namespace) -> int:
     if args.server is not None and unknown_servers("history", [args.server], config):
         return EXIT_USAGE
     try:
-        store = _read_store(config)
+        store = _read_store(args, config)
         records = []
         if store is not None:
             with store:

@@ -65,6 +65,7 @@ from refreshd.config.passwords import (
 )
 from refreshd.config.problems import Problem, invalid, invalid_at
 from refreshd.config.references import raw_field, reference_problems
+from refreshd.config.state import StateConfig
 from refreshd.core.durations import format_duration
 from refreshd.core.verification import (
     VERIFY_TIMEOUT_DEFAULT,
@@ -242,6 +243,7 @@ class Config(BaseModel):
     backoff: BackoffConfig = BackoffConfig()
     credentials: Mapping[Name, CredentialsConfig] = Field(default_factory=dict)
     databases: Mapping[Name, DatabaseConfig] = Field(default_factory=dict)
+    state: StateConfig | None = None  # a shared store; None: SQLite at daemon.state_path
     servers: Annotated[tuple[ServerConfig, ...], AfterValidator(at_least_one)]
     blackouts: tuple[BlackoutConfig, ...] = ()
     notify: Annotated[tuple[NotifyConfig, ...], AfterValidator(unique_names)] = ()
@@ -275,6 +277,7 @@ class Config(BaseModel):
                 self.backoff,
                 credentials,
                 databases,
+                self.state,
                 self.servers,
                 self.blackouts,
                 self.notify,
@@ -318,9 +321,15 @@ class Config(BaseModel):
                     found[name] = table.with_password(sources)
                 except ValueError as error:
                     problems.append(((kind, name, table.password_key), str(error)))
+        update: dict[str, object] = dict(read)
+        if self.state is not None:  # [state]'s password too, when it names one
+            try:
+                update["state"] = self.state.with_password(sources)
+            except ValueError as error:
+                problems.append((("state", self.state.password_key), str(error)))
         if problems:
             raise invalid(problems)
-        return self.model_copy(update=read)
+        return self.model_copy(update=update)
 
     def with_urls(self, sources: PasswordSources) -> Config:
         """A copy with every [[notify]] URL and ping_url_env read from `sources`; a
@@ -357,6 +366,7 @@ class Config(BaseModel):
         """Every password read so far (and the proxy's), in plain text: for the log
         redactor only, never for display."""
         tables: list[PasswordTable] = [*self.credentials.values(), *self.databases.values()]
+        tables += [self.state] if self.state is not None else []
         passwords = {table.secret for table in tables if table.secret is not None}
         urls = {table.secret for table in self.notify} | {s.ping_secret for s in self.servers}
         return frozenset(passwords) | {u for u in urls if u} | proxy_secrets(self.client.proxy)

@@ -1,4 +1,5 @@
-"""StateError and what each SQLite failure means to an operator: what went wrong, what to do."""
+"""StateError and what each SQLite, PostgreSQL or MariaDB failure means to an operator: what
+went wrong, what to do."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ BUSY_TIMEOUT = timedelta(seconds=5)
 
 
 class StateError(Exception):
-    """The state file cannot be used; the message names the file and what to do."""
+    """The store cannot be used; the message names the file or the database (never a
+    password) and what to do."""
 
 
 _FIXES: dict[int, str] = {
@@ -62,3 +64,29 @@ def explain(path: Path, doing: str, err: sqlite3.Error) -> str:
     code = getattr(err, "sqlite_errorcode", None)
     fix = _GENERIC_FIX if code is None else _FIXES.get(code & 0xFF, _GENERIC_FIX)
     return f"state file {path}: cannot {doing}: {err}. {fix}"
+
+
+def explain_server(where: str, doing: str, err: BaseException, *, connection: bool) -> str:
+    """The operator's message for a PostgreSQL or MariaDB failure: `connection` when the
+    database could not be reached or the connection broke (it is tried again at the next
+    write). Never a password: the URL holds none, and the drivers' messages neither."""
+    reason = " ".join(str(err).split()).rstrip(".") or type(err).__name__
+    if connection:
+        fix = (
+            "Check that the database server runs and answers from this host, and the [state] "
+            "url, user and password_env/password_file; refreshd connects again at its next "
+            "write, no restart needed."
+        )
+    elif _denied(reason):
+        fix = (
+            "Grant the [state] url's user CREATE, SELECT, INSERT, UPDATE and DELETE on that "
+            "database (the first start creates the tables)."
+        )
+    else:
+        fix = "If it persists, check the database server's log."
+    return f"{where}: cannot {doing}: {reason}. {fix}"
+
+
+def _denied(reason: str) -> bool:
+    lowered = reason.lower()
+    return "permission denied" in lowered or "command denied" in lowered

@@ -1,161 +1,127 @@
-"""The StateStore: the SQLite file opened, migrated, written in transactions and read.
+"""The StateStore: the ledger's journal on an Engine (shared/engines.py): a SQLite file on this
+host, or a PostgreSQL or MariaDB/MySQL database that several instances share.
 
-- WAL journal with `synchronous=FULL`: each commit is fsynced before `journal` returns.
-  `NORMAL` would be faster and could lose the last success on power loss, which is the
-  one thing this file promises to keep.
-- One connection behind a lock, shared by the daemon's worker threads: every write is a
-  few rows, so serialising them costs nothing and leaves no room for `database is
-  locked` between our own threads. `busy_timeout` covers other processes (the `status`
-  CLI reading while the daemon writes).
+- SQLite: WAL with `synchronous=FULL` (each commit fsynced before `journal` returns), the
+  file 0600 in a 0700 directory, its integrity checked at open, a deleted or replaced file
+  noticed (`replaced`). `busy_timeout` covers other processes (`status` reading while the
+  daemon writes).
+- Every engine: one connection behind the engine's lock, shared by the daemon's worker
+  threads (each write is a few rows); each journal write adds one to the `changes` counter,
+  so that `changed_by_others` tells another process's writes from this one's (runner.sync).
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from refreshd.core.ledger import Ledger, LoginEntry, ServerEntry
+from refreshd.shared.engines import Engine, Tx, sqlite_engine
 from refreshd.store import rows, schema
-from refreshd.store.errors import BUSY_TIMEOUT, StateError, explain
+from refreshd.store.errors import StateError, explain, explain_server
 from refreshd.store.rows import CallRecord, CredentialsWait, NewCall, ServerState
-from refreshd.store.schema import SCHEMA_VERSION
-from refreshd.store.verifications import Verifications
+from refreshd.store.setup import SetUp, create_private_file, identity
 
 __all__ = ["RUNS_DONE_EXTRA_KEEP", "StateStore"]
+
+_ATTEMPTS = 3
+"""Tries of a journal write that nothing can have reached (see `_journaled`)."""
 
 RUNS_DONE_EXTRA_KEEP = timedelta(days=2)
 """`prune` keeps done runs this much longer than history, so no retention setting can
 forget a slot that is still open (a window lasts at most 24 h)."""
 
 
-class StateStore(Verifications):
-    """The state file, open for the daemon (read-write) or the CLI (read-only).
+class StateStore(SetUp):
+    """The journal, open for the daemon (read-write) or the CLI (read-only), on a SQLite
+    file (a Path) or an Engine of a database server.
 
-    Thread-safe. Every method raises StateError for any database or file-system
-    failure, with the file, what went wrong and what to do.
+    Thread-safe. Every method raises StateError for any database or file-system failure,
+    naming the file or database (never a password), what went wrong and what to do.
     """
 
-    def __init__(self, path: Path) -> None:
-        """Open (creating it if needed) and migrate the state file at `path`."""
-        self._path = path
-        self._lock = threading.Lock()
-        self._readonly = False
+    _identity: tuple[int, int] | None
+    _seen: int
+
+    def __init__(self, target: Path | Engine) -> None:
+        """Open (creating a SQLite file if needed) and migrate the store."""
+        if isinstance(target, Path):
+            create_private_file(target)
+            engine = sqlite_engine(target)
+        else:
+            engine = target
+        self._start(engine, readonly=False)
         try:
-            _create_private_file(path)
-        except OSError as err:
-            reason = err.strerror or str(err)
-            if path.parent.exists() and not path.parent.is_dir():
-                reason = f"{path.parent} is not a directory"
-            raise StateError(
-                f"state file {path}: cannot create it: {reason}. Check that its "
-                "directory can be created and written by the daemon's user, or set "
-                "daemon.state_path."
-            ) from err
-        self._conn = self._connect(str(path), uri=False, doing="open")
-        try:
-            with self._translated("set up the database"):
-                # journal_mode cannot change inside a transaction: before migrating.
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.execute("PRAGMA foreign_keys = ON")
+            with self._translated("open"):
+                engine.open()
             self._migrate()
             self._check_integrity()
-            self._data_version = self._read_data_version()
-            self._identity = _identity(path)
+            self._seen = self._read_counter()
+            self._identity = None if self._path is None else identity(self._path)
         except BaseException:
-            self._conn.close()
+            self._engine.close()
             raise
 
-    def replaced(self) -> str | None:
-        """Whether the file this store writes is still the one at its path: None if it
-        is, else what happened ("deleted", "replaced"). A deleted or replaced file keeps
-        taking our writes into the old inode, where no restart would find them."""
+    @classmethod
+    def open_readonly(cls, target: Path | Engine) -> StateStore:
+        """Open for reading only, e.g. `refreshd status` while the daemon runs.
+
+        Never creates or migrates anything. Writes raise StateError.
+        """
+        if isinstance(target, Path):
+            if not target.exists():
+                raise StateError(
+                    f"state file {target} does not exist: the daemon has not run yet with "
+                    "this state_path (check daemon.state_path in the config)."
+                )
+            target = sqlite_engine(target, readonly=True)
+        store = cls.__new__(cls)
+        store._start(target, readonly=True)
         try:
-            identity = _identity(self._path)
-        except FileNotFoundError:
-            return "deleted"
-        except OSError as err:
-            return f"unreadable ({err.strerror or err})"
-        return None if identity == self._identity else "replaced"
+            with store._translated("open"):
+                target.open()
+            store._check_readable()
+            store._seen = store._read_counter()
+        except BaseException:
+            store._engine.close()
+            raise
+        return store
+
+    def _start(self, engine: Engine, *, readonly: bool) -> None:
+        self._engine = engine
+        self._readonly = readonly
+        self._path = getattr(engine, "path", None)
+        self._sql = schema.Sql.of(engine)
+        self._lock = threading.Lock()  # the change counter's bookkeeping
+        self._others = False
+        self._identity = None
+
+    def reopened(self) -> StateStore:
+        """A new store at the same place (a SQLite file created again at its path)."""
+        return type(self)(self._path if self._path is not None else self._engine)
 
     def restore(self, ledger: Ledger, at: datetime) -> None:
         """Write a whole ledger in one transaction: every server (its latest done run
         marked done at `at`) and every login. For a file created anew under a running
         daemon, so that a restart still knows what is done."""
-        with self._write("write the ledger out again") as conn:
-            conn.executemany(
-                schema.SERVER_UPSERT, [rows.server_row(n, e) for n, e in ledger.servers.items()]
-            )
-            conn.executemany(
-                schema.RUN_DONE_INSERT,
-                [
-                    (name, rows.text(entry.last_done), rows.text(at))
-                    for name, entry in ledger.servers.items()
-                    if entry.last_done is not None
-                ],
-            )
+
+        def write(tx: Tx) -> None:
+            for name, entry in ledger.servers.items():
+                tx.execute(self._sql.server_upsert, rows.server_row(name, entry))
+                if entry.last_done is not None:
+                    done = (name, rows.text(entry.last_done), rows.text(at))
+                    tx.execute(self._sql.run_done_insert, done)
             for key, login in ledger.logins.items():
-                self._journal_login(conn, key, login)
+                self._journal_login(tx, key, login, None)
 
-    def _check_integrity(self) -> None:
-        """A damaged page would otherwise surface later, in the middle of a refresh. The
-        file is small (a few rows per server plus the history), so this costs little."""
-        with self._translated("check the file's integrity"):
-            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise StateError(
-                f"state file {self._path}: damaged ({'; '.join(map(str, problems))}). Stop "
-                "refreshd, move the file aside (it keeps the history and the runs already "
-                "done) and start again: a new file is created, and the slot now open may be "
-                "refreshed once more."
-            )
-
-    @classmethod
-    def open_readonly(cls, path: Path) -> StateStore:
-        """Open for reading only, e.g. `refreshd status` while the daemon runs.
-
-        Never creates or migrates the file. Writes raise StateError.
-        """
-        if not path.exists():
-            raise StateError(
-                f"state file {path} does not exist: the daemon has not run yet with this "
-                "state_path (check daemon.state_path in the config)."
-            )
-        store = cls.__new__(cls)
-        store._path = path
-        store._lock = threading.Lock()
-        store._readonly = True
-        store._conn = store._connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, doing="open")
-        try:
-            with store._translated("read"):
-                store._conn.execute("PRAGMA query_only = ON")
-                version = store._schema_version()
-            if version == 0:
-                raise StateError(
-                    f"state file {path} holds no refreshd state yet: start the daemon once."
-                )
-            if version < SCHEMA_VERSION:
-                raise StateError(
-                    f"state file {path} has schema version {version}, older than this "
-                    f"refreshd's {SCHEMA_VERSION}: restart the daemon (it upgrades the file), "
-                    "then try again."
-                )
-            store._refuse_newer(version)
-            store._data_version = store._read_data_version()
-        except BaseException:
-            store._conn.close()
-            raise
-        return store
+        self._journaled("write the ledger out again", write)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._engine.close()
 
     def __enter__(self) -> StateStore:
         return self
@@ -168,19 +134,34 @@ class StateStore(Verifications):
         return self._readonly
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
+        """The SQLite file; None for a database server."""
         return self._path
+
+    @property
+    def where(self) -> str:
+        """The file or the database, as messages name it (never a password)."""
+        return self._engine.where
+
+    @property
+    def engine(self) -> Engine:
+        """The engine under the store (the claims share its database)."""
+        return self._engine
 
     # -- calls and runs ------------------------------------------------------------------
 
     def load(self) -> Ledger:
         """The ledger as journaled: every server's entry (with its latest done run) and
         every login's wait. What is never journaled (proven, in flight) starts empty."""
-        with self._read("read the ledger") as conn:
-            server_rows = conn.execute(f"{schema.SERVER_SELECT} ORDER BY name").fetchall()
-            done = dict(conn.execute(schema.LAST_RUNS_DONE))
-            wait_rows = conn.execute(f"{schema.WAIT_SELECT} ORDER BY name").fetchall()
-            failure_rows = conn.execute(schema.FAILED_SELECT).fetchall()
+        with self._read("read the ledger") as tx:
+            tx.execute(f"{schema.SERVER_SELECT} ORDER BY name")
+            server_rows = tx.fetchall()
+            tx.execute(schema.LAST_RUNS_DONE)
+            done = {str(server): due for server, due in tx.fetchall()}
+            tx.execute(f"{schema.WAIT_SELECT} ORDER BY name")
+            wait_rows = tx.fetchall()
+            tx.execute(schema.FAILED_SELECT)
+            failure_rows = tx.fetchall()
         servers = {}
         for row in server_rows:
             state = rows.server_state(row)
@@ -207,55 +188,97 @@ class StateStore(Verifications):
         logins: Mapping[str, LoginEntry],
         call: NewCall | None = None,
         done: tuple[str, datetime] | None = None,
+        within: Callable[[Tx], object] | None = None,
     ) -> None:
         """Write a change of the ledger in one transaction, durable when this returns: the
         changed entries, the call that made them (history) and the run it made done
-        (server, due), so a restart never refreshes that run again."""
+        (server, due), so a restart never refreshes that run again. `within(tx)` runs
+        first in the same transaction (a claim's end): what it raises undoes it all."""
         if done is not None and call is None:
             raise ValueError("a done run is journaled with the call that did it")
-        with self._write("record a call") as conn:
-            if servers:
-                conn.executemany(
-                    schema.SERVER_UPSERT, [rows.server_row(n, e) for n, e in servers.items()]
-                )
-            for key, login in logins.items():
-                self._journal_login(conn, key, login)
-            if done is not None and call is not None:  # (both, checked above)
-                conn.execute(
-                    schema.RUN_DONE_INSERT, (done[0], rows.text(done[1]), rows.text(call.at))
-                )
-            if call is not None:
-                conn.execute(schema.CALL_INSERT, rows.call_row(call))
 
-    @staticmethod
-    def _journal_login(conn: sqlite3.Connection, key: str, login: LoginEntry) -> None:
+        def write(tx: Tx) -> None:
+            if within is not None:
+                within(tx)
+            for name, entry in servers.items():
+                tx.execute(self._sql.server_upsert, rows.server_row(name, entry))
+            for key, login in logins.items():
+                self._journal_login(tx, key, login, call)
+            if done is not None and call is not None:  # (both, checked above)
+                row = (done[0], rows.text(done[1]), rows.text(call.at))
+                tx.execute(self._sql.run_done_insert, row)
+            if call is not None:
+                tx.execute(self._sql.call_insert, rows.call_row(call))
+
+        self._journaled("record a call", write)
+
+    def _journal_login(self, tx: Tx, key: str, login: LoginEntry, call: NewCall | None) -> None:
         if login.wait_until is None:
-            conn.execute(schema.WAIT_DELETE, (key,))
+            tx.execute(schema.WAIT_DELETE, (key,))
         else:
-            conn.execute(schema.WAIT_UPSERT, rows.wait_row(key, login))
-        conn.execute(schema.FAILED_DELETE, (key,))
-        conn.executemany(schema.FAILED_INSERT, [(key, rows.text(at)) for at in login.failed_logins])
+            tx.execute(self._sql.wait_upsert, rows.wait_row(key, login))
+        # The failed logins are every process's: added, never replaced by this process's
+        # list (another's failure it has not merged yet still counts). A success forgets
+        # those up to its call: VICIdial forgot them when it let the login in.
+        for at in login.failed_logins:
+            tx.execute(self._sql.failed_insert, (key, rows.text(at)))
+        if not login.failed_logins and call is not None:
+            tx.execute(schema.FAILED_FORGET, (key, rows.text(call.at)))
 
     def changed_by_others(self) -> bool:
-        """Whether another connection (a manual `refreshd refresh`, say) committed to the
-        file since the last ask (or since opening). SQLite's data_version, so a cheap
-        query, blind to this store's own writes."""
-        version = self._read_data_version()
-        changed = version != self._data_version
-        self._data_version = version
+        """Whether another process (a manual `refreshd refresh`, another instance on a
+        shared database) journaled since the last ask (or since opening): the `changes`
+        counter moved by more than this store's own writes."""
+        counter = self._read_counter()
+        with self._lock:
+            changed = self._others or counter != self._seen
+            self._seen, self._others = counter, False
         return changed
 
-    def _read_data_version(self) -> int:
-        with self._read("check the state file for changes") as conn:
-            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
-        return version
+    def _read_counter(self) -> int:
+        with self._read("check the store for changes") as tx:
+            tx.execute(schema.CHANGES_SELECT)
+            row = tx.fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _journaled(self, doing: str, write: Callable[[Tx], None]) -> None:
+        """A write that changes the ledger: the counter first (it also queues every
+        writer of a shared database on one row), noted once committed. Tried again when
+        nothing can have been written: a deadlock's victim (rolled back whole), or a
+        connection found dead at the first statement (a database restarted overnight
+        must not cost the first result after it)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            started = False
+            try:
+                with self._write(doing) as tx:
+                    tx.execute(schema.CHANGES_BUMP)
+                    started = True
+                    tx.execute(schema.CHANGES_SELECT)
+                    found = tx.fetchone()
+                    counter = 0 if found is None else int(found[0])
+                    write(tx)
+                break
+            except StateError as err:
+                if attempt == _ATTEMPTS or not self._may_retry(err.__cause__, started=started):
+                    raise
+        with self._lock:
+            if counter - 1 != self._seen:
+                self._others = True  # someone wrote between our last look and this write
+            self._seen = counter
+
+    def _may_retry(self, cause: BaseException | None, *, started: bool) -> bool:
+        if cause is None or self._path is not None:  # SQLite waits busy_timeout itself
+            return False
+        engine = self._engine
+        return engine.retryable(cause) or (not started and engine.lost_connection(cause))
 
     def last_runs_done(self) -> dict[str, datetime]:
         """Each server's latest successful run (its due time). Every run due at or before
         it is done or superseded: a later refresh rebuilt everything the earlier would."""
-        with self._read("read the latest done runs") as conn:
-            done = conn.execute(schema.LAST_RUNS_DONE).fetchall()
-        return {server: rows.time(due) for server, due in done}
+        with self._read("read the latest done runs") as tx:
+            tx.execute(schema.LAST_RUNS_DONE)
+            done = tx.fetchall()
+        return {str(server): rows.time(str(due)) for server, due in done}
 
     def history(
         self, *, server: str | None = None, since: datetime | None = None, limit: int = 1000
@@ -263,11 +286,14 @@ class StateStore(Verifications):
         """Calls, newest first: of one `server` or all, sent at or after `since`."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, got {limit}")
-        with self._read("read the history") as conn:
-            found = conn.execute(
-                schema.CALL_SELECT,
-                {"server": server, "since": rows.opt_text(since), "limit": limit},
-            ).fetchall()
+        params: list[object] = [] if server is None else [server]
+        params += [] if since is None else [rows.text(since)]
+        with self._read("read the history") as tx:
+            tx.execute(
+                schema.call_select(server=server is not None, since=since is not None),
+                [*params, limit],
+            )
+            found = tx.fetchall()
         return [rows.call_record(row) for row in found]
 
     def prune(self, before: datetime) -> int:
@@ -276,138 +302,84 @@ class StateStore(Verifications):
         Done runs go too, `RUNS_DONE_EXTRA_KEEP` later, so pruning can never make the
         daemon refresh an open slot a second time.
         """
-        with self._write("prune the history") as conn:
-            pruned = conn.execute(schema.CALLS_PRUNE, (rows.text(before),)).rowcount
-            conn.execute(schema.RUNS_DONE_PRUNE, (rows.text(before - RUNS_DONE_EXTRA_KEEP),))
+        with self._write("prune the history") as tx:
+            pruned = tx.execute(schema.CALLS_PRUNE, (rows.text(before),))
+            tx.execute(schema.RUNS_DONE_PRUNE, (rows.text(before - RUNS_DONE_EXTRA_KEEP),))
+            tx.execute(schema.FAILED_PRUNE, (rows.text(before),))
         return pruned
 
     def beat(self, at: datetime) -> None:
         """Record the daemon's heartbeat (`status` shows it)."""
-        with self._write("record the heartbeat") as conn:
-            conn.execute(schema.HEARTBEAT_UPSERT, (rows.text(at),))
+        with self._write("record the heartbeat") as tx:
+            tx.execute(self._sql.heartbeat_upsert, (1, rows.text(at)))
 
     def last_beat(self) -> datetime | None:
         """The daemon's last heartbeat; None if no daemon of this version ever beat."""
-        with self._read("read the heartbeat") as conn:
-            row = conn.execute(schema.HEARTBEAT_SELECT).fetchone()
-        return None if row is None else rows.time(row[0])
+        with self._read("read the heartbeat") as tx:
+            tx.execute(schema.HEARTBEAT_SELECT)
+            row = tx.fetchone()
+        return None if row is None else rows.time(str(row[0]))
 
-    # -- servers -------------------------------------------------------------------------
+    # -- servers and credentials ---------------------------------------------------------
 
     def server_state(self, name: str) -> ServerState:
         """The server's state; an empty one for a server never seen."""
-        with self._read("read a server's state") as conn:
-            row = conn.execute(f"{schema.SERVER_SELECT} WHERE name = ?", (name,)).fetchone()
+        with self._read("read a server's state") as tx:
+            tx.execute(f"{schema.SERVER_SELECT} WHERE name = %s", (name,))
+            row = tx.fetchone()
         return ServerState(name) if row is None else rows.server_state(row)
 
     def all_server_states(self) -> dict[str, ServerState]:
-        with self._read("read the servers' state") as conn:
-            found = conn.execute(f"{schema.SERVER_SELECT} ORDER BY name").fetchall()
-        return {row[0]: rows.server_state(row) for row in found}
-
-    # -- credentials ---------------------------------------------------------------------
+        with self._read("read the servers' state") as tx:
+            tx.execute(f"{schema.SERVER_SELECT} ORDER BY name")
+            found = tx.fetchall()
+        return {str(row[0]): rows.server_state(row) for row in found}
 
     def credentials_wait(self, name: str) -> CredentialsWait | None:
         """The credentials' wait, if any; it may have ended (the caller compares with now)."""
-        with self._read("read a credentials wait") as conn:
-            row = conn.execute(f"{schema.WAIT_SELECT} WHERE name = ?", (name,)).fetchone()
+        with self._read("read a credentials wait") as tx:
+            tx.execute(f"{schema.WAIT_SELECT} WHERE name = %s", (name,))
+            row = tx.fetchone()
         return None if row is None else rows.credentials_wait(row)
 
     def all_credentials_waits(self) -> dict[str, CredentialsWait]:
-        with self._read("read the credentials waits") as conn:
-            found = conn.execute(f"{schema.WAIT_SELECT} ORDER BY name").fetchall()
-        return {row[0]: rows.credentials_wait(row) for row in found}
+        with self._read("read the credentials waits") as tx:
+            tx.execute(f"{schema.WAIT_SELECT} ORDER BY name")
+            found = tx.fetchall()
+        return {str(row[0]): rows.credentials_wait(row) for row in found}
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _connect(self, target: str, *, uri: bool, doing: str) -> sqlite3.Connection:
-        with self._translated(doing):
-            return sqlite3.connect(
-                target,
-                uri=uri,
-                timeout=BUSY_TIMEOUT.total_seconds(),  # sets SQLite's busy_timeout
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves: no implicit ones
-                check_same_thread=False,  # shared by worker threads, behind self._lock
-            )
-
-    def _schema_version(self) -> int:
-        version: int = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        return version
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"state file {self._path} has schema version {version}, newer than this "
-                f"refreshd understands ({SCHEMA_VERSION}): it was written by a newer "
-                "refreshd. Run that version, or move the file aside to start with empty "
-                "state (suspensions and done runs are forgotten)."
-            )
-
-    def _migrate(self) -> None:
-        with self._translated("read the schema version"):
-            self._refuse_newer(self._schema_version())
-        for target in range(1, SCHEMA_VERSION + 1):
-            with self._write(f"upgrade to schema version {target}") as conn:
-                # Re-read inside the write lock: another process may have just migrated.
-                version = self._schema_version()
-                self._refuse_newer(version)
-                if version >= target:
-                    continue
-                for statement in schema.MIGRATIONS[target - 1]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target:d}")
+    @contextmanager
+    def _read(self, doing: str) -> Iterator[Tx]:
+        with self._translated(doing), self._engine.transaction(write=False) as tx:
+            yield tx
 
     @contextmanager
-    def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translated(doing):
-            yield self._conn
-
-    @contextmanager
-    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed (and fsynced) on exit, rolled back on any error."""
+    def _write(self, doing: str) -> Iterator[Tx]:
+        """One transaction: committed (and, on SQLite, fsynced) on exit, rolled back on
+        any error."""
         if self._readonly:
             raise StateError(
-                f"state file {self._path}: cannot {doing}: this store was opened read-only "
+                f"{self.where}: cannot {doing}: this store was opened read-only "
                 "(for status and history); writing is the daemon's job."
             )
-        with self._lock, self._translated(doing):
-            # IMMEDIATE takes the write lock now, so a busy file fails here, cleanly,
-            # rather than half-way through.
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._translated(doing), self._engine.transaction() as tx:
+            yield tx
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
         try:
+            errors = self._engine.driver_errors()
+        except ImportError as err:
+            raise StateError(
+                f"{self.where}: cannot {doing}: its driver is not installed ({err}); "
+                "reinstall refreshd with its dependencies."
+            ) from None
+        try:
             yield
-        except sqlite3.Error as err:
-            raise StateError(explain(self._path, doing, err)) from err
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    """The file at `path`, as the file system knows it (device, inode)."""
-    status = path.stat()
-    return status.st_dev, status.st_ino
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the directory (0700) and an empty file (0600) unless they exist.
-
-    SQLite would create the file with the umask's looser mode; it then gives its
-    -wal and -shm files the database file's mode, so this covers them too.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-    finally:
-        os.close(fd)
+        except errors as err:
+            if self._path is not None:
+                raise StateError(explain(self._path, doing, err)) from err  # type: ignore[arg-type]
+            lost = self._engine.lost_connection(err)
+            raise StateError(explain_server(self.where, doing, err, connection=lost)) from err

@@ -22,6 +22,7 @@ from refreshd.core.slots import Slot
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.runner import Runner, runner_for
 from refreshd.store import StateStore
+from tests.support.stores import ENGINES, Databases
 
 SERVER = "east-1"
 CREDENTIALS = "east"
@@ -74,10 +75,20 @@ CONFIG = validate_config(
 )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    with StateStore(tmp_path / "state.db") as opened:
-        yield opened
+@pytest.fixture(scope="module")
+def databases() -> Iterator[Databases]:
+    found = Databases()
+    yield found
+    found.close()
+
+
+@pytest.fixture(params=ENGINES)
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, databases: Databases
+) -> Iterator[StateStore]:
+    """The journal on each engine: a SQLite file, an emptied PostgreSQL and MariaDB database."""
+    with databases.place(request.param, tmp_path) as place:
+        yield place.open()
 
 
 def runner(store: StateStore | None, *, at: datetime = NOW, backoff: Backoff = BACKOFF) -> Runner:

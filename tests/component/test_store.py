@@ -43,6 +43,7 @@ from refreshd.store.errors import explain
 from refreshd.store.schema import MIGRATIONS
 from tests.support.repo import REPO
 from tests.support.store import integrity, query
+from tests.support.stores import ENGINES, Databases, Place
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -53,8 +54,28 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "state.db"
 
 
+@pytest.fixture(scope="module")
+def databases() -> Iterator[Databases]:
+    found = Databases()
+    yield found
+    found.close()
+
+
+@pytest.fixture(params=ENGINES)
+def place(request: pytest.FixtureRequest, tmp_path: Path, databases: Databases) -> Iterator[Place]:
+    """The store's data on each engine: a new SQLite file, an emptied PostgreSQL and MariaDB
+    database."""
+    with databases.place(request.param, tmp_path) as found:
+        yield found
+
+
 @pytest.fixture
-def store(path: Path) -> Iterator[StateStore]:
+def store(place: Place) -> StateStore:
+    return place.open()
+
+
+@pytest.fixture
+def sqlite_store(path: Path) -> Iterator[StateStore]:
     with StateStore(path) as opened:
         yield opened
 
@@ -165,7 +186,7 @@ class Journals:
 
 
 def runner_at(store: StateStore, clock: FakeClock, log: Log) -> Runner:
-    return Runner(fleet_config(store.path), store=store, clock=clock, log=log)
+    return Runner(fleet_config(store.path or Path("state.db")), store=store, clock=clock, log=log)
 
 
 def settle(
@@ -185,9 +206,9 @@ def settle(
     runner.settle(call, Attempt(answer, at, 120))
 
 
-def reopened(path: Path) -> Ledger:
-    """The ledger as another process would read it from the file."""
-    with StateStore(path) as other:
+def reopened(place: Place) -> Ledger:
+    """The ledger as another process would read it."""
+    with place.open() as other:
         return other.load()
 
 
@@ -360,7 +381,7 @@ def test_what_a_process_knows_of_a_login_now_is_not_journaled(store: StateStore)
 
 
 def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
-    store: StateStore, path: Path
+    store: StateStore, place: Place
 ) -> None:
     assert not store.changed_by_others()
     record(store)
@@ -369,11 +390,11 @@ def test_commits_by_another_connection_are_noticed_once_and_its_own_never(
         logins={"east": LoginEntry(wait_until=SLOT + 60 * MIN, wait_reason="auth_failed")},
     )
     assert not store.changed_by_others()  # its own writes
-    with StateStore(path) as other:  # what `refreshd refresh` opens
+    with place.open() as other:  # what `refreshd refresh` opens
         record(other, "east-2")
     assert store.changed_by_others()
     assert not store.changed_by_others()
-    reader = StateStore.open_readonly(path)  # `refreshd status`: reads change nothing
+    reader = place.readonly()  # `refreshd status`: reads change nothing
     reader.all_server_states()
     reader.load()
     reader.close()
@@ -389,14 +410,14 @@ def test_long_details_are_cut(store: StateStore) -> None:
 
 
 def test_a_success_marks_its_run_done_and_sets_last_success(
-    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: StateStore, place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = Log()
     runner = runner_at(store, FakeClock(SLOT + 6 * MIN), log)
     journals = Journals(store, monkeypatch)
     settle(runner, "east-1", Outcome.OK, due=SLOT + 5 * MIN, at=SLOT + 6 * MIN)
     assert len(journals.calls) == 1
-    ledger = reopened(path)
+    ledger = reopened(place)
     east = ledger.server("east-1")
     assert east.last_done == SLOT + 5 * MIN
     assert east.last_outcome is Outcome.OK
@@ -413,14 +434,16 @@ def test_a_success_marks_its_run_done_and_sets_last_success(
     assert errors(log) == []
 
 
-def test_a_failure_updates_the_last_outcome_but_marks_no_run(store: StateStore, path: Path) -> None:
+def test_a_failure_updates_the_last_outcome_but_marks_no_run(
+    store: StateStore, place: Place
+) -> None:
     log = Log()
     clock = FakeClock(SLOT)
     runner = runner_at(store, clock, log)
     settle(runner, "east-1", Outcome.OK, due=SLOT, at=SLOT)
     clock.set(SLOT + 60 * MIN)
     settle(runner, "east-1", Outcome.TRANSIENT, due=SLOT + 60 * MIN, at=SLOT + 60 * MIN)
-    east = reopened(path).server("east-1")
+    east = reopened(place).server("east-1")
     assert east.last_done == SLOT
     assert east.last_outcome is Outcome.TRANSIENT
     assert east.last_attempt_at == SLOT + 60 * MIN
@@ -430,11 +453,11 @@ def test_a_failure_updates_the_last_outcome_but_marks_no_run(store: StateStore, 
     assert errors(log) == []
 
 
-def test_a_manual_refresh_without_a_due_marks_no_run(store: StateStore, path: Path) -> None:
+def test_a_manual_refresh_without_a_due_marks_no_run(store: StateStore, place: Place) -> None:
     log = Log()
     runner = runner_at(store, FakeClock(SLOT), log)
     settle(runner, "east-1", Outcome.OK, due=None, at=SLOT)
-    east = reopened(path).server("east-1")
+    east = reopened(place).server("east-1")
     assert east.last_done is None
     assert east.last_success_at == SLOT
     assert store.last_runs_done() == {}
@@ -444,7 +467,7 @@ def test_a_manual_refresh_without_a_due_marks_no_run(store: StateStore, path: Pa
 
 
 def test_a_success_ends_the_servers_suspension(
-    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: StateStore, place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.journal(
         servers={
@@ -461,14 +484,14 @@ def test_a_success_ends_the_servers_suspension(
     journals = Journals(store, monkeypatch)
     settle(runner, "east-1", Outcome.OK, due=SLOT + 61 * MIN, at=SLOT + 61 * MIN)
     assert len(journals.calls) == 1
-    state = reopened(path).server("east-1")
+    state = reopened(place).server("east-1")
     assert (state.suspended_until, state.suspensions, state.suspension_reason) == (None, 0, None)
     assert state.last_done == SLOT + 61 * MIN
     assert errors(log) == []
 
 
 def test_a_success_ends_its_credentials_wait_in_the_same_record(
-    store: StateStore, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: StateStore, place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wait = LoginEntry(wait_until=SLOT + 60 * MIN, wait_reason="auth_failed")
     store.journal(servers={}, logins={"u_east": wait, "u_west": wait})
@@ -478,7 +501,7 @@ def test_a_success_ends_its_credentials_wait_in_the_same_record(
     settle(runner, "east-1", Outcome.TRANSIENT)
     # No readable answer to an unproven login: it may have been a failed login, counted.
     counted = replace(wait, failed_logins=(SLOT,))
-    assert reopened(path).logins == {"u_east": counted, "u_west": wait}
+    assert reopened(place).logins == {"u_east": counted, "u_west": wait}
     settle(runner, "east-1", Outcome.OK, at=SLOT + MIN)
     # One journal call, one transaction: the success, its done run and the wait's end.
     assert len(journals.calls) == 2
@@ -486,7 +509,7 @@ def test_a_success_ends_its_credentials_wait_in_the_same_record(
     password = runner.login_fingerprint("east") or ""
     assert last["logins"] == {"u_east": LoginEntry(proven=frozenset({password}))}
     assert last["done"] == ("east-1", SLOT)
-    ledger = reopened(path)
+    ledger = reopened(place)
     assert ledger.logins == {"u_west": wait}
     assert ledger.server("east-1").last_success_at == SLOT + MIN
     assert store.credentials_wait("u_east") is None
@@ -495,7 +518,7 @@ def test_a_success_ends_its_credentials_wait_in_the_same_record(
 
 
 def test_a_config_change_ends_the_suspension_and_forgets_its_count(
-    store: StateStore, path: Path
+    store: StateStore, place: Place
 ) -> None:
     suspended = ServerEntry(
         suspended_until=SLOT + 60 * MIN,
@@ -507,7 +530,7 @@ def test_a_config_change_ends_the_suspension_and_forgets_its_count(
     log = Log()
     runner = runner_at(store, FakeClock(SLOT), log)
     runner.configure(runner.config, runner.config.servers, changed_logins=())
-    east = reopened(path).server("east-1")
+    east = reopened(place).server("east-1")
     assert (east.suspended_until, east.suspension_reason, east.suspensions) == (None, None, 0)
     assert east.fingerprint not in (None, "sha256:before")
     assert errors(log) == []
@@ -572,14 +595,15 @@ def test_a_success_survives_closing_and_reopening(path: Path) -> None:
         assert third.load().server("east-1").last_done == SLOT
 
 
-def test_the_file_is_set_up_for_durability(store: StateStore, path: Path) -> None:
+def test_the_file_is_set_up_for_durability(sqlite_store: StateStore, path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
-    pragmas = {
-        name: store._conn.execute(f"PRAGMA {name}").fetchone()[0]
-        for name in ("synchronous", "foreign_keys", "busy_timeout")
-    }
+    pragmas = {}
+    with sqlite_store.engine.transaction() as tx:  # the store's own connection
+        for name in ("synchronous", "foreign_keys", "busy_timeout"):
+            tx.execute(f"PRAGMA {name}")
+            pragmas[name] = tx.fetchone()[0]  # type: ignore[index]
     assert pragmas == {"synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
 
 
@@ -673,11 +697,11 @@ def test_a_version_4_file_keeps_its_calls_and_learns_which_were_applied(path: Pa
     assert latest == {"east-1": newest.verification}
 
 
-def test_the_heartbeat_keeps_only_the_latest_beat(store: StateStore, path: Path) -> None:
-    store.beat(SLOT)
-    store.beat(SLOT + timedelta(seconds=10))
+def test_the_heartbeat_keeps_only_the_latest_beat(sqlite_store: StateStore, path: Path) -> None:
+    sqlite_store.beat(SLOT)
+    sqlite_store.beat(SLOT + timedelta(seconds=10))
 
-    assert store.last_beat() == SLOT + timedelta(seconds=10)
+    assert sqlite_store.last_beat() == SLOT + timedelta(seconds=10)
     assert query(path, "SELECT COUNT(*) FROM daemon") == [(1,)]
 
 
@@ -735,9 +759,9 @@ def test_a_read_only_store_refuses_writes(path: Path) -> None:
         assert reader.load() == Ledger({}, {})
 
 
-def test_the_read_only_store_reads_while_the_daemon_writes(store: StateStore, path: Path) -> None:
+def test_the_read_only_store_reads_while_the_daemon_writes(store: StateStore, place: Place) -> None:
     record(store)
-    with StateStore.open_readonly(path) as reader:
+    with place.readonly() as reader:
         assert reader.last_runs_done() == {"east-1": SLOT}
         record(store, due=SLOT + MIN)
         assert reader.load().server("east-1").last_done == SLOT + MIN
@@ -749,8 +773,8 @@ def test_the_read_only_store_says_when_the_daemon_has_not_run(path: Path) -> Non
     assert not path.exists()
 
 
-def test_the_file_is_private(store: StateStore, path: Path) -> None:
-    record(store)
+def test_the_file_is_private(sqlite_store: StateStore, path: Path) -> None:
+    record(sqlite_store)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     wal = path.with_name(path.name + "-wal")
@@ -993,6 +1017,31 @@ def test_a_version_5_files_waits_upgrade_as_refused_logins(path: Path) -> None:
     with StateStore(path) as upgraded:
         entry = upgraded.load().login("main")
 
-    assert user_version(path) == SCHEMA_VERSION == 6
+    assert user_version(path) == SCHEMA_VERSION
     assert entry.wait_kind is WaitKind.REFUSED_LOGIN
     assert entry.wait_reason == "login refused"
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_file_at_every_older_version_migrates_and_notices_other_writers(
+    path: Path, version: int
+) -> None:
+    """Whatever version a file was left at, it reaches this one, keeps its servers, and the
+    change counter (new in version 7) tells another process's writes from its own."""
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in MIGRATIONS[:version] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO servers (name, last_outcome) VALUES ('east-1', 'ok')")
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+    with StateStore(path) as upgraded, StateStore(path) as other:
+        assert upgraded.server_state("east-1").last_outcome is Outcome.OK
+        assert not upgraded.changed_by_others()
+        record(upgraded, "east-1")
+        assert not upgraded.changed_by_others()
+        record(other, "east-2")
+        assert upgraded.changed_by_others()
+    assert user_version(path) == SCHEMA_VERSION
+    assert integrity(path) == "ok"

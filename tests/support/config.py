@@ -54,6 +54,7 @@ def write_daemon_config(
     backoff: Mapping[str, Any] | None = None,
     blackouts: list[Mapping[str, Any]] | None = None,
     notify: list[Mapping[str, Any]] | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a refreshd config; tables are given as dicts, exactly as in TOML."""
     parts: list[str] = []
@@ -64,6 +65,8 @@ def write_daemon_config(
         parts.append(f"[credentials.{name}]\n" + _pairs(values))
     for name, values in (databases or {}).items():
         parts.append(f"[databases.{name}]\n" + _pairs(values))
+    if state:
+        parts.append("[state]\n" + _pairs(state))
     for server in servers:
         parts.append("[[servers]]\n" + _pairs(server))
     for blackout in blackouts or []:
