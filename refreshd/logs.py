@@ -11,8 +11,6 @@ from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import structlog
-
 from refreshd.clock import system_clock
 from refreshd.core.vicidial import redact
 
@@ -123,6 +121,8 @@ class _Sink:
 
 def configure(stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog once, in `main`: JSON lines on `stream` (stdout by default)."""
+    import structlog  # here, not above: the commands that only read never log
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -144,4 +144,6 @@ def configure(stream: TextIO | None = None, level: str = "info") -> None:
 
 def get_logger(**context: Any) -> Any:
     """A bound logger; `Any` because structlog's bound loggers are dynamically typed."""
+    import structlog
+
     return structlog.get_logger(**context)
