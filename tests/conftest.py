@@ -28,7 +28,7 @@ from tests.support.simulator import running_simulator
 
 PROCESS_TESTS = Path(__file__).parent / "process"
 
-# No per-example deadline: on a loaded machine (four workers on two cores) a slow example
+# No per-example deadline: on a loaded machine (eight workers on two cores) a slow example
 # failed "flaky" tests of config loading that time nothing. Speed is `make bench`'s to
 # measure, never a test's.
 settings.register_profile("refreshd", deadline=None)
