@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import structlog
-
 from refreshd.clock import system_clock
 from refreshd.console import ConsoleRenderer
 from refreshd.core.vicidial import redact
@@ -136,6 +134,8 @@ def configure(
     """Configure structlog once, in `main`: lines on `stream` (stdout by default) at `level`
     and above, in `log_format` (one of LOG_FORMATS). Console lines are coloured only on a
     terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    import structlog  # here, not above: the commands that only read never log
+
     out = stream or sys.stdout
     terminal = _is_terminal(out)
     renderer: Any = structlog.processors.JSONRenderer(sort_keys=False)
@@ -170,4 +170,6 @@ def _is_terminal(stream: TextIO) -> bool:
 
 def get_logger(**context: Any) -> Any:
     """A bound logger; `Any` because structlog's bound loggers are dynamically typed."""
+    import structlog
+
     return structlog.get_logger(**context)

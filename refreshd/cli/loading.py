@@ -8,11 +8,16 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refreshd.cli.text import say
-from refreshd.config import Config, ConfigError, default_config_path, load_config, resolve_passwords
-from refreshd.config.passwords import PasswordSources
 from refreshd.logs import redactor
+
+if TYPE_CHECKING:
+    from refreshd.config import Config
+
+# refreshd.config (pydantic and the models, most of a start's CPU) is imported by the
+# functions that read a config: `refreshd --version`, --help and a usage error go without.
 
 __all__ = [
     "EXIT_CONFIG",
@@ -33,6 +38,8 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatu
 
 
 def config_path(args: argparse.Namespace) -> Path:
+    from refreshd.config import default_config_path
+
     path: Path | None = args.config
     return path if path is not None else default_config_path()
 
@@ -40,6 +47,8 @@ def config_path(args: argparse.Namespace) -> Path:
 def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
     """The config (with every password read if `passwords`), or the exit code after
     saying why there is none."""
+    from refreshd.config import ConfigError, load_config
+
     try:
         config = load_config(config_path(args))
     except ConfigError as err:
@@ -54,6 +63,8 @@ def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
 def with_passwords(args: argparse.Namespace, config: Config) -> Config | int:
     """`config` (loaded without) with every password read, or the exit code after saying
     why one cannot be: for a command that checks its own arguments first."""
+    from refreshd.config import ConfigError, resolve_passwords
+
     path = config_path(args)
     try:
         config = resolve_passwords(config, path=path)
@@ -70,6 +81,8 @@ def state_password(args: argparse.Namespace, config: Config) -> Config | int:
     state = config.state
     if state is None:
         return config
+    from refreshd.config.passwords import PasswordSources
+
     path = config_path(args)
     sources = PasswordSources(os.environ, config_dir=path.parent)
     try:

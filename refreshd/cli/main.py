@@ -4,6 +4,7 @@ becomes."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from refreshd import __version__
-from refreshd.cli import calls, completion, reading
+from refreshd.cli import completion  # light: argparse and the standard library
 from refreshd.cli.arguments import (
     MAX_HISTORY_LIMIT,
     MAX_PLAN_COUNT,
@@ -33,6 +34,7 @@ _FORCE_HELP = (
 _UTC_HELP = "times in UTC (default: this machine's local time)"
 
 Command = Callable[[str, str], argparse.ArgumentParser]
+Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +104,18 @@ def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
     return EXIT_OK
 
 
+def _later(module: str, name: str) -> Handler:
+    """The handler `name` of refreshd.cli.`module`, imported when its command runs: the
+    parser alone (--version, --help, a usage error) imports neither the config models
+    nor the HTTP stack."""
+
+    def handler(args: argparse.Namespace) -> int:
+        command: Handler = getattr(importlib.import_module(f"refreshd.cli.{module}"), name)
+        return command(args)
+
+    return handler
+
+
 # For containers: Docker's restart policies cannot exempt exit 78 (README, Docker).
 _WAIT_HELP = "with an invalid config, wait for SIGHUP to read it again instead of exiting 78"
 
@@ -111,7 +125,7 @@ def _calling_commands(command: Command) -> None:
     p = command("run", "run the daemon in the foreground (systemd Type=notify)")
     p.add_argument("--wait-for-config", action="store_true", help=_WAIT_HELP)
     _log_options(p)
-    p.set_defaults(handler=calls.run)
+    p.set_defaults(handler=_later("calls", "run"))
 
     p = command("check", "validate the config (exit 0 valid, 78 invalid)")
     p.add_argument(
@@ -121,7 +135,7 @@ def _calling_commands(command: Command) -> None:
         "server's reachability; exit 1 if any fails",
     )
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
-    p.set_defaults(handler=calls.check)
+    p.set_defaults(handler=_later("calls", "check"))
 
     p = command("refresh", "refresh servers now, outside windows, ignoring suspensions")
     p.add_argument("servers", nargs="*", metavar="NAME", help="servers to refresh")
@@ -131,7 +145,7 @@ def _calling_commands(command: Command) -> None:
     )
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     _log_options(p)
-    p.set_defaults(handler=calls.refresh)
+    p.set_defaults(handler=_later("calls", "refresh"))
 
 
 def _log_options(p: argparse.ArgumentParser) -> None:
@@ -172,12 +186,12 @@ def _read_commands(command: Command) -> None:
         help=f"runs per server (default 3, at most {MAX_PLAN_COUNT:,})",
     )
     p.add_argument("--json", action="store_true", help="one JSON document")
-    p.set_defaults(handler=reading.plan)
+    p.set_defaults(handler=_later("reading", "plan"))
 
     p = command("status", "whether the daemon runs; per server: last outcome, next run, holds")
     p.add_argument("--json", action="store_true", help="one JSON document (times in UTC)")
     p.add_argument("--utc", action="store_true", help=_UTC_HELP)
-    p.set_defaults(handler=reading.status)
+    p.set_defaults(handler=_later("reading", "status"))
 
     p = command("history", "recent calls from the state store, newest first")
     p.add_argument("--server", default=None, help="only this server")
@@ -192,7 +206,7 @@ def _read_commands(command: Command) -> None:
     )
     p.add_argument("--json", action="store_true", help="JSON lines (times in UTC)")
     p.add_argument("--utc", action="store_true", help=_UTC_HELP)
-    p.set_defaults(handler=reading.history)
+    p.set_defaults(handler=_later("reading", "history"))
 
 
 def _simulator(args: argparse.Namespace) -> int:

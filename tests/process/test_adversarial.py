@@ -48,6 +48,7 @@ from refreshd.core.policy import decide
 from refreshd.core.vicidial import Outcome, classify
 from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimUser
 from refreshd.views import plan_document
+from tests.support.cli import run_cli
 from tests.support.config import instant, window_from_now
 from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
 from tests.support.fleet import (
@@ -633,12 +634,12 @@ def test_an_every_under_one_second_is_refused_by_check(tmp_path: Path) -> None:
     path = tmp_path / "refreshd.toml"
     path.write_text(to_toml(document), encoding="utf-8")
 
-    checked = run_refreshd("check", "-c", path, env=PASSWORD_ENV)
-    planned = run_refreshd("plan", "--json", "-c", path, env=PASSWORD_ENV)
+    checked, _, checked_err = run_cli("check", "-c", path, env=PASSWORD_ENV, cwd=tmp_path)
+    planned, _, planned_err = run_cli("plan", "--json", "-c", path, env=PASSWORD_ENV, cwd=tmp_path)
 
-    assert "Traceback" not in planned.stderr, planned.stderr
-    assert (checked.returncode, planned.returncode) == (EXIT_CONFIG, EXIT_CONFIG)
-    assert "servers[1].every" in checked.stderr
+    assert "Traceback" not in planned_err, planned_err
+    assert (checked, planned) == (EXIT_CONFIG, EXIT_CONFIG)
+    assert "servers[1].every" in checked_err
 
 
 @pytest.mark.slow

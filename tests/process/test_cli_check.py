@@ -1,4 +1,6 @@
-"""`refreshd check [--online]` as an operator runs it: the real command in a subprocess."""
+"""`refreshd check [--online]` as an operator runs it. Most tests run the command in-process
+(`run_cli`, tests/support/cli.py); the real command in a subprocess stays for its exit codes
+through the interpreter: 78 (a missing file), 0 and 1 (`--online` with the HTTP stack)."""
 
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ windows = ["2000-01-01T00:00/2999-01-01T00:00"]
 
 
 def test_the_example_config_passes_with_the_environment_it_documents(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     # Its header: CREDENTIALS_DIRECTORY holding east.password and west.password.
     credentials = tmp_path / "credentials"
@@ -93,7 +95,7 @@ def test_the_example_config_passes_with_the_environment_it_documents(
     (credentials / "east.password").write_text("east-pass-1")
     (credentials / "west.password").write_text("west-pass-1\n")
 
-    code, out, err = run_refreshd(
+    code, out, err = run_cli(
         ["check", "-c", EXAMPLE_CONFIG], env={"CREDENTIALS_DIRECTORY": str(credentials)}
     )
 
@@ -102,12 +104,12 @@ def test_the_example_config_passes_with_the_environment_it_documents(
 
 
 def test_an_invalid_config_exits_78_naming_every_place(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(INVALID)
 
-    code, out, err = run_refreshd(["check", "-c", config])
+    code, out, err = run_cli(["check", "-c", config])
 
     assert code == EXIT_CONFIG
     assert "servers[1].name" in err  # the duplicate name
@@ -130,13 +132,13 @@ def test_a_missing_config_file_exits_78_saying_so(
 
 
 def test_a_refused_password_is_not_quoted_in_the_error(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     # '!' is a character VICIdial strips, so check refuses the password: without echoing it.
     secret = "Sekr1t-with!bang"
     config = write_config({"name": "east-1", "password_env": "PW"})
 
-    code, out, err = run_refreshd(["check", "-c", config], env={"PW": secret})
+    code, out, err = run_cli(["check", "-c", config], env={"PW": secret})
 
     assert code == EXIT_CONFIG
     assert "credentials.login1.password_env" in err
@@ -174,22 +176,22 @@ def test_online_check_with_a_wrong_password_makes_one_login_and_exits_1(
 
 
 def test_online_check_output_holds_no_password(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
 
-    _, out, err = run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+    _, out, err = run_cli(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
 
     assert "|refreshd|***|BAD|" in out  # VICIdial's echo, masked
     assert WRONG_PASSWORD not in out + err
 
 
 def test_online_check_reports_reachability_per_server(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"}, {"name": "west-1", "path": "/west" + API_PATH})
 
-    _, out, _ = run_refreshd(["check", "--online", "-c", config])
+    _, out, _ = run_cli(["check", "--online", "-c", config])
 
     lines = out.splitlines()
     for name in ("east-1", "west-1"):
@@ -199,12 +201,12 @@ def test_online_check_reports_reachability_per_server(
 
 
 def test_online_check_reports_a_closed_port_as_refused(
-    write_config: WriteConfig, run_refreshd: RunRefreshd, refused_port: int
+    write_config: WriteConfig, run_cli: RunRefreshd, refused_port: int
 ) -> None:
     url = f"http://127.0.0.1:{refused_port}{API_PATH}"
     config = write_config({"name": "east-1", "api_url": url})
 
-    code, out, _ = run_refreshd(["check", "--online", "-c", config])
+    code, out, _ = run_cli(["check", "--online", "-c", config])
 
     (line,) = [x for x in out.splitlines() if "server east-1 " in x]
     assert line.startswith("FAIL")
@@ -213,11 +215,11 @@ def test_online_check_reports_a_closed_port_as_refused(
 
 
 def test_the_probe_flags_no_server(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"}, {"name": "west-1", "path": "/west" + API_PATH})
 
-    code, _, err = run_refreshd(["check", "--online", "-c", config])
+    code, _, err = run_cli(["check", "--online", "-c", config])
 
     assert code == 0, err
     assert simulator.stats()["logins"]["ok"] >= 1  # the probe did log in
@@ -226,7 +228,7 @@ def test_the_probe_flags_no_server(
 
 
 def test_online_check_makes_one_login_per_credentials_across_urls(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         *(
@@ -235,21 +237,21 @@ def test_online_check_makes_one_login_per_credentials_across_urls(
         )
     )
 
-    code, _, _ = run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+    code, _, _ = run_cli(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
 
     assert simulator.stats()["logins"]["failed"] == 1
     assert code == 1
 
 
 def test_online_check_records_a_refused_login_and_then_waits_like_the_daemon(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
     env = {"PW": WRONG_PASSWORD}
 
-    first = run_refreshd(["check", "--online", "-c", config], env=env)
-    second = run_refreshd(["check", "--online", "-c", config], env=env)
-    manual = run_refreshd(["refresh", "-c", config, "east-1"], env=env)
+    first = run_cli(["check", "--online", "-c", config], env=env)
+    second = run_cli(["check", "--online", "-c", config], env=env)
+    manual = run_cli(["refresh", "-c", config, "east-1"], env=env)
 
     assert simulator.stats()["logins"]["failed"] == 1
     assert (first[0], second[0], manual[0]) == (1, 1, 1)
@@ -260,12 +262,12 @@ def test_online_check_records_a_refused_login_and_then_waits_like_the_daemon(
 
 
 def test_online_check_force_probes_during_a_wait(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
-    run_refreshd(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
+    run_cli(["check", "--online", "-c", config], env={"PW": WRONG_PASSWORD})
 
-    code, out, err = run_refreshd(
+    code, out, err = run_cli(
         ["check", "--online", "--force", "-c", config], env={"PW": GOOD_PASSWORD}
     )
 
@@ -274,12 +276,12 @@ def test_online_check_force_probes_during_a_wait(
 
 
 def test_check_warns_naming_each_server_that_can_never_run_and_still_exits_0(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = tmp_path / "refreshd.toml"
     config.write_text(NEVER_RUNS)
 
-    code, out, err = run_refreshd(["check", "-c", config], env={"EAST_PASSWORD": GOOD_PASSWORD})
+    code, out, err = run_cli(["check", "-c", config], env={"EAST_PASSWORD": GOOD_PASSWORD})
 
     assert code == 0, err
     assert "valid: 3 server(s)" in out
@@ -298,13 +300,13 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def test_check_online_shows_control_characters_from_an_answer_escaped(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     hostile = "<html>\x1b[2J\x1b]0;owned\x07\rProxy login\x9b</html>"
     scripted = ScriptedVicidial({API_PATH: hostile})
     try:
         config = one_server_config(tmp_path, scripted.url + API_PATH)
-        code, out, err = run_refreshd(["check", "--online", "-c", config])
+        code, out, err = run_cli(["check", "--online", "-c", config])
     finally:
         scripted.close()
 
@@ -315,7 +317,7 @@ def test_check_online_shows_control_characters_from_an_answer_escaped(
 
 
 def test_a_credentials_table_name_with_a_control_character_is_a_config_error(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = tmp_path / "refreshd.toml"
     config.write_text(
@@ -326,7 +328,7 @@ def test_a_credentials_table_name_with_a_control_character_is_a_config_error(
         encoding="utf-8",
     )
 
-    code, out, err = run_refreshd(["check", "-c", config])
+    code, out, err = run_cli(["check", "-c", config])
 
     assert (code, out) == (EXIT_CONFIG, "")
     assert "credentials." in err

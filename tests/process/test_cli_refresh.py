@@ -1,5 +1,9 @@
-"""`refreshd refresh` as an operator runs it: the real command in a subprocess, against the
-simulator on loopback, judged by its JSON log lines, its exit code and what the simulator saw."""
+"""`refreshd refresh` as an operator runs it, against the simulator on loopback, judged by
+its JSON log lines, its exit code and what the simulator saw. Most tests run the command
+in-process (`run_cli`, tests/support/cli.py); the real command in a subprocess stays for
+what a process shows: stdout holding JSON lines only, exit codes 0, 1 and 2 through the
+interpreter, an echoed password in no real output, eleven separate runs sharing one
+credentials wait through the state file, and a closed stdout."""
 
 from __future__ import annotations
 
@@ -58,11 +62,11 @@ def api_requests(sim: Simulator) -> int:
 
 
 def test_a_good_server_logs_refresh_succeeded_with_servers_flagged(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"})
 
-    code, out, err = refresh(run_refreshd, config, "east-1")
+    code, out, err = refresh(run_cli, config, "east-1")
 
     (line,) = [x for x in log_lines(out) if x["event"] == "refresh.succeeded"]
     assert line["server"] == "east-1"
@@ -88,12 +92,10 @@ def test_every_stdout_line_is_json_with_timestamp_level_and_event(
     assert {line["level"] for line in lines} <= {"debug", "info", "warning", "error"}
 
 
-def test_a_wrong_password_is_auth_failed(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
-) -> None:
+def test_a_wrong_password_is_auth_failed(write_config: WriteConfig, run_cli: RunRefreshd) -> None:
     config = write_config({"name": "east-1", "password": WRONG_PASSWORD})
 
-    code, out, _ = refresh(run_refreshd, config, "east-1")
+    code, out, _ = refresh(run_cli, config, "east-1")
 
     assert outcomes(out) == {"east-1": "auth_failed"}
     assert code == 1
@@ -101,34 +103,34 @@ def test_a_wrong_password_is_auth_failed(
 
 @pytest.mark.parametrize("user", ["nolevel", "noapi", "noast", "nofunc"])
 def test_each_missing_permission_is_permission_denied(
-    write_config: WriteConfig, run_refreshd: RunRefreshd, user: str
+    write_config: WriteConfig, run_cli: RunRefreshd, user: str
 ) -> None:
     config = write_config({"name": "east-1", "user": user, "password": f"{user}-pass"})
 
-    code, out, _ = refresh(run_refreshd, config, "east-1")
+    code, out, _ = refresh(run_cli, config, "east-1")
 
     assert outcomes(out) == {"east-1": "permission_denied"}
     assert code == 1
 
 
 def test_a_refused_ip_address_is_ip_blocked(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "user": "ipblocked", "password": "ipblocked-pass"})
 
-    code, out, _ = refresh(run_refreshd, config, "east-1")
+    code, out, _ = refresh(run_cli, config, "east-1")
 
     assert outcomes(out) == {"east-1": "ip_blocked"}
     assert code == 1
 
 
 def test_an_http_500_is_transient(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"})
     simulator.set_fault("http500")
 
-    code, out, _ = refresh(run_refreshd, config, "east-1")
+    code, out, _ = refresh(run_cli, config, "east-1")
 
     (line,) = [x for x in log_lines(out) if x["event"] == "refresh.failed"]
     assert (line["outcome"], line["http_status"]) == ("transient", 500)
@@ -136,12 +138,12 @@ def test_an_http_500_is_transient(
 
 
 def test_an_html_error_page_is_unexpected(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"})
     simulator.set_fault("html")
 
-    code, out, _ = refresh(run_refreshd, config, "east-1")
+    code, out, _ = refresh(run_cli, config, "east-1")
 
     assert outcomes(out) == {"east-1": "unexpected"}
     assert code == 1
@@ -196,11 +198,11 @@ def test_an_unknown_server_name_exits_2_listing_the_known_names(
 
 
 def test_dry_run_prints_each_request_with_the_password_masked(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "EAST_PASSWORD"})
 
-    code, out, err = run_refreshd(
+    code, out, err = run_cli(
         ["refresh", "-c", config, "--all", "--dry-run"], env={"EAST_PASSWORD": GOOD_PASSWORD}
     )
 
@@ -215,12 +217,12 @@ def test_dry_run_prints_each_request_with_the_password_masked(
 
 
 def test_dry_run_sends_nothing(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"}, {"name": "west-1", "path": "/w" + API_PATH})
     before = simulator.stats()
 
-    code, _, _ = run_refreshd(["refresh", "-c", config, "--all", "--dry-run"])
+    code, _, _ = run_cli(["refresh", "-c", config, "--all", "--dry-run"])
 
     assert code == 0
     assert simulator.stats() == before
@@ -231,7 +233,7 @@ def test_dry_run_sends_nothing(
 
 
 def test_servers_sharing_one_wrong_password_cost_one_failed_login(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     # Five web servers (different URLs), one credentials table: the first refused login
     # must stop the other four, or five failures go towards VICIdial's lock-out at once.
@@ -242,7 +244,7 @@ def test_servers_sharing_one_wrong_password_cost_one_failed_login(
         )
     )
 
-    code, out, _ = refresh(run_refreshd, config, PW=WRONG_PASSWORD)
+    code, out, _ = refresh(run_cli, config, PW=WRONG_PASSWORD)
 
     assert simulator.stats()["logins"]["failed"] == 1
     assert api_requests(simulator) == 1
@@ -252,11 +254,11 @@ def test_servers_sharing_one_wrong_password_cost_one_failed_login(
 
 
 def test_identical_servers_send_one_request(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"}, {"name": "east-1-again"})
 
-    code, out, _ = refresh(run_refreshd, config)
+    code, out, _ = refresh(run_cli, config)
 
     assert api_requests(simulator) == 1
     assert outcomes(out) == {"east-1": "ok", "east-1-again": "ok"}
@@ -264,13 +266,13 @@ def test_identical_servers_send_one_request(
 
 
 def test_same_url_and_user_with_different_passwords_are_two_requests(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1", "password_env": "GOOD"}, {"name": "east-2", "password_env": "BAD"}
     )
 
-    _, out, _ = refresh(run_refreshd, config, GOOD=GOOD_PASSWORD, BAD=WRONG_PASSWORD)
+    _, out, _ = refresh(run_cli, config, GOOD=GOOD_PASSWORD, BAD=WRONG_PASSWORD)
 
     assert outcomes(out) == {"east-1": "ok", "east-2": "auth_failed"}
     assert api_requests(simulator) == 2
@@ -301,11 +303,11 @@ def test_a_wrong_password_echoed_by_vicidial_appears_in_no_output(
 
 
 def test_a_good_password_appears_in_no_output(
-    write_config: WriteConfig, run_refreshd: RunRefreshd
+    write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
 
-    code, out, err = refresh(run_refreshd, config, PW=GOOD_PASSWORD)
+    code, out, err = refresh(run_cli, config, PW=GOOD_PASSWORD)
 
     assert code == 0
     assert_nowhere(GOOD_PASSWORD, out, err)
@@ -313,11 +315,11 @@ def test_a_good_password_appears_in_no_output(
 
 @pytest.mark.parametrize("password", [WRONG_PASSWORD, GOOD_PASSWORD])
 def test_no_password_is_written_to_the_state_database(
-    write_config: WriteConfig, run_refreshd: RunRefreshd, state_path: Path, password: str
+    write_config: WriteConfig, run_cli: RunRefreshd, state_path: Path, password: str
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
 
-    refresh(run_refreshd, config, PW=password)
+    refresh(run_cli, config, PW=password)
 
     files = sorted(state_path.parent.glob(state_path.name + "*"))  # with -wal, -journal
     stored = b"".join(path.read_bytes() for path in files)
@@ -348,7 +350,7 @@ def test_eleven_manual_refreshes_with_a_wrong_password_cost_one_failed_login(
 
 
 def test_force_logs_in_during_a_wait_once_for_all_its_servers(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         *(
@@ -356,9 +358,9 @@ def test_force_logs_in_during_a_wait_once_for_all_its_servers(
             for i in range(3)
         )
     )
-    refresh(run_refreshd, config, PW=WRONG_PASSWORD)  # refused: the wait starts
+    refresh(run_cli, config, PW=WRONG_PASSWORD)  # refused: the wait starts
 
-    code, out, _ = run_refreshd(
+    code, out, _ = run_cli(
         ["refresh", "--force", "-c", config, "--all"], env={"PW": WRONG_PASSWORD}
     )
 
@@ -368,17 +370,15 @@ def test_force_logs_in_during_a_wait_once_for_all_its_servers(
 
 
 def test_force_with_the_right_password_ends_the_wait(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password_env": "PW"})
-    refresh(run_refreshd, config, "east-1", PW=WRONG_PASSWORD)
+    refresh(run_cli, config, "east-1", PW=WRONG_PASSWORD)
     # Same login, same password in the file: the wait holds until a forced login works.
     simulator.update_user("refreshd", password=WRONG_PASSWORD)
 
-    forced = run_refreshd(
-        ["refresh", "--force", "-c", config, "east-1"], env={"PW": WRONG_PASSWORD}
-    )
-    after = refresh(run_refreshd, config, "east-1", PW=WRONG_PASSWORD)
+    forced = run_cli(["refresh", "--force", "-c", config, "east-1"], env={"PW": WRONG_PASSWORD})
+    after = refresh(run_cli, config, "east-1", PW=WRONG_PASSWORD)
 
     assert outcomes(forced[1]) == {"east-1": "ok"}
     assert after[0] == 0, after[2]
@@ -423,15 +423,15 @@ def test_a_closed_stdout_neither_hangs_nor_loses_the_call(
 
 
 def test_without_a_readable_state_file_no_login_is_tried_unless_forced(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd, state_path: Path
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd, state_path: Path
 ) -> None:
     # The waits and the failed-login budget live in the state file: a command that
     # cannot read it cannot know whether one more login is one too many.
     config = write_config({"name": "east-1"})
     state_path.mkdir()  # a directory where the file should be: it cannot be opened
 
-    refused = refresh(run_refreshd, config, "east-1")
-    forced = run_refreshd(["refresh", "--force", "-c", config, "east-1"])
+    refused = refresh(run_cli, config, "east-1")
+    forced = run_cli(["refresh", "--force", "-c", config, "east-1"])
 
     assert refused[0] == 1
     assert "no login is tried" in refused[2]

@@ -1,5 +1,7 @@
-"""`refreshd plan`, `status` and `history` as an operator runs them: the real command in a
-subprocess, its exit code, its JSON documents (README "JSON shapes") and its aligned tables."""
+"""`refreshd plan`, `status` and `history` as an operator runs them: its exit code, its JSON
+documents (README "JSON shapes") and its aligned tables. The command runs in-process
+(`run_cli`, tests/support/cli.py) beside real daemons; two tests keep the real command in a
+subprocess, for a read command's exit codes 0 and 1 through the interpreter."""
 
 from __future__ import annotations
 
@@ -150,11 +152,11 @@ def assert_aligned(out: str, headers: list[str], rows: int) -> list[list[str]]:
 
 
 def test_plan_moves_a_start_in_the_spring_forward_gap_to_the_first_instant_after_it(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = plan_config(tmp_path, ("ny", "America/New_York", "02:30-03:30"))
 
-    document = plan(run_refreshd, config, "--from", "2027-03-14T00:00:00-05:00", "--count", "1")
+    document = plan(run_cli, config, "--from", "2027-03-14T00:00:00-05:00", "--count", "1")
 
     assert set(document) == PLAN_KEYS
     assert document["from"] == "2027-03-14T05:00:00Z"
@@ -171,12 +173,10 @@ def test_plan_moves_a_start_in_the_spring_forward_gap_to_the_first_instant_after
     assert run["slot_end_local"] == "2027-03-14T03:30:00-04:00"
 
 
-def test_plan_gives_one_slot_on_the_fall_back_day(
-    tmp_path: Path, run_refreshd: RunRefreshd
-) -> None:
+def test_plan_gives_one_slot_on_the_fall_back_day(tmp_path: Path, run_cli: RunRefreshd) -> None:
     config = plan_config(tmp_path, ("ny", "America/New_York", "01:30-02:30"))
 
-    document = plan(run_refreshd, config, "--from", "2027-11-07T00:00:00-04:00", "--count", "3")
+    document = plan(run_cli, config, "--from", "2027-11-07T00:00:00-04:00", "--count", "3")
 
     runs = runs_of(document, "ny")
     on_the_day = [run for run in runs if run["slot_start_local"].startswith("2027-11-07")]
@@ -192,16 +192,16 @@ def test_plan_gives_one_slot_on_the_fall_back_day(
     ]
 
 
-def test_plan_shows_count_runs_per_server(tmp_path: Path, run_refreshd: RunRefreshd) -> None:
+def test_plan_shows_count_runs_per_server(tmp_path: Path, run_cli: RunRefreshd) -> None:
     config = plan_config(
         tmp_path,
         ("east-1", "America/New_York", "02:00-04:00"),
         ("west-1", "America/Los_Angeles", "mon-fri 01:00-02:00"),
     )
 
-    document = plan(run_refreshd, config, "--from", "2027-01-04T00:00:00Z", "--count", "5")
+    document = plan(run_cli, config, "--from", "2027-01-04T00:00:00Z", "--count", "5")
     table = run_ok(
-        run_refreshd, ["plan", "-c", config, "--from", "2027-01-04T00:00:00Z", "--count", "5"]
+        run_cli, ["plan", "-c", config, "--from", "2027-01-04T00:00:00Z", "--count", "5"]
     )
 
     assert document["count"] == 5
@@ -214,7 +214,7 @@ def test_plan_shows_count_runs_per_server(tmp_path: Path, run_refreshd: RunRefre
 
 
 def test_plan_human_output_is_aligned_columns_under_a_header(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = plan_config(
         tmp_path,
@@ -222,9 +222,7 @@ def test_plan_human_output_is_aligned_columns_under_a_header(
         ("a-much-longer-server-name", "Asia/Kolkata", "23:30-00:30"),
     )
 
-    out = run_ok(
-        run_refreshd, ["plan", "-c", config, "--from", "2027-01-04T00:00:00Z", "--count", "2"]
-    )
+    out = run_ok(run_cli, ["plan", "-c", config, "--from", "2027-01-04T00:00:00Z", "--count", "2"])
 
     rows = assert_aligned(out, PLAN_HEADERS, rows=4)
     assert rows[0] == [
@@ -237,11 +235,11 @@ def test_plan_human_output_is_aligned_columns_under_a_header(
 
 
 def test_plan_refuses_a_bad_from_with_exit_2_and_says_why(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = plan_config(tmp_path, ("ny", "America/New_York", "02:30-03:30"))
 
-    code, out, err = run_refreshd(["plan", "-c", config, "--from", "next tuesday"])
+    code, out, err = run_cli(["plan", "-c", config, "--from", "next tuesday"])
 
     assert code == 2
     assert out == ""
@@ -271,7 +269,7 @@ def test_status_before_any_run_says_there_is_no_state_yet_and_exits_0(
 
 
 def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
-    tmp_path: Path, simulator: Simulator, run_refreshd: RunRefreshd
+    tmp_path: Path, simulator: Simulator, run_cli: RunRefreshd
 ) -> None:
     config = one_server_config(
         tmp_path, simulator.api_url, window=window_from_now(-60, 3600)
@@ -282,7 +280,7 @@ def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
     finally:
         assert daemon.stop() == 0
 
-    document = status(run_refreshd, config)
+    document = status(run_cli, config)
 
     assert set(document) == STATUS_KEYS
     (entry,) = document["servers"]
@@ -299,7 +297,7 @@ def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
 
 
 def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1"},
@@ -311,10 +309,10 @@ def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
         },
         {"name": "south-1", "password": WRONG_PASSWORD, "path": "/s/x/non_agent_api.php"},
     )
-    code, _, err = run_refreshd(["refresh", "-c", config, "--all"])
+    code, _, err = run_cli(["refresh", "-c", config, "--all"])
     assert code == 1, err
 
-    document = status(run_refreshd, config)
+    document = status(run_cli, config)
 
     entries = {entry["server"]: entry for entry in document["servers"]}
     assert all(set(entry) == STATUS_SERVER_KEYS for entry in entries.values())
@@ -335,7 +333,7 @@ def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
 
 
 def test_status_human_output_is_aligned_columns_under_a_header(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1"},
@@ -346,9 +344,9 @@ def test_status_human_output_is_aligned_columns_under_a_header(
             "path": "/w/x/non_agent_api.php",
         },
     )
-    run_refreshd(["refresh", "-c", config, "--all"])
+    run_cli(["refresh", "-c", config, "--all"])
 
-    out = run_ok(run_refreshd, ["status", "-c", config])
+    out = run_ok(run_cli, ["status", "-c", config])
 
     rows = assert_aligned(out.split("\n", 1)[1], STATUS_HEADERS, rows=2)
     assert [row[:2] for row in rows] == [
@@ -363,7 +361,7 @@ def test_status_human_output_is_aligned_columns_under_a_header(
 
 
 def test_history_json_after_a_refresh_has_the_documented_keys_newest_first(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1"},
@@ -374,10 +372,10 @@ def test_history_json_after_a_refresh_has_the_documented_keys_newest_first(
             "path": "/w/x/non_agent_api.php",
         },
     )
-    run_refreshd(["refresh", "-c", config, "east-1"])
-    run_refreshd(["refresh", "-c", config, "west-1"])
+    run_cli(["refresh", "-c", config, "east-1"])
+    run_cli(["refresh", "-c", config, "west-1"])
 
-    rows = history(run_refreshd, config)
+    rows = history(run_cli, config)
 
     assert all(set(row) == HISTORY_KEYS for row in rows)
     assert [(row["server"], row["outcome"]) for row in rows] == [
@@ -396,7 +394,7 @@ def test_history_json_after_a_refresh_has_the_documented_keys_newest_first(
 
 
 def test_history_after_a_daemon_run_shows_the_slot_and_due(
-    tmp_path: Path, simulator: Simulator, run_refreshd: RunRefreshd
+    tmp_path: Path, simulator: Simulator, run_cli: RunRefreshd
 ) -> None:
     config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(-60, 3600))
     daemon = DaemonProcess(config).start()
@@ -405,7 +403,7 @@ def test_history_after_a_daemon_run_shows_the_slot_and_due(
     finally:
         assert daemon.stop() == 0
 
-    (row,) = history(run_refreshd, config)
+    (row,) = history(run_cli, config)
 
     assert (row["server"], row["outcome"], row["attempt"]) == ("east-1", "ok", 1)
     assert row["slot"] == line["slot"]
@@ -413,16 +411,16 @@ def test_history_after_a_daemon_run_shows_the_slot_and_due(
 
 
 def test_history_server_shows_only_that_server(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1"},
         {"name": "west-1", "path": "/w/x/non_agent_api.php"},
     )
-    run_refreshd(["refresh", "-c", config, "--all"])
-    run_refreshd(["refresh", "-c", config, "west-1"])
+    run_cli(["refresh", "-c", config, "--all"])
+    run_cli(["refresh", "-c", config, "west-1"])
 
-    rows = history(run_refreshd, config, "--server", "west-1")
+    rows = history(run_cli, config, "--server", "west-1")
 
     assert [row["server"] for row in rows] == ["west-1", "west-1"]
 
@@ -430,11 +428,11 @@ def test_history_server_shows_only_that_server(
 def test_history_since_a_duration_leaves_out_older_calls(
     simulator: Simulator,
     write_config: WriteConfig,
-    run_refreshd: RunRefreshd,
+    run_cli: RunRefreshd,
     state_path: Path,
 ) -> None:
     config = write_config({"name": "east-1"})
-    run_refreshd(["refresh", "-c", config, "east-1"])
+    run_cli(["refresh", "-c", config, "east-1"])
     with StateStore(state_path) as store:  # a call from two hours ago
         store.journal(
             servers={},
@@ -450,17 +448,17 @@ def test_history_since_a_duration_leaves_out_older_calls(
             ),
         )
 
-    recent = history(run_refreshd, config, "--since", "1h")
-    everything = history(run_refreshd, config)
+    recent = history(run_cli, config, "--since", "1h")
+    everything = history(run_cli, config)
 
     assert [row["outcome"] for row in recent] == ["ok"]
     assert [row["outcome"] for row in everything] == ["ok", "transient"]
     since_iso = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
-    assert len(history(run_refreshd, config, "--since", since_iso)) == 2
+    assert len(history(run_cli, config, "--since", since_iso)) == 2
 
 
 def test_history_human_output_is_aligned_columns_under_a_header(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config(
         {"name": "east-1"},
@@ -471,10 +469,10 @@ def test_history_human_output_is_aligned_columns_under_a_header(
             "path": "/w/x/non_agent_api.php",
         },
     )
-    run_refreshd(["refresh", "-c", config, "east-1"])
-    run_refreshd(["refresh", "-c", config, "a-much-longer-name"])
+    run_cli(["refresh", "-c", config, "east-1"])
+    run_cli(["refresh", "-c", config, "a-much-longer-name"])
 
-    out = run_ok(run_refreshd, ["history", "-c", config])
+    out = run_ok(run_cli, ["history", "-c", config])
 
     rows = assert_aligned(out, HISTORY_HEADERS, rows=2)
     assert [row[1:4] for row in rows] == [
@@ -485,15 +483,15 @@ def test_history_human_output_is_aligned_columns_under_a_header(
 
 
 def test_history_never_shows_an_echoed_wrong_password(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1", "password": WRONG_PASSWORD})
-    code, out, _ = run_refreshd(["refresh", "-c", config, "east-1"])
+    code, out, _ = run_cli(["refresh", "-c", config, "east-1"])
     assert code == 1
     assert any(call["answer_kind"] == "login_incorrect" for call in simulator.calls())
 
-    as_json = run_ok(run_refreshd, ["history", "-c", config, "--json"])
-    as_table = run_ok(run_refreshd, ["history", "-c", config])
+    as_json = run_ok(run_cli, ["history", "-c", config, "--json"])
+    as_table = run_ok(run_cli, ["history", "-c", config])
 
     (row,) = [json.loads(line) for line in as_json.splitlines()]
     assert row["outcome"] == "auth_failed"
@@ -503,11 +501,11 @@ def test_history_never_shows_an_echoed_wrong_password(
 
 @pytest.mark.parametrize("since", ["yesterday", "1w", "1 hour"])
 def test_history_refuses_a_bad_since_with_exit_2(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd, since: str
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd, since: str
 ) -> None:
     config = write_config({"name": "east-1"})
 
-    code, _, err = run_refreshd(["history", "-c", config, "--since", since])
+    code, _, err = run_cli(["history", "-c", config, "--since", since])
 
     assert code == 2
     assert "--since" in err
@@ -549,22 +547,22 @@ def systemd_config(tmp_path: Path, api_url: str = API_URL) -> Path:
 
 
 def test_status_history_and_plan_read_no_password_and_check_still_reports_it(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     (tmp_path / "etc").mkdir()
     config = systemd_config(tmp_path)  # neither east.password nor the variable exists here
     StateStore(tmp_path / "state.db").close()
 
     for command in (["status"], ["status", "--json"], ["history"], ["plan"], ["plan", "--json"]):
-        code, _, err = run_refreshd([*command, "-c", config])
+        code, _, err = run_cli([*command, "-c", config])
         assert code == 0, (command, err)
         assert "password" not in err, (command, err)
 
-    code, _, err = run_refreshd(["check", "-c", config])
+    code, _, err = run_cli(["check", "-c", config])
     assert code == 78
     assert "credentials.east.password_file" in err
     assert "credentials.west.password_env" in err
-    code, _, err = run_refreshd(["refresh", "-c", config, "--all", "--dry-run"])
+    code, _, err = run_cli(["refresh", "-c", config, "--all", "--dry-run"])
     assert code == 78
     assert "credentials.east.password_file" in err
 
@@ -587,24 +585,24 @@ def idle_daemon(tmp_path: Path, simulator: Simulator) -> Iterator[tuple[Path, Da
 
 
 def test_status_says_the_daemon_runs_with_its_pid_and_heartbeat_then_that_it_stopped(
-    idle_daemon: tuple[Path, DaemonProcess], run_refreshd: RunRefreshd
+    idle_daemon: tuple[Path, DaemonProcess], run_cli: RunRefreshd
 ) -> None:
     config, daemon = idle_daemon
     eventually(
-        lambda: status(run_refreshd, config)["daemon"]["heartbeat"] is not None,
+        lambda: status(run_cli, config)["daemon"]["heartbeat"] is not None,
         timeout=15,
         what="the daemon's first heartbeat in the state file",
     )
 
-    running = status(run_refreshd, config)["daemon"]
-    line = run_ok(run_refreshd, ["status", "-c", config]).splitlines()[0]
-    line_utc = run_ok(run_refreshd, ["status", "-c", config, "--utc"]).splitlines()[0]
-    code, out, err = run_refreshd(["status", "-c", config], env={"TZ": "America/New_York"})
+    running = status(run_cli, config)["daemon"]
+    line = run_ok(run_cli, ["status", "-c", config]).splitlines()[0]
+    line_utc = run_ok(run_cli, ["status", "-c", config, "--utc"]).splitlines()[0]
+    code, out, err = run_cli(["status", "-c", config], env={"TZ": "America/New_York"})
     assert code == 0, err
     line_local = out.splitlines()[0]
     assert daemon.stop() == 0
-    stopped = status(run_refreshd, config)["daemon"]
-    line_stopped = run_ok(run_refreshd, ["status", "-c", config, "--utc"]).splitlines()[0]
+    stopped = status(run_cli, config)["daemon"]
+    line_stopped = run_ok(run_cli, ["status", "-c", config, "--utc"]).splitlines()[0]
 
     assert set(running) == DAEMON_KEYS
     assert (running["running"], running["pid"]) == (True, daemon.pid)
@@ -624,13 +622,13 @@ def test_status_says_the_daemon_runs_with_its_pid_and_heartbeat_then_that_it_sto
 
 
 def test_status_and_history_human_times_have_a_weekday_and_no_microseconds(
-    simulator: Simulator, write_config: WriteConfig, run_refreshd: RunRefreshd
+    simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
     config = write_config({"name": "east-1"})
-    run_refreshd(["refresh", "-c", config, "east-1"])
+    run_cli(["refresh", "-c", config, "east-1"])
 
-    status_out = run_ok(run_refreshd, ["status", "-c", config, "--utc"])
-    history_out = run_ok(run_refreshd, ["history", "-c", config, "--utc"])
+    status_out = run_ok(run_cli, ["status", "-c", config, "--utc"])
+    history_out = run_ok(run_cli, ["history", "-c", config, "--utc"])
 
     (row,) = assert_aligned(status_out.split("\n", 1)[1], STATUS_HEADERS, rows=1)
     assert re.fullmatch(_WHEN.format(zone="UTC"), row[2]), row
@@ -658,12 +656,12 @@ def test_status_and_history_human_times_have_a_weekday_and_no_microseconds(
     ],
 )
 def test_out_of_range_input_is_a_usage_error_on_one_line(
-    tmp_path: Path, run_refreshd: RunRefreshd, args: list[str], says: str
+    tmp_path: Path, run_cli: RunRefreshd, args: list[str], says: str
 ) -> None:
     config = plan_config(tmp_path, ("east-1", "America/New_York", "02:00-04:00"))
     StateStore(tmp_path / "state.db").close()
 
-    code, out, err = run_refreshd([*args[:1], "-c", config, *args[1:]])
+    code, out, err = run_cli([*args[:1], "-c", config, *args[1:]])
 
     assert (code, out) == (2, "")
     assert says in err
@@ -672,11 +670,11 @@ def test_out_of_range_input_is_a_usage_error_on_one_line(
 
 
 def test_the_plan_count_cap_itself_is_allowed_up_to_the_last_accepted_year(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = plan_config(tmp_path, ("east-1", "Pacific/Kiritimati", "sun 23:00-23:30"))
 
-    document = plan(run_refreshd, config, "--count", "10000", "--from", "8999-12-31T23:59:59Z")
+    document = plan(run_cli, config, "--count", "10000", "--from", "8999-12-31T23:59:59Z")
 
     assert document["count"] == 10_000
     assert runs_of(document, "east-1")  # planned into year 9000 without overflowing
@@ -690,19 +688,19 @@ HOSTILE = (
 
 
 def test_history_and_status_show_control_characters_from_an_answer_escaped(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     scripted = ScriptedVicidial({"/hostile/non_agent_api.php": HOSTILE})
     try:
         config = one_server_config(tmp_path, scripted.url + "/hostile/non_agent_api.php")
-        code, _, err = run_refreshd(["refresh", "-c", config, "east-1"])
+        code, _, err = run_cli(["refresh", "-c", config, "east-1"])
     finally:
         scripted.close()
     assert code == 1, err
 
-    table = run_ok(run_refreshd, ["history", "-c", config])
-    shown = run_ok(run_refreshd, ["status", "-c", config])
-    (row,) = history(run_refreshd, config)
+    table = run_ok(run_cli, ["history", "-c", config])
+    shown = run_ok(run_cli, ["status", "-c", config])
+    (row,) = history(run_cli, config)
 
     assert row["outcome"] == "permission_denied"
     assert "\x1b]0;owned\x07" in row["detail"]  # JSON keeps the text; json escapes it
@@ -733,10 +731,10 @@ def test_a_state_file_that_cannot_be_looked_at_is_one_line_and_exit_1(
 
 
 def test_refresh_of_an_unknown_server_is_a_usage_error_before_any_password_is_read(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = one_server_config(tmp_path, DIALER, password={"password_env": "NOT_IN_THIS_SHELL"})
 
-    assert run_refreshd(["refresh", "NOSUCH", "-c", config])[0] == 2
-    assert run_refreshd(["refresh", "-c", config])[0] == 2
-    assert run_refreshd(["refresh", "east-1", "-c", config])[0] == 78  # a name: now it reads
+    assert run_cli(["refresh", "NOSUCH", "-c", config])[0] == 2
+    assert run_cli(["refresh", "-c", config])[0] == 2
+    assert run_cli(["refresh", "east-1", "-c", config])[0] == 78  # a name: now it reads

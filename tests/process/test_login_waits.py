@@ -19,7 +19,7 @@ REASONS = ("refused_login", "locked_out", "failed_login_budget")
 
 
 def test_a_spent_failed_login_budget_is_shown_as_such_by_status_refresh_and_metrics(
-    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon, run_refreshd: RunRefreshd
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon, run_cli: RunRefreshd
 ) -> None:
     simulator.set_fault("http500", path=api_path(0))
     config = write_daemon_config(
@@ -40,12 +40,12 @@ def test_a_spent_failed_login_budget_is_shown_as_such_by_status_refresh_and_metr
     (paused,) = daemon.wait_for("credentials.suspended", credentials="main")
     metrics = scrape(daemon.metrics_port())
 
-    code, out, err = run_refreshd(["status", "-c", config, "--json"])
+    code, out, err = run_cli(["status", "-c", config, "--json"])
     assert code == EXIT_OK, err
     (shown,) = json.loads(out)["servers"]
-    _, table, _ = run_refreshd(["status", "-c", config])
-    refused, said_out, said = run_refreshd(["refresh", "-c", config, "east-1"])
-    forced, forced_out, forced_said = run_refreshd(["refresh", "-c", config, "east-1", "--force"])
+    _, table, _ = run_cli(["status", "-c", config])
+    refused, said_out, said = run_cli(["refresh", "-c", config, "east-1"])
+    forced, forced_out, forced_said = run_cli(["refresh", "-c", config, "east-1", "--force"])
     calls = simulator.stats()["requests"].get(api_path(0))
 
     assert paused["wait"] == "failed_login_budget"

@@ -212,11 +212,11 @@ LOOPBACK = ("127.0.0.1:9464", "[::1]:9464", "localhost:9464", "")
 
 @pytest.mark.parametrize("listen", BEYOND + LOOPBACK)
 def test_check_warns_when_metrics_listen_beyond_loopback(
-    tmp_path: Path, run_refreshd: RunRefreshd, listen: str
+    tmp_path: Path, run_cli: RunRefreshd, listen: str
 ) -> None:
     config = write_config(tmp_path, metrics_listen=listen)
 
-    code, _out, err = run_refreshd(["check", "-c", str(config)])
+    code, _out, err = run_cli(["check", "-c", str(config)])
 
     assert code == EXIT_OK, err
     warned = [line for line in err.splitlines() if "daemon.metrics_listen" in line]

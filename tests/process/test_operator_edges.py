@@ -164,25 +164,25 @@ def _offline_config(tmp_path: Path, **daemon: str) -> Path:
 
 
 def test_a_state_path_that_is_a_directory_is_called_a_directory(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     (tmp_path / "state").mkdir()
     config = _offline_config(tmp_path, state_path=str(tmp_path / "state"))
 
     for command in ("status", "history"):
-        code, _, err = run_refreshd([command, "-c", config])
+        code, _, err = run_cli([command, "-c", config])
         assert code == EXIT_FAILED, err
         assert f"{tmp_path / 'state'}: cannot open: it is a directory, not a file" in err
         assert "disk" not in err
 
 
 def test_check_names_a_lower_case_proxy_variable_as_it_is_set(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     config = _offline_config(tmp_path)
     env = {"PW": GOOD_PASSWORD, "https_proxy": "http://127.0.0.1:3128"}
 
-    code, out, err = run_refreshd(["check", "-c", config], env=env)
+    code, out, err = run_cli(["check", "-c", config], env=env)
 
     assert code == EXIT_OK, err
     assert "proxy: none (https_proxy in the environment: ignored;" in out

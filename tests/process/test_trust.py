@@ -106,7 +106,7 @@ def test_a_refused_certificate_suspends_the_server_and_never_sends_the_password(
 
 
 def test_check_refuses_a_ca_file_that_holds_no_certificate(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     config = write_daemon_config(
@@ -116,7 +116,7 @@ def test_check_refuses_a_ca_file_that_holds_no_certificate(
         client={"ca_file": "ca.pem"},
     )
 
-    code, _, err = run_refreshd(["check", "-c", config], env=PASSWORD_ENV)
+    code, _, err = run_cli(["check", "-c", config], env=PASSWORD_ENV)
 
     assert code == EXIT_CONFIG
     assert f"client.ca_file: {tmp_path / 'ca.pem'}: no PEM certificate in it" in err
@@ -186,7 +186,7 @@ def _server(api_url: str, **extra: object) -> dict[str, object]:
     ],
 )
 def test_a_password_in_the_wrong_key_is_named_by_its_place_and_never_printed(
-    tmp_path: Path, run_refreshd: RunRefreshd, table: dict[str, str], place: str
+    tmp_path: Path, run_cli: RunRefreshd, table: dict[str, str], place: str
 ) -> None:
     config = write_daemon_config(
         tmp_path / "refreshd.toml",
@@ -196,7 +196,7 @@ def test_a_password_in_the_wrong_key_is_named_by_its_place_and_never_printed(
     )
     env = {"P": "0ther-Pa55_word"}
 
-    code, out, err = run_refreshd(["check", "-c", config], env=env)
+    code, out, err = run_cli(["check", "-c", config], env=env)
     daemon = DaemonProcess(config, env=env).start()
     run_code = daemon.wait(timeout=30)
 
@@ -207,7 +207,7 @@ def test_a_password_in_the_wrong_key_is_named_by_its_place_and_never_printed(
 
 
 def test_check_warns_about_a_short_password_and_never_shows_it(
-    tmp_path: Path, run_refreshd: RunRefreshd
+    tmp_path: Path, run_cli: RunRefreshd
 ) -> None:
     short = "Zq-7x"
     config = write_daemon_config(
@@ -216,7 +216,7 @@ def test_check_warns_about_a_short_password_and_never_shows_it(
         credentials={"main": {"user": USER, "password_env": "P"}},
     )
 
-    code, out, err = run_refreshd(["check", "-c", config], env={"P": short})
+    code, out, err = run_cli(["check", "-c", config], env={"P": short})
 
     assert code == EXIT_OK
     assert "credentials.main: the password has fewer than 8 characters" in err

@@ -19,6 +19,7 @@ from tests.support.alerts import alert, expect, input_series, promtool, run_prom
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
 from tests.support.databases import database_user, telephony_boxes, verified_cluster
+from tests.support.waiting import eventually
 
 DB_PASSWORD = "ro-Pass_4567"
 VERIFY_TIMEOUT = 10.0  # seconds: the least verify_timeout allows
@@ -83,7 +84,7 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     tmp_path: Path,
     cluster: tuple[Simulator, DatabaseUrl],
     start_daemon: StartDaemon,
-    run_refreshd: RunRefreshd,
+    run_cli: RunRefreshd,
 ) -> None:
     sim, _ = cluster
     sim.set_keepalive("10.0.0.12", alive=False)
@@ -104,7 +105,7 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     print(f"FIGURE not_applied told {waited:.1f}s after the success line, {line['seconds']}s")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
 
-    text, entry, row = _shown(tmp_path, run_refreshd)
+    text, entry, row = _shown(tmp_path, run_cli)
     assert entry["verified"]["applied"] is False
     assert entry["verified"]["detail"] == "still flagged: dial2 (10.0.0.12)"
     assert row["outcome"] == "ok"
@@ -130,7 +131,7 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
     tmp_path: Path,
     cluster: tuple[Simulator, DatabaseUrl],
     start_daemon: StartDaemon,
-    run_refreshd: RunRefreshd,
+    run_cli: RunRefreshd,
 ) -> None:
     daemon = _start(tmp_path, cluster, start_daemon)
     port = daemon.metrics_port()
@@ -139,7 +140,12 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
 
     assert line["boxes"] == 3
     assert 0 < line["seconds"] < VERIFY_TIMEOUT
-    assert _metric(port, "refreshd_refresh_apply_seconds_count") == 1
+    # events.py logs the line, then sets the metrics: a scrape may fall in between.
+    eventually(
+        lambda: _metric(port, "refreshd_refresh_apply_seconds_count") == 1,
+        timeout=5,
+        what="the applied refresh counted in /metrics",
+    )
     assert _metric(port, "refreshd_unapplied_servers", server="east") == 0
     applied_at = _metric(port, "refreshd_last_applied_timestamp_seconds", server="east")
     assert applied_at is not None
@@ -148,7 +154,7 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
     print(f"FIGURE applied {line['seconds']}s after the call (keepalive every 1 s)")
     assert DB_PASSWORD not in daemon.stdout + daemon.stderr
 
-    text, entry, row = _shown(tmp_path, run_refreshd)
+    text, entry, row = _shown(tmp_path, run_cli)
     assert entry["verified"]["applied"] is True
     assert entry["verified"]["seconds"] == line["seconds"]
     assert row["verified"] == entry["verified"]
@@ -163,10 +169,10 @@ def _check_online(
 
 
 def test_check_online_counts_the_telephony_servers_it_would_verify(
-    tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], run_refreshd: RunRefreshd
+    tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], run_cli: RunRefreshd
 ) -> None:
     sim, database = cluster
-    code, out, err = _check_online(tmp_path, sim, database, DB_PASSWORD, run_refreshd)
+    code, out, err = _check_online(tmp_path, sim, database, DB_PASSWORD, run_cli)
 
     assert code == 0, out + err
     (line,) = [text for text in out.splitlines() if "database east" in text]
@@ -180,7 +186,7 @@ def test_check_online_counts_the_telephony_servers_it_would_verify(
 def test_check_online_fails_naming_the_grant_or_the_password(
     tmp_path: Path,
     cluster: tuple[Simulator, DatabaseUrl],
-    run_refreshd: RunRefreshd,
+    run_cli: RunRefreshd,
     problem: str,
 ) -> None:
     sim, full = cluster
@@ -188,9 +194,9 @@ def test_check_online_fails_naming_the_grant_or_the_password(
     with database_user(grants, DB_PASSWORD) as user:
         partial = DatabaseUrl(user, full.host, full.port, full.database)
         if problem == "a wrong password":
-            code, out, err = _check_online(tmp_path, sim, full, "wrong-Pass_99", run_refreshd)
+            code, out, err = _check_online(tmp_path, sim, full, "wrong-Pass_99", run_cli)
         else:
-            code, out, err = _check_online(tmp_path, sim, partial, DB_PASSWORD, run_refreshd)
+            code, out, err = _check_online(tmp_path, sim, partial, DB_PASSWORD, run_cli)
 
     assert code == 1, out + err
     (line,) = [text for text in out.splitlines() if "database east" in text]
