@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from refreshd.attempt import Target
+from refreshd.claiming import Claiming
 from refreshd.client import Client
 from refreshd.clock import FakeClock
 from refreshd.config import Config, validate_config
 from refreshd.core.vicidial import Answer, Attempt, Transport, classify, refresh_params
+from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner, runner_for
 from refreshd.scheduler import Scheduler
@@ -114,12 +116,17 @@ class Loop:
     fault_after_login: bool = False
     """With a fault: run the PHP first (the login counts), then lose its answer."""
     metrics: Metrics = field(default_factory=Metrics)
+    claims: Callable[[Events], Claiming] | None = None
+    """Makes this loop's claims (one instance of several sharing a store), given its
+    events; None: a single daemon without claims."""
 
     def __post_init__(self) -> None:
         self.store = StateStore(self.store_path)
         self.runner = Runner(
             self.config, store=self.store, clock=self.clock, log=self.log, metrics=self.metrics
         )
+        if self.claims is not None:
+            self.runner.claims = self.claims(self.runner.events)
         self.scheduler = Scheduler(
             self.config,
             runner=self.runner,
