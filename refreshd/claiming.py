@@ -54,6 +54,11 @@ class Refused(enum.StrEnum):
     LOGIN_HELD = "another instance is trying this login"
     UNAVAILABLE = "the shared store is unavailable"
 
+    @classmethod
+    def of(cls, reason: str) -> Refused | None:
+        """The refusal a skipped job's reason names, if it is one."""
+        return cls._value2member_map_.get(reason)  # type: ignore[return-value]
+
 
 # What the runner answers for a result refused by fencing (the scheduler reads the ticket).
 FENCED_OUT = Decision(Action.GIVE_UP, None, 0, str(Refused.FENCED))
@@ -153,7 +158,7 @@ class Claiming:
         if claim is None:
             return Refused.DONE if found is not None and found[0] == "done" else Refused.HELD
         self._hold(claim)
-        if claim.taken_over_from is not None:
+        if claim.taken_over_from is not None and not server.startswith(LOGIN_PREFIX):
             self._events.claim_taken_over(server, due, claim.taken_over_from, claim.maybe_called)
         return claim
 

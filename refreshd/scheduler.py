@@ -367,7 +367,7 @@ class Scheduler:
             call.login_fingerprint or "",
             server.target,
             on_done=lambda attempt: self._done(name, generation, call, attempt, ticket),
-            on_skipped=lambda reason: self._skipped(name, ticket),
+            on_skipped=lambda reason: self._skipped(name, ticket, reason),
             before_send=None if ticket.claims is None else lambda: claim_run(ticket),
         )
 
@@ -399,12 +399,12 @@ class Scheduler:
         else:  # DONE, SUSPEND_SERVER: the ledger already says what comes next
             self._plan(server, now)
 
-    def _skipped(self, name: str, ticket: Ticket) -> None:
+    def _skipped(self, name: str, ticket: Ticket, reason: str) -> None:
         with self._lock:
             server = self._servers.get(name)
             if server is None:
                 return
-            server.in_flight = False
+            server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
             if ticket.refused is not None and not self._stopping:
                 server.attempts = max(0, server.attempts - 1)  # no call was made here
                 self._not_here(server, ticket)

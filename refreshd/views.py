@@ -12,6 +12,7 @@ from refreshd.core.ledger import LoginEntry, login_key
 from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
+from refreshd.shared.instances import Instance
 from refreshd.store import CallRecord, ServerState, Verification
 
 __all__ = [
@@ -150,3 +151,16 @@ def applied_text(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
     return f"{'yes' if entry['applied'] else 'NO'} ({entry['seconds']:.0f}s)"
+
+
+def instance_entry(instance: Instance) -> dict[str, Any]:
+    """An instance sharing the store, for `status --json`: who it is, its heartbeat (by
+    the database's clock) and the runs it holds."""
+    return {
+        "instance": instance.name,
+        "host": instance.host,
+        "pid": instance.pid,
+        "started": instance.started.isoformat(),
+        "last_heartbeat": instance.last_beat.isoformat(),
+        "holds": [{"server": server, "due": due.isoformat()} for server, due in instance.holds],
+    }

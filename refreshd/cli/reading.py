@@ -8,17 +8,20 @@ import json
 from datetime import datetime
 from typing import Any
 
+from refreshd.claiming import lease_of
 from refreshd.cli.loading import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load, unknown_servers
 from refreshd.cli.text import print_table, safe, say, when
 from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.core.policy import WaitKind
 from refreshd.instance import lock_holder
+from refreshd.shared.instances import live_in_file
 from refreshd.store import StateError, StateStore
 from refreshd.views import (
     applied_text,
     daemon_entry,
     history_rows,
+    instance_entry,
     plan_document,
     status_document,
 )
@@ -93,10 +96,21 @@ def status(args: argparse.Namespace) -> int:
     document = status_document(
         config, states, logins, done, now, daemon=daemon, verifications=verified
     )
+    # The instances sharing the store, live by their heartbeat, and the runs each holds.
+    live = live_in_file(config.daemon.state_path, now, int(lease_of(config).total_seconds() * 1000))
+    document["instances"] = [instance_entry(each) for each in live]
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
     print(_daemon_line(holder.running, holder.pid, beat, now, utc=args.utc))
+    for each in live:
+        holds = ", ".join(
+            f"{server} (due {when(due, now, utc=args.utc)})" for server, due in each.holds
+        )
+        print(
+            f"instance {each.name}: {each.host} pid {each.pid}, "
+            f"heartbeat {when(each.last_beat, now, utc=args.utc)}, holds {holds or 'nothing'}"
+        )
     print_table(
         ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"],
         [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],

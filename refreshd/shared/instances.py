@@ -5,8 +5,12 @@ lease. Which runs each holds is read from the claims table."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from refreshd.shared.claims import DONE
 from refreshd.shared.claims import TABLE as CLAIMS
@@ -58,23 +62,47 @@ def beat(engine: Engine, name: str, host: str, pid: int) -> None:
             )
 
 
+_LIVE = (
+    f"SELECT instance, host, pid, started_ms, beat_ms FROM {TABLE} "
+    "WHERE beat_ms > %s ORDER BY instance"
+)
+_HELD = (
+    f"SELECT instance, server, due FROM {CLAIMS} "
+    "WHERE lease_until > %s AND state <> %s ORDER BY server, due"
+)
+
+
 def live(engine: Engine, lease_ms: int) -> list[Instance]:
     """The instances whose heartbeat is younger than a lease, with the runs each holds (a
     live lease on a run not yet done), by name."""
     with engine.transaction() as tx:
         now = engine.now_ms(tx)
-        tx.execute(
-            f"SELECT instance, host, pid, started_ms, beat_ms FROM {TABLE} "
-            "WHERE beat_ms > %s ORDER BY instance",
-            (now - lease_ms,),
-        )
+        tx.execute(_LIVE, (now - lease_ms,))
         rows = tx.fetchall()
-        tx.execute(
-            f"SELECT instance, server, due FROM {CLAIMS} "
-            "WHERE lease_until > %s AND state <> %s ORDER BY server, due",
-            (now, DONE),
-        )
+        tx.execute(_HELD, (now, DONE))
         held = tx.fetchall()
+    return _instances(rows, held)
+
+
+def live_in_file(path: Path, now: datetime, lease_ms: int) -> list[Instance]:
+    """`live` from a state file, read-only (for `status`, which may not write it): none
+    before a daemon with claims has run."""
+    now_ms = int(now.timestamp() * 1000)
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = conn.execute(_LIVE.replace("%s", "?"), (now_ms - lease_ms,)).fetchall()
+        held = conn.execute(_HELD.replace("%s", "?"), (now_ms, DONE)).fetchall()
+    except sqlite3.OperationalError:  # no such table: no daemon with claims ran yet
+        return []
+    finally:
+        conn.close()
+    return _instances(rows, held)
+
+
+def _instances(rows: list[Any], held: list[Any]) -> list[Instance]:
     holds: dict[str, list[tuple[str, datetime]]] = {}
     for instance, server, due in held:
         if not str(server).startswith(LOGIN_PREFIX):

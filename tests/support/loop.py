@@ -116,6 +116,8 @@ class Loop:
     fault_after_login: bool = False
     """With a fault: run the PHP first (the login counts), then lose its answer."""
     metrics: Metrics = field(default_factory=Metrics)
+    hold: Callable[[], None] | None = None
+    """Called as each request goes out, before VICIdial sees it (a stalled instance)."""
     claims: Callable[[Events], Claiming] | None = None
     """Makes this loop's claims (one instance of several sharing a store), given its
     events; None: a single daemon without claims."""
@@ -140,6 +142,8 @@ class Loop:
         self.scheduler.prepare()
 
     def _send(self, client: Client, target: Target) -> Attempt:
+        if self.hold is not None:
+            self.hold()
         now = self.clock.now()
         with self._lock:
             number = len(self.calls)
