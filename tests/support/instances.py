@@ -6,9 +6,10 @@ simulated VICIdial answering them all."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from refreshd.claiming import Claiming
 from refreshd.clock import FakeClock
 from refreshd.config import Config
 from refreshd.events import Events
-from refreshd.shared import Engine, connect, sqlite_engine
+from refreshd.shared import Engine, Tx, connect, sqlite_engine
 from refreshd.simulator.rules import Vicidial
 from tests.support.databases import scratch_database
 from tests.support.loop import MAX_STEPS, Loop, users
@@ -26,8 +27,9 @@ ENGINES = ["sqlite", "postgresql", "mysql"]
 
 
 class Instances:
-    """`count` instances web-0, web-1, ... of one config. `stalled`: names not stepped,
-    not renewing (a SIGSTOPped process)."""
+    """`count` instances web-0, web-1, ... of one config, renewing every `renew_every`
+    (a third of a lease). `stalled`: names not stepped, not renewing (a SIGSTOPped
+    process)."""
 
     def __init__(
         self,
@@ -40,10 +42,12 @@ class Instances:
         lease: timedelta,
         vicidial: Vicidial | None = None,
         shared_state: bool = True,
+        renew_every: timedelta | None = None,
     ) -> None:
         self.clock = FakeClock(start)
         self.vicidial = vicidial if vicidial is not None else Vicidial(users())
         self.lease = lease
+        self.renew_every = renew_every or lease / 3
         self.stalled: set[str] = set()
         self.engines: list[Engine] = []
         self.loops: dict[str, Loop] = {}
@@ -98,7 +102,7 @@ class Instances:
                 for name in self.loops:
                     if name not in self.stalled:
                         self.claims(name).renew()
-                self._renew_at = at + self.lease / 3
+                self._renew_at = at + self.renew_every
             due = [loop for loop in self.running() if (w := loop.scheduler.next_wake()) and w <= at]
             self._rng.shuffle(due)
             for loop in due:
@@ -130,3 +134,35 @@ def claims_engine(kind: str, tmp_path: Path) -> Iterator[Callable[[FakeClock], E
         return
     with scratch_database(kind) as url:
         yield lambda clock: connect(url, None)
+
+
+class Breakable(Engine):
+    """An engine whose every transaction fails while `broken` (the database unreachable),
+    else that of `engine`; `tries` counts the transactions asked for."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.kind = engine.kind
+        self.broken = False
+        self.tries = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        self.tries += 1
+        if self.broken:
+            raise sqlite3.OperationalError("unable to open database file (cut by the test)")
+        with self.engine.transaction() as tx:
+            yield tx
+
+    def now_ms(self, tx: Tx) -> int:
+        return self.engine.now_ms(tx)
+
+    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        return self.engine.insert_ignore(table, columns)
+
+    def for_update(self) -> str:
+        return self.engine.for_update()
+
+    def close(self) -> None:
+        self.engine.close()
