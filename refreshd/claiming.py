@@ -88,6 +88,13 @@ class Ticket:
         self.refused = Refused.FENCED
         return False
 
+    def settled(self, decision: Decision) -> None:
+        """A result that counted but did not make the run done: the run is given back, to
+        whichever instance may try it when the decision says (its retry, the server's
+        suspension, the login's wait: they bind the other instances too)."""
+        if self.claims is not None and self.claim is not None and decision.action != Action.DONE:
+            self.claims.give_back(self.claim, decision.at)
+
 
 def claims_for(
     config: Any, store: Any, clock: Clock, events: Events, stop: threading.Event
@@ -182,14 +189,12 @@ class Claiming:
     def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
         """The call's result: True when it counts (the fence holds, or the store cannot
         say: the call happened, and a takeover will count it at-least-once), False when
-        it is refused. A result other than ok gives the run back, so a retry can come from
-        any instance. `tx`: the journal's transaction, when the journal shares the engine."""
+        it is refused. `tx`: the journal's transaction, when the journal shares the engine.
+        A result other than ok is then given back (`give_back`), until its retry may come."""
         with self._lock:
             self._held.pop(claim.key(), None)
         try:
             kept = self.store.finish(claim, outcome, tx)
-            if kept and outcome != "ok":
-                self.store.release(claim)
         except Exception as error:
             self._failed(error)
             return True
@@ -197,12 +202,12 @@ class Claiming:
             self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
         return kept
 
-    def give_back(self, claim: Claim) -> None:
-        """A claim whose call was not made: free for anyone at once."""
+    def give_back(self, claim: Claim, until: datetime | None = None) -> None:
+        """A run not done here: free for anyone at once, or from `until` on."""
         with self._lock:
             self._held.pop(claim.key(), None)
         try:
-            self.store.release(claim)
+            self.store.release(claim, until)
         except Exception as error:
             self._failed(error)
 

@@ -90,8 +90,7 @@ class Runner:
         self._set_aside: dict[str, datetime] = {}  # login -> the wait --force set aside
         # The daemon's verified refreshes (verify/watch.py) hear of every call settled.
         self.after_call: Callable[[Call, Attempt], None] | None = None
-        # The daemon's claims (claiming.py): with them, a run is called only on a claim,
-        # and an unproven login only under its shared lease.
+        # The daemon's claims (claiming.py): a run called on a claim, a login under a lease.
         self.claims: Claiming | None = None
         self._leased: set[str] = set()  # logins whose shared lease this process holds
 
@@ -176,10 +175,9 @@ class Runner:
             return allowed
 
     def confirm(self, login: str, password: str) -> str | None:
-        """`try_start`'s other half when instances share a store, just before the call
-        (outside any lock): an unproven login is tried by one instance at a time, under
-        its shared lease, after taking in what the others journaled. None: go; else why
-        not (the call is skipped)."""
+        """`try_start`'s other half, just before the call (outside any lock): an unproven
+        login is tried by one instance at a time, under its shared lease, after taking in
+        what the others journaled. None: go; else why not (the call is skipped)."""
         claims = self.claims
         if claims is None or password in self._ledger.login(login).proven:
             return None
@@ -307,6 +305,8 @@ class Runner:
             self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
         self.events.emit(done.events)
         self.events.called(call.server, attempt)
+        if ticket is not None:
+            ticket.settled(done.decision)
         if self.after_call is not None:
             self.after_call(call, attempt)
         return done.decision

@@ -133,13 +133,16 @@ class ClaimStore:
         )
         return changed == 1
 
-    def release(self, claim: Claim) -> None:
-        """Give the run back at once (no call was made, or the result was not `ok` and a
-        retry may come from anyone): its lease ends now."""
+    def release(self, claim: Claim, until: datetime | None = None) -> None:
+        """Give the run back (no call was made, or the result was not `ok` and a retry may
+        come from anyone): its lease ends now, or at `until`, when the retry may come (a
+        back-off, a suspension or a login's wait binds the other instances too; this one
+        may claim it again before)."""
+        ends = 0 if until is None else int(until.timestamp() * 1000)
         with self.engine.transaction() as tx:
             tx.execute(
-                f"UPDATE {TABLE} SET lease_until = 0 WHERE {_MINE} AND state <> %s",
-                (*claim.key(), DONE),
+                f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
+                (ends, *claim.key(), DONE),
             )
 
     def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from refreshd.claiming import Refused
+from refreshd.core.vicidial import Answer
 from refreshd.simulator.rules import Vicidial
 from tests.support.instances import ENGINES, Instances, claims_engine
-from tests.support.loop import USER, at, fleet, numbered, users
+from tests.support.loop import USER, at, fleet, http_error, numbered, users
 
 START = at("2027-01-04T00:00:00")
 MINUTE = timedelta(minutes=1)
@@ -163,3 +164,28 @@ def test_ten_instances_with_a_wrong_password_cost_one_failed_login(
     assert vicidial.tally.logins["failed"] == 1
     assert sum(len(loop.calls) for loop in ten.loops.values()) == 1
     assert vicidial.lockouts == []
+
+
+def test_a_failed_runs_retry_waits_for_its_back_off_on_every_instance(tmp_path: Path) -> None:
+    config = fleet(every_ten_minutes(1), backoff={"retry_initial": "2m"})
+    failures = iter([http_error(500)])
+
+    def first_fails(number: int) -> Answer | None:
+        return next(failures, None)
+
+    with claims_engine("sqlite", tmp_path) as engine:
+        pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=LEASE)
+        try:
+            for loop in pair.loops.values():
+                loop.fault = first_fails
+            pair.run_for(5 * MINUTE)
+        finally:
+            pair.close()
+    calls = sorted(call.at for loop in pair.loops.values() for call in loop.calls)
+    (retrying,) = [
+        line for loop in pair.loops.values() for line in loop.log.matching("refresh.retrying")
+    ]
+    # The other instance did not call meanwhile: the run was given back from the retry's
+    # instant on, not at once.
+    assert calls == [START, retrying["retry_at"]]
+    assert retrying["retry_at"] > START + LEASE
