@@ -74,25 +74,30 @@ class Ticket:
     claim: Claim | None = None
     refused: Refused | None = None
 
+    # Until the journal runs on the shared engine, the fence is checked in a transaction
+    # right before the journal's (`holds`) and the claim finished in one right after it
+    # (`settled`): a crash between them leaves the claim `called`, so another instance may
+    # call the run again (at-least-once, counted), and the journal never misses a result
+    # it made. Once ported, both become `finish(claim, outcome, tx)` inside the journal's
+    # transaction (journal(..., within=...)): the result and the claim commit together.
+
     def holds(self, outcome: object) -> bool:
-        """Whether the call's result counts for the run (`Claiming.finish`); False: it is
-        refused, and the ticket says so."""
-        if self.claims is None or self.claim is None:
-            return True
-        # Its own transaction, right before the journal's. Once the journal runs on the
-        # shared engine (StateStore.engine), this goes inside it (journal(...,
-        # within=lambda tx: claims.finish(claim, outcome, tx))): the result and the
-        # claim then commit together, and no crash falls between them.
-        if self.claims.finish(self.claim, str(outcome)):
+        """Whether the call's result counts for the run; False: it is refused (another
+        instance took the run over), and the ticket says so."""
+        if self.claims is None or self.claim is None or self.claims.holds(self.claim):
             return True
         self.refused = Refused.FENCED
         return False
 
     def settled(self, decision: Decision) -> None:
-        """A result that counted but did not make the run done: the run is given back, to
-        whichever instance may try it when the decision says (its retry, the server's
-        suspension, the login's wait: they bind the other instances too)."""
-        if self.claims is not None and self.claim is not None and decision.action != Action.DONE:
+        """After the journal: the run marked done, or given back to whichever instance may
+        try it when the decision says (its retry, the server's suspension, the login's
+        wait: they bind the other instances too)."""
+        if self.claims is None or self.claim is None:
+            return
+        done = decision.action == Action.DONE
+        self.claims.finish(self.claim, "ok" if done else str(decision.action))
+        if not done:
             self.claims.give_back(self.claim, decision.at)
 
 
@@ -104,6 +109,10 @@ def claims_for(
     one path for both."""
     engine = getattr(store, "engine", None) or sqlite_engine(config.daemon.state_path, clock)
     claims = Claiming(engine, instance_name(config), lease_of(config), clock=clock, events=events)
+    # A state file has one daemon (instance.py's lock): another instance's claim in it is a
+    # dead daemon's, taken over now (as any takeover: said, at-least-once if it was
+    # called) rather than a lease after a restart.
+    claims.exclusive = engine.kind == "sqlite"
     claims.start(stop)
     return claims
 
@@ -142,6 +151,7 @@ class Claiming:
         self._held: dict[tuple[str, str, str, int], tuple[Claim, float]] = {}
         self._logins: dict[str, Claim] = {}
         self._created = False
+        self.exclusive = False  # no other instance can be alive on this store
         self._outage_since: float | None = None
         self._failures = 0
         self._last_renewal = clock.monotonic()
@@ -186,11 +196,23 @@ class Claiming:
         self._lose(claim, "the lease lapsed before the call")
         return False
 
+    def holds(self, claim: Claim) -> bool:
+        """May the call's result be recorded? True while the fence holds (or the store
+        cannot say: the call happened; a takeover will count it at-least-once); False,
+        said as `claim.lost`, when another instance took the run over."""
+        try:
+            kept = self.store.holding(claim)
+        except Exception as error:
+            self._failed(error)
+            return True
+        if not kept:
+            self._lose(claim, str(Refused.FENCED))
+        return kept
+
     def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
-        """The call's result: True when it counts (the fence holds, or the store cannot
-        say: the call happened, and a takeover will count it at-least-once), False when
-        it is refused. `tx`: the journal's transaction, when the journal shares the engine.
-        A result other than ok is then given back (`give_back`), until its retry may come."""
+        """The call's result on its claim: `ok` makes the run done for every instance.
+        True when the fence held, False (said) when it had moved. `tx`: the journal's
+        transaction, once the journal shares the engine."""
         with self._lock:
             self._held.pop(claim.key(), None)
         try:
@@ -310,6 +332,8 @@ class Claiming:
         if not self._created:
             self.store.create()
             instances.create(self.engine)
+            if self.exclusive:
+                self.store.expire_others()
             self._created = True
 
     def _hold(self, claim: Claim) -> None:

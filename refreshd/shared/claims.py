@@ -133,6 +133,18 @@ class ClaimStore:
         )
         return changed == 1
 
+    def holding(self, claim: Claim, tx: Tx | None = None) -> bool:
+        """Whether the fencing number is still the row's and the run not done: a result
+        may be recorded (`finish` then marks it)."""
+        if tx is None:
+            with self.engine.transaction() as own:
+                return self.holding(claim, own)
+        tx.execute(
+            f"SELECT state FROM {TABLE} WHERE {_MINE} AND state <> %s{self.engine.for_update()}",
+            (*claim.key(), DONE),
+        )
+        return tx.fetchone() is not None
+
     def release(self, claim: Claim, until: datetime | None = None) -> None:
         """Give the run back (no call was made, or the result was not `ok` and a retry may
         come from anyone): its lease ends now, or at `until`, when the retry may come (a
@@ -143,6 +155,15 @@ class ClaimStore:
             tx.execute(
                 f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
                 (ends, *claim.key(), DONE),
+            )
+
+    def expire_others(self) -> int:
+        """End every other instance's lease now (not their fences): for a store only this
+        instance can be using, where any other holder is a dead process. How many."""
+        with self.engine.transaction() as tx:
+            return tx.execute(
+                f"UPDATE {TABLE} SET lease_until = 0 WHERE instance <> %s AND state <> %s",
+                (self.instance, DONE),
             )
 
     def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:

@@ -146,6 +146,24 @@ def test_an_unreachable_store_stops_claims_is_said_once_and_recovers(tmp_path: P
     assert len(one.log.matching("state.error")) == 2  # a new outage is said again
 
 
+def test_a_state_files_only_daemon_takes_a_dead_ones_claims_over_at_once(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(START)
+    dead = One(sqlite_engine(tmp_path / "state.db", clock), "host:100", clock, LEASE)
+    claim = dead.claims.take("east", START)
+    assert not isinstance(claim, Refused)
+    assert dead.claims.calling(claim)  # then kill -9
+    restarted = One(sqlite_engine(tmp_path / "state.db", clock), "host:200", clock, LEASE)
+    restarted.claims.exclusive = True  # the state file's lock is held: host:100 is dead
+
+    taken = restarted.claims.take("east", START)
+
+    assert not isinstance(taken, Refused)
+    assert (taken.taken_over_from, taken.maybe_called) == ("host:100", True)
+    assert restarted.log.matching("claim.taken_over", from_instance="host:100")
+
+
 def test_health_fails_only_after_a_lease_without_a_renewal(tmp_path: Path) -> None:
     clock = FakeClock(START)
     engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
