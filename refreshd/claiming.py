@@ -18,13 +18,15 @@ from refreshd.clock import Clock
 from refreshd.core.policy import Action, Decision
 from refreshd.events import Events
 from refreshd.shared import instances
-from refreshd.shared.claims import Claim, ClaimStore
+from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
 from refreshd.shared.engines import Engine, Tx, sqlite_engine
-from refreshd.shared.instances import LOGIN_PREFIX, Instance
+from refreshd.shared.instances import Instance
 
 __all__ = ["Claiming", "Refused", "Ticket", "claim_run", "claims_for", "instance_name", "lease_of"]
 
 DEFAULT_LEASE = timedelta(seconds=15)
+# How often old claims and instances are forgotten (older than the history's retention).
+PRUNE_EVERY = 3600.0
 # Back-off while the store is unreachable: from this, doubling, up to a lease.
 FIRST_RETRY = 0.5
 # A login's lease is a claim on this instant, never a run's due time.
@@ -113,6 +115,7 @@ def claims_for(
     # dead daemon's, taken over now (as any takeover: said, at-least-once if it was
     # called) rather than a lease after a restart.
     claims.exclusive = engine.kind == "sqlite"
+    claims.retention = config.daemon.history_retention
     claims.start(stop)
     return claims
 
@@ -152,6 +155,8 @@ class Claiming:
         self._logins: dict[str, Claim] = {}
         self._created = False
         self.exclusive = False  # no other instance can be alive on this store
+        self.retention: timedelta | None = None  # forget claims older (None: keep them)
+        self._pruned: float | None = None
         self._outage_since: float | None = None
         self._failures = 0
         self._last_renewal = clock.monotonic()
@@ -274,6 +279,7 @@ class Claiming:
             kept = {claim.key() for claim in self.store.renew(claims)}
             instances.beat(self.engine, self.instance, socket.gethostname(), os.getpid())
             live = instances.live(self.engine, self._lease_ms)
+            self._prune(started)
         except Exception as error:
             self._failed(error)
             return None
@@ -335,6 +341,17 @@ class Claiming:
             if self.exclusive:
                 self.store.expire_others()
             self._created = True
+
+    def _prune(self, now: float) -> None:
+        """Hourly: the claims of runs older than the history's retention, and the rows of
+        instances silent that long (each restart is a new hostname:pid)."""
+        if self.retention is None or (
+            self._pruned is not None and now - self._pruned < PRUNE_EVERY
+        ):
+            return
+        self._pruned = now
+        self.store.prune(self._clock.now() - self.retention)
+        instances.prune(self.engine, int(self.retention.total_seconds() * 1000))
 
     def _hold(self, claim: Claim) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Any
 
 from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, server_fingerprint
-from refreshd.claiming import FENCED_OUT, Claiming, Ticket
+from refreshd.claiming import FENCED_OUT, Claiming, Refused, Ticket
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import (
@@ -186,9 +186,9 @@ class Runner:
             return str(refused)
         try:
             self.sync()
-        except StateError as err:
+        except StateError:  # said by the heartbeat's own sync; the job comes back later
             claims.free_login(login)
-            return f"the journal cannot be read: {err}"
+            return str(Refused.UNAVAILABLE)
         wait = self.wait_of(login, self.clock.now())
         if wait is not None:
             claims.free_login(login)

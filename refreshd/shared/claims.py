@@ -24,6 +24,8 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     outcome VARCHAR(40),
     PRIMARY KEY (server, due)
 )"""
+# A login's shared lease is a claim too, on this pseudo-server: never a run.
+LOGIN_PREFIX = "login/"
 # A claim's life: claimed (nothing sent yet) -> called (the request may be out) -> done.
 CLAIMED, CALLED, DONE = "claimed", "called", "done"
 _COLUMNS = ("server", "due", "instance", "fence", "lease_until", "state")
@@ -164,6 +166,15 @@ class ClaimStore:
             return tx.execute(
                 f"UPDATE {TABLE} SET lease_until = 0 WHERE instance <> %s AND state <> %s",
                 (self.instance, DONE),
+            )
+
+    def prune(self, before: datetime) -> int:
+        """Forget the claims of runs due before `before` (the history's retention: those
+        runs are long over); how many."""
+        with self.engine.transaction() as tx:
+            return tx.execute(
+                f"DELETE FROM {TABLE} WHERE due < %s AND server NOT LIKE %s",
+                (text(before), LOGIN_PREFIX + "%"),
             )
 
     def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:

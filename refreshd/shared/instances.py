@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from refreshd.shared.claims import DONE
+from refreshd.shared.claims import DONE, LOGIN_PREFIX
 from refreshd.shared.claims import TABLE as CLAIMS
 from refreshd.shared.engines import Engine
 from refreshd.store.rows import time
@@ -25,8 +25,6 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     started_ms BIGINT NOT NULL,
     beat_ms BIGINT NOT NULL
 )"""
-# A login's shared lease is a claim too (claims.py), on this pseudo-server: never a run.
-LOGIN_PREFIX = "login/"
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,13 @@ _HELD = (
     f"SELECT instance, server, due FROM {CLAIMS} "
     "WHERE lease_until > %s AND state <> %s ORDER BY server, due"
 )
+
+
+def prune(engine: Engine, older_ms: int) -> int:
+    """Forget instances whose last heartbeat is older than `older_ms`; how many."""
+    with engine.transaction() as tx:
+        now = engine.now_ms(tx)
+        return tx.execute(f"DELETE FROM {TABLE} WHERE beat_ms < %s", (now - older_ms,))
 
 
 def live(engine: Engine, lease_ms: int) -> list[Instance]:

@@ -164,6 +164,25 @@ def test_a_state_files_only_daemon_takes_a_dead_ones_claims_over_at_once(
     assert restarted.log.matching("claim.taken_over", from_instance="host:100")
 
 
+def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    one = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    one.claims.retention = timedelta(days=30)
+    old = one.claims.take("east", START)
+    assert not isinstance(old, Refused)
+    one.claims.finish(old, "ok")
+    assert one.claims.hold_login("refreshd") is None
+    clock.advance(timedelta(days=31))
+    recent = one.claims.take("east", clock.now())
+    assert not isinstance(recent, Refused)
+
+    assert one.claims.renew() is not None
+
+    assert one.claims.store.state("east", START) is None  # forgotten
+    assert one.claims.store.state("east", recent.due) is not None
+    assert one.claims.store.state("login/refreshd", at("1970-01-01T00:00:00")) is not None
+
+
 def test_health_fails_only_after_a_lease_without_a_renewal(tmp_path: Path) -> None:
     clock = FakeClock(START)
     engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
