@@ -116,6 +116,7 @@ def claims_for(
     # called) rather than a lease after a restart.
     claims.exclusive = engine.kind == "sqlite"
     claims.retention = config.daemon.history_retention
+    claims.where = str(getattr(store, "url", None) or f"state file {config.daemon.state_path}")
     claims.start(stop)
     return claims
 
@@ -155,6 +156,7 @@ class Claiming:
         self._logins: dict[str, Claim] = {}
         self._created = False
         self.exclusive = False  # no other instance can be alive on this store
+        self.where = "the shared store"  # for messages: the state file, or the URL
         self.retention: timedelta | None = None  # forget claims older (None: keep them)
         self._pruned: float | None = None
         self._outage_since: float | None = None
@@ -370,7 +372,10 @@ class Claiming:
             if first:
                 self._outage_since = self._clock.monotonic()
         if first:
-            self._events.state_outage(f"{type(error).__name__}: {error}")
+            self._events.state_outage(
+                f"claims in {self.where}: {type(error).__name__}: {error}. Check that it "
+                "is reachable and writable; retrying with back-off, no call starts meanwhile"
+            )
 
     def _recovered(self, at: float) -> None:
         with self._lock:

@@ -97,7 +97,7 @@ class Events:
 
     def state_outage(self, error: str) -> None:
         """The shared store failed: said once per outage, not at every try."""
-        self.log.error("state.error", error=error, store="claims", calls="none start until back")
+        self.log.error("state.error", error=error, store="claims")
 
     def state_recovered(self, seconds: float) -> None:
         self.log.info("state.recovered", store="claims", outage_s=round(seconds, 3))

@@ -131,7 +131,9 @@ def test_an_unreachable_store_stops_claims_is_said_once_and_recovers(tmp_path: P
         clock.advance(timedelta(seconds=delays[-1]))
     assert delays[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0]  # back-off, up to a lease
     assert set(delays[5:]) == {15.0}
-    assert len(one.log.matching("state.error")) == 1  # once per outage
+    (said,) = one.log.matching("state.error")  # once per outage
+    assert said["error"].startswith("claims in the shared store: OperationalError: ")
+    assert "retrying with back-off, no call starts meanwhile" in said["error"]
     assert not one.claims.healthy()  # /healthz: 503
 
     engine.broken = False

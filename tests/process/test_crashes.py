@@ -304,6 +304,7 @@ def test_a_full_disk_is_logged_and_never_turns_into_repeated_refreshes(fleet: Fl
     assert daemon.stop() == EXIT_OK
 
     assert "disk I/O error" in error["error"]
+    assert str(fleet.state_path) in error["error"]
     lines = daemon.matching("refresh.succeeded")
     dues = [line.get("due", line["slot"]) for line in lines]
     refreshed = len(successes(fleet.sim, 0))
