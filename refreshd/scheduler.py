@@ -416,5 +416,5 @@ class Scheduler:
         if ticket.refused is Refused.DONE:
             server.taken = max(ticket.due, server.taken or ticket.due)
             self._plan(server, self._clock.now())
-        elif ticket.claims is not None:
-            self._retry(server, self._clock.now() + ticket.claims.look_again())
+        elif ticket.claims is not None:  # the run, later, or the next if it is over by then
+            self._plan(server, self._clock.now() + ticket.claims.look_again())

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from refreshd.claiming import Refused
+from refreshd.clock import FakeClock
 from refreshd.core.vicidial import Answer
+from refreshd.shared import Engine, sqlite_engine
 from refreshd.simulator.rules import Vicidial
-from tests.support.instances import ENGINES, Instances, claims_engine
+from tests.support.instances import ENGINES, Breakable, Instances, claims_engine
 from tests.support.loop import USER, at, fleet, http_error, numbered, users
 
 START = at("2027-01-04T00:00:00")
@@ -189,3 +191,33 @@ def test_a_failed_runs_retry_waits_for_its_back_off_on_every_instance(tmp_path: 
     # instant on, not at once.
     assert calls == [START, retrying["retry_at"]]
     assert retrying["retry_at"] > START + LEASE
+
+
+def test_no_call_starts_while_the_claims_store_is_down_and_calls_resume_after(
+    tmp_path: Path,
+) -> None:
+    servers = [{**server, "every": "1m"} for server in numbered(3)]
+    engines: list[Breakable] = []
+
+    def breakable(clock: FakeClock) -> Engine:
+        engines.append(Breakable(sqlite_engine(tmp_path / "state.db", clock)))
+        return engines[-1]
+
+    one = Instances(fleet(servers), tmp_path, count=1, start=START, engine=breakable, lease=LEASE)
+    loop = one.loops["web-0"]
+    try:
+        one.run_for(3 * MINUTE)
+        before = len(loop.calls)
+        engines[0].broken = True
+        one.run_for(10 * MINUTE)
+        during = len(loop.calls) - before
+        engines[0].broken = False
+        one.run_for(3 * MINUTE)  # recovers at the next renewal: no restart
+    finally:
+        one.close()
+    assert before == 3 * 4  # minutes 0 to 3
+    assert during == 0
+    assert len(loop.log.matching("state.error")) == 1
+    assert len(loop.log.matching("state.recovered")) == 1
+    assert len(loop.calls) - before >= 3 * 2
+    assert set(one.calls_per_run().values()) == {1}
