@@ -34,10 +34,12 @@ _LOGIN_DUE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def instance_name(config: Any) -> str:
-    """How this instance is named in the shared store: `[state].instance` when the config
-    has one, else hostname:pid (unique on a host, and says where to look)."""
-    named = getattr(getattr(config, "state", None), "instance", None)
-    return str(named) if named else f"{socket.gethostname()}:{os.getpid()}"
+    """How this instance is named in the shared store: `[state]`'s own answer when the
+    config has that table, else hostname:pid (unique on a host, and says where to look)."""
+    state = getattr(config, "state", None)
+    if callable(getattr(state, "instance_name", None)):
+        return str(state.instance_name())  # type: ignore[union-attr]
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def lease_of(config: Any) -> timedelta:
@@ -116,7 +118,7 @@ def claims_for(
     # called) rather than a lease after a restart.
     claims.exclusive = engine.kind == "sqlite"
     claims.retention = config.daemon.history_retention
-    claims.where = str(getattr(store, "url", None) or f"state file {config.daemon.state_path}")
+    claims.where = str(getattr(store, "where", None) or f"state file {config.daemon.state_path}")
     claims.start(stop)
     return claims
 

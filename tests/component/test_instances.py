@@ -176,7 +176,8 @@ def test_a_failed_runs_retry_waits_for_its_back_off_on_every_instance(tmp_path: 
         return next(failures, None)
 
     with claims_engine("sqlite", tmp_path) as engine:
-        pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=LEASE)
+        # Seeded: the retry's jitter puts it 101 s after the failure, past a look-again.
+        pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=LEASE, seed=0)
         try:
             for loop in pair.loops.values():
                 loop.fault = first_fails

@@ -43,6 +43,7 @@ class Instances:
         vicidial: Vicidial | None = None,
         shared_state: bool = True,
         renew_every: timedelta | None = None,
+        seed: int | None = None,
     ) -> None:
         self.clock = FakeClock(start)
         self.vicidial = vicidial if vicidial is not None else Vicidial(users())
@@ -61,6 +62,7 @@ class Instances:
                 state,
                 self.clock,
                 self.vicidial,
+                rng=None if seed is None else random.Random(seed),
                 claims=self._claims_of(name, engine),
             )
             loop._lock = sim_lock

@@ -3,6 +3,7 @@ with VICIdial's pure rules answering in-process, so a simulated week takes milli
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,6 +117,8 @@ class Loop:
     fault_after_login: bool = False
     """With a fault: run the PHP first (the login counts), then lose its answer."""
     metrics: Metrics = field(default_factory=Metrics)
+    rng: random.Random | None = None
+    """The runner's randomness (the retries' jitter); None: unseeded."""
     hold: Callable[[], None] | None = None
     """Called as each request goes out, before VICIdial sees it (a stalled instance)."""
     claims: Callable[[Events], Claiming] | None = None
@@ -125,7 +128,12 @@ class Loop:
     def __post_init__(self) -> None:
         self.store = StateStore(self.store_path)
         self.runner = Runner(
-            self.config, store=self.store, clock=self.clock, log=self.log, metrics=self.metrics
+            self.config,
+            store=self.store,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            rng=self.rng,
         )
         if self.claims is not None:
             self.runner.claims = self.claims(self.runner.events)
