@@ -10,12 +10,12 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
 
 from refreshd import __version__
+from refreshd.claiming import claims_for
 from refreshd.clock import Clock, system_clock
 from refreshd.config import (
     Config,
@@ -162,6 +162,7 @@ class Daemon:
             self.log.error("daemon.failed", error=str(err))
             return EXIT_FAILED
         runner.events.notifications = Notifications(self.clock, self.log, self.metrics)
+        runner.claims = claims_for(config, store, self.clock, runner.events, self._stop_heartbeat)
         scheduler = Scheduler(
             config, runner=runner, clock=self.clock, log=self.log, metrics=self.metrics
         )
@@ -359,7 +360,9 @@ class Daemon:
         if scheduler is None or not scheduler.loop_alive(3 * self.heartbeat):
             return False
         limit = scheduler.config.client.timeout.total_seconds() + STUCK_MARGIN
-        return scheduler.dispatcher.longest_in_flight() <= limit
+        claims = scheduler.runner.claims  # not renewed for longer than a lease: 503
+        healthy = scheduler.dispatcher.longest_in_flight() <= limit
+        return healthy and (claims is None or claims.healthy())
 
     def _heartbeat(self) -> None:
         """Every `heartbeat` seconds (monotonic, so immune to clock steps): ask the
@@ -404,8 +407,7 @@ class Daemon:
             self.log.error("state.error", error=str(err))
 
     def _prune(self, scheduler: Scheduler) -> None:
-        retention: timedelta = scheduler.config.daemon.history_retention
-        store = scheduler.runner.store
+        store, retention = scheduler.runner.store, scheduler.config.daemon.history_retention
         if store is None:
             return
         try:

@@ -31,6 +31,8 @@ class LoginGate(Protocol):
 
     def try_start(self, login: str, password: str, now: datetime) -> bool: ...
 
+    def confirm(self, login: str, password: str) -> str | None: ...
+
     def prove(self, login: str, password: str) -> bool: ...
 
     def finished(self, login: str) -> None: ...
@@ -50,6 +52,9 @@ class Job:
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
     followers: list[Job] = field(default_factory=list)
+    before_send: Callable[[], str | None] | None = None
+    """Run on the worker just before the request goes out (the daemon's claim on the
+    run): None to go ahead, else why this job is not called (it is skipped)."""
     group: Hashable | None = None
     """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
     gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
@@ -238,22 +243,22 @@ class Dispatcher:
             answer = Answer(Outcome.UNEXPECTED, "internal error while sending; see refresh.error")
             return Attempt(answer, started, 0)
 
-    def _hand_back(self, job: Job, attempt: Attempt) -> None:
-        """The answer to the job and to its riders; a rider through another web server of
-        the cluster, whose answer spoke only of the job's web server, is sent on its own
-        (after the job's answer is recorded: what it taught the login gate binds it)."""
-        with self._cond:
-            # From here on, a new identical job is a new request.
-            self._by_key.pop(job.key, None)
-            riders = list(job.followers)
-        alone = [r for r in riders if not _counts_for(job, r, attempt.answer.outcome)]
-        for each in (job, *(r for r in riders if r not in alone)):
+    def _hand_back(self, job: Job, going: list[Job], attempt: Attempt) -> None:
+        """The answer to each job that went (`going`: the job and its riders cleared to go);
+        a rider through another web server of the cluster, whose answer spoke only of the
+        job's web server, is sent on its own (after the job's answer is recorded: what it
+        taught the login gate binds it), on the claim it already holds."""
+        outcome = attempt.answer.outcome
+        alone = [r for r in going if r is not job and not _counts_for(job, r, outcome)]
+        for each in going:
+            if each in alone:
+                continue
             try:
                 each.on_done(attempt)
             except Exception:
                 # A bug in recording must not kill the worker or skip the others.
                 _log.exception("refresh.error", server=each.server)
-        own = [replace(r, group=None, followers=[]) for r in alone]
+        own = [replace(r, group=None, followers=[], before_send=None) for r in alone]
         if own and not self.submit_all(own):
             for each in own:
                 each.on_skipped("shutting down")
@@ -277,24 +282,67 @@ class Dispatcher:
                 if self._stopping:
                     return
                 continue
-            released = False
-            try:
-                attempt = self._send_safely(job)
-                outcome = attempt.answer.outcome
-                if outcome in LOGIN_PROVEN:
-                    proven_now = self._gate.prove(job.login, job.password)
-                    # The login worked: nothing the recording below can learn would close
-                    # the gate, so the next call with these credentials need not wait for it.
-                    released = True
-                    self._release(job, proven_now=proven_now)
-                self._hand_back(job, attempt)
-            finally:
-                if not released:
-                    self._release(job)
-                with self._cond:
-                    self._in_flight -= 1
-                    self._started.pop(id(job), None)
-                    self._notify_if_idle()
+            self._run(job)
+
+    def _drop_late(self, job: Job, seen: list[Job], *, sent: bool = False) -> list[Job]:
+        """From here on, a new identical job is a new request. Riders that came while the
+        call was cleared or out: those with nothing to clear share the answer (returned),
+        those with a claim to take are skipped (and planned again)."""
+        with self._cond:
+            self._by_key.pop(job.key, None)
+            late = [each for each in job.followers if each not in seen]
+        riding = [each for each in late if sent and each.before_send is None]
+        for each in late:
+            if each not in riding:
+                each.on_skipped("came after the identical call was cleared")
+        return riding
+
+    def _cleared(self, jobs: list[Job]) -> list[Job]:
+        """The job and its riders (`jobs`, the job first) that may be called now: the
+        login confirmed (the shared lease of an unproven login), then each one's claim;
+        the others are skipped."""
+        reason = self._gate.confirm(jobs[0].login, jobs[0].password)
+        going: list[Job] = []
+        for each in jobs:
+            why = reason
+            if why is None and each.before_send is not None:
+                try:
+                    why = each.before_send()
+                except Exception:
+                    _log.exception("refresh.error", server=each.server)
+                    why = "internal error while claiming; see refresh.error"
+            if why is None:
+                going.append(each)
+            else:
+                each.on_skipped(why)
+        return going
+
+    def _run(self, job: Job) -> None:
+        """Send a chosen job (unless nothing of it may go) and hand its answer back."""
+        released = False
+        try:
+            seen = [job, *job.followers]
+            going = self._cleared(seen)
+            if not going:
+                self._drop_late(job, seen)
+                return
+            attempt = self._send_safely(job)
+            outcome = attempt.answer.outcome
+            if outcome in LOGIN_PROVEN:
+                proven_now = self._gate.prove(job.login, job.password)
+                # The login worked: nothing the recording below can learn would close
+                # the gate, so the next call with these credentials need not wait for it.
+                released = True
+                self._release(job, proven_now=proven_now)
+            going += self._drop_late(job, seen, sent=True)
+            self._hand_back(job, going, attempt)
+        finally:
+            if not released:
+                self._release(job)
+            with self._cond:
+                self._in_flight -= 1
+                self._started.pop(id(job), None)
+                self._notify_if_idle()
 
 
 def _counts_for(leader: Job, rider: Job, outcome: Outcome) -> bool:

@@ -114,6 +114,37 @@ class Events:
         if self.notifications is not None:
             self.notifications.event(event, level, fields)
 
+    # --- claims (shared/claims.py, claiming.py) ------------------------------------------
+
+    def claim_taken_over(self, server: str, due: datetime, old: str, maybe_called: bool) -> None:
+        """This instance took over a run whose holder's lease ran out; `maybe_called`: the
+        holder had marked the call as sent, so the run may be refreshed twice."""
+        self.log.warning(
+            "claim.taken_over", server=server, due=due, from_instance=old, maybe_called=maybe_called
+        )
+        if self.metrics is not None:
+            self.metrics.claims_taken_over.labels(str(maybe_called).lower()).inc()
+
+    def claim_lost(self, server: str, due: datetime, reason: str) -> None:
+        self.log.warning("claim.lost", server=server, due=due, reason=reason)
+        if self.metrics is not None:
+            self.metrics.claims_lost.inc()
+
+    def state_outage(self, error: str) -> None:
+        """The shared store failed: said once per outage, not at every try."""
+        self.log.error("state.error", error=error, store="claims")
+
+    def state_recovered(self, seconds: float) -> None:
+        self.log.info("state.recovered", store="claims", outage_s=round(seconds, 3))
+
+    def instances(self, me: str, live: Iterable[str]) -> None:
+        """`refreshd_instance_up`: this instance, and the others live per the table."""
+        if self.metrics is None:
+            return
+        self.metrics.instance_up.clear()
+        for name in {me, *live}:
+            self.metrics.instance_up.labels(name).set(1)
+
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:
             self.metrics.slots_missed.labels(str(event.fields["server"])).inc()

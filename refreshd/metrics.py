@@ -128,9 +128,31 @@ class Metrics:
             registry=r,
         )
         self.notify_sent, self.notify_failed, self.notify_dropped = _notify_counters(r)
+        self._shared(r)
         self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
         self.info.labels(__version__).set(1)
         self._state: _StateCollector | None = None
+
+    def _shared(self, r: CollectorRegistry) -> None:
+        """The instances sharing a store (claiming.py): takeovers, lost claims, who is up."""
+        self.claims_taken_over = Counter(
+            "refreshd_claims_taken_over",
+            "Runs this instance took over from an instance whose lease ran out; "
+            "maybe_called: that instance may have sent the call (counted at-least-once).",
+            ["maybe_called"],
+            registry=r,
+        )
+        self.claims_lost = Counter(
+            "refreshd_claims_lost",
+            "Claims this instance lost (lease lapsed, or its result refused by fencing).",
+            registry=r,
+        )
+        self.instance_up = Gauge(
+            "refreshd_instance_up",
+            "1 for each instance live in the shared store (this one always), by name.",
+            ["instance"],
+            registry=r,
+        )
 
     def watch(self, read: Callable[[], StateGauges]) -> None:
         """Serve the state gauges from `read()`, called at each scrape."""

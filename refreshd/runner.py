@@ -21,6 +21,7 @@ from typing import Any
 
 from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, server_fingerprint
+from refreshd.claiming import FENCED_OUT, Claiming, Refused, Ticket
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import (
@@ -89,6 +90,9 @@ class Runner:
         self._set_aside: dict[str, datetime] = {}  # login -> the wait --force set aside
         # The daemon's verified refreshes (verify/watch.py) hear of every call settled.
         self.after_call: Callable[[Call, Attempt], None] | None = None
+        # The daemon's claims (claiming.py): a run called on a claim, a login under a lease.
+        self.claims: Claiming | None = None
+        self._leased: set[str] = set()  # logins whose shared lease this process holds
 
     @property
     def ledger(self) -> Ledger:
@@ -171,10 +175,37 @@ class Runner:
                 self._set_login(login, replace(entry, in_flight=entry.in_flight + 1))
             return allowed
 
+    def confirm(self, login: str, password: str) -> str | None:
+        """`try_start`'s other half, just before the call (outside any lock): an unproven
+        login is tried by one instance at a time, under its shared lease, after taking in
+        what the others journaled. None: go; else why not (the call is skipped)."""
+        claims = self.claims
+        if claims is None or password in self._ledger.login(login).proven:
+            return None
+        refused = claims.hold_login(login)
+        if refused is not None:
+            return str(refused)
+        try:
+            self.sync()
+        except StateError:  # said by the heartbeat's own sync; the job comes back later
+            claims.free_login(login)
+            return str(Refused.UNAVAILABLE)
+        wait = self.wait_of(login, self.clock.now())
+        if wait is not None:
+            claims.free_login(login)
+            return wait.reason
+        with self._lock:
+            self._leased.add(login)
+        return None
+
     def finished(self, login: str) -> None:
         with self._lock:
             entry = self._ledger.login(login)
             self._set_login(login, replace(entry, in_flight=max(0, entry.in_flight - 1)))
+            leased = login in self._leased
+            self._leased.discard(login)
+        if leased and self.claims is not None:
+            self.claims.free_login(login)
 
     def prove(self, login: str, password: str) -> bool:
         """VICIdial accepted the login: more calls may start at once. True when it just
@@ -236,9 +267,16 @@ class Runner:
             **where,
         )
 
-    def settle(self, call: Call, attempt: Attempt) -> Decision:
+    def settle(self, call: Call, attempt: Attempt, ticket: Ticket | None = None) -> Decision:
         """Decide, update the ledger, journal it (durable before the next plan), then log
-        and count: in that order (SPEC.md)."""
+        and count: in that order (SPEC.md). With a claim (`ticket`), only while its fence
+        holds: a refused result is not the run's (the ticket says so)."""
+        if ticket is not None and not ticket.holds(attempt.answer.outcome):
+            # Another instance took the run over while this call was out: nothing of the
+            # run is recorded; what the answer says of the login still is (it happened).
+            self.learn(call, attempt.answer.outcome)
+            self.events.called(call.server, attempt)
+            return FENCED_OUT
         with self._lock:
             done = settle(
                 self._ledger,
@@ -269,6 +307,8 @@ class Runner:
         self.events.emit(done.events)
         first = call.due if call.attempt == 1 and not call.manual else None
         self.events.called(call.server, attempt, due=first)
+        if ticket is not None:
+            ticket.settled(done.decision)
         if self.after_call is not None:
             self.after_call(call, attempt)
         return done.decision

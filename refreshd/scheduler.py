@@ -10,15 +10,16 @@ from typing import Any
 
 from refreshd.attempt import Target, target_of
 from refreshd.binding import schedule_of
+from refreshd.claiming import Refused, Ticket, claim_run
 from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core import planning
 from refreshd.core.clusters import CallGroups
 from refreshd.core.ledger import Call, Event, Kind, login_key
-from refreshd.core.planning import Next, earliest_start, missed_slot, next_fire, retry_until
+from refreshd.core.planning import Next, earliest_start, next_fire, retry_until, slot_missed
 from refreshd.core.policy import Action, Decision
-from refreshd.core.slots import Run, Schedule, open_until
+from refreshd.core.slots import Schedule, open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.events import SuccessGaps, state_gauges
@@ -47,6 +48,7 @@ class _Server:
     attempts: int = 0  # calls made for run_next.run so far
     generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
     in_flight: bool = False
+    taken: datetime | None = None  # the latest run found done by another instance (its due)
 
     @property
     def name(self) -> str:
@@ -264,7 +266,8 @@ class Scheduler:
         )
 
     def _last_done(self, server: _Server) -> datetime | None:
-        return self.runner.ledger.server(server.name).last_done
+        done = (self.runner.ledger.server(server.name).last_done, server.taken)
+        return max((each for each in done if each is not None), default=None)
 
     def _plan(self, server: _Server, now: datetime, memo: _PlanMemo | None = None) -> None:
         """Choose the server's next run and queue it. `memo`: shared by one planning pass
@@ -273,16 +276,16 @@ class Scheduler:
             return
         previous = server.run_next.run if server.run_next else None
         key = (server.schedule, self._not_before(server, now), self._last_done(server))
-        if memo is None or key not in memo:
-            chosen = next_fire(*key)
-            if memo is not None:
-                memo[key] = chosen
-        else:
-            chosen = memo[key]
+        chosen = memo[key] if memo is not None and key in memo else next_fire(*key)
+        if memo is not None:
+            memo[key] = chosen
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
             if previous is not None and server.attempts:
-                self._note_if_missed(server, previous, chosen)
+                entry = self.runner.ledger.server(server.name)
+                done, outcome = self._last_done(server), entry.last_outcome
+                missed = slot_missed(server.name, previous, chosen, done, outcome, server.attempts)
+                self.runner.tell([] if missed is None else [missed])
             server.attempts = 0
         if chosen is None:
             # Nothing within the search's horizon (a blackout covers every window): look
@@ -293,21 +296,6 @@ class Scheduler:
             self._queue_at(server, again)
             return
         self._queue_at(server, chosen.at)
-
-    def _note_if_missed(self, server: _Server, previous: Run, chosen: Next | None) -> None:
-        """`slot.missed` when a run that was tried is given up and its slot had no success."""
-        entry = self.runner.ledger.server(server.name)
-        slot = missed_slot(previous, chosen, entry.last_done)
-        if slot is None:
-            return
-        fields = {
-            "server": server.name,
-            "slot": slot.start,
-            "slot_end": slot.end,
-            "outcome": None if entry.last_outcome is None else str(entry.last_outcome),
-            "attempts": server.attempts,
-        }
-        self.runner.tell([Event(Kind.SLOT_MISSED, fields)])
 
     def _retry(self, server: _Server, at: datetime) -> None:
         if server.run_next is None or self._stopping:
@@ -376,28 +364,32 @@ class Scheduler:
         )
         self.runner.events.starting(call)  # only queues: a ping's /start
         name = server.name
+        ticket = Ticket(name, run.due, self.runner.claims)
         return Job(
             name,
             call.login,
             call.login_fingerprint or "",
             server.target,
-            on_done=lambda attempt: self._done(name, generation, call, attempt),
-            on_skipped=lambda reason: self._skipped(name),
+            on_done=lambda attempt: self._done(name, generation, call, attempt, ticket),
+            on_skipped=lambda reason: self._skipped(name, ticket, reason),
+            before_send=None if ticket.claims is None else lambda: claim_run(ticket),
             group=group,
         )
 
-    def _done(self, name: str, generation: int, call: Call, attempt: Attempt) -> None:
-        decision = self.runner.settle(call, attempt)  # durable before the next plan
+    def _done(self, name: str, gen: int, call: Call, attempt: Attempt, ticket: Ticket) -> None:
+        decision = self.runner.settle(call, attempt, ticket)  # durable before the next plan
         with self._lock:
             server = self._servers.get(name)
             if server is None:
                 return
             server.in_flight = False
-            if server.generation != generation:
+            if ticket.refused is not None:  # fenced out: another instance has the run
+                self._not_here(server, ticket)
+            elif server.generation != gen:
                 # Re-configured while the call was in flight: plan from the new config.
                 self._plan(server, self._clock.now())
-                return
-            self._follow(server, decision, call)
+            else:
+                self._follow(server, decision, call)
 
     def _follow(self, server: _Server, decision: Decision, call: Call) -> None:
         now = self._clock.now()
@@ -412,11 +404,22 @@ class Scheduler:
         else:  # DONE, SUSPEND_SERVER: the ledger already says what comes next
             self._plan(server, now)
 
-    def _skipped(self, name: str) -> None:
+    def _skipped(self, name: str, ticket: Ticket, reason: str) -> None:
         with self._lock:
             server = self._servers.get(name)
             if server is None:
                 return
-            server.in_flight = False
-            if not self._stopping:
+            server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
+            if ticket.refused is not None and not self._stopping:
+                server.attempts = max(0, server.attempts - 1)  # no call was made here
+                self._not_here(server, ticket)
+            elif not self._stopping:
                 self._plan(server, self._clock.now())
+
+    def _not_here(self, server: _Server, ticket: Ticket) -> None:
+        """Not called (for the record) here: done elsewhere, so past it; else look again."""
+        if ticket.refused is Refused.DONE:
+            server.taken = max(ticket.due, server.taken or ticket.due)
+            self._plan(server, self._clock.now())
+        elif ticket.claims is not None:  # the run, later, or the next if it is over by then
+            self._plan(server, self._clock.now() + ticket.claims.look_again())

@@ -13,7 +13,9 @@ from refreshd.core.planning import earliest_start, next_fire
 from refreshd.core.policy import WaitKind
 from refreshd.core.runs import next_runs
 from refreshd.core.slots import Schedule
-from refreshd.store import CallRecord, ServerState, StateStore, Verification
+from refreshd.shared import instances
+from refreshd.shared.instances import Instance
+from refreshd.store import CallRecord, ServerState, StateError, StateStore, Verification
 
 __all__ = [
     "WAIT_WORDS",
@@ -151,7 +153,22 @@ def stored_status(
 
         running = beat is not None and (now - beat).total_seconds() <= 3 * HEARTBEAT
     daemon = daemon_entry(running, pid, beat)
-    return status_document(config, states, logins, done, now, daemon=daemon, verifications=verified)
+    document = status_document(
+        config, states, logins, done, now, daemon=daemon, verifications=verified
+    )
+    document["instances"] = [] if store is None else _live_instances(config, store)
+    return document
+
+
+def _live_instances(config: Config, store: StateStore) -> list[dict[str, Any]]:
+    """The instances sharing the store, live by their heartbeat, and the runs each holds."""
+    from refreshd.claiming import lease_of
+
+    lease_ms = int(lease_of(config).total_seconds() * 1000)
+    try:
+        return [instance_entry(each) for each in instances.live(store.engine, lease_ms)]
+    except Exception as err:  # each driver's own errors
+        raise StateError(f"{store.where}: cannot read the instances table: {err}") from None
 
 
 def history_rows(records: list[CallRecord]) -> list[dict[str, Any]]:
@@ -191,3 +208,16 @@ def applied_text(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
     return f"{'yes' if entry['applied'] else 'NO'} ({entry['seconds']:.0f}s)"
+
+
+def instance_entry(instance: Instance) -> dict[str, Any]:
+    """An instance sharing the store, for `status --json`: who it is, its heartbeat (by
+    the database's clock) and the runs it holds."""
+    return {
+        "instance": instance.name,
+        "host": instance.host,
+        "pid": instance.pid,
+        "started": instance.started.isoformat(),
+        "last_heartbeat": instance.last_beat.isoformat(),
+        "holds": [{"server": server, "due": due.isoformat()} for server, due in instance.holds],
+    }

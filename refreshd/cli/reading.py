@@ -23,7 +23,13 @@ from refreshd.config import Config
 from refreshd.instance import Holder, lock_holder
 from refreshd.store import StateError, StateStore
 from refreshd.store.opening import open_store
-from refreshd.views import WAIT_WORDS, applied_text, history_rows, plan_document, stored_status
+from refreshd.views import (
+    WAIT_WORDS,
+    applied_text,
+    history_rows,
+    plan_document,
+    stored_status,
+)
 
 __all__ = ["history", "plan", "status"]
 
@@ -101,6 +107,16 @@ def status(args: argparse.Namespace) -> int:
     beat = datetime.fromisoformat(beat) if beat else None
     daemon = document["daemon"]
     print(_daemon_line(daemon["running"], daemon["pid"], beat, now, utc=args.utc))
+    for each in document["instances"]:
+        holds = ", ".join(
+            f"{held['server']} (due {when(datetime.fromisoformat(held['due']), now, utc=args.utc)})"
+            for held in each["holds"]
+        )
+        print(
+            f"instance {each['instance']}: {each['host']} pid {each['pid']}, heartbeat "
+            f"{when(datetime.fromisoformat(each['last_heartbeat']), now, utc=args.utc)}, "
+            f"holds {holds or 'nothing'}"
+        )
     print_table(
         ["SERVER", "LAST", "LAST CALL", "LAST SUCCESS", "APPLIED", "NEXT RUN", "HELD"],
         [_status_row(entry, now, utc=args.utc) for entry in document["servers"]],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import pairwise
 
+from refreshd.core.ledger import Event, Kind
 from refreshd.core.runs import HORIZON, next_runs, run_after, run_at_or_before, run_from
 from refreshd.core.slots import Run, Schedule, Slot, open_until, slot_at, slots_between
 
@@ -91,6 +92,29 @@ def missed_slot(previous: Run, chosen: Next | None, last_done: datetime | None) 
     if last_done is not None and slot.start <= last_done < slot.end:
         return None
     return slot
+
+
+def slot_missed(
+    server: str,
+    previous: Run,
+    chosen: Next | None,
+    last_done: datetime | None,
+    outcome: object,
+    attempts: int,
+) -> Event | None:
+    """`slot.missed` when a tried run is given up and its slot had no success
+    (`missed_slot`); None when it had one or goes on."""
+    slot = missed_slot(previous, chosen, last_done)
+    if slot is None:
+        return None
+    fields = {
+        "server": server,
+        "slot": slot.start,
+        "slot_end": slot.end,
+        "outcome": None if outcome is None else str(outcome),
+        "attempts": attempts,
+    }
+    return Event(Kind.SLOT_MISSED, fields)
 
 
 def look_again_at(not_before: datetime) -> datetime:

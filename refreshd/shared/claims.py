@@ -24,6 +24,8 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     outcome VARCHAR(40),
     PRIMARY KEY (server, due)
 )"""
+# A login's shared lease is a claim too, on this pseudo-server: never a run.
+LOGIN_PREFIX = "login/"
 # A claim's life: claimed (nothing sent yet) -> called (the request may be out) -> done.
 CLAIMED, CALLED, DONE = "claimed", "called", "done"
 _COLUMNS = ("server", "due", "instance", "fence", "lease_until", "state")
@@ -133,13 +135,46 @@ class ClaimStore:
         )
         return changed == 1
 
-    def release(self, claim: Claim) -> None:
-        """Give the run back at once (no call was made, or the result was not `ok` and a
-        retry may come from anyone): its lease ends now."""
+    def holding(self, claim: Claim, tx: Tx | None = None) -> bool:
+        """Whether the fencing number is still the row's and the run not done: a result
+        may be recorded (`finish` then marks it)."""
+        if tx is None:
+            with self.engine.transaction() as own:
+                return self.holding(claim, own)
+        tx.execute(
+            f"SELECT state FROM {TABLE} WHERE {_MINE} AND state <> %s{self.engine.for_update()}",
+            (*claim.key(), DONE),
+        )
+        return tx.fetchone() is not None
+
+    def release(self, claim: Claim, until: datetime | None = None) -> None:
+        """Give the run back (no call was made, or the result was not `ok` and a retry may
+        come from anyone): its lease ends now, or at `until`, when the retry may come (a
+        back-off, a suspension or a login's wait binds the other instances too; this one
+        may claim it again before)."""
+        ends = 0 if until is None else int(until.timestamp() * 1000)
         with self.engine.transaction() as tx:
             tx.execute(
-                f"UPDATE {TABLE} SET lease_until = 0 WHERE {_MINE} AND state <> %s",
-                (*claim.key(), DONE),
+                f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
+                (ends, *claim.key(), DONE),
+            )
+
+    def expire_others(self) -> int:
+        """End every other instance's lease now (not their fences): for a store only this
+        instance can be using, where any other holder is a dead process. How many."""
+        with self.engine.transaction() as tx:
+            return tx.execute(
+                f"UPDATE {TABLE} SET lease_until = 0 WHERE instance <> %s AND state <> %s",
+                (self.instance, DONE),
+            )
+
+    def prune(self, before: datetime) -> int:
+        """Forget the claims of runs due before `before` (the history's retention: those
+        runs are long over); how many."""
+        with self.engine.transaction() as tx:
+            return tx.execute(
+                f"DELETE FROM {TABLE} WHERE due < %s AND server NOT LIKE %s",
+                (text(before), LOGIN_PREFIX + "%"),
             )
 
     def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from refreshd.attempt import Target
+from refreshd.claiming import Claiming
 from refreshd.client import Client
 from refreshd.clock import FakeClock
 from refreshd.config import validate_config
@@ -23,7 +24,9 @@ from refreshd.httpd import MetricsServer
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.scheduler import Scheduler
+from refreshd.shared import sqlite_engine
 from refreshd.store import StateStore
+from tests.support.instances import Breakable
 from tests.support.waiting import eventually, holds_for
 
 
@@ -152,3 +155,33 @@ def test_healthz_turns_503_once_a_call_outlives_its_deadline_by_the_margin(
     finally:
         release.set()
         scheduler.stop(1)
+
+
+def test_healthz_turns_503_once_claims_went_unrenewed_for_a_lease_and_200_once_back(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    clock = _clock(scheduler)
+    lease = timedelta(seconds=15)
+    engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
+    claims = Claiming(engine, "web-1", lease, clock=clock, events=scheduler.runner.events)
+    scheduler.runner.claims = claims
+    daemon = Daemon(tmp_path / "unused.toml", environ={}, clock=clock)
+    daemon.scheduler = scheduler
+    server = MetricsServer("127.0.0.1", 0, Metrics().registry, daemon.healthy)
+    server.start()
+    try:
+        assert claims.renew() is not None
+        engine.broken = True  # the claims store unreachable
+        clock.advance(lease)
+        assert claims.renew() is None
+        assert scheduler.loop_alive(3 * daemon.heartbeat)  # the loop is fine (16 s) ...
+        assert _status(server.port) == 200  # a lease, not more: still healthy
+        clock.advance(timedelta(seconds=1))
+        assert _status(server.port) == 503  # ... the claims are not
+        engine.broken = False
+        assert claims.renew() is not None  # back, without a restart
+        assert _status(server.port) == 200
+    finally:
+        server.stop()
+        scheduler.stop(1)
+        engine.close()

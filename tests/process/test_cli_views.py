@@ -36,7 +36,7 @@ API_URL = "https://dialer.example.com/vicidial/non_agent_api.php"  # plan never 
 PLAN_KEYS = {"from", "count", "servers"}
 PLAN_SERVER_KEYS = {"server", "timezone", "runs"}
 PLAN_RUN_KEYS = {"due", "due_local", "slot_start", "slot_start_local", "slot_end", "slot_end_local"}
-STATUS_KEYS = {"at", "daemon", "servers"}
+STATUS_KEYS = {"at", "daemon", "servers", "instances"}
 DAEMON_KEYS = {"running", "pid", "heartbeat"}
 STATUS_SERVER_KEYS = {
     "server",
@@ -294,6 +294,29 @@ def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
     assert entry["credentials"] == "main"
     assert entry["suspended_until"] is None
     assert entry["credentials_wait_until"] is None
+
+
+def test_status_lists_the_running_daemon_as_a_live_instance(
+    tmp_path: Path, simulator: Simulator, run_refreshd: RunRefreshd
+) -> None:
+    config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(-60, 3600))
+    daemon = DaemonProcess(config).start()
+    try:
+        daemon.wait_for("refresh.succeeded", timeout=15)
+        # Its first renewal wrote its heartbeat row (at start, then every lease / 3).
+        eventually(
+            lambda: status(run_refreshd, config)["instances"], timeout=10, what="the instance"
+        )
+        (instance,) = status(run_refreshd, config)["instances"]
+        text = run_ok(run_refreshd, ["status", "-c", config])
+    finally:
+        assert daemon.stop() == 0
+
+    assert instance["pid"] == daemon.pid
+    assert instance["instance"] == f"{instance['host']}:{daemon.pid}"
+    assert instance["holds"] == []  # its one run is done, nothing held
+    assert f"instance {instance['instance']}: " in text
+    assert "holds nothing" in text
 
 
 def test_status_json_shows_a_suspended_server_and_a_credentials_wait(

@@ -3,6 +3,7 @@ with VICIdial's pure rules answering in-process, so a simulated week takes milli
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from refreshd.attempt import Target
+from refreshd.claiming import Claiming
 from refreshd.client import Client
 from refreshd.clock import FakeClock
 from refreshd.config import Config, validate_config
 from refreshd.core.vicidial import Answer, Attempt, Transport, classify, refresh_params
+from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner, runner_for
 from refreshd.scheduler import Scheduler
@@ -114,12 +117,26 @@ class Loop:
     fault_after_login: bool = False
     """With a fault: run the PHP first (the login counts), then lose its answer."""
     metrics: Metrics = field(default_factory=Metrics)
+    rng: random.Random | None = None
+    """The runner's randomness (the retries' jitter); None: unseeded."""
+    hold: Callable[[], None] | None = None
+    """Called as each request goes out, before VICIdial sees it (a stalled instance)."""
+    claims: Callable[[Events], Claiming] | None = None
+    """Makes this loop's claims (one instance of several sharing a store), given its
+    events; None: a single daemon without claims."""
 
     def __post_init__(self) -> None:
         self.store = StateStore(self.store_path)
         self.runner = Runner(
-            self.config, store=self.store, clock=self.clock, log=self.log, metrics=self.metrics
+            self.config,
+            store=self.store,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            rng=self.rng,
         )
+        if self.claims is not None:
+            self.runner.claims = self.claims(self.runner.events)
         self.scheduler = Scheduler(
             self.config,
             runner=self.runner,
@@ -133,6 +150,8 @@ class Loop:
         self.scheduler.prepare()
 
     def _send(self, client: Client, target: Target) -> Attempt:
+        if self.hold is not None:
+            self.hold()
         now = self.clock.now()
         with self._lock:
             number = len(self.calls)

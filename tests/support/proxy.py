@@ -120,3 +120,88 @@ def running_proxy(refuse: int | None = None) -> Iterator[LoopbackProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+class TcpProxy:
+    """A TCP relay on loopback to `port` (a database) that a test can cut and restore, as
+    a network outage would: `cut()` closes every relayed connection and refuses new ones;
+    `restore()` lets them through again. The database service itself is never touched."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.cut()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with self._lock:
+                refused = self._cut
+            if refused:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=_TIMEOUT)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pipe(client: socket.socket, upstream: socket.socket) -> None:
+        client.settimeout(None)
+        upstream.settimeout(None)
+        peers = {client: upstream, upstream: client}
+        try:
+            while True:
+                ready, _, _ = select.select(list(peers), [], [], _TIMEOUT)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except (OSError, ValueError):  # cut under us: the sockets are closed
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+
+@contextlib.contextmanager
+def tcp_proxy(port: int) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

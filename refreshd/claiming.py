@@ -1,0 +1,388 @@
+"""This instance's claims on the runs it calls (shared/claims.py), kept alive: the leases
+renewed from a thread of their own (never the schedule's), the instance's heartbeat in the
+instances table, the shared store's outages (said once, retried with back-off, /healthz 503
+after a lease without a renewal), and a login's shared lease while an unproven call for it
+is in flight. One path for every engine: on SQLite the tables live in the state file."""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from refreshd.clock import Clock
+from refreshd.core.policy import Action, Decision
+from refreshd.events import Events
+from refreshd.shared import instances
+from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
+from refreshd.shared.engines import Engine, Tx, sqlite_engine
+from refreshd.shared.instances import Instance
+
+__all__ = ["Claiming", "Refused", "Ticket", "claim_run", "claims_for", "instance_name", "lease_of"]
+
+DEFAULT_LEASE = timedelta(seconds=15)
+# How often old claims and instances are forgotten (older than the history's retention).
+PRUNE_EVERY = 3600.0
+# Back-off while the store is unreachable: from this, doubling, up to a lease.
+FIRST_RETRY = 0.5
+# A login's lease is a claim on this instant, never a run's due time.
+_LOGIN_DUE = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def instance_name(config: Any) -> str:
+    """How this instance is named in the shared store: `[state]`'s own answer when the
+    config has that table, else hostname:pid (unique on a host, and says where to look)."""
+    state = getattr(config, "state", None)
+    if callable(getattr(state, "instance_name", None)):
+        return str(state.instance_name())  # type: ignore[union-attr]
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lease_of(config: Any) -> timedelta:
+    """How long a claim lives without renewal: `[state].lease`, else 15 s."""
+    lease = getattr(getattr(config, "state", None), "lease", None)
+    return lease if isinstance(lease, timedelta) else DEFAULT_LEASE
+
+
+class Refused(enum.StrEnum):
+    """Why a run (or a login) is not called here now."""
+
+    DONE = "the run is done (by another instance)"
+    HELD = "another instance holds the run"
+    LOST = "the claim was lost before the call"
+    FENCED = "the result was refused: another instance took the run over"
+    LOGIN_HELD = "another instance is trying this login"
+    UNAVAILABLE = "the shared store is unavailable"
+
+    @classmethod
+    def of(cls, reason: str) -> Refused | None:
+        """The refusal a skipped job's reason names, if it is one."""
+        return cls._value2member_map_.get(reason)  # type: ignore[return-value]
+
+
+# What the runner answers for a result refused by fencing (the scheduler reads the ticket).
+FENCED_OUT = Decision(Action.GIVE_UP, None, 0, str(Refused.FENCED))
+
+
+@dataclass
+class Ticket:
+    """One scheduled call's claim on its run, from before the call to its result."""
+
+    server: str
+    due: datetime
+    claims: Claiming | None = None
+    claim: Claim | None = None
+    refused: Refused | None = None
+
+    # Until the journal runs on the shared engine, the fence is checked in a transaction
+    # right before the journal's (`holds`) and the claim finished in one right after it
+    # (`settled`): a crash between them leaves the claim `called`, so another instance may
+    # call the run again (at-least-once, counted), and the journal never misses a result
+    # it made. Once ported, both become `finish(claim, outcome, tx)` inside the journal's
+    # transaction (journal(..., within=...)): the result and the claim commit together.
+
+    def holds(self, outcome: object) -> bool:
+        """Whether the call's result counts for the run; False: it is refused (another
+        instance took the run over), and the ticket says so."""
+        if self.claims is None or self.claim is None or self.claims.holds(self.claim):
+            return True
+        self.refused = Refused.FENCED
+        return False
+
+    def settled(self, decision: Decision) -> None:
+        """After the journal: the run marked done, or given back to whichever instance may
+        try it when the decision says (its retry, the server's suspension, the login's
+        wait: they bind the other instances too)."""
+        if self.claims is None or self.claim is None:
+            return
+        done = decision.action == Action.DONE
+        self.claims.finish(self.claim, "ok" if done else str(decision.action))
+        if not done:
+            self.claims.give_back(self.claim, decision.at)
+
+
+def claims_for(
+    config: Any, store: Any, clock: Clock, events: Events, stop: threading.Event
+) -> Claiming:
+    """The daemon's claims, renewing until `stop` is set: on the journal's engine once the
+    store has one (a shared database), else on the state file (SQLite) beside the journal:
+    one path for both."""
+    engine = getattr(store, "engine", None) or sqlite_engine(config.daemon.state_path, clock)
+    claims = Claiming(engine, instance_name(config), lease_of(config), clock=clock, events=events)
+    # A state file has one daemon (instance.py's lock): another instance's claim in it is a
+    # dead daemon's, taken over now (as any takeover: said, at-least-once if it was
+    # called) rather than a lease after a restart.
+    claims.exclusive = engine.kind == "sqlite"
+    claims.retention = config.daemon.history_retention
+    claims.where = str(getattr(store, "where", None) or f"state file {config.daemon.state_path}")
+    claims.start(stop)
+    return claims
+
+
+def claim_run(ticket: Ticket) -> str | None:
+    """On the worker, just before a scheduled call: the claim on its run, marked as
+    calling (None: go), or why this instance does not call it (the ticket says which)."""
+    claims = ticket.claims
+    assert claims is not None
+    got = claims.take(ticket.server, ticket.due)
+    if isinstance(got, Refused):
+        ticket.refused = got
+    elif claims.calling(got):
+        ticket.claim = got
+        return None
+    else:
+        ticket.refused = Refused.LOST
+    return str(ticket.refused)
+
+
+class Claiming:
+    """This instance's claims and heartbeat. Thread-safe: workers take and finish claims,
+    the renewal thread renews them; the engine serializes the transactions."""
+
+    def __init__(
+        self, engine: Engine, instance: str, lease: timedelta, *, clock: Clock, events: Events
+    ) -> None:
+        self.engine = engine
+        self.instance = instance
+        self.lease = lease
+        self.store = ClaimStore(engine, instance, lease)
+        self._clock = clock
+        self._events = events
+        self._lock = threading.Lock()
+        # claim key -> (claim, monotonic instant until which it surely holds)
+        self._held: dict[tuple[str, str, str, int], tuple[Claim, float]] = {}
+        self._logins: dict[str, Claim] = {}
+        self._created = False
+        self.exclusive = False  # no other instance can be alive on this store
+        self.where = "the shared store"  # for messages: the state file, or the URL
+        self.retention: timedelta | None = None  # forget claims older (None: keep them)
+        self._pruned: float | None = None
+        self._outage_since: float | None = None
+        self._failures = 0
+        self._last_renewal = clock.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def take(self, server: str, due: datetime) -> Claim | Refused:
+        """The claim on a run, or why not. No claim while the store is failing: a claim
+        taken now could not be renewed."""
+        if self.failing:
+            return Refused.UNAVAILABLE
+        try:
+            self._ready()
+            claim = self.store.claim(server, due)
+            found = self.store.state(server, due) if claim is None else None
+        except Exception as error:  # each driver's own errors: the store is unreachable
+            self._failed(error)
+            return Refused.UNAVAILABLE
+        if claim is None:
+            return Refused.DONE if found is not None and found[0] == "done" else Refused.HELD
+        self._hold(claim)
+        if claim.taken_over_from is not None and not server.startswith(LOGIN_PREFIX):
+            self._events.claim_taken_over(server, due, claim.taken_over_from, claim.maybe_called)
+        return claim
+
+    def calling(self, claim: Claim) -> bool:
+        """Just before the request goes out: may it? Not on a claim this instance could
+        not renew in time (it may be another's by now), nor one the store says is lost."""
+        with self._lock:
+            held = self._held.get(claim.key())
+        if held is None or self._clock.monotonic() >= held[1]:
+            self._lose(claim, "the lease lapsed before the call (renewals failed)")
+            return False
+        try:
+            if self.store.calling(claim):
+                return True
+        except Exception as error:
+            self._failed(error)
+            return False
+        self._lose(claim, "the lease lapsed before the call")
+        return False
+
+    def holds(self, claim: Claim) -> bool:
+        """May the call's result be recorded? True while the fence holds (or the store
+        cannot say: the call happened; a takeover will count it at-least-once); False,
+        said as `claim.lost`, when another instance took the run over."""
+        try:
+            kept = self.store.holding(claim)
+        except Exception as error:
+            self._failed(error)
+            return True
+        if not kept:
+            self._lose(claim, str(Refused.FENCED))
+        return kept
+
+    def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
+        """The call's result on its claim: `ok` makes the run done for every instance.
+        True when the fence held, False (said) when it had moved. `tx`: the journal's
+        transaction, once the journal shares the engine."""
+        with self._lock:
+            self._held.pop(claim.key(), None)
+        try:
+            kept = self.store.finish(claim, outcome, tx)
+        except Exception as error:
+            self._failed(error)
+            return True
+        if not kept:
+            self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
+        return kept
+
+    def give_back(self, claim: Claim, until: datetime | None = None) -> None:
+        """A run not done here: free for anyone at once, or from `until` on."""
+        with self._lock:
+            self._held.pop(claim.key(), None)
+        try:
+            self.store.release(claim, until)
+        except Exception as error:
+            self._failed(error)
+
+    # --- logins -------------------------------------------------------------------------
+
+    def hold_login(self, login: str) -> Refused | None:
+        """The shared lease on a login, for one unproven call (None), or why not."""
+        got = self.take(LOGIN_PREFIX + login, _LOGIN_DUE)
+        if isinstance(got, Refused):
+            return Refused.LOGIN_HELD if got in (Refused.HELD, Refused.DONE) else got
+        with self._lock:
+            self._logins[login] = got
+        return None
+
+    def free_login(self, login: str) -> None:
+        with self._lock:
+            claim = self._logins.pop(login, None)
+        if claim is not None:
+            self.give_back(claim)
+
+    # --- renewal, health ------------------------------------------------------------------
+
+    @property
+    def failing(self) -> bool:
+        with self._lock:
+            return self._outage_since is not None
+
+    def healthy(self) -> bool:
+        """False once renewals have failed (or not run) for longer than a lease."""
+        with self._lock:
+            last = self._last_renewal
+        return self._clock.monotonic() - last <= self.lease.total_seconds()
+
+    def renew(self) -> list[Instance] | None:
+        """One renewal: every held claim's lease, this instance's heartbeat; the live
+        instances, or None when the store failed."""
+        started = self._clock.monotonic()
+        with self._lock:
+            claims = [claim for claim, _ in self._held.values()]
+        try:
+            self._ready()
+            kept = {claim.key() for claim in self.store.renew(claims)}
+            instances.beat(self.engine, self.instance, socket.gethostname(), os.getpid())
+            live = instances.live(self.engine, self._lease_ms)
+            self._prune(started)
+        except Exception as error:
+            self._failed(error)
+            return None
+        until = started + self.lease.total_seconds()
+        for claim in claims:
+            if claim.key() in kept:
+                with self._lock:
+                    if claim.key() in self._held:
+                        self._held[claim.key()] = (claim, until)
+            else:
+                self._lose(claim, "the lease lapsed: another instance took the run over")
+        self._recovered(started)
+        self._events.instances(self.instance, [each.name for each in live])
+        return live
+
+    def delay(self) -> float:
+        """Seconds until the next renewal: a third of a lease, or the back-off."""
+        with self._lock:
+            failures = self._failures
+        third = self.lease.total_seconds() / 3
+        if not failures:
+            return third
+        return min(self.lease.total_seconds(), FIRST_RETRY * 2.0 ** min(failures - 1, 30))
+
+    def look_again(self) -> timedelta:
+        """When a run held elsewhere (or not claimable now) is worth claiming again."""
+        return timedelta(seconds=self.delay())
+
+    def live(self) -> list[Instance]:
+        """The live instances and the runs each holds (for `status`)."""
+        return instances.live(self.engine, self._lease_ms)
+
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Renew from a thread of its own, until `stop` (or `stop()`)."""
+        self._stop = stop or self._stop
+        self._thread = threading.Thread(target=self._renewing, name="claims", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _renewing(self) -> None:
+        self.renew()
+        while not self._clock.wait(self._stop, self.delay()):
+            self.renew()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease.total_seconds() * 1000)
+
+    def _ready(self) -> None:
+        if not self._created:
+            self.store.create()
+            instances.create(self.engine)
+            if self.exclusive:
+                self.store.expire_others()
+            self._created = True
+
+    def _prune(self, now: float) -> None:
+        """Hourly: the claims of runs older than the history's retention, and the rows of
+        instances silent that long (each restart is a new hostname:pid)."""
+        if self.retention is None or (
+            self._pruned is not None and now - self._pruned < PRUNE_EVERY
+        ):
+            return
+        self._pruned = now
+        self.store.prune(self._clock.now() - self.retention)
+        instances.prune(self.engine, int(self.retention.total_seconds() * 1000))
+
+    def _hold(self, claim: Claim) -> None:
+        with self._lock:
+            self._held[claim.key()] = (claim, self._clock.monotonic() + self.lease.total_seconds())
+
+    def _lose(self, claim: Claim, reason: str) -> None:
+        with self._lock:
+            was_held = self._held.pop(claim.key(), None) is not None
+        if was_held and not claim.server.startswith(LOGIN_PREFIX):
+            self._events.claim_lost(claim.server, claim.due, reason)
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            self._failures += 1
+            first = self._outage_since is None
+            if first:
+                self._outage_since = self._clock.monotonic()
+        if first:
+            self._events.state_outage(
+                f"claims in {self.where}: {type(error).__name__}: {error}. Check that it "
+                "is reachable and writable; retrying with back-off, no call starts meanwhile"
+            )
+
+    def _recovered(self, at: float) -> None:
+        with self._lock:
+            since, self._outage_since = self._outage_since, None
+            self._failures = 0
+            self._last_renewal = at
+        if since is not None:
+            self._events.state_recovered(self._clock.monotonic() - since)

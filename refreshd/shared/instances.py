@@ -1,0 +1,111 @@
+"""The instances sharing a store, visible to each other and to `refreshd status`: one row per
+instance (its name, host, pid, when it started, its last heartbeat by the database's clock),
+written at each lease renewal; an instance is live while its heartbeat is younger than a
+lease. Which runs each holds is read from the claims table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from refreshd.shared.claims import DONE, LOGIN_PREFIX
+from refreshd.shared.claims import TABLE as CLAIMS
+from refreshd.shared.engines import Engine
+from refreshd.store.rows import time
+
+TABLE = "refreshd_instances"
+SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    instance VARCHAR(200) NOT NULL PRIMARY KEY,
+    host VARCHAR(200) NOT NULL,
+    pid BIGINT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    beat_ms BIGINT NOT NULL
+)"""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance as the table shows it, with the runs (server, due) it holds now."""
+
+    name: str
+    host: str
+    pid: int
+    started: datetime
+    last_beat: datetime
+    holds: tuple[tuple[str, datetime], ...] = ()
+
+
+def create(engine: Engine) -> None:
+    with engine.transaction() as tx:
+        tx.execute(SCHEMA)
+
+
+def beat(engine: Engine, name: str, host: str, pid: int) -> None:
+    """This instance's heartbeat, by the database's clock (its first one is its start)."""
+    with engine.transaction() as tx:
+        now = engine.now_ms(tx)
+        changed = tx.execute(
+            f"UPDATE {TABLE} SET beat_ms = %s, host = %s, pid = %s WHERE instance = %s",
+            (now, host, pid, name),
+        )
+        if changed == 0:
+            tx.execute(
+                f"INSERT INTO {TABLE} (instance, host, pid, started_ms, beat_ms) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (name, host, pid, now, now),
+            )
+
+
+_LIVE = (
+    f"SELECT instance, host, pid, started_ms, beat_ms FROM {TABLE} "
+    "WHERE beat_ms > %s ORDER BY instance"
+)
+_HELD = (
+    f"SELECT instance, server, due FROM {CLAIMS} "
+    "WHERE lease_until > %s AND state <> %s ORDER BY server, due"
+)
+
+
+def prune(engine: Engine, older_ms: int) -> int:
+    """Forget instances whose last heartbeat is older than `older_ms`; how many."""
+    with engine.transaction() as tx:
+        now = engine.now_ms(tx)
+        return tx.execute(f"DELETE FROM {TABLE} WHERE beat_ms < %s", (now - older_ms,))
+
+
+def live(engine: Engine, lease_ms: int) -> list[Instance]:
+    """The instances whose heartbeat is younger than a lease, with the runs each holds (a
+    live lease on a run not yet done), by name. A reader's transaction (`status` opens the
+    store read-only); none before an instance with claims has run (no tables yet)."""
+    with engine.transaction(write=False) as tx:
+        if not {TABLE, CLAIMS} <= engine.tables(tx):
+            return []
+        now = engine.now_ms(tx)
+        tx.execute(_LIVE, (now - lease_ms,))
+        rows = tx.fetchall()
+        tx.execute(_HELD, (now, DONE))
+        held = tx.fetchall()
+    return _instances(rows, held)
+
+
+def _instances(rows: list[Any], held: list[Any]) -> list[Instance]:
+    holds: dict[str, list[tuple[str, datetime]]] = {}
+    for instance, server, due in held:
+        if not str(server).startswith(LOGIN_PREFIX):
+            holds.setdefault(str(instance), []).append((str(server), time(str(due))))
+    return [
+        Instance(
+            str(name),
+            str(host),
+            int(pid),
+            _instant(int(started)),
+            _instant(int(last)),
+            tuple(holds.get(str(name), ())),
+        )
+        for name, host, pid, started, last in rows
+    ]
+
+
+def _instant(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -1,0 +1,233 @@
+"""An instance's claims kept alive (refreshd/claiming.py): takeovers said and counted, the
+instances visible with what each holds, and the shared store's outages: no claim (so no call)
+while it is unreachable, said once, retried with back-off, /healthz's answer after a lease,
+recovery without a restart. On a FakeClock where the lease is measured by it (SQLite), and
+on the machine's PostgreSQL cut and restored through a TCP proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from refreshd.claiming import Claiming, Refused
+from refreshd.clock import FakeClock, system_clock
+from refreshd.dburl import DatabaseUrl
+from refreshd.events import Events
+from refreshd.metrics import Metrics
+from refreshd.shared import connect, sqlite_engine
+from refreshd.shared.instances import live_in_file
+from tests.support.databases import scratch_database
+from tests.support.instances import ENGINES, Breakable, claims_engine
+from tests.support.loop import Log, at
+from tests.support.proxy import tcp_proxy
+from tests.support.waiting import eventually
+
+START = at("2027-01-04T00:00:00")
+LEASE = timedelta(seconds=15)
+
+
+class One:
+    """One instance's claims with its log and metrics."""
+
+    def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
+        self.log, self.metrics = Log(), Metrics()
+        self.claims = Claiming(
+            engine,  # type: ignore[arg-type]
+            name,
+            lease,
+            clock=clock,  # type: ignore[arg-type]
+            events=Events(self.log, self.metrics),
+        )
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_takeover_is_said_with_its_old_holder_and_counted_at_least_once(
+    kind: str, tmp_path: Path
+) -> None:
+    clock = FakeClock(START)
+    lease = LEASE if kind == "sqlite" else timedelta(milliseconds=400)
+    with claims_engine(kind, tmp_path) as engine:
+        old, new = (
+            One(engine(clock), "web-1", clock, lease),
+            One(engine(clock), "web-2", clock, lease),
+        )
+        claim = old.claims.take("east", START)
+        assert not isinstance(claim, Refused)
+        assert old.claims.calling(claim)
+        assert new.claims.take("east", START) is Refused.HELD
+        if kind == "sqlite":
+            clock.advance(lease)
+            taken = new.claims.take("east", START)
+        else:
+            found: list[object] = []
+            eventually(
+                lambda: (
+                    found.append(new.claims.take("east", START)) or found[-1] is not Refused.HELD
+                ),
+                timeout=10,
+                what="the lease to lapse by the database's clock",
+            )
+            taken = found[-1]  # type: ignore[assignment]
+        assert not isinstance(taken, Refused)
+        assert (taken.taken_over_from, taken.maybe_called) == ("web-1", True)
+        (said,) = new.log.matching("claim.taken_over")
+        assert (said["from_instance"], said["maybe_called"], said["server"]) == (
+            "web-1",
+            True,
+            "east",
+        )
+        assert new.sample("refreshd_claims_taken_over_total", maybe_called="true") == 1
+        # The old holder's result is refused and said so.
+        assert old.claims.finish(claim, "ok") is False
+        assert old.log.matching("claim.lost", server="east")
+        assert old.sample("refreshd_claims_lost_total") == 1
+        assert new.claims.finish(taken, "ok") is True
+        assert old.claims.take("east", START) is Refused.DONE
+
+
+def test_live_instances_are_listed_with_the_runs_each_holds(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    state = tmp_path / "state.db"
+    web1 = One(sqlite_engine(state, clock), "web-1", clock, LEASE)
+    web2 = One(sqlite_engine(state, clock), "web-2", clock, LEASE)
+    gone = One(sqlite_engine(state, clock), "web-3", clock, LEASE)
+    gone.claims.renew()
+    clock.advance(LEASE)  # web-3's heartbeat is a lease old: no longer live
+    held = web1.claims.take("east", START)
+    assert not isinstance(held, Refused)
+    assert web1.claims.renew() is not None
+    live = web2.claims.renew()
+
+    assert live is not None
+    assert [each.name for each in live] == ["web-1", "web-2"]
+    assert live[0].holds == (("east", START),)
+    assert live[1].holds == ()
+    assert live[0].last_beat == START + LEASE  # by the store's clock
+    # What `status` reads from the state file, read-only.
+    assert live_in_file(state, clock.now(), int(LEASE.total_seconds() * 1000)) == live
+    assert web2.sample("refreshd_instance_up", instance="web-1") == 1
+    assert web2.sample("refreshd_instance_up", instance="web-2") == 1
+    assert web2.sample("refreshd_instance_up", instance="web-3") is None
+
+
+def test_an_unreachable_store_stops_claims_is_said_once_and_recovers(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
+    one = One(engine, "web-1", clock, LEASE)
+    assert one.claims.renew() is not None
+    engine.broken = True
+
+    delays, start = [], clock.monotonic()
+    while clock.monotonic() - start < 60:
+        assert one.claims.renew() is None
+        assert one.claims.take("east", START) is Refused.UNAVAILABLE  # no claim, no call
+        delays.append(one.claims.delay())
+        clock.advance(timedelta(seconds=delays[-1]))
+    assert delays[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0]  # back-off, up to a lease
+    assert set(delays[5:]) == {15.0}
+    (said,) = one.log.matching("state.error")  # once per outage
+    assert said["error"].startswith("claims in the shared store: OperationalError: ")
+    assert "retrying with back-off, no call starts meanwhile" in said["error"]
+    assert not one.claims.healthy()  # /healthz: 503
+
+    engine.broken = False
+    assert one.claims.renew() is not None
+    (back,) = one.log.matching("state.recovered")
+    assert back["outage_s"] >= 60
+    assert one.claims.healthy()
+    assert one.claims.delay() == 5.0
+    assert not isinstance(one.claims.take("east", START), Refused)
+    engine.broken = True
+    one.claims.renew()
+    assert len(one.log.matching("state.error")) == 2  # a new outage is said again
+
+
+def test_a_state_files_only_daemon_takes_a_dead_ones_claims_over_at_once(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(START)
+    dead = One(sqlite_engine(tmp_path / "state.db", clock), "host:100", clock, LEASE)
+    claim = dead.claims.take("east", START)
+    assert not isinstance(claim, Refused)
+    assert dead.claims.calling(claim)  # then kill -9
+    restarted = One(sqlite_engine(tmp_path / "state.db", clock), "host:200", clock, LEASE)
+    restarted.claims.exclusive = True  # the state file's lock is held: host:100 is dead
+
+    taken = restarted.claims.take("east", START)
+
+    assert not isinstance(taken, Refused)
+    assert (taken.taken_over_from, taken.maybe_called) == ("host:100", True)
+    assert restarted.log.matching("claim.taken_over", from_instance="host:100")
+
+
+def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    one = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    one.claims.retention = timedelta(days=30)
+    old = one.claims.take("east", START)
+    assert not isinstance(old, Refused)
+    one.claims.finish(old, "ok")
+    assert one.claims.hold_login("refreshd") is None
+    clock.advance(timedelta(days=31))
+    recent = one.claims.take("east", clock.now())
+    assert not isinstance(recent, Refused)
+
+    assert one.claims.renew() is not None
+
+    assert one.claims.store.state("east", START) is None  # forgotten
+    assert one.claims.store.state("east", recent.due) is not None
+    assert one.claims.store.state("login/refreshd", at("1970-01-01T00:00:00")) is not None
+
+
+def test_health_fails_only_after_a_lease_without_a_renewal(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
+    one = One(engine, "web-1", clock, LEASE)
+    assert one.claims.renew() is not None
+    engine.broken = True
+    clock.advance(LEASE - timedelta(seconds=1))
+    assert one.claims.renew() is None
+    assert one.claims.healthy()
+    clock.advance(timedelta(seconds=2))
+    assert not one.claims.healthy()
+
+
+@pytest.fixture
+def postgresql() -> Iterator[DatabaseUrl]:
+    with scratch_database("postgresql") as url:
+        yield url
+
+
+def test_postgresql_cut_and_restored_no_claim_meanwhile_and_recovery(
+    postgresql: DatabaseUrl,
+) -> None:
+    lease = timedelta(seconds=1)
+    with tcp_proxy(postgresql.port) as proxy:
+        url = DatabaseUrl(
+            postgresql.user, "127.0.0.1", proxy.port, postgresql.database, "postgresql"
+        )
+        one = One(connect(url, None, timeout=2), "web-1", system_clock, lease)
+        try:
+            assert one.claims.renew() is not None
+            assert not isinstance(one.claims.take("east", START), Refused)
+
+            proxy.cut()
+            assert one.claims.renew() is None
+            assert one.claims.take("west", START) is Refused.UNAVAILABLE
+            eventually(lambda: not one.claims.healthy(), timeout=5, what="/healthz to fail")
+            assert one.claims.renew() is None
+            assert len(one.log.matching("state.error")) == 1
+
+            proxy.restore()
+            eventually(lambda: one.claims.renew() is not None, timeout=10, what="recovery")
+            assert one.claims.healthy()
+            assert len(one.log.matching("state.recovered")) == 1
+            assert not isinstance(one.claims.take("west", START), Refused)
+        finally:
+            one.claims.engine.close()
