@@ -18,7 +18,7 @@ from refreshd.dburl import DatabaseUrl
 from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.shared import connect, sqlite_engine
-from refreshd.shared.instances import live_in_file
+from refreshd.shared import instances
 from tests.support.databases import scratch_database
 from tests.support.instances import ENGINES, Breakable, claims_engine
 from tests.support.loop import Log, at
@@ -110,7 +110,8 @@ def test_live_instances_are_listed_with_the_runs_each_holds(tmp_path: Path) -> N
     assert live[1].holds == ()
     assert live[0].last_beat == START + LEASE  # by the store's clock
     # What `status` reads from the state file, read-only.
-    assert live_in_file(state, clock.now(), int(LEASE.total_seconds() * 1000)) == live
+    readonly = sqlite_engine(state, clock, readonly=True)
+    assert instances.live(readonly, int(LEASE.total_seconds() * 1000)) == live
     assert web2.sample("refreshd_instance_up", instance="web-1") == 1
     assert web2.sample("refreshd_instance_up", instance="web-2") == 1
     assert web2.sample("refreshd_instance_up", instance="web-3") is None
