@@ -1,17 +1,20 @@
-"""The config read as the core's values: each server's schedule and the back-off policy."""
+"""The config read as the core's values: each server's schedule, the back-off policy and the
+logins (VICIdial users) across the credentials tables."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 
 # The models' module, not the package: config/advice.py asks for schedules too.
 from refreshd.config.models import BackoffConfig, Config, ServerConfig
+from refreshd.core.ledger import Logins, login_key
 from refreshd.core.policy import Backoff
 from refreshd.core.slots import Schedule, spread_offset
 from refreshd.core.windows import AbsoluteWindow, WeeklyWindow
 
-__all__ = ["backoff_of", "schedule_of", "server_fingerprint"]
+__all__ = ["backoff_of", "logins_of", "schedule_of", "server_fingerprint"]
 
 
 def schedule_of(config: Config, server: ServerConfig) -> Schedule:
@@ -58,3 +61,15 @@ def server_fingerprint(config: Config, server: ServerConfig, credentials_fp: str
 def _blackouts_text(blackouts: tuple[WeeklyWindow | AbsoluteWindow, ...]) -> str:
     # A fleet shares a few blackout lists; their repr (datetimes) was half a fingerprint.
     return repr(blackouts)
+
+
+def logins_of(config: Config, table_fps: Mapping[str, str]) -> Logins:
+    """The config's logins, keyed by VICIdial user across every credentials table;
+    `table_fps`: each table's password fingerprint."""
+    of_table: dict[str, str] = {}
+    fingerprints: dict[str, set[str]] = {}
+    for name, creds in config.credentials.items():
+        key = login_key(creds.user)
+        of_table[name] = key
+        fingerprints.setdefault(key, set()).add(table_fps[name])
+    return Logins(of_table, {key: frozenset(fps) for key, fps in fingerprints.items()})

@@ -129,12 +129,13 @@ class Metrics:
         )
         self.notify_sent, self.notify_failed, self.notify_dropped = _notify_counters(r)
         self._shared(r)
-        self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
-        self.info.labels(__version__).set(1)
         self._state: _StateCollector | None = None
 
     def _shared(self, r: CollectorRegistry) -> None:
-        """The instances sharing a store (claiming.py): takeovers, lost claims, who is up."""
+        """The instances sharing a store (claiming.py): takeovers, lost claims, who is up;
+        and which refreshd this is."""
+        self.info = Gauge("refreshd_build_info", "refreshd's version.", ["version"], registry=r)
+        self.info.labels(__version__).set(1)
         self.claims_taken_over = Counter(
             "refreshd_claims_taken_over",
             "Runs this instance took over from an instance whose lease ran out; "

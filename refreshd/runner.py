@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from refreshd.attempt import credentials_fingerprint
-from refreshd.binding import backoff_of, server_fingerprint
+from refreshd.binding import backoff_of, logins_of, server_fingerprint
 from refreshd.claiming import FENCED_OUT, Claiming, Refused, Ticket
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
@@ -42,19 +42,7 @@ from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.store import NewCall, StateError, StateStore, Verification
 
-__all__ = ["Runner", "logins_of", "runner_for"]
-
-
-def logins_of(config: Config, table_fps: Mapping[str, str]) -> Logins:
-    """The config's logins, keyed by VICIdial user across every credentials table;
-    `table_fps`: each table's password fingerprint."""
-    of_table: dict[str, str] = {}
-    fingerprints: dict[str, set[str]] = {}
-    for name, creds in config.credentials.items():
-        key = login_key(creds.user)
-        of_table[name] = key
-        fingerprints.setdefault(key, set()).add(table_fps[name])
-    return Logins(of_table, {key: frozenset(fps) for key, fps in fingerprints.items()})
+__all__ = ["Runner", "runner_for"]
 
 
 class Runner:

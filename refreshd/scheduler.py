@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,40 +18,17 @@ from refreshd.core.clusters import CallGroups
 from refreshd.core.ledger import Call, Event, Kind, login_key
 from refreshd.core.planning import Next, earliest_start, next_fire, retry_until, slot_missed
 from refreshd.core.policy import Action, Decision
-from refreshd.core.slots import Schedule, open_until
+from refreshd.core.slots import open_until
 from refreshd.core.vicidial import Attempt
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.events import SuccessGaps, state_gauges
 from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
 from refreshd.timer import Timer
+from refreshd.timing import PlanMemo as _PlanMemo
+from refreshd.timing import Server as _Server
 
 __all__ = ["Scheduler"]
-
-
-# (schedule, not before, last done) -> next_fire's answer, for one planning pass only: keyed
-# by instants, a longer-lived cache would miss in the steady state and only grow.
-_PlanMemo = dict[tuple[Schedule, datetime, datetime | None], Next | None]
-
-
-@dataclass
-class _Server:
-    """One server's place in the timing (mutable; guarded by the scheduler's lock). What it
-    has done, its suspension and its login's wait are the runner's ledger, not here."""
-
-    config: ServerConfig
-    schedule: Schedule
-    target: Target
-    login: str  # the ledger key of the VICIdial user it logs in as
-    run_next: Next | None = None
-    attempts: int = 0  # calls made for run_next.run so far
-    generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
-    in_flight: bool = False
-    taken: datetime | None = None  # the latest run found done by another instance (its due)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
 
 class Scheduler:
