@@ -6,11 +6,9 @@ is in flight. One path for every engine: on SQLite the tables live in the state 
 
 from __future__ import annotations
 
-import enum
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +19,9 @@ from refreshd.shared import instances
 from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
 from refreshd.shared.engines import Engine, Tx, sqlite_engine
 from refreshd.shared.instances import Instance
+from refreshd.tickets import Refused
 
-__all__ = ["Claiming", "Refused", "Ticket", "claim_run", "claims_for", "instance_name", "lease_of"]
+__all__ = ["Claiming", "claims_for", "instance_name", "lease_of"]
 
 DEFAULT_LEASE = timedelta(seconds=15)
 # How often old claims and instances are forgotten (older than the history's retention).
@@ -48,63 +47,6 @@ def lease_of(config: Any) -> timedelta:
     return lease if isinstance(lease, timedelta) else DEFAULT_LEASE
 
 
-class Refused(enum.StrEnum):
-    """Why a run (or a login) is not called here now."""
-
-    DONE = "the run is done (by another instance)"
-    HELD = "another instance holds the run"
-    LOST = "the claim was lost before the call"
-    FENCED = "the result was refused: another instance took the run over"
-    LOGIN_HELD = "another instance is trying this login"
-    UNAVAILABLE = "the shared store is unavailable"
-
-    @classmethod
-    def of(cls, reason: str) -> Refused | None:
-        """The refusal a skipped job's reason names, if it is one."""
-        return cls._value2member_map_.get(reason)  # type: ignore[return-value]
-
-
-# What the runner answers for a result refused by fencing (the scheduler reads the ticket).
-FENCED_OUT = Decision(Action.GIVE_UP, None, 0, str(Refused.FENCED))
-
-
-@dataclass
-class Ticket:
-    """One scheduled call's claim on its run, from before the call to its result."""
-
-    server: str
-    due: datetime
-    claims: Claiming | None = None
-    claim: Claim | None = None
-    refused: Refused | None = None
-
-    # Until the journal runs on the shared engine, the fence is checked in a transaction
-    # right before the journal's (`holds`) and the claim finished in one right after it
-    # (`settled`): a crash between them leaves the claim `called`, so another instance may
-    # call the run again (at-least-once, counted), and the journal never misses a result
-    # it made. Once ported, both become `finish(claim, outcome, tx)` inside the journal's
-    # transaction (journal(..., within=...)): the result and the claim commit together.
-
-    def holds(self, outcome: object) -> bool:
-        """Whether the call's result counts for the run; False: it is refused (another
-        instance took the run over), and the ticket says so."""
-        if self.claims is None or self.claim is None or self.claims.holds(self.claim):
-            return True
-        self.refused = Refused.FENCED
-        return False
-
-    def settled(self, decision: Decision) -> None:
-        """After the journal: the run marked done, or given back to whichever instance may
-        try it when the decision says (its retry, the server's suspension, the login's
-        wait: they bind the other instances too)."""
-        if self.claims is None or self.claim is None:
-            return
-        done = decision.action == Action.DONE
-        self.claims.finish(self.claim, "ok" if done else str(decision.action))
-        if not done:
-            self.claims.give_back(self.claim, decision.at)
-
-
 def claims_for(
     config: Any, store: Any, clock: Clock, events: Events, stop: threading.Event
 ) -> Claiming:
@@ -121,22 +63,6 @@ def claims_for(
     claims.where = str(getattr(store, "where", None) or f"state file {config.daemon.state_path}")
     claims.start(stop)
     return claims
-
-
-def claim_run(ticket: Ticket) -> str | None:
-    """On the worker, just before a scheduled call: the claim on its run, marked as
-    calling (None: go), or why this instance does not call it (the ticket says which)."""
-    claims = ticket.claims
-    assert claims is not None
-    got = claims.take(ticket.server, ticket.due)
-    if isinstance(got, Refused):
-        ticket.refused = got
-    elif claims.calling(got):
-        ticket.claim = got
-        return None
-    else:
-        ticket.refused = Refused.LOST
-    return str(ticket.refused)
 
 
 class Claiming:
@@ -232,6 +158,23 @@ class Claiming:
         if not kept:
             self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
         return kept
+
+    def finish_in(self, claim: Claim, decision: Decision, tx: Tx) -> bool:
+        """The call's result on its claim, inside the journal's transaction `tx`: done, or
+        given back until `decision.at`. False (said) when the fence had moved. Errors are
+        the journal's to handle (its write is undone with this)."""
+        done = decision.action == Action.DONE
+        if not self.store.finish(claim, "ok" if done else str(decision.action), tx):
+            self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
+            return False
+        if not done:
+            self.store.release(claim, decision.at, tx)
+        return True
+
+    def ended(self, claim: Claim) -> None:
+        """The claim's end committed (finish_in): no longer held, no longer renewed."""
+        with self._lock:
+            self._held.pop(claim.key(), None)
 
     def give_back(self, claim: Claim, until: datetime | None = None) -> None:
         """A run not done here: free for anyone at once, or from `until` on."""

@@ -15,13 +15,13 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, logins_of, server_fingerprint
-from refreshd.claiming import FENCED_OUT, Claiming, Refused, Ticket
+from refreshd.claiming import Claiming
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import (
@@ -34,18 +34,21 @@ from refreshd.core.ledger import (
     login_key,
 )
 from refreshd.core.merge import Merged, merge, reconfigure
-from refreshd.core.policy import Decision, LoginWait, WaitKind, credentials_attempt_allowed
+from refreshd.core.policy import Decision, WaitKind
 from refreshd.core.settle import learn, settle
 from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
+from refreshd.gate import LoginGate
 from refreshd.metrics import Metrics
+from refreshd.shared.engines import Tx
 from refreshd.store import NewCall, StateError, StateStore, Verification
+from refreshd.tickets import FENCED_OUT, Fenced, Refused, Ticket
 
 __all__ = ["Runner", "runner_for"]
 
 
-class Runner:
+class Runner(LoginGate):
     """The ledger of one process, the login gate on it, and the path after each call.
 
     Thread-safe: the scheduler's workers settle calls concurrently; every change of the
@@ -129,39 +132,7 @@ class Runner:
     def login_fingerprint(self, table: str) -> str | None:
         return self._table_fps.get(table)
 
-    # --- the login gate ----------------------------------------------------------------
-
-    def wait_of(self, login: str, now: datetime) -> LoginWait | None:
-        """The wait that holds `login` back at `now`, if any: one that binds this process
-        (--force sets journaled ones aside), or a spent failed-login budget (which --force
-        does not lift); with its kind and reason (`policy.login_wait`)."""
-        return self._ledger.login(login).gate_wait(now, set_aside=self._set_aside.get(login))
-
-    def waiting(self, login: str, now: datetime) -> datetime | None:
-        """Until when the login may not be tried, if it may not at `now`."""
-        wait = self.wait_of(login, now)
-        return None if wait is None else wait.until
-
-    def why_waiting(self, login: str, now: datetime) -> str:
-        """The reason behind `waiting`, for a person."""
-        wait = self.wait_of(login, now)
-        return "" if wait is None else wait.reason
-
-    def try_start(self, login: str, password: str, now: datetime) -> bool:
-        """May one more call log in as `login` with the password fingerprinted `password`
-        now? If so it counts as in flight until `finished`. The one place that answers,
-        for every path."""
-        with self._lock:
-            entry = self._ledger.login(login)
-            allowed = credentials_attempt_allowed(
-                wait_until=self.waiting(login, now),
-                logins_in_flight=entry.in_flight,
-                proven=password in entry.proven,
-                now=now,
-            )
-            if allowed:
-                self._set_login(login, replace(entry, in_flight=entry.in_flight + 1))
-            return allowed
+    # --- the login gate (its first half: gate.LoginGate) ------------------------------
 
     def confirm(self, login: str, password: str) -> str | None:
         """`try_start`'s other half, just before the call (outside any lock): an unproven
@@ -186,25 +157,6 @@ class Runner:
             self._leased.add(login)
         return None
 
-    def finished(self, login: str) -> None:
-        with self._lock:
-            entry = self._ledger.login(login)
-            self._set_login(login, replace(entry, in_flight=max(0, entry.in_flight - 1)))
-            leased = login in self._leased
-            self._leased.discard(login)
-        if leased and self.claims is not None:
-            self.claims.free_login(login)
-
-    def prove(self, login: str, password: str) -> bool:
-        """VICIdial accepted the login: more calls may start at once. True when it just
-        became proven."""
-        with self._lock:
-            entry = self._ledger.login(login)
-            if password in entry.proven:
-                return False
-            self._set_login(login, replace(entry, proven=entry.proven | {password}))
-            return True
-
     def waits_before(self, servers: Iterable[ServerConfig]) -> list[str]:
         """Why these servers' logins may not be tried now: one line per waiting login,
         saying until when, why, and whether --force lifts it (for a one-shot command to
@@ -226,22 +178,6 @@ class Runner:
                     f"{wait.reason} ({force})"
                 )
         return list(lines.values())
-
-    def set_aside_waits(self) -> None:
-        """The operator forced calls now (`--force`): the waits journaled so far do not
-        hold this process back, but the rest of the gate does (one login at a time until
-        one works). What its calls learn is settled and journaled as always: a success ends
-        the wait, a refused login starts a new one, which binds (this process's other calls
-        are skipped)."""
-        with self._lock:
-            self._set_aside = {
-                key: entry.wait_until
-                for key, entry in self._ledger.logins.items()
-                if entry.wait_until is not None
-            }
-
-    def _set_login(self, login: str, entry: LoginEntry) -> None:
-        self._ledger = self._ledger.with_logins({login: entry})
 
     # --- after a call ------------------------------------------------------------------
 
@@ -276,7 +212,7 @@ class Runner:
             )
             # In memory first: a failing disk must not make this process forget a
             # success, a suspension or a wait.
-            self._ledger = done.ledger
+            previous, self._ledger = self._ledger, done.ledger
             answer = attempt.answer
             record = NewCall(
                 server=call.server,
@@ -291,7 +227,24 @@ class Runner:
                 detail=answer.detail,
             )
             due = (call.server, call.due) if done.run_done and call.due is not None else None
-            self._journal(done.servers, done.logins, record, due, outcome=answer.outcome)
+            within = None if ticket is None else partial(ticket.commit, decision=done.decision)
+            try:
+                journaled = self._journal(
+                    done.servers, done.logins, record, due, outcome=answer.outcome, within=within
+                )
+            except Fenced:
+                # Taken over since the early look: the write is undone, and so is the
+                # ledger's change (what the answer says of the login is still learnt).
+                self._ledger = previous
+                fenced = True
+            else:
+                fenced = False
+                if ticket is not None:
+                    ticket.committed = journaled
+        if fenced:
+            self.learn(call, attempt.answer.outcome)
+            self.events.called(call.server, attempt)
+            return FENCED_OUT
         self.events.emit(done.events)
         first = call.due if call.attempt == 1 and not call.manual else None
         self.events.called(call.server, attempt, due=first)
@@ -343,11 +296,14 @@ class Runner:
         done: tuple[str, datetime] | None = None,
         *,
         outcome: Outcome | None = None,
-    ) -> None:
+        within: Callable[[Tx], object] | None = None,
+    ) -> bool:
+        """Write a change (with `within`, a claim's end, in the same transaction); whether
+        it was written. Fenced (from `within`) goes to the caller."""
         if self.store is None or not (servers or logins or call):
-            return
+            return False
         try:
-            self.store.journal(servers=servers, logins=logins, call=call, done=done)
+            self.store.journal(servers=servers, logins=logins, call=call, done=done, within=within)
         except StateError as err:
             # The call happened; only its record failed. Say so loudly: after a restart
             # this run could be refreshed again.
@@ -355,6 +311,8 @@ class Runner:
             if call is not None:
                 fields.update(server=call.server, outcome=str(outcome))
             self.log.error("state.error", **fields)
+            return False
+        return True
 
     # --- the state file under us --------------------------------------------------------
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from refreshd.attempt import Target, target_of
 from refreshd.binding import schedule_of
-from refreshd.claiming import Refused, Ticket, claim_run
 from refreshd.client import Client, client_for
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
@@ -24,6 +23,7 @@ from refreshd.dispatch import Dispatcher, Job
 from refreshd.events import SuccessGaps, state_gauges
 from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
+from refreshd.tickets import Refused, Ticket, claim_run
 from refreshd.timer import Timer
 from refreshd.timing import PlanMemo as _PlanMemo
 from refreshd.timing import Server as _Server

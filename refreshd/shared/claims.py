@@ -147,17 +147,20 @@ class ClaimStore:
         )
         return tx.fetchone() is not None
 
-    def release(self, claim: Claim, until: datetime | None = None) -> None:
+    def release(self, claim: Claim, until: datetime | None = None, tx: Tx | None = None) -> None:
         """Give the run back (no call was made, or the result was not `ok` and a retry may
         come from anyone): its lease ends now, or at `until`, when the retry may come (a
         back-off, a suspension or a login's wait binds the other instances too; this one
-        may claim it again before)."""
+        may claim it again before). Given `tx`, inside that transaction."""
+        if tx is None:
+            with self.engine.transaction() as own:
+                self.release(claim, until, own)
+            return
         ends = 0 if until is None else int(until.timestamp() * 1000)
-        with self.engine.transaction() as tx:
-            tx.execute(
-                f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
-                (ends, *claim.key(), DONE),
-            )
+        tx.execute(
+            f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
+            (ends, *claim.key(), DONE),
+        )
 
     def expire_others(self) -> int:
         """End every other instance's lease now (not their fences): for a store only this

@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Claiming, Refused
+from refreshd.claiming import Claiming
 from refreshd.clock import FakeClock, system_clock
+from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dburl import DatabaseUrl
 from refreshd.events import Events
 from refreshd.metrics import Metrics
-from refreshd.shared import connect, sqlite_engine
-from refreshd.shared import instances
+from refreshd.runner import Runner
+from refreshd.shared import connect, instances, sqlite_engine
+from refreshd.store import StateStore
+from refreshd.tickets import FENCED_OUT, Refused, Ticket, claim_run
 from tests.support.databases import scratch_database
 from tests.support.instances import ENGINES, Breakable, claims_engine
-from tests.support.loop import Log, at
+from tests.support.loop import Log, at, fleet
 from tests.support.proxy import tcp_proxy
 from tests.support.waiting import eventually
 
@@ -232,3 +235,38 @@ def test_postgresql_cut_and_restored_no_claim_meanwhile_and_recovery(
             assert not isinstance(one.claims.take("west", START), Refused)
         finally:
             one.claims.engine.close()
+
+
+def test_a_run_taken_over_after_the_early_look_is_refused_inside_the_journal_write(
+    tmp_path: Path,
+) -> None:
+    # The fence is looked at first (Ticket.holds), then the result is written with the
+    # claim's end in one transaction. A takeover between the two must undo the whole write:
+    # no history row, no done run, the ledger as before; the result is not the run's.
+    clock = FakeClock(START)
+    config = fleet([{"name": "east", "windows": ["00:00-01:00"]}])
+    store = StateStore(tmp_path / "state.db")
+    log = Log()
+    runner = Runner(config, store=store, clock=clock, log=log)
+    runner.configure(config, [], changed_logins=[])
+    mine = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    other = One(sqlite_engine(tmp_path / "state.db", clock), "web-2", clock, LEASE)
+    ticket = Ticket("east", START, mine.claims)
+    assert claim_run(ticket) is None  # claimed and marked called: the request goes out
+    clock.advance(LEASE)
+    assert not isinstance(other.claims.take("east", START), Refused)  # taken over
+
+    class LateLook(Ticket):
+        def holds(self, outcome: object) -> bool:  # the early look saw it still held
+            return True
+
+    late = LateLook("east", START, mine.claims, claim=ticket.claim)
+    call = runner.call_for(config.servers[0], attempt=1, due=START)
+    ok = Attempt(Answer(Outcome.OK, "SUCCESS: server_refresh", 200, 3), clock.now(), 20)
+    assert runner.settle(call, ok, late) is FENCED_OUT
+    assert late.refused is Refused.FENCED
+    assert store.history(server="east") == []
+    assert store.last_runs_done() == {}
+    assert runner.ledger.server("east").last_done is None
+    assert mine.log.matching("claim.lost", server="east")
+    store.close()

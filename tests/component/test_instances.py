@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Refused
 from refreshd.clock import FakeClock
 from refreshd.core.vicidial import Answer
 from refreshd.shared import Engine, sqlite_engine
 from refreshd.simulator.rules import Vicidial
+from refreshd.tickets import Refused
 from tests.support.instances import ENGINES, Breakable, Instances, claims_engine
 from tests.support.loop import USER, at, fleet, http_error, numbered, users
 

@@ -56,26 +56,29 @@ class Instances:
         sim_lock = threading.Lock()  # the simulated VICIdial answers one request at a time
         for n in range(count):
             name = f"web-{n}"
-            state = tmp_path / ("state.db" if shared_state else f"state-{n}.db")
+            made = engine(self.clock)
+            self.engines.append(made)
+            # On a shared database the journal lives there too (as [state] makes it): a
+            # claim's end commits inside the journal's transaction, so both are one store.
+            state: Path | Engine = tmp_path / ("state.db" if shared_state else f"state-{n}.db")
+            if made.kind != "sqlite":
+                state = engine(self.clock)
+                self.engines.append(state)
             loop = Loop(
                 config,
                 state,
                 self.clock,
                 self.vicidial,
                 rng=None if seed is None else random.Random(seed),
-                claims=self._claims_of(name, engine),
+                claims=self._claims_of(name, made),
             )
             loop._lock = sim_lock
             self.loops[name] = loop
         self._renew_at = start
 
-    def _claims_of(
-        self, name: str, engine: Callable[[FakeClock], Engine]
-    ) -> Callable[[Events], Claiming]:
+    def _claims_of(self, name: str, engine: Engine) -> Callable[[Events], Claiming]:
         def make(events: Events) -> Claiming:
-            made = engine(self.clock)
-            self.engines.append(made)
-            return Claiming(made, name, self.lease, clock=self.clock, events=events)
+            return Claiming(engine, name, self.lease, clock=self.clock, events=events)
 
         return make
 

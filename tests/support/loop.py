@@ -22,6 +22,7 @@ from refreshd.events import Events
 from refreshd.metrics import Metrics
 from refreshd.runner import Runner, runner_for
 from refreshd.scheduler import Scheduler
+from refreshd.shared import Engine
 from refreshd.simulator.rules import SimUser, Vicidial
 from refreshd.store import StateStore
 
@@ -108,7 +109,7 @@ class Loop:
     """One daemon's scheduler and runner on `clock`, answering from `vicidial`."""
 
     config: Config
-    store_path: Path
+    store_path: Path | Engine  # a state file, or a shared database's engine
     clock: FakeClock
     vicidial: Vicidial
     log: Log = field(default_factory=Log)
