@@ -26,6 +26,9 @@ __all__ = ["Claiming", "claims_for", "instance_name", "lease_of"]
 DEFAULT_LEASE = timedelta(seconds=15)
 # How often old claims and instances are forgotten (older than the history's retention).
 PRUNE_EVERY = 3600.0
+# A run held by another instance is looked at again at least this often (seconds): its
+# holder's death costs the run at most its lease plus this.
+LOOK_AGAIN = 1.0
 # Back-off while the store is unreachable: from this, doubling, up to a lease.
 FIRST_RETRY = 0.5
 # A login's lease is a claim on this instant, never a run's due time.
@@ -252,8 +255,12 @@ class Claiming:
         return min(self.lease.total_seconds(), FIRST_RETRY * 2.0 ** min(failures - 1, 30))
 
     def look_again(self) -> timedelta:
-        """When a run held elsewhere (or not claimable now) is worth claiming again."""
-        return timedelta(seconds=self.delay())
+        """When a run held elsewhere (or not claimable now) is worth claiming again: within
+        LOOK_AGAIN, so a dead holder's run is taken over at most that long after its lease
+        ran out; while the store fails, the renewals' back-off."""
+        if self.failing:
+            return timedelta(seconds=self.delay())
+        return timedelta(seconds=min(self.delay(), LOOK_AGAIN))
 
     def live(self) -> list[Instance]:
         """The live instances and the runs each holds (for `status`)."""
@@ -313,19 +320,17 @@ class Claiming:
     def _failed(self, error: BaseException) -> None:
         with self._lock:
             self._failures += 1
-            first = self._outage_since is None
-            if first:
+            if self._outage_since is None:
                 self._outage_since = self._clock.monotonic()
-        if first:
-            self._events.state_outage(
-                f"claims in {self.where}: {type(error).__name__}: {error}. Check that it "
-                "is reachable and writable; retrying with back-off, no call starts meanwhile"
-            )
+        self._events.store_failed(  # said once per outage (events.py)
+            f"claims in {self.where}: {type(error).__name__}: {error}. Check that it "
+            "is reachable and writable; retrying with back-off, no call starts meanwhile",
+            store="claims",
+        )
 
     def _recovered(self, at: float) -> None:
         with self._lock:
-            since, self._outage_since = self._outage_since, None
+            self._outage_since = None
             self._failures = 0
             self._last_renewal = at
-        if since is not None:
-            self._events.state_recovered(self._clock.monotonic() - since)
+        self._events.store_answered()

@@ -294,7 +294,8 @@ class Daemon(Reloading):
         last_wall, last_mono = clock.now(), clock.monotonic()
         last_prune = 0.0
         scheduler.loop_beat()
-        self._record_beat(scheduler)
+        with contextlib.suppress(StateError):  # said by the first beat in the loop
+            scheduler.runner.store_beat()
         while not clock.wait(self._stop_heartbeat, self.heartbeat):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
@@ -308,22 +309,14 @@ class Daemon(Reloading):
             try:
                 scheduler.runner.check_store()  # deleted or replaced under us?
                 scheduler.sync_from_store()  # what a manual `refreshd refresh` changed
+                scheduler.runner.store_beat()
             except StateError as err:
-                self.log.error("state.error", error=str(err))
-            self._record_beat(scheduler)
+                scheduler.runner.events.store_failed(str(err))  # once per outage
+            else:
+                scheduler.runner.events.store_answered()
             if mono - last_prune > 3600:
                 last_prune = mono
                 self._prune(scheduler)
-
-    def _record_beat(self, scheduler: Scheduler) -> None:
-        """The heartbeat's time in the state file, for `refreshd status` ("last heartbeat")."""
-        store = scheduler.runner.store
-        if store is None:
-            return
-        try:
-            store.beat(self.clock.now())
-        except StateError as err:
-            self.log.error("state.error", error=str(err))
 
     def _prune(self, scheduler: Scheduler) -> None:
         store, retention = scheduler.runner.store, scheduler.config.daemon.history_retention
@@ -332,7 +325,7 @@ class Daemon(Reloading):
         try:
             removed = store.prune(self.clock.now() - retention)
         except StateError as err:
-            self.log.error("state.error", error=str(err))
+            scheduler.runner.events.store_failed(str(err))
             return
         if removed:
             self.log.info("state.pruned", calls_removed=removed)

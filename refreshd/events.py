@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from refreshd.clock import Clock, system_clock
 from refreshd.core.ledger import Call, Event, Kind, Ledger
 from refreshd.core.planning import Next, success_gap
 from refreshd.core.policy import LoginWait
@@ -40,10 +41,15 @@ class Events:
     """Tells the log, the metrics and (in the daemon) the webhooks and pings what changed.
     Thread-safe as its parts are."""
 
-    def __init__(self, log: Any, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, log: Any, metrics: Metrics | None = None, clock: Clock | None = None
+    ) -> None:
         self.log = log
         self.metrics = metrics
         self.notifications: Notifications | None = None  # the daemon's; it only queues
+        self._clock = clock or system_clock
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None  # monotonic, while the store fails
 
     def configure(self, config: Config) -> None:
         if self.notifications is not None:
@@ -130,12 +136,24 @@ class Events:
         if self.metrics is not None:
             self.metrics.claims_lost.inc()
 
-    def state_outage(self, error: str) -> None:
-        """The shared store failed: said once per outage, not at every try."""
-        self.log.error("state.error", error=error, store="claims")
+    def store_failed(self, error: str, **fields: object) -> None:
+        """The store failed (a write, a read, a claim's renewal): `state.error` once per
+        outage, as it starts. What fails again in the same outage is not said again: every
+        heartbeat, renewal and call would each say it, and bury the one line that matters."""
+        with self._outage_lock:
+            first = self._outage_since is None
+            if first:
+                self._outage_since = self._clock.monotonic()
+        if first:
+            self.log.error("state.error", error=error, **fields)
 
-    def state_recovered(self, seconds: float) -> None:
-        self.log.info("state.recovered", store="claims", outage_s=round(seconds, 3))
+    def store_answered(self) -> None:
+        """The store answered: an outage under way ends, said once (`state.recovered`)."""
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            seconds = round(self._clock.monotonic() - since, 3)
+            self.log.info("state.recovered", outage_s=seconds)
 
     def instances(self, me: str, live: Iterable[str]) -> None:
         """`refreshd_instance_up`: this instance, and the others live per the table."""

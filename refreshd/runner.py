@@ -70,7 +70,7 @@ class Runner(LoginGate):
         self.store = store
         self.clock = clock
         self.log = log
-        self.events = Events(log, metrics)
+        self.events = Events(log, metrics, clock)
         self.backoff = backoff_of(config.backoff)
         self._rng = rng or random.Random()
         self._lock = threading.RLock()
@@ -267,7 +267,7 @@ class Runner(LoginGate):
                 found = Verification(applied, verdict.seconds, detail)
                 self.store.verified(server, started, found)
             except StateError as err:
-                self.log.error("state.error", error=str(err), server=server)
+                self.events.store_failed(str(err), server=server)
         self.events.verified(server, started, verdict)
 
     def learn(self, call: Call, outcome: Outcome) -> None:
@@ -305,13 +305,15 @@ class Runner(LoginGate):
         try:
             self.store.journal(servers=servers, logins=logins, call=call, done=done, within=within)
         except StateError as err:
-            # The call happened; only its record failed. Say so loudly: after a restart
-            # this run could be refreshed again.
-            fields: dict[str, object] = {"error": str(err)}
+            self.events.store_failed(str(err))
             if call is not None:
-                fields.update(server=call.server, outcome=str(outcome))
-            self.log.error("state.error", **fields)
+                # The call happened; only its record failed. Said for each call: after a
+                # restart this run could be refreshed again.
+                self.log.error(
+                    "refresh.unrecorded", server=call.server, outcome=str(outcome), error=str(err)
+                )
             return False
+        self.events.store_answered()
         return True
 
     # --- the state file under us --------------------------------------------------------
@@ -340,6 +342,12 @@ class Runner(LoginGate):
         self.log.info("state.restored", path=str(store.path), servers=len(self._ledger.servers))
 
     # --- other processes ---------------------------------------------------------------
+
+    def store_beat(self) -> None:
+        """The daemon's heartbeat in the store, for `refreshd status` ("last heartbeat").
+        Raises StateError."""
+        if self.store is not None:
+            self.store.beat(self.clock.now())
 
     def sync(self) -> Merged | None:
         """Take in what another process journaled since the last look; None if nothing.

@@ -101,11 +101,18 @@ class ClaimStore:
         takeover knows the call may have been sent); False: the claim is lost, do not call."""
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
-            changed = tx.execute(
-                f"UPDATE {TABLE} SET state = %s WHERE {_MINE} AND lease_until > %s",
-                (CALLED, *claim.key(), now),
+            # Found by a locking read, not by the UPDATE's row count: MariaDB counts only
+            # rows whose values change, and a claim taken over from a `called` one is
+            # `called` already.
+            tx.execute(
+                f"SELECT state FROM {TABLE} WHERE {_MINE} AND lease_until > %s"
+                f"{self.engine.for_update()}",
+                (*claim.key(), now),
             )
-            return changed == 1
+            if tx.fetchone() is None:
+                return False
+            tx.execute(f"UPDATE {TABLE} SET state = %s WHERE {_MINE}", (CALLED, *claim.key()))
+            return True
 
     def renew(self, claims: Iterable[Claim]) -> list[Claim]:
         """Extend each claim's lease; the ones still held. An instance that cannot renew
@@ -129,11 +136,13 @@ class ClaimStore:
         if tx is None:
             with self.engine.transaction() as own:
                 return self.finish(claim, outcome, own)
-        changed = tx.execute(
-            f"UPDATE {TABLE} SET state = %s, outcome = %s WHERE {_MINE} AND state <> %s",
-            (DONE if outcome == "ok" else CLAIMED, outcome, *claim.key(), DONE),
+        if not self.holding(claim, tx):  # a locking read: see `calling`
+            return False
+        tx.execute(
+            f"UPDATE {TABLE} SET state = %s, outcome = %s WHERE {_MINE}",
+            (DONE if outcome == "ok" else CLAIMED, outcome, *claim.key()),
         )
-        return changed == 1
+        return True
 
     def holding(self, claim: Claim, tx: Tx | None = None) -> bool:
         """Whether the fencing number is still the row's and the run not done: a result

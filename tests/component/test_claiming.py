@@ -42,7 +42,7 @@ class One:
             name,
             lease,
             clock=clock,  # type: ignore[arg-type]
-            events=Events(self.log, self.metrics),
+            events=Events(self.log, self.metrics, clock),  # type: ignore[arg-type]
         )
 
     def sample(self, name: str, **labels: str) -> float | None:

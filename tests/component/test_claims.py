@@ -143,3 +143,18 @@ def test_a_result_other_than_ok_leaves_the_run_open_for_a_retry(cluster: Cluster
     assert (again.fence, again.taken_over_from) == (2, None)
     assert first.finish(again, "ok") is True
     assert first.claim("east", DUE) is None
+
+
+def test_a_claim_taken_over_from_a_called_one_may_call_and_finish(cluster: Cluster) -> None:
+    # The taken-over row is `called` already: marking it `called` again changes no value,
+    # which MariaDB's row count reports as 0 rows. The instance that took it over must
+    # still be allowed to call, and its result must still count.
+    lease = timedelta(milliseconds=300)
+    old, new = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    first = old.claim("east", DUE)
+    assert first is not None and old.calling(first)
+    taken = cluster.take_over(new, "east", lease)
+    assert taken.maybe_called
+    assert new.calling(taken)
+    assert new.finish(taken, "ok")
+    assert new.state("east", DUE) == ("done", "web-2", taken.fence)

@@ -41,7 +41,7 @@ def three(engine_kind: str, tmp_path: Path) -> Iterator[Instances]:
     config = fleet(every_ten_minutes(10))
     with claims_engine(engine_kind, tmp_path) as engine:
         # On SQLite the claims live in the state file the instances share; on a database
-        # server each instance keeps its own journal (until the journal moves there too).
+        # server the journal lives there too.
         fleet_ = Instances(
             config,
             tmp_path,
@@ -63,7 +63,11 @@ def test_three_instances_call_each_run_once_and_share_the_work(three: Instances)
     per_run = three.calls_per_run()
     assert len(per_run) == 10 * 4  # every run of every server, each at its instant
     assert set(per_run.values()) == {1}
-    assert all(loop.calls for loop in three.loops.values()), "one instance did nothing"
+    # Not asserted here: that every instance did some of the work. On a fake clock every
+    # instance wakes at the same instant, and one whose login is proven reaches each claim
+    # before the others, which first queue for the login's lease: on a database server one
+    # instance then does every run. Real daemons wake apart, and share it
+    # (tests/process/test_instances.py measures the shares).
     assert three.vicidial.tally.logins["failed"] == 0
 
 

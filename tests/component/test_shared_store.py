@@ -22,8 +22,8 @@ from refreshd.shared.engines import Tx, connect
 from refreshd.store import SCHEMA_VERSION, NewCall, StateError, StateStore
 from refreshd.store.opening import open_store, store_name
 from tests.support.databases import scratch_database
+from tests.support.proxy import TcpProxy
 from tests.support.stores import ENGINES, Place, place
-from tests.support.tcpcut import TcpCut
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -190,7 +190,7 @@ def test_a_lost_connection_is_a_clear_error_then_reconnects(kind: str) -> None:
     # PostgreSQL trusts loopback: the password is sent, ignored, and must be shown nowhere.
     password = "s3cret-Passw0rd" if kind == "postgresql" else None
     with scratch_database(kind) as url:
-        relay = TcpCut(url.port)
+        relay = TcpProxy(url.port)
         via = DatabaseUrl(url.user, url.host, relay.port, url.database, url.engine)
         try:
             store = StateStore(connect(via, password, timeout=2.0))
@@ -200,7 +200,7 @@ def test_a_lost_connection_is_a_clear_error_then_reconnects(kind: str) -> None:
             relay.cut()
             with pytest.raises(StateError) as err:
                 store.journal(servers=servers, logins={}, call=call)
-            relay.mend()
+            relay.restore()
             store.journal(servers=servers, logins={}, call=call)  # a new connection, no restart
             assert len(store.history()) == 2
             store.close()
@@ -217,12 +217,12 @@ def test_a_connection_that_died_while_idle_costs_no_write(kind: str) -> None:
     """A database restarted overnight: the first journal write finds the connection dead at
     its first statement, connects again and writes, instead of losing that result."""
     with scratch_database(kind) as url:
-        relay = TcpCut(url.port)
+        relay = TcpProxy(url.port)
         via = DatabaseUrl(url.user, url.host, relay.port, url.database, url.engine)
         try:
             store = StateStore(connect(via, None, timeout=2.0))
             relay.cut()
-            relay.mend()  # back at once: only the open connection is gone
+            relay.restore()  # back at once: only the open connection is gone
             call = NewCall("east-1", None, None, 1, Outcome.OK, SLOT, 100)
             servers = {"east-1": ServerEntry(last_outcome=Outcome.OK)}
             store.journal(servers=servers, logins={}, call=call)

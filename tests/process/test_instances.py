@@ -1,0 +1,240 @@
+"""Several real daemons sharing one store on the machine's PostgreSQL or MariaDB (issue 13):
+each run refreshed once across the instances, a killed instance's runs taken over after its
+lease, a frozen one's late results refused, and a store outage survived without a restart.
+
+Figures for docs/HA.md: `pytest -s` prints one `RELIABILITY {...}` line per scenario."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.support.config import instant
+from tests.support.daemon import DaemonProcess
+from tests.support.fleet import http_get, report
+from tests.support.shared_fleet import assert_each_run_once, runs_by_server, shared_fleet, spread
+from tests.support.waiting import eventually, holds_for
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
+EVERY = timedelta(seconds=10)
+LEASE = 5.0  # seconds: the shortest lease the config allows, so takeovers come quickly
+
+
+def _wait_until(moment: float) -> None:
+    """Until the wall-clock instant `moment` (a run's due plus a margin), bounded."""
+    eventually(
+        lambda: time.time() >= moment,
+        timeout=max(1.0, moment - time.time() + 2),
+        what="the instant",
+    )
+
+
+def _due(line: dict[str, object]) -> str:
+    """A run's due instant as its log line gives it (`due` is left out when it is the
+    slot's start)."""
+    return str(line.get("due", line.get("slot")))
+
+
+def _refreshed(daemon: DaemonProcess, server: str, due: str) -> bool:
+    return any(
+        line["server"] == server and instant(_due(line)) == instant(due)
+        for line in daemon.matching("refresh.succeeded")
+    )
+
+
+def _no_double(fleet_runs: dict[str, list[str]]) -> bool:
+    return all(len(dues) == len(set(dues)) for dues in fleet_runs.values())
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+def test_three_instances_refresh_each_run_exactly_once_and_share_the_work(
+    tmp_path: Path, engine: str
+) -> None:
+    with shared_fleet(tmp_path, engine) as fleet:
+        names = ["web-1", "web-2", "web-3"]
+        for name in names:
+            fleet.start(name, servers=50, every="10s", lease=f"{LEASE:.0f}s")
+        for name in names:
+            fleet.instances[name].wait_for("daemon.started", timeout=60)
+        # Watch a minute: a run refreshed twice fails the test the moment it shows.
+        holds_for(
+            lambda: _no_double(runs_by_server(fleet.refreshed())),
+            seconds=60,
+            what="no run refreshed by two instances",
+        )
+        fleet.daemons.stop_all()
+        runs = assert_each_run_once(fleet, EVERY)
+        per_instance = [len(pairs) for pairs in fleet.refreshed().values()]
+        assert runs >= 50 * 5, f"only {runs} runs refreshed in 60 s"
+        assert min(per_instance) > 0, f"an instance did no work: {per_instance}"
+        report(
+            f"instances-{engine}",
+            instances=3,
+            servers=50,
+            runs=runs,
+            per_instance=per_instance,
+            smallest_share=round(spread(per_instance), 2),
+            calls=sum(fleet.calls_per_server().values()),
+        )
+
+
+def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path) -> None:
+    latency = 3.0  # calls stay in flight, so the victim holds claims when it dies
+    with shared_fleet(tmp_path, "postgresql") as fleet:
+        fleet.sim.set_fault("latency", latency=latency)
+        victim = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        victim.wait_for("refresh.succeeded", timeout=30)
+        survivor = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        survivor.wait_for("daemon.started", timeout=60)
+        # The next run's calls go out at its due; kill the victim one second later, while
+        # they wait on the slow VICIdial (the survivor may hold some of them too).
+        due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
+        _wait_until((due + EVERY).timestamp() + 1)
+        killed_at = time.time()
+        victim.kill()
+        taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
+        first = min(instant(line["timestamp"]).timestamp() for line in taken)
+        for line in taken:
+            eventually(
+                lambda line=line: _refreshed(survivor, line["server"], line["due"]),
+                timeout=30,
+                what=f"the survivor refreshed {line['server']} due {line['due']}",
+            )
+        # One more run after the takeover, so every run the victim held has been settled.
+        _wait_until(
+            max(instant(line["due"]) for line in taken).timestamp()
+            + EVERY.total_seconds()
+            + latency
+            + 2
+        )
+        fleet.daemons.stop_all()
+        taken = survivor.matching("claim.taken_over")
+        maybe_called = sum(1 for line in taken if line.get("maybe_called"))
+        assert_each_run_once(fleet, EVERY, in_flight=maybe_called)
+        failover = first - killed_at
+        assert failover <= LEASE + 1, f"taken over {failover:.1f}s after the kill"
+        report(
+            "failover-kill-9",
+            lease_s=LEASE,
+            failover_s=round(failover, 2),
+            taken_over=len(taken),
+            at_least_once=maybe_called,
+        )
+
+
+def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_are_refused(
+    tmp_path: Path,
+) -> None:
+    latency = 2.0
+    with shared_fleet(tmp_path, "mysql") as fleet:
+        fleet.sim.set_fault("latency", latency=latency)
+        frozen = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        frozen.wait_for("refresh.succeeded", timeout=30)
+        due = max(instant(_due(line)) for line in frozen.matching("refresh.succeeded"))
+        # Alone, it holds every claim of the next run; frozen half a second into it, its
+        # ten calls wait on the slow VICIdial, and so do their answers.
+        _wait_until((due + EVERY).timestamp() + 0.5)
+        frozen.signal(signal.SIGSTOP)
+        try:
+            other = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+            holds_for(
+                lambda: _no_double(runs_by_server(fleet.refreshed())),
+                seconds=3 * LEASE,
+                what="no run refreshed twice while web-1 is frozen",
+            )
+            taken = other.matching("claim.taken_over")
+            assert taken, "web-2 took over none of the frozen instance's claims"
+        finally:
+            frozen.signal(signal.SIGCONT)
+        thawed_at = time.time()
+        # Its answers waited in the socket: it reads them now, and fencing refuses them.
+        frozen.wait_for("claim.lost", timeout=15)
+        _wait_until(thawed_at + EVERY.total_seconds() + latency + 2)
+        fleet.daemons.stop_all()
+        taken = other.matching("claim.taken_over")
+        maybe_called = sum(1 for line in taken if line.get("maybe_called"))
+        assert maybe_called > 0, taken  # the frozen calls had gone out
+        lost = frozen.matching("claim.lost")
+        assert len(lost) >= maybe_called, (lost, taken)
+        # A late result is not recorded, and no call starts on a lost claim: besides the
+        # calls out at the freeze (at-least-once, counted as maybe_called), each run once.
+        assert_each_run_once(fleet, EVERY, in_flight=maybe_called)
+        report(
+            "freeze-3-leases",
+            lease_s=LEASE,
+            taken_over=len(taken),
+            lost=len(lost),
+            at_least_once=maybe_called,
+        )
+
+
+def test_the_store_unreachable_for_30s_stops_the_calls_and_the_daemons_recover_alone(
+    tmp_path: Path,
+) -> None:
+    with shared_fleet(tmp_path, "postgresql", relayed=True) as fleet:
+        assert fleet.relay is not None
+        daemons = [
+            fleet.start(n, servers=10, every="10s", lease=f"{LEASE:.0f}s")
+            for n in ("web-1", "web-2")
+        ]
+        for daemon in daemons:
+            daemon.wait_for("daemon.started", timeout=60)
+        eventually(
+            lambda: sum(len(p) for p in fleet.refreshed().values()) >= 10,
+            timeout=30,
+            what="first runs",
+        )
+        calls_before = len(fleet.sim.calls())
+        fleet.relay.cut()
+        cut_at = time.time()
+        ports = [daemon.metrics_port() for daemon in daemons]
+        eventually(
+            lambda: all(http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503 for port in ports),
+            timeout=LEASE + 15,
+            what="/healthz 503 on both instances once the lease has passed",
+        )
+        unhealthy_after = time.time() - cut_at
+        # The rest of the 30 s: no call starts without a claim.
+        holds_for(
+            lambda: len(fleet.sim.calls()) <= calls_before + 10,  # calls already out at the cut
+            seconds=max(0.0, 30 - (time.time() - cut_at)),
+            what="no call while the store is unreachable",
+        )
+        during = len(fleet.sim.calls()) - calls_before
+        fleet.relay.restore()
+        restored_at = time.time()
+        for daemon in daemons:
+            daemon.wait_for("state.recovered", timeout=30)
+        eventually(
+            lambda: all(http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200 for port in ports),
+            timeout=30,
+            what="/healthz 200 again",
+        )
+        eventually(
+            lambda: any(
+                instant(due).timestamp() > restored_at
+                for pairs in fleet.refreshed().values()
+                for _, due in pairs
+            ),
+            timeout=30,
+            what="a run after the outage refreshed",
+        )
+        recovered_after = time.time() - restored_at
+        fleet.daemons.stop_all()
+        for daemon in daemons:
+            said = daemon.matching("state.error")
+            assert len(said) == 1, [(line["timestamp"], line["error"]) for line in said]
+        runs = runs_by_server(fleet.refreshed())
+        assert _no_double(runs), runs
+        report(
+            "store-outage-30s",
+            lease_s=LEASE,
+            healthz_503_after_s=round(unhealthy_after, 1),
+            calls_during_outage=during,
+            recovered_after_s=round(recovered_after, 1),
+        )
