@@ -10,12 +10,14 @@ import enum
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from refreshd.clock import Clock
 from refreshd.core.policy import Action, Decision
+from refreshd.core.vicidial import Attempt
 from refreshd.events import Events
 from refreshd.shared import instances
 from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
@@ -123,14 +125,18 @@ def claims_for(
     return claims
 
 
-def claim_run(ticket: Ticket) -> str | None:
+def claim_run(ticket: Ticket) -> str | Attempt | None:
     """On the worker, just before a scheduled call: the claim on its run, marked as
-    calling (None: go), or why this instance does not call it (the ticket says which)."""
+    calling (None: go), or why this instance does not call it (the ticket says which), or
+    a settled run's answer: its lost call's refresh was taken (`Claiming.lost`), no call."""
     claims = ticket.claims
     assert claims is not None
     got = claims.take(ticket.server, ticket.due)
     if isinstance(got, Refused):
         ticket.refused = got
+    elif (settled := claims.settle_lost(got)) is not None:
+        ticket.claim = got  # finished as done through the runner, as an `ok` would be
+        return settled
     elif claims.calling(got):
         ticket.claim = got
         return None
@@ -160,6 +166,9 @@ class Claiming:
         self.exclusive = False  # no other instance can be alive on this store
         self.where = "the shared store"  # for messages: the state file, or the URL
         self.retention: timedelta | None = None  # forget claims older (None: keep them)
+        # A lost call's run, asked of the cluster's database (verify/watch.py): a settled
+        # run's answer when its refresh was taken since the call's start, else None.
+        self.lost: Callable[[str, datetime], Attempt | None] | None = None
         self._pruned: float | None = None
         self._outage_since: float | None = None
         self._failures = 0
@@ -176,7 +185,7 @@ class Claiming:
             return Refused.UNAVAILABLE
         try:
             self._ready()
-            claim = self.store.claim(server, due)
+            claim = self.store.claim(server, due, self._clock.now())
             found = self.store.state(server, due) if claim is None else None
         except Exception as error:  # each driver's own errors: the store is unreachable
             self._failed(error)
@@ -187,6 +196,15 @@ class Claiming:
         if claim.taken_over_from is not None and not server.startswith(LOGIN_PREFIX):
             self._events.claim_taken_over(server, due, claim.taken_over_from, claim.maybe_called)
         return claim
+
+    def settle_lost(self, claim: Claim) -> Attempt | None:
+        """A claim whose call may have been sent (its answer lost): the settled run's
+        answer when the cluster's database shows the refresh taken since, else None (call
+        again, at-least-once). Read off the schedule's lock, on the worker; the renewal
+        thread keeps the claim alive meanwhile."""
+        if not claim.maybe_called or claim.called_at is None or self.lost is None:
+            return None
+        return self.lost(claim.server, claim.called_at)
 
     def calling(self, claim: Claim) -> bool:
         """Just before the request goes out: may it? Not on a claim this instance could
