@@ -13,18 +13,24 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from refreshd.binding import schedule_of
 from refreshd.claiming import Claiming
-from refreshd.clock import FakeClock
+from refreshd.clock import FakeClock, system_clock
 from refreshd.config import Config
 from refreshd.core.clusters import CallGroups
 from refreshd.core.planning import next_fire
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.events import Events
 from refreshd.shared import ClaimStore, sqlite_engine
+from refreshd.simulator import API_PATH, Simulator, SimUser
 from refreshd.simulator.rules import Vicidial
+from refreshd.verify import ClusterDatabase, DatabaseUrl
+from refreshd.verify.settling import settle_lost
+from tests.support.databases import telephony_boxes, verified_cluster
 from tests.support.loop import Loop, at, fleet, numbered, users
+from tests.support.ports import refused_port
 
 START = at("2026-11-30T08:00:00")
 LEASE = timedelta(seconds=15)
@@ -156,3 +162,77 @@ def test_one_clusters_entries_are_settled_alike(
     for name in ("s0", "s1"):
         assert loop.log.matching("refresh.settled", server=name)
         assert loop.runner.ledger.server(name).last_done == _due(loop.config, name)
+
+
+# -- the reading itself, against a real MariaDB (verify/settling.py) ------------------------
+
+DB_PASSWORD = "ro-pass-4567"
+API_PASSWORD = "api-pass-123"
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[Simulator, ClusterDatabase]]:
+    """The simulator mirrored into a scratch MariaDB, and a read-only reader of it."""
+    with verified_cluster(telephony_boxes(), DB_PASSWORD, users=[SimUser("api", API_PASSWORD)]) as (
+        sim,
+        url,
+    ):
+        reader = ClusterDatabase(url, DB_PASSWORD)
+        try:
+            yield sim, reader
+        finally:
+            reader.close()
+
+
+def _refresh(sim: Simulator) -> None:
+    fields = {"function": "server_refresh", "user": "api", "pass": API_PASSWORD}
+    answer = requests.post(
+        sim.url + API_PATH, data={**fields, "source": "test", "stage": "REFRESH"}, timeout=5
+    )
+    assert answer.text.startswith("SUCCESS"), answer.text
+
+
+def test_a_refresh_taken_after_the_lost_call_started_settles_it(
+    cluster: tuple[Simulator, ClusterDatabase],
+) -> None:
+    sim, reader = cluster
+    started = system_clock.now() - timedelta(seconds=2)  # clear of the stamp's second
+    _refresh(sim)
+
+    settled = settle_lost(reader, system_clock, started)
+
+    assert isinstance(settled, Attempt)
+    assert settled.answer.outcome is Outcome.SETTLED
+    assert settled.started_at == started
+    assert settled.reload_timestamp is not None
+    assert settled.reload_timestamp >= started.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("refreshed", [True, False])
+def test_no_refresh_since_the_lost_call_started_calls_again(
+    cluster: tuple[Simulator, ClusterDatabase], refreshed: bool
+) -> None:
+    sim, reader = cluster
+    if refreshed:
+        _refresh(sim)  # a refresh before the lost call: not the call's
+    started = system_clock.now() + timedelta(seconds=2)
+
+    settled = settle_lost(reader, system_clock, started)
+
+    assert isinstance(settled, str)
+    assert settled.startswith("no refresh taken since the call started")
+
+
+def test_an_unreadable_database_calls_again_saying_why() -> None:
+    with refused_port() as port:
+        url = DatabaseUrl("nobody", "127.0.0.1", port, "asterisk")
+        reader = ClusterDatabase(url, "secret-pass-1", timeout=1)
+        try:
+            settled = settle_lost(reader, system_clock, system_clock.now())
+        finally:
+            reader.close()
+
+    assert isinstance(settled, str)
+    assert settled.startswith("the database could not be read")
+    assert "cannot read the database" in settled
+    assert "secret-pass-1" not in settled
