@@ -8,6 +8,7 @@ it did not, the stamp says no and the call is made again (at-least-once)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,11 @@ def test_a_call_killed_after_vicidial_took_it_is_settled_after_restart_without_a
     # killed before it hears it.
     sim.set_fault("slow_after_login", path=API_PATH, delay=20.0, count=1)
     config, second = _killed_in_flight(tmp_path, cluster, start_daemon, taken=1)
+    restarted = time.monotonic()
     stamped = _refreshes(sim)[0]["t"]
 
     (line,) = second.wait_for("refresh.settled", server="east", timeout=15)
+    settled_after = time.monotonic() - restarted
     second.wait_for("refresh.applied", server="east", timeout=15)
     holds_for(lambda: _requests(sim) == 1, seconds=1.5, what="no second call for the run")
 
@@ -107,7 +110,10 @@ def test_a_call_killed_after_vicidial_took_it_is_settled_after_restart_without_a
     (row,) = [json.loads(text) for text in rows.splitlines()]
     assert row["outcome"] == "settled"
     assert DB_PASSWORD not in second.stdout + second.stderr
-    print(f"FIGURE settled: stamp {line['reload_timestamp']}, lost call {line['started']}")
+    print(
+        f"FIGURE settled {settled_after:.1f}s after the restart: stamp "
+        f"{line['reload_timestamp']}, lost call {line['started']}"
+    )
 
 
 def test_a_call_killed_before_vicidial_took_it_is_made_again_after_restart(
