@@ -113,11 +113,7 @@ def claims_for(
     """The daemon's claims, renewing until `stop` is set: on the journal's engine once the
     store has one (a shared database), else on the state file (SQLite) beside the journal:
     one path for both."""
-    engine = getattr(store, "engine", None)
-    if engine is None or engine.kind == "sqlite":
-        # The journal's own SQLite engine has no clock (it never asks the time); leases
-        # are measured by the daemon's: the same file through an engine that has one.
-        engine = sqlite_engine(config.daemon.state_path, clock)
+    engine = getattr(store, "engine", None) or sqlite_engine(config.daemon.state_path, clock)
     claims = Claiming(engine, instance_name(config), lease_of(config), clock=clock, events=events)
     # A state file has one daemon (instance.py's lock): another instance's claim in it is a
     # dead daemon's, taken over now (as any takeover: said, at-least-once if it was
