@@ -132,6 +132,7 @@ def test_a_call_killed_before_vicidial_took_it_is_made_again_after_restart(
     assert len(_refreshes(sim)) == 1  # the call made again: the one refresh
     assert _requests(sim) == 2
     assert second.matching("refresh.settled") == []
+    assert DB_PASSWORD not in second.stdout + second.stderr
 
 
 def _epoch(text: str) -> float:
