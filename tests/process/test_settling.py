@@ -53,7 +53,11 @@ def _config(tmp_path: Path, sim: Simulator, database: DatabaseUrl) -> Path:
         ],
         credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
         databases={"east": {"url": str(database), "password_env": "EAST_DB_PASSWORD"}},
-        daemon={"state_path": str(tmp_path / "state.db"), "shutdown_grace": "1s"},
+        daemon={
+            "state_path": str(tmp_path / "state.db"),
+            "metrics_listen": "127.0.0.1:0",
+            "shutdown_grace": "1s",
+        },
     )
 
 
