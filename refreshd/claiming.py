@@ -198,11 +198,11 @@ class Claiming:
         return claim
 
     def settle_lost(self, claim: Claim) -> Attempt | None:
-        """A claim whose call may have been sent (its answer lost): the settled run's
-        answer when the cluster's database shows the refresh taken since, else None (call
-        again, at-least-once). Read off the schedule's lock, on the worker; the renewal
-        thread keeps the claim alive meanwhile."""
-        if not claim.maybe_called or claim.called_at is None or self.lost is None:
+        """A run called before (a lost answer: a takeover from `called`; or a retry, after
+        a time-out, say): the settled run's answer when the cluster's database shows a
+        refresh taken since that call's start, else None (call again, at-least-once). Read
+        off the schedule's lock, on the worker; the renewal thread keeps the claim alive."""
+        if claim.called_at is None or self.lost is None:
             return None
         return self.lost(claim.server, claim.called_at)
 

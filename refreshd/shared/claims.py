@@ -46,7 +46,10 @@ class Claim:
     fence: int
     taken_over_from: str | None = None  # an instance whose lease ran out
     maybe_called: bool = False  # that instance had marked the call as sent: at-least-once
-    called_at: datetime | None = None  # then, when it did (on the claiming instance's clock)
+    called_at: datetime | None = None
+    """When the run's last call went out (by whichever instance; on this one's clock): a
+    call whose answer was lost (a takeover from `called`) or that earned a retry (a time-out
+    among them). None: the run was never called."""
 
     def key(self) -> tuple[str, str, str, int]:
         return (self.server, text(self.due), self.instance, self.fence)
@@ -107,7 +110,7 @@ class ClaimStore:
                 found[3],
             )
             called_at = None
-            if state == CALLED and found[4] is not None and local_now is not None:
+            if found[4] is not None and local_now is not None:
                 called_at = local_now - timedelta(milliseconds=now - int(found[4]))
             if state == DONE or (lease_until > now and holder != self.instance):
                 return None

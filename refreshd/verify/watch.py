@@ -124,7 +124,8 @@ class Verification:
             return None
         settled = settle_lost(database, self._clock, started)
         if isinstance(settled, str):
-            _warn(self._log, "refresh.not_settled", server=server, started=started, why=settled)
+            if self._log is not None:  # info: every retry of a run asks, most say no
+                self._log.info("refresh.not_settled", server=server, started=started, why=settled)
             return None
         return settled
 

@@ -29,7 +29,7 @@ from refreshd.simulator.rules import Vicidial
 from refreshd.verify import ClusterDatabase, DatabaseUrl
 from refreshd.verify.settling import settle_lost
 from tests.support.databases import telephony_boxes, verified_cluster
-from tests.support.loop import Loop, at, fleet, numbered, users
+from tests.support.loop import Loop, at, fleet, numbered, timeout_answer, users
 from tests.support.ports import refused_port
 
 START = at("2026-11-30T08:00:00")
@@ -236,3 +236,22 @@ def test_an_unreadable_database_calls_again_saying_why() -> None:
     assert settled.startswith("the database could not be read")
     assert "cannot read the database" in settled
     assert "secret-pass-1" not in settled
+
+
+def test_a_retry_after_a_time_out_is_settled_when_the_php_ran(
+    restarted: tuple[Loop, Database], clock: FakeClock
+) -> None:
+    loop, database = restarted
+    loop.fault = lambda number: timeout_answer() if number == 0 else None
+    loop.fault_after_login = True  # the PHP ran (the refresh taken), then the answer was lost
+    database.settles = {"s0"}
+
+    loop.run_for(timedelta(minutes=30))
+
+    assert loop.log.matching("refresh.retrying", server="s0")
+    (asked,) = database.asked  # at the retry only, of the timed-out call's start
+    assert asked[0] == "s0"
+    assert abs(asked[1] - loop.calls[0].at) < timedelta(milliseconds=1)  # kept to the ms
+    assert len([c for c in loop.calls if c.server_ip == "10.0.0.0"]) == 1  # no second call
+    assert loop.log.matching("refresh.settled", server="s0")
+    assert loop.runner.ledger.server("s0").last_done == _due(loop.config, "s0")
