@@ -25,8 +25,9 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     called_at BIGINT,
     PRIMARY KEY (server, due)
 )"""
-# Added after the table first shipped: when the claim was marked `called`, by the database's
-# clock (ms), so that a takeover knows when a call whose answer was lost started.
+# Added after the table first shipped: when the run's last call was marked `called`, by the
+# database's clock (ms), so that a takeover or a retry knows when a call whose answer was
+# lost (or failed) started, and can ask the cluster's database whether it was taken since.
 _CALLED_AT = f"ALTER TABLE {TABLE} ADD COLUMN called_at BIGINT"
 # A login's shared lease is a claim too, on this pseudo-server: never a run.
 LOGIN_PREFIX = "login/"
@@ -88,8 +89,8 @@ class ClaimStore:
 
     def claim(self, server: str, due: datetime, local_now: datetime | None = None) -> Claim | None:
         """The claim on this run, or None: done already, or held by a live lease.
-        `local_now`: this instance's clock as the transaction began; a call found `called`
-        is then dated on it (its age by the database's clock), whatever the clocks' skew."""
+        `local_now`: this instance's clock as the transaction began; the run's last call is
+        then dated on it (its age by the database's clock), whatever the clocks' skew."""
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
             until = now + self._lease_ms
