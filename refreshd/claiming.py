@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from refreshd.clock import Clock
 from refreshd.core.policy import Action, Decision
+from refreshd.core.vicidial import Attempt
 from refreshd.events import Events
 from refreshd.shared import instances
 from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
@@ -89,6 +91,9 @@ class Claiming:
         self.exclusive = False  # no other instance can be alive on this store
         self.where = "the shared store"  # for messages: the state file, or the URL
         self.retention: timedelta | None = None  # forget claims older (None: keep them)
+        # A lost call's run, asked of the cluster's database (verify/watch.py): a settled
+        # run's answer when its refresh was taken since the call's start, else None.
+        self.lost: Callable[[str, datetime], Attempt | None] | None = None
         self._pruned: float | None = None
         self._outage_since: float | None = None
         self._failures = 0
@@ -105,7 +110,7 @@ class Claiming:
             return Refused.UNAVAILABLE
         try:
             self._ready()
-            claim = self.store.claim(server, due)
+            claim = self.store.claim(server, due, self._clock.now())
             found = self.store.state(server, due) if claim is None else None
         except Exception as error:  # each driver's own errors: the store is unreachable
             self._failed(error)
@@ -116,6 +121,15 @@ class Claiming:
         if claim.taken_over_from is not None and not server.startswith(LOGIN_PREFIX):
             self._events.claim_taken_over(server, due, claim.taken_over_from, claim.maybe_called)
         return claim
+
+    def settle_lost(self, claim: Claim) -> Attempt | None:
+        """A run called before (a lost answer: a takeover from `called`; or a retry, after
+        a time-out, say): the settled run's answer when the cluster's database shows a
+        refresh taken since that call's start, else None (call again, at-least-once). Read
+        off the schedule's lock, on the worker; the renewal thread keeps the claim alive."""
+        if claim.called_at is None or self.lost is None:
+            return None
+        return self.lost(claim.server, claim.called_at)
 
     def calling(self, claim: Claim) -> bool:
         """Just before the request goes out: may it? Not on a claim this instance could

@@ -168,6 +168,7 @@ class Daemon(Reloading):
         self.verification = verification
         verification.configure(config)
         runner.after_call = verification.after_call
+        runner.claims.lost = verification.lost_call  # a lost call's run, settled from its DB
         if not self._start_metrics(config):
             return EXIT_FAILED
         try:

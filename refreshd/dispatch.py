@@ -52,9 +52,10 @@ class Job:
     on_done: Callable[[Attempt], None]
     on_skipped: Callable[[str], None]
     followers: list[Job] = field(default_factory=list)
-    before_send: Callable[[], str | None] | None = None
+    before_send: Callable[[], str | Attempt | None] | None = None
     """Run on the worker just before the request goes out (the daemon's claim on the
-    run): None to go ahead, else why this job is not called (it is skipped)."""
+    run): None to go ahead, else why this job is not called (it is skipped), or the
+    answer that settles it without a call (a lost call's refresh found taken)."""
     group: Hashable | None = None
     """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
     gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
@@ -297,34 +298,41 @@ class Dispatcher:
                 each.on_skipped("came after the identical call was cleared")
         return riding
 
-    def _cleared(self, jobs: list[Job]) -> list[Job]:
+    def _cleared(self, jobs: list[Job]) -> tuple[list[Job], Attempt | None]:
         """The job and its riders (`jobs`, the job first) that may be called now: the
         login confirmed (the shared lease of an unproven login), then each one's claim;
-        the others are skipped."""
+        the others are skipped. And a settled answer, if one's claim found its lost call's
+        refresh taken: one cluster's refresh, so it stands for all of them, with no call."""
         reason = self._gate.confirm(jobs[0].login, jobs[0].password)
         going: list[Job] = []
+        settled: Attempt | None = None
         for each in jobs:
-            why = reason
+            why: str | Attempt | None = reason
             if why is None and each.before_send is not None:
                 try:
                     why = each.before_send()
                 except Exception:
                     _log.exception("refresh.error", server=each.server)
                     why = "internal error while claiming; see refresh.error"
-            if why is None:
+            if isinstance(why, Attempt):
+                settled = settled or why
+                going.append(each)
+            elif why is None:
                 going.append(each)
             else:
                 each.on_skipped(why)
-        return going
+        return going, settled
 
     def _run(self, job: Job) -> None:
         """Send a chosen job (unless nothing of it may go) and hand its answer back."""
         released = False
         try:
             seen = [job, *job.followers]
-            going = self._cleared(seen)
-            if not going:
+            going, settled = self._cleared(seen)
+            if not going or settled is not None:
                 self._drop_late(job, seen)
+                if going and settled is not None:
+                    self._hand_back(job, going, settled)
                 return
             attempt = self._send_safely(job)
             outcome = attempt.answer.outcome

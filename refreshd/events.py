@@ -14,7 +14,7 @@ from refreshd.core.planning import Next, success_gap
 from refreshd.core.policy import LoginWait
 from refreshd.core.slots import Schedule
 from refreshd.core.verification import Applied, Verdict
-from refreshd.core.vicidial import Attempt
+from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.metrics import Metrics, ServerGauges, StateGauges
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = ["Events", "LedgerView", "SuccessGaps", "state_gauges"]
 
 _LEVELS: dict[Kind, str] = {
     Kind.REFRESH_SUCCEEDED: "info",
+    Kind.REFRESH_SETTLED: "info",
     Kind.REFRESH_RETRYING: "warning",
     Kind.REFRESH_FAILED: "error",
     Kind.SERVER_SUSPENDED: "warning",
@@ -76,8 +77,8 @@ class Events:
     def called(self, server: str, attempt: Attempt, due: datetime | None = None) -> None:
         """A call ended (whatever it changed): its outcome and duration; `due`: the due
         instant of the scheduled run it was the first call of (its lag)."""
-        if self.metrics is None:
-            return
+        if self.metrics is None or attempt.answer.outcome is Outcome.SETTLED:
+            return  # a settled run made no call: nothing to count or time
         self.metrics.refresh_total.labels(server, str(attempt.answer.outcome)).inc()
         self.metrics.refresh_duration.observe(attempt.duration_ms / 1000)
         if due is not None:

@@ -184,7 +184,8 @@ def _row(entry: dict[str, Any], now: datetime) -> str:
     outcome = entry["last_outcome"]
     shown = "-"
     if outcome:
-        shown = f'<span class="{"ok" if outcome == "ok" else "bad"}">{_text(outcome)}</span>'
+        good = outcome in ("ok", "settled")  # settled: a lost call found taken, no call
+        shown = f'<span class="{"ok" if good else "bad"}">{_text(outcome)}</span>'
     next_run = _at(entry, "next_run", now) if entry["next_run"] else "none ahead"
     if entry["next_slot"]:
         next_run += f"<small>slot from {_at(entry, 'next_slot', now)}</small>"

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from refreshd.core.policy import Action, Decision
+from refreshd.core.vicidial import Attempt
 from refreshd.shared.claims import Claim
 from refreshd.shared.engines import Tx
 
@@ -95,14 +96,18 @@ class Fenced(Exception):
     undone, and the result is not the run's."""
 
 
-def claim_run(ticket: Ticket) -> str | None:
+def claim_run(ticket: Ticket) -> str | Attempt | None:
     """On the worker, just before a scheduled call: the claim on its run, marked as
-    calling (None: go), or why this instance does not call it (the ticket says which)."""
+    calling (None: go), or why this instance does not call it (the ticket says which), or
+    a settled run's answer: its lost call's refresh was taken (`Claiming.lost`), no call."""
     claims = ticket.claims
     assert claims is not None
     got = claims.take(ticket.server, ticket.due)
     if isinstance(got, Refused):
         ticket.refused = got
+    elif (settled := claims.settle_lost(got)) is not None:
+        ticket.claim = got  # finished as done through the runner, as an `ok` would be
+        return settled
     elif claims.calling(got):
         ticket.claim = got
         return None

@@ -163,6 +163,7 @@ class Kind(enum.StrEnum):
     """What changed; the value is the log line's event name."""
 
     REFRESH_SUCCEEDED = "refresh.succeeded"
+    REFRESH_SETTLED = "refresh.settled"  # a lost call's run found done in the database
     REFRESH_RETRYING = "refresh.retrying"
     REFRESH_FAILED = "refresh.failed"
     SERVER_SUSPENDED = "server.suspended"

@@ -255,7 +255,7 @@ def decide(
     first (the caller knows the windows; the policy does not). `suspensions` is the
     server's consecutive suspension count before this outcome.
     """
-    if outcome is Outcome.OK:
+    if outcome in (Outcome.OK, Outcome.SETTLED):  # SETTLED: a lost call's refresh taken
         return Decision(Action.DONE, None, 0, "refreshed")
 
     if outcome in (Outcome.TRANSIENT, Outcome.UNEXPECTED):

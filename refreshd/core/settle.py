@@ -22,7 +22,11 @@ from refreshd.core.policy import (
 )
 from refreshd.core.vicidial import Attempt, Outcome
 
-__all__ = ["Settled", "learn", "login_after", "settle"]
+__all__ = ["REFRESHED", "Settled", "learn", "login_after", "settle"]
+
+# The outcomes that make a run done: an `ok`, or a lost call found taken (no call made, no
+# login counted: a settled run is never a login, so login_after leaves the login alone).
+REFRESHED = frozenset({Outcome.OK, Outcome.SETTLED})
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def _server_after(
 ) -> ServerEntry:
     outcome = attempt.answer.outcome
     entry = replace(entry, last_outcome=outcome, last_attempt_at=attempt.started_at)
-    if outcome is Outcome.OK:
+    if outcome in REFRESHED:
         done = entry.last_done
         if call.due is not None and (done is None or call.due > done):
             done = call.due
@@ -230,13 +234,8 @@ def _call_events(
         fields["servers_flagged"] = answer.servers_flagged
     if answer.http_status is not None:
         fields["http_status"] = answer.http_status
-    if answer.outcome is Outcome.OK:
-        ok = Event(Kind.REFRESH_SUCCEEDED, fields)
-        if not was_suspended:
-            return (ok,)
-        return ok, Event(
-            Kind.SERVER_RESUMED, {"server": call.server, "reason": "refresh succeeded"}
-        )
+    if answer.outcome in REFRESHED:
+        return _done_events(call, attempt, fields, was_suspended=was_suspended)
     fields["detail"] = answer.detail
     if answer.outcome is Outcome.BAD_REQUEST:
         fields["config_error"] = (
@@ -279,3 +278,22 @@ def _resumed_login(call: Call, reason: str) -> Event:
         Kind.CREDENTIALS_RESUMED,
         {"credentials": call.credentials, "reason": reason},
     )
+
+
+def _done_events(
+    call: Call, attempt: Attempt, fields: dict[str, object], *, was_suspended: bool
+) -> tuple[Event, ...]:
+    """A run done: `refresh.succeeded`, or `refresh.settled` (the run, when its lost call
+    started, the stamp that proved it: no call was made); a suspension ended."""
+    done = Event(Kind.REFRESH_SUCCEEDED, fields)
+    if attempt.answer.outcome is Outcome.SETTLED:
+        settled: dict[str, object] = {"server": call.server, "due": call.due}
+        if call.slot is not None:
+            settled["slot"] = call.slot.start
+        settled.update(started=attempt.started_at, reload_timestamp=attempt.reload_timestamp)
+        settled.update(detail=attempt.answer.detail, trigger=fields["trigger"])
+        done = Event(Kind.REFRESH_SETTLED, settled)
+    if not was_suspended:
+        return (done,)
+    resumed = Event(Kind.SERVER_RESUMED, {"server": call.server, "reason": "refresh succeeded"})
+    return done, resumed

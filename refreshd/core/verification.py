@@ -114,3 +114,27 @@ def refresh_taken(
 
 def _second_of(moment: datetime) -> datetime:
     return moment.replace(microsecond=0)
+
+
+def lost_call_taken(
+    started: datetime,
+    reload_timestamp: datetime | None,
+    database_now: datetime | None,
+    *,
+    asked: datetime,
+    answered: datetime,
+) -> Taken:
+    """`refresh_taken` for one reading of the cluster's database, asked at `asked` and
+    answered at `answered` (refreshd's clock): the database's clock was read somewhere
+    between, so at their midpoint within half the round trip. No clock in the answer (an
+    older reader): UNKNOWN, and the caller calls again."""
+    if database_now is None:
+        return Taken.UNKNOWN
+    half = max(answered - asked, timedelta(0)) / 2
+    return refresh_taken(
+        started,
+        reload_timestamp,
+        read_at=asked + half,
+        database_now=database_now,
+        uncertainty=half,
+    )

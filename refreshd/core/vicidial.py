@@ -44,6 +44,9 @@ class Outcome(enum.StrEnum):
     PROXY_REFUSED = "proxy_refused"
     TRANSIENT = "transient"
     UNEXPECTED = "unexpected"
+    # Not an answer: a run whose call's answer was lost, found done in the cluster's
+    # database (system_settings.reload_timestamp since the call's start). No call is made.
+    SETTLED = "settled"
 
 
 class Transport(enum.StrEnum):
@@ -163,6 +166,8 @@ class Attempt:
     answer: Answer
     started_at: datetime
     duration_ms: int
+    reload_timestamp: datetime | None = None
+    """A settled run's (Outcome.SETTLED): the cluster's reload stamp that proved it."""
 
 
 _TAG = re.compile(r"<[^>]*>")

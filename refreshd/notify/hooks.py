@@ -112,7 +112,9 @@ class Notifications:
         server, slot = fields.get("server"), fields.get("slot")
         if not isinstance(server, str) or not isinstance(slot, datetime):
             return
-        if event == "refresh.succeeded" and fields.get("trigger") == "schedule":
+        # A settled run (a lost call's refresh found taken) is the slot's success too.
+        done = event in ("refresh.succeeded", "refresh.settled")
+        if done and fields.get("trigger") == "schedule":
             self._ping(server, slot, "success", self._succeeded)
         elif event == "slot.missed":
             self._ping(server, slot, "fail", None)

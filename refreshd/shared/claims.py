@@ -22,8 +22,13 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     lease_until BIGINT NOT NULL,
     state VARCHAR(10) NOT NULL,
     outcome VARCHAR(40),
+    called_at BIGINT,
     PRIMARY KEY (server, due)
 )"""
+# Added after the table first shipped: when the run's last call was marked `called`, by the
+# database's clock (ms), so that a takeover or a retry knows when a call whose answer was
+# lost (or failed) started, and can ask the cluster's database whether it was taken since.
+_CALLED_AT = f"ALTER TABLE {TABLE} ADD COLUMN called_at BIGINT"
 # A login's shared lease is a claim too, on this pseudo-server: never a run.
 LOGIN_PREFIX = "login/"
 # A claim's life: claimed (nothing sent yet) -> called (the request may be out) -> done.
@@ -42,6 +47,10 @@ class Claim:
     fence: int
     taken_over_from: str | None = None  # an instance whose lease ran out
     maybe_called: bool = False  # that instance had marked the call as sent: at-least-once
+    called_at: datetime | None = None
+    """When the run's last call went out (by whichever instance; on this one's clock): a
+    call whose answer was lost (a takeover from `called`) or that earned a retry (a time-out
+    among them). None: the run was never called."""
 
     def key(self) -> tuple[str, str, str, int]:
         return (self.server, text(self.due), self.instance, self.fence)
@@ -58,9 +67,30 @@ class ClaimStore:
     def create(self) -> None:
         with self.engine.transaction() as tx:
             tx.execute(SCHEMA)
+        if not self._has_called_at():
+            try:
+                with self.engine.transaction() as tx:
+                    tx.execute(_CALLED_AT)
+            except self.engine.driver_errors():
+                # Another instance added it meanwhile; if not, say this one's error.
+                if not self._has_called_at():
+                    raise
 
-    def claim(self, server: str, due: datetime) -> Claim | None:
-        """The claim on this run, or None: done already, or held by a live lease."""
+    def _has_called_at(self) -> bool:
+        """Whether the table has `called_at` (a table made by an older refreshd has not):
+        asked by selecting it, the one way every engine answers alike."""
+        try:
+            with self.engine.transaction(write=False) as tx:
+                tx.execute(f"SELECT called_at FROM {TABLE} WHERE 1 = 0")
+                tx.fetchall()
+        except self.engine.driver_errors():
+            return False
+        return True
+
+    def claim(self, server: str, due: datetime, local_now: datetime | None = None) -> Claim | None:
+        """The claim on this run, or None: done already, or held by a live lease.
+        `local_now`: this instance's clock as the transaction began; the run's last call is
+        then dated on it (its age by the database's clock), whatever the clocks' skew."""
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
             until = now + self._lease_ms
@@ -68,7 +98,7 @@ class ClaimStore:
             if tx.execute(self.engine.insert_ignore(TABLE, _COLUMNS), row) == 1:
                 return Claim(server, due, self.instance, 1)
             tx.execute(
-                f"SELECT instance, fence, lease_until, state FROM {TABLE} "
+                f"SELECT instance, fence, lease_until, state, called_at FROM {TABLE} "
                 f"WHERE server = %s AND due = %s{self.engine.for_update()}",
                 (server, text(due)),
             )
@@ -80,6 +110,9 @@ class ClaimStore:
                 int(found[2]),
                 found[3],
             )
+            called_at = None
+            if found[4] is not None and local_now is not None:
+                called_at = local_now - timedelta(milliseconds=now - int(found[4]))
             if state == DONE or (lease_until > now and holder != self.instance):
                 return None
             tx.execute(
@@ -94,6 +127,7 @@ class ClaimStore:
                 fence + 1,
                 taken_over_from=holder if holder != self.instance else None,
                 maybe_called=state == CALLED,
+                called_at=called_at,
             )
 
     def calling(self, claim: Claim) -> bool:
@@ -111,7 +145,10 @@ class ClaimStore:
             )
             if tx.fetchone() is None:
                 return False
-            tx.execute(f"UPDATE {TABLE} SET state = %s WHERE {_MINE}", (CALLED, *claim.key()))
+            tx.execute(
+                f"UPDATE {TABLE} SET state = %s, called_at = %s WHERE {_MINE}",
+                (CALLED, now, *claim.key()),
+            )
             return True
 
     def renew(self, claims: Iterable[Claim]) -> list[Claim]:

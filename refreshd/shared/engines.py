@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from refreshd.clock import Clock
+from refreshd.clock import Clock, system_clock
 from refreshd.dburl import DatabaseUrl
 
 SCHEMA_TABLE = "refreshd_schema"
@@ -301,10 +301,9 @@ class _Sqlite(Engine):
             return
 
     def now_ms(self, tx: Tx) -> int:
-        # One host: its own clock is the database's.
-        if self._clock is None:
-            raise RuntimeError("this SQLite engine was opened without a clock")
-        return int(self._clock.now().timestamp() * 1000)
+        # One host: its own clock is the database's. An engine opened without one (the
+        # journal's, `status` reading the instances table) reads the system's.
+        return int((self._clock or system_clock).now().timestamp() * 1000)
 
     def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
         marks = ", ".join(["%s"] * len(columns))

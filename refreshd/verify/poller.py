@@ -59,6 +59,11 @@ class Verifier:
             self._pending = [e for e in self._pending if e.server != server]
             self._pending.append(_Expected(server, database, started, timeout, done))
 
+    def database(self, name: str) -> ClusterDatabase | None:
+        """The connection to a database (also read by a worker settling a lost call: each
+        connection holds one query at a time)."""
+        return self._databases.get(name)
+
     def pending(self) -> list[str]:
         with self._lock:
             return [e.server for e in self._pending]

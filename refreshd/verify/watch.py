@@ -14,11 +14,13 @@ from refreshd.clock import Clock
 from refreshd.config import Config
 from refreshd.core.clusters import CallGroups, SameCluster, cluster_of
 from refreshd.core.ledger import Call
+from refreshd.core.settle import REFRESHED
 from refreshd.core.verification import Verdict
-from refreshd.core.vicidial import Attempt, Outcome
+from refreshd.core.vicidial import Attempt
 from refreshd.verify.clusters import ClusterWatch
 from refreshd.verify.database import ClusterDatabase
 from refreshd.verify.poller import POLL_INTERVAL, Verifier
+from refreshd.verify.settling import settle_lost
 
 __all__ = ["Verification"]
 
@@ -110,9 +112,27 @@ class Verification:
         verifier.start()
         return verifier
 
+    def lost_call(self, server: str, started: datetime) -> Attempt | None:
+        """A call of `server` started at `started` whose answer was lost: the settled
+        run's answer when its cluster's database shows a refresh taken since (no second
+        call), else None (said as `refresh.not_settled`; the call is made again). On the
+        worker, off the schedule's lock: the reading may take the database's time-out."""
+        with self._lock:
+            verifier, found = self._verifier, self._servers.get(server)
+        database = None if verifier is None or found is None else verifier.database(found[0])
+        if database is None:
+            return None
+        settled = settle_lost(database, self._clock, started)
+        if isinstance(settled, str):
+            if self._log is not None:  # info: every retry of a run asks, most say no
+                self._log.info("refresh.not_settled", server=server, started=started, why=settled)
+            return None
+        return settled
+
     def after_call(self, call: Call, attempt: Attempt) -> None:
-        """A call was settled: an `ok` of a server with a database is verified."""
-        if attempt.answer.outcome is not Outcome.OK:
+        """A call was settled: an `ok` of a server with a database is verified, and so is
+        a settled run (from its lost call's start)."""
+        if attempt.answer.outcome not in REFRESHED:
             return
         with self._lock:
             verifier, found = self._verifier, self._servers.get(call.server)

@@ -14,6 +14,7 @@ import pytest
 
 from refreshd.clock import FakeClock
 from refreshd.shared import Claim, ClaimStore, Engine, connect, sqlite_engine
+from refreshd.shared.claims import SCHEMA
 from tests.support.databases import scratch_database
 from tests.support.waiting import eventually
 
@@ -29,9 +30,21 @@ class Cluster:
         self._clock = clock
         self.engines: list[Engine] = []
 
-    def instance(self, name: str, lease: timedelta = timedelta(seconds=30)) -> ClaimStore:
+    @property
+    def fake(self) -> bool:
+        return self._clock is not None
+
+    def now(self) -> datetime:
+        """The instances' clock (the FakeClock on SQLite, the host's on a server)."""
+        return self._clock.now() if self._clock is not None else datetime.now(UTC)
+
+    def engine(self) -> Engine:
         engine = self._make_engine()
         self.engines.append(engine)
+        return engine
+
+    def instance(self, name: str, lease: timedelta = timedelta(seconds=30)) -> ClaimStore:
+        engine = self.engine()
         store = ClaimStore(engine, name, lease)
         store.create()
         return store
@@ -42,7 +55,7 @@ class Cluster:
         taken: list[Claim] = []
 
         def claimed() -> bool:
-            claim = store.claim(server, DUE)
+            claim = store.claim(server, DUE, self.now())
             taken.extend([claim] if claim is not None else [])
             return bool(taken)
 
@@ -152,9 +165,53 @@ def test_a_claim_taken_over_from_a_called_one_may_call_and_finish(cluster: Clust
     lease = timedelta(milliseconds=300)
     old, new = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
     first = old.claim("east", DUE)
-    assert first is not None and old.calling(first)
+    assert first is not None
+    assert old.calling(first)
     taken = cluster.take_over(new, "east", lease)
     assert taken.maybe_called
     assert new.calling(taken)
     assert new.finish(taken, "ok")
     assert new.state("east", DUE) == ("done", "web-2", taken.fence)
+
+
+def test_a_takeover_of_a_called_claim_says_when_the_call_started_on_its_clock(
+    cluster: Cluster,
+) -> None:
+    lease = timedelta(milliseconds=300)
+    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    mine = first.claim("east", DUE)
+    assert mine is not None
+    before = cluster.now()
+    assert first.calling(mine) is True
+    after = cluster.now()
+
+    theirs = cluster.take_over(second, "east", lease)
+
+    assert theirs.maybe_called
+    assert theirs.called_at is not None
+    # Its age by the database's clock, dated on the taker's: exact on one clock, within the
+    # database's milliseconds on a server (the same host's clock here).
+    slack = timedelta(0) if cluster.fake else timedelta(milliseconds=50)
+    assert before - slack <= theirs.called_at <= after + slack
+
+
+def test_a_claim_never_called_carries_no_call_start(cluster: Cluster) -> None:
+    lease = timedelta(milliseconds=300)
+    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    assert first.claim("east", DUE) is not None
+    theirs = cluster.take_over(second, "east", lease)
+    assert (theirs.maybe_called, theirs.called_at) == (False, None)
+
+
+def test_a_claims_table_from_before_the_call_start_gains_its_column(cluster: Cluster) -> None:
+    old = ClaimStore(cluster.engine(), "web-1", timedelta(seconds=30))
+    with old.engine.transaction() as tx:
+        tx.execute(SCHEMA.replace("    called_at BIGINT,\n", ""))
+    mine = old.claim("east", DUE)  # a claim made by the older refreshd
+    assert mine is not None
+
+    store = cluster.instance("web-1")  # create() adds the column; a second time is a no-op
+    store.create()
+
+    assert store.calling(mine) is True
+    assert store.state("east", DUE) == ("called", "web-1", 1)

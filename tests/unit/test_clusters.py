@@ -17,7 +17,7 @@ from refreshd.core.clusters import (
     fingerprint,
     same_clusters,
 )
-from refreshd.core.verification import Taken, refresh_taken
+from refreshd.core.verification import Taken, lost_call_taken, refresh_taken
 from refreshd.core.vicidial import Outcome
 
 STAMP = datetime(2026, 11, 30, 1, 59, 12, tzinfo=UTC)
@@ -225,3 +225,59 @@ def test_yes_and_no_are_never_wrong_whatever_the_skew_and_its_error(
         assert stamp < start_second
     if error_ms == 0 and delay_ms >= 1000:
         assert found is Taken.YES
+
+
+# -- lost_call_taken: one reading, dated by its round trip ----------------------------------
+
+
+def test_one_reading_is_dated_at_the_midpoint_of_its_round_trip() -> None:
+    started = datetime(2026, 11, 30, 2, 0, 0, 900_000, tzinfo=UTC)
+    asked = started + timedelta(seconds=30)
+    # The database's clock equals ours at the midpoint: a stamp in the call's second is ours.
+    taken = lost_call_taken(
+        started,
+        started.replace(microsecond=0),
+        asked + timedelta(milliseconds=50),
+        asked=asked,
+        answered=asked + timedelta(milliseconds=100),
+    )
+    assert taken is Taken.YES
+
+
+def test_a_slow_reading_widens_the_doubt_to_unknown() -> None:
+    started = datetime(2026, 11, 30, 2, 0, 0, 900_000, tzinfo=UTC)
+    asked = started + timedelta(seconds=30)
+    # Two seconds of round trip: the call's start may fall a second later on the database's
+    # clock than the stamp's second.
+    taken = lost_call_taken(
+        started,
+        started.replace(microsecond=0),
+        asked + timedelta(seconds=1),
+        asked=asked,
+        answered=asked + timedelta(seconds=2),
+    )
+    assert taken is Taken.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("stamp_offset", "expected"),
+    [(timedelta(seconds=-5), Taken.NO), (timedelta(seconds=3), Taken.YES), (None, Taken.NO)],
+)
+def test_a_reading_before_or_after_the_call_decides(
+    stamp_offset: timedelta | None, expected: Taken
+) -> None:
+    started = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
+    asked = started + timedelta(seconds=30)
+    stamp = None if stamp_offset is None else started + stamp_offset
+    taken = lost_call_taken(
+        started, stamp, asked, asked=asked, answered=asked + timedelta(milliseconds=2)
+    )
+    assert taken is expected
+
+
+def test_a_reading_without_the_databases_clock_is_unknown() -> None:
+    started = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
+    taken = lost_call_taken(
+        started, started + timedelta(seconds=3), None, asked=started, answered=started
+    )
+    assert taken is Taken.UNKNOWN

@@ -21,7 +21,7 @@ from refreshd.core.ledger import Call, Ledger, LoginEntry
 from refreshd.core.policy import Backoff, credentials_attempt_allowed
 from refreshd.core.settle import settle
 from refreshd.core.slots import Slot
-from refreshd.core.vicidial import Answer, Attempt, Transport, classify, refresh_params
+from refreshd.core.vicidial import Answer, Attempt, Outcome, Transport, classify, refresh_params
 from refreshd.simulator.rules import SimUser, Vicidial
 
 USER, CONFIGURED = "refreshd", "configured-pass-1"
@@ -176,3 +176,29 @@ def test_a_good_password_does_not_end_the_wait_another_tables_password_earned() 
     assert entry.wait_until == now + timedelta(hours=1)
     assert entry.proven == frozenset({"good"})
     assert [e.kind for e in ledger.events] == ["refresh.succeeded"]
+
+
+def test_a_settled_run_is_done_and_leaves_the_login_alone() -> None:
+    # A lost call found taken in the cluster's database: no call was made here, so nothing
+    # is learnt of the login (not proven, no failed login, a wait kept) and the run is done.
+    now, backoff, rng = START, Backoff(), random.Random(0)
+    waiting = LoginEntry(wait_until=now + timedelta(hours=1), wait_reason="refused")
+    ledger = Ledger().with_logins({LOGIN: waiting})
+    slot = Slot(now - timedelta(minutes=5), now + timedelta(hours=1))
+    call = Call("east", LOGIN, "main", slot=slot, due=slot.start, login_fingerprint="fp")
+    stamp = now - timedelta(minutes=4)
+    answer = Answer(Outcome.SETTLED, "taken", reached=False)
+    lost = Attempt(answer, now - timedelta(minutes=5), 0, reload_timestamp=stamp)
+
+    done = settle(ledger, call, lost, backoff=backoff, rng=rng, now=now)
+
+    assert done.run_done
+    assert done.ledger.server("east").last_done == slot.start
+    assert done.ledger.server("east").last_outcome is Outcome.SETTLED
+    assert done.logins == {}
+    assert done.ledger.login(LOGIN) == waiting
+    (event,) = done.events
+    assert event.kind == "refresh.settled"
+    assert event.fields["started"] == lost.started_at
+    assert event.fields["reload_timestamp"] == stamp
+    assert event.fields["due"] == slot.start

@@ -77,6 +77,7 @@ def decide_default(
 # backoff and a retry draw at the top of its range.
 OUTCOME_TABLE: list[tuple[Outcome, Action, datetime | None, int]] = [
     (Outcome.OK, Action.DONE, None, 0),
+    (Outcome.SETTLED, Action.DONE, None, 0),
     (Outcome.TRANSIENT, Action.RETRY, NOW + 30 * S, 2),
     (Outcome.UNEXPECTED, Action.RETRY, NOW + 30 * S, 2),
     (Outcome.PERMISSION_DENIED, Action.SUSPEND_SERVER, NOW + 4 * H, 3),
