@@ -175,7 +175,14 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
-                self._open += [client, upstream]
+                # Cut while this one was being connected: it must not outlive the cut.
+                refused = self._cut
+                if not refused:
+                    self._open += [client, upstream]
+            if refused:
+                client.close()
+                upstream.close()
+                continue
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
     @staticmethod
