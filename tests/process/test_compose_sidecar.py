@@ -144,3 +144,46 @@ def test_the_healthcheck_passes_against_a_real_daemon_on_that_config(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert PASSWORD not in daemon.stdout + daemon.stderr
+
+
+# deploy/docker/compose.ha.yml: three sidecars sharing one MariaDB (docs/HA.md).
+HA_COMPOSE = REPO / "deploy" / "docker" / "compose.ha.yml"
+HA_CONFIG = REPO / "deploy" / "docker" / "refreshd.ha.toml"
+
+
+def test_three_sidecars_share_one_mariadb_each_its_own_instance_name() -> None:
+    document = yaml.safe_load(HA_COMPOSE.read_text(encoding="utf-8"))
+    services = document["services"]
+    sidecars = {name: s for name, s in services.items() if name.startswith("refreshd-")}
+    assert len(sidecars) == 3
+    names = {s["environment"]["REFRESHD_STATE__INSTANCE"] for s in sidecars.values()}
+    assert names == {"web-1", "web-2", "web-3"}
+    config = tomllib.loads(HA_CONFIG.read_text(encoding="utf-8"))
+    state = urlsplit(config["state"]["url"])
+    # The state URL names the compose MariaDB by its service name, and its database.
+    assert state.scheme == "mysql"
+    assert state.hostname in services
+    assert services[state.hostname]["image"].startswith("mariadb")
+    assert services[state.hostname]["environment"]["MARIADB_DATABASE"] == state.path.strip("/")
+    for sidecar in sidecars.values():
+        assert mounts(sidecar)["/etc/refreshd/refreshd.toml"] == ("./refreshd.ha.toml", "ro")
+        secrets = {each["target"] for each in sidecar["secrets"]}
+        assert {config["state"]["password_file"], "vicidial.password"} <= secrets
+        assert urlsplit(healthcheck_url(sidecar)).port == 9464
+
+
+@pytest.mark.parametrize("instance", ["web-1", "web-2", "web-3"])
+def test_the_ha_config_passes_refreshd_check_as_each_instance(
+    tmp_path: Path, instance: str
+) -> None:
+    for secret in ("vicidial.password", "state.password"):
+        (tmp_path / secret).write_text(PASSWORD)
+    done = run_refreshd(
+        "check",
+        "-c",
+        HA_CONFIG,
+        env={"CREDENTIALS_DIRECTORY": str(tmp_path), "REFRESHD_STATE__INSTANCE": instance},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "valid: 1 server(s)" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
