@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from refreshd.clock import Clock
+from refreshd.config import Config
+from refreshd.config.state import LEASE_DEFAULT, default_instance
 from refreshd.core.policy import Action, Decision
 from refreshd.core.vicidial import Attempt
 from refreshd.events import Events
@@ -25,7 +27,6 @@ from refreshd.tickets import Refused
 
 __all__ = ["Claiming", "claims_for", "instance_name", "lease_of"]
 
-DEFAULT_LEASE = timedelta(seconds=15)
 # How often old claims and instances are forgotten (older than the history's retention).
 PRUNE_EVERY = 3600.0
 # A run held by another instance is looked at again at least this often (seconds): its
@@ -37,19 +38,14 @@ FIRST_RETRY = 0.5
 _LOGIN_DUE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def instance_name(config: Any) -> str:
-    """How this instance is named in the shared store: `[state]`'s own answer when the
-    config has that table, else hostname:pid (unique on a host, and says where to look)."""
-    state = getattr(config, "state", None)
-    if callable(getattr(state, "instance_name", None)):
-        return str(state.instance_name())  # type: ignore[union-attr]
-    return f"{socket.gethostname()}:{os.getpid()}"
+def instance_name(config: Config) -> str:
+    """How this instance is named in the claims: `[state].instance`, else hostname:pid."""
+    return default_instance() if config.state is None else config.state.instance_name
 
 
-def lease_of(config: Any) -> timedelta:
-    """How long a claim lives without renewal: `[state].lease`, else 15 s."""
-    lease = getattr(getattr(config, "state", None), "lease", None)
-    return lease if isinstance(lease, timedelta) else DEFAULT_LEASE
+def lease_of(config: Config) -> timedelta:
+    """How long a claim lives without renewal: `[state].lease`, else its default."""
+    return LEASE_DEFAULT if config.state is None else config.state.lease
 
 
 def claims_for(

@@ -17,7 +17,7 @@ from refreshd.config.fields import Duration, between
 from refreshd.config.problems import invalid_at
 from refreshd.dburl import DatabaseUrl, parse_database_url
 
-__all__ = ["LEASE_DEFAULT", "StateConfig"]
+__all__ = ["LEASE_DEFAULT", "StateConfig", "default_instance"]
 
 LEASE_DEFAULT = timedelta(seconds=15)
 _INSTANCE_MAX = 200  # the claims' instance column
@@ -68,4 +68,10 @@ class StateConfig(PasswordTable):
     @property
     def instance_name(self) -> str:
         """This instance's name in the claims: `instance`, else hostname:pid."""
-        return self.instance or f"{socket.gethostname()}:{os.getpid()}"
+        return self.instance or default_instance()
+
+
+def default_instance() -> str:
+    """An instance's name when the config gives none: hostname:pid (unique on a host, and
+    says where to look)."""
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -89,14 +89,14 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         fleet.sim.set_fault("latency", latency=latency)
         victim = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
         victim.wait_for("refresh.succeeded", timeout=30)
-        survivor = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
-        survivor.wait_for("daemon.started", timeout=60)
-        # The next run's calls go out at its due; kill the victim one second later, while
-        # they wait on the slow VICIdial (the survivor may hold some of them too).
+        # Alone, it holds every claim of the next run; killed a second into it, its four
+        # calls wait on the slow VICIdial. The survivor starts at once, as a standby would
+        # be running: it is up well before the victim's lease runs out.
         due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
         _wait_until((due + EVERY).timestamp() + 1)
         killed_at = time.time()
         victim.kill()
+        survivor = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
         taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
         first = min(instant(line["timestamp"]).timestamp() for line in taken)
         for line in taken:
@@ -114,6 +114,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         )
         fleet.daemons.stop_all()
         taken = survivor.matching("claim.taken_over")
+        assert {line["from_instance"] for line in taken} == {"web-1"}  # named by its config
         maybe_called = sum(1 for line in taken if line.get("maybe_called"))
         assert_each_run_once(fleet, EVERY, in_flight=maybe_called)
         failover = first - killed_at
@@ -157,6 +158,7 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
         _wait_until(thawed_at + EVERY.total_seconds() + latency + 2)
         fleet.daemons.stop_all()
         taken = other.matching("claim.taken_over")
+        assert {line["from_instance"] for line in taken} == {"web-1"}
         maybe_called = sum(1 for line in taken if line.get("maybe_called"))
         assert maybe_called > 0, taken  # the frozen calls had gone out
         lost = frozen.matching("claim.lost")
