@@ -105,13 +105,16 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
                 timeout=30,
                 what=f"the survivor refreshed {line['server']} due {line['due']}",
             )
-        # One more run after the takeover, so every run the victim held has been settled.
-        _wait_until(
-            max(instant(line["due"]) for line in taken).timestamp()
-            + EVERY.total_seconds()
-            + latency
-            + 2
-        )
+        # The run after the taken-over one, refreshed by the survivor on every server: the
+        # victim's runs are all settled, and no call of the survivor's is cut by the stop.
+        after = max(instant(line["due"]) for line in taken) + EVERY
+        for index in range(4):
+            server = f"s{index:04d}"
+            eventually(
+                lambda server=server: _refreshed(survivor, server, after.isoformat()),
+                timeout=30,
+                what=f"the survivor refreshed {server} due {after}",
+            )
         fleet.daemons.stop_all()
         taken = survivor.matching("claim.taken_over")
         assert {line["from_instance"] for line in taken} == {"web-1"}  # named by its config
@@ -155,7 +158,19 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
         thawed_at = time.time()
         # Its answers waited in the socket: it reads them now, and fencing refuses them.
         frozen.wait_for("claim.lost", timeout=15)
-        _wait_until(thawed_at + EVERY.total_seconds() + latency + 2)
+        # A run due after the thaw refreshed on every server (by either instance): the
+        # frozen one planned on, and no call is cut by the stop.
+        for index in range(4):
+            server = f"s{index:04d}"
+            eventually(
+                lambda server=server: any(
+                    s == server and instant(due).timestamp() > thawed_at
+                    for pairs in fleet.refreshed().values()
+                    for s, due in pairs
+                ),
+                timeout=30,
+                what=f"{server} refreshed after the thaw",
+            )
         fleet.daemons.stop_all()
         taken = other.matching("claim.taken_over")
         assert {line["from_instance"] for line in taken} == {"web-1"}
