@@ -48,7 +48,9 @@ def body(
     masked = tuple(secrets)
     clean = {key: _plain(value, masked) for key, value in fields.items()}
     if fmt == "slack":
-        return json.dumps({"text": redact(slack_text(event, clean), masked)}).encode()
+        return json.dumps(
+            {"text": _slack_escaped(redact(slack_text(event, clean), masked))}
+        ).encode()
     line = {"timestamp": _iso(now), "level": level, "event": event, **clean}
     return json.dumps(line, ensure_ascii=False).encode()
 
@@ -93,6 +95,13 @@ def slack_text(event: str, fields: Mapping[str, object]) -> str:
         return _with_advice(text, _NOT_APPLIED_ADVICE, fields)
     details = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "server")
     return f"{who}: {event}" + (f" ({details})" if details else "") + "."
+
+
+def _slack_escaped(text: str) -> str:
+    """Slack's own escaping of message text: `<...>` is markup there (`<!channel>` mentions
+    everyone, `<url|words>` disguises a link), and a detail is text from outside (a web
+    server's answer), which must reach the channel as the text it is."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _with_advice(text: str, advice: str | None, fields: Mapping[str, object]) -> str:
