@@ -234,5 +234,6 @@ def test_text_from_outside_cannot_mention_or_link_in_a_slack_message() -> None:
         "detail": "<!channel> log in at <https://evil.example|your VICIdial> & <@U123>",
     }
     text = json.loads(body("slack", "refresh.failed", "error", fields, NOW, ()))["text"]
-    assert "<" not in text and ">" not in text
+    assert "<" not in text
+    assert ">" not in text
     assert "&lt;!channel&gt; log in at &lt;https://evil.example|your VICIdial&gt; &amp;" in text
