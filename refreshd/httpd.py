@@ -235,10 +235,12 @@ class MetricsServer:
         server.close()
         for writer in list(self._open):
             writer.transport.abort()
-        building = [self._page_building] if self._page_building is not None else []
-        for task in [*self._tasks, *building]:
+        pending: list[asyncio.Future[Any]] = [*self._tasks]
+        if self._page_building is not None:
+            pending.append(self._page_building)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, *building, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
