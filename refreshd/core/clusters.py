@@ -164,7 +164,11 @@ _PATH_OUTCOMES = frozenset(
 )
 
 
-def counts_for_mate(outcome: Outcome, *, same_web_server: bool) -> bool:
+def counts_for_mate(outcome: Outcome, *, same_web_server: bool, same_server_ip: bool) -> bool:
     """Whether a grouped call's `outcome` counts for an entry of its group (else that entry
-    calls on its own, through the login gate like any call, so lock-out rules hold)."""
+    calls on its own, through the login gate like any call, so lock-out rules hold).
+    `not_found` may be VICIdial's SERVER IP NOT FOUND, about the server_ip the call named
+    (an old entry's box since removed): it never counts for a mate that names another."""
+    if outcome is Outcome.NOT_FOUND and not same_server_ip:
+        return False
     return same_web_server or outcome not in _PATH_OUTCOMES

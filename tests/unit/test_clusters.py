@@ -123,8 +123,18 @@ def test_only_an_answer_about_the_web_server_leaves_a_mate_elsewhere_to_call(
         Outcome.TRANSIENT,
         Outcome.UNEXPECTED,
     }
-    assert counts_for_mate(outcome, same_web_server=True)
-    assert counts_for_mate(outcome, same_web_server=False) is (outcome not in about_the_path)
+    assert counts_for_mate(outcome, same_web_server=True, same_server_ip=True)
+    assert counts_for_mate(outcome, same_web_server=False, same_server_ip=True) is (
+        outcome not in about_the_path
+    )
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_only_server_ip_not_found_leaves_a_mate_naming_another_server_ip_to_call(
+    outcome: Outcome,
+) -> None:
+    counts = counts_for_mate(outcome, same_web_server=True, same_server_ip=False)
+    assert counts is (outcome is not Outcome.NOT_FOUND)
 
 
 # -- refresh_taken: settling a call whose answer was lost ------------------------------------
