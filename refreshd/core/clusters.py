@@ -86,11 +86,17 @@ def _same(one: ClusterFacts, other: ClusterFacts) -> str | None:
 
 
 def same_clusters(
-    entries: Mapping[str, str], facts: Mapping[str, ClusterFacts]
+    entries: Mapping[str, str],
+    facts: Mapping[str, ClusterFacts],
+    server_ips: Mapping[str, str | None] | None = None,
 ) -> list[SameCluster]:
     """Groups of two or more entries that are one cluster. `entries`: server name -> the
     name of its `[databases]` table, in config order; `facts`: what each table's database
-    showed (a table missing there could not be read: its entries stay apart)."""
+    showed (a table missing there could not be read: its entries stay apart); `server_ips`:
+    server name -> its `server_ip`, if any. An entry naming a box its database does not
+    list stays apart: its `database` (copied from another entry, say) or its server_ip is
+    wrong, and grouped it could go unrefreshed while verifying on the other cluster's
+    database said "applied"."""
     names = list(dict.fromkeys(entries.values()))
     # Each readable database joins the first earlier one it is the same as.
     leader: dict[str, tuple[str, str | None]] = {}  # database -> (leading database, why)
@@ -108,6 +114,9 @@ def same_clusters(
     reasons: dict[str, str] = {}
     for server, database in entries.items():
         if database not in leader:
+            continue
+        server_ip = (server_ips or {}).get(server)
+        if server_ip is not None and server_ip not in {ip for _, ip in facts[database].servers}:
             continue
         head, why = leader[database]
         groups.setdefault(head, []).append(server)
