@@ -96,7 +96,8 @@ def read_url(
     except ValueError as error:
         # The password readers' words, said of a URL (their text never holds the value).
         text = str(error).replace(" or use password_file", "")
-        raise ValueError(text.replace("the password", "the URL")) from None
+        text = text.replace("the password", "the URL").replace("password_file", "url_file")
+        raise ValueError(text) from None
     return None
 
 

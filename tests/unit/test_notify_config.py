@@ -237,3 +237,14 @@ def test_text_from_outside_cannot_mention_or_link_in_a_slack_message() -> None:
     assert "<" not in text
     assert ">" not in text
     assert "&lt;!channel&gt; log in at &lt;https://evil.example|your VICIdial&gt; &amp;" in text
+
+
+def test_a_missing_url_file_is_explained_in_terms_of_url_file(tmp_path: Path) -> None:
+    document = _document([{"name": "ops", "url_file": "ops.webhook"}])
+    config = validate_config(document, environ={})
+    with pytest.raises(ConfigError) as caught:
+        resolve_passwords(config, environ={}, path=tmp_path / "refreshd.toml", urls=True)
+    message = str(caught.value)
+    assert "notify[0].url_file: cannot read the file it names" in message
+    assert "a relative url_file is read from" in message
+    assert "password" not in message
