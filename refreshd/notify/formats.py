@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from refreshd.core.secrets import Secrets
 from refreshd.core.vicidial import redact
 
 __all__ = ["body", "slack_text"]
@@ -45,7 +46,7 @@ def body(
     secrets: Iterable[str],
 ) -> bytes:
     """The POST body of `event` (with its log `level` and `fields`) in format `fmt`."""
-    masked = tuple(secrets)
+    masked = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
     clean = {key: _plain(value, masked) for key, value in fields.items()}
     if fmt == "slack":
         return json.dumps(
@@ -110,7 +111,7 @@ def _with_advice(text: str, advice: str | None, fields: Mapping[str, object]) ->
     return f"{text} What to do: {told}." if told else text
 
 
-def _plain(value: object, secrets: tuple[str, ...]) -> object:
+def _plain(value: object, secrets: Secrets) -> object:
     """A field as JSON holds it, as the log writes it: times in ISO UTC, strings masked."""
     if isinstance(value, datetime):
         return _iso(value)
