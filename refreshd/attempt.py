@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from refreshd.client import Client
@@ -124,8 +125,11 @@ def reach(client: Client, api_url: str, verify: bool | str | None = None) -> Rea
     return Reachability(False, answer.detail or answer.outcome.value, ms)
 
 
-def _secrets(client: Client, target: Target) -> tuple[str, ...]:
+def _secrets(client: Client, target: Target) -> Iterable[str]:
     """What an answer to `target` is masked with: its own password and every other
     secret the client knows (another table's password echoed by a shared page, the
-    proxy's)."""
+    proxy's); the client's prepared set itself when it holds the password (it does: the
+    config's secrets), so thousands of them are not prepared again for every call."""
+    if target.password in client.secrets:
+        return client.secrets
     return (target.password, *client.secrets)

@@ -24,6 +24,7 @@ from refreshd import __version__
 from refreshd.clock import system_clock
 from refreshd.config import Config
 from refreshd.config.fields import proxy_secrets
+from refreshd.core.secrets import Secrets
 from refreshd.core.vicidial import Transport
 from refreshd.deadline import DeadlineHTTPPool, DeadlineHTTPSPool, Reaper
 
@@ -82,7 +83,7 @@ class Client:
         self.timeout = timeout
         # Every secret an answer could echo (each password of the config, the proxy's):
         # whatever a call brings back is masked with all of them before it is kept or shown.
-        self.secrets = frozenset(s for s in secrets if s) | proxy_secrets(proxy)
+        self.secrets = Secrets({*secrets, *proxy_secrets(proxy)})
         self.verify_tls = verify_tls
         self.max_body = max_body
         self._monotonic = monotonic

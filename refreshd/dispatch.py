@@ -355,10 +355,15 @@ class Dispatcher:
 
 def _counts_for(leader: Job, rider: Job, outcome: Outcome) -> bool:
     """Whether the leader's answer is the rider's too. Always for an identical request; for
-    one cluster's entry through another web server, not when the answer speaks only of the
-    leader's web server (core/clusters.counts_for_mate): that entry then calls on its own."""
+    one cluster's entry through another web server (or naming another server_ip), not when
+    the answer speaks only of the leader's web server (or server_ip)
+    (core/clusters.counts_for_mate): that entry then calls on its own."""
     same = (leader.target.api_url, leader.target.verify) == (
         rider.target.api_url,
         rider.target.verify,
     )
-    return counts_for_mate(outcome, same_web_server=same)
+    return counts_for_mate(
+        outcome,
+        same_web_server=same,
+        same_server_ip=leader.target.server_ip == rider.target.server_ip,
+    )

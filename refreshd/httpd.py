@@ -188,6 +188,8 @@ class MetricsServer:
         # Open connections in the order they came; True while still sending the request.
         self._open: dict[asyncio.StreamWriter, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The status page being built, shared by every request for it meanwhile.
+        self._page_building: asyncio.Future[EndpointAnswer] | None = None
         self._last_error: float | None = None
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
 
@@ -233,9 +235,12 @@ class MetricsServer:
         server.close()
         for writer in list(self._open):
             writer.transport.abort()
-        for task in self._tasks:
+        pending: list[asyncio.Future[Any]] = [*self._tasks]
+        if self._page_building is not None:
+            pending.append(self._page_building)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -281,6 +286,25 @@ class MetricsServer:
         await writer.drain()
 
     async def _answer(self, method: str, target: str, headers: dict[str, str]) -> EndpointAnswer:
+        """The answer, built on an answer thread. The status page is built once for every
+        request that comes while it is being built: it costs about a second for 10,000
+        servers, and requests for it must never hold every answer thread, which /healthz
+        and /metrics need."""
+        if self._page is None or method not in ("GET", "HEAD") or target.split("?")[0] != "/":
+            return await self._built(method, target, headers)
+        building = self._page_building
+        if building is None:
+            building = asyncio.ensure_future(self._built("GET", "/", headers))
+            self._page_building = building
+            building.add_done_callback(self._page_built)
+        # Shielded: a reader that leaves (or times out) does not cancel the others' page.
+        return await asyncio.shield(building)
+
+    def _page_built(self, building: asyncio.Future[EndpointAnswer]) -> None:
+        if self._page_building is building:
+            self._page_building = None
+
+    async def _built(self, method: str, target: str, headers: dict[str, str]) -> EndpointAnswer:
         loop = asyncio.get_running_loop()
         try:
             answering = loop.run_in_executor(

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from refreshd.clock import system_clock
 from refreshd.console import ConsoleRenderer
+from refreshd.core.secrets import Secrets
 from refreshd.core.vicidial import redact
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "Redactor", "configure", "get_logger", "redactor"]
@@ -29,15 +30,16 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._secrets: tuple[str, ...] = ()
+        self._secrets = Secrets()
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
         """Replace the known secrets (at start-up and on every config reload)."""
+        prepared = Secrets(secrets)  # longest first, indexed: built once, not per line
         with self._lock:
-            self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+            self._secrets = prepared
 
     @property
-    def secrets(self) -> tuple[str, ...]:
+    def secrets(self) -> Secrets:
         return self._secrets
 
     def __call__(
@@ -48,7 +50,7 @@ class Redactor:
             event_dict[key] = self._clean(value, secrets)
         return event_dict
 
-    def _clean(self, value: Any, secrets: tuple[str, ...]) -> Any:
+    def _clean(self, value: Any, secrets: Secrets) -> Any:
         if isinstance(value, str):
             return redact(value, secrets)
         if isinstance(value, list | tuple):

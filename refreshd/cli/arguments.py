@@ -20,6 +20,7 @@ __all__ = [
     "LATEST",
     "MAX_HISTORY_LIMIT",
     "MAX_PLAN_COUNT",
+    "OneOf",
     "count_up_to",
     "instant",
     "one_of",
@@ -92,16 +93,26 @@ def count_up_to(most: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-def one_of(choices: Sequence[str], what: str, variable: str) -> Callable[[str], str]:
+class OneOf:
     """An argument type: one of `choices` in any case (a `what`, for the message), given as
-    the option or, when it is not, in the environment `variable` (the option's default)."""
+    the option or, when it is not, in the environment `variable` (the option's default).
+    Its `choices` are public: the completion script offers them (cli/completion.py)."""
 
-    def parse(text: str) -> str:
-        if text.lower() in choices:
+    def __init__(self, choices: Sequence[str], what: str, variable: str) -> None:
+        self.choices = tuple(choices)
+        self._what = what
+        self._variable = variable
+
+    def __call__(self, text: str) -> str:
+        if text.lower() in self.choices:
             return text.lower()
+        choices = self.choices
         raise argparse.ArgumentTypeError(
-            f"{text[:40]!r} is not a {what}: give {', '.join(choices[:-1])} or {choices[-1]} "
-            f"(in the option, or else in ${variable})"
+            f"{text[:40]!r} is not a {self._what}: give {', '.join(choices[:-1])} or "
+            f"{choices[-1]} (in the option, or else in ${self._variable})"
         )
 
-    return parse
+
+def one_of(choices: Sequence[str], what: str, variable: str) -> OneOf:
+    """The argument type OneOf(choices, what, variable)."""
+    return OneOf(choices, what, variable)

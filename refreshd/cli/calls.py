@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    config = load(args, passwords=True)
+    # The URLs too: `check` says whether the daemon would start (or take a reload) on it.
+    config = load(args, passwords=True, urls=True)
     if isinstance(config, int):
         return config
     for warning in config_warnings(config, now=system_clock.now()):

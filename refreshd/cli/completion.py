@@ -57,9 +57,14 @@ def _of(parser: argparse.ArgumentParser) -> Completions:
         if action.nargs == 0:  # flags: store_true, --help, --version
             continue
         takes_value.extend(action.option_strings)
+        # Choices checked by the option's type (cli/arguments.OneOf: any case, or from the
+        # environment) are offered as argparse's own are.
+        choices = (
+            action.choices if action.choices is not None else getattr(action.type, "choices", None)
+        )
         for option in action.option_strings:
-            if action.choices is not None:
-                values[option] = tuple(str(choice) for choice in action.choices)
+            if choices is not None:
+                values[option] = tuple(str(choice) for choice in choices)
             elif action.type is Path:
                 values[option] = None
     return Completions(tuple(options), values, tuple(takes_value), tuple(words))
@@ -96,7 +101,11 @@ def _value_case(each: Completions) -> str:
     for option in each.takes_value:
         choices = each.values.get(option, ())
         if choices is None:
-            reply = 'COMPREPLY=($(compgen -f -- "$cur")); compopt -o filenames 2>/dev/null'
+            # One name a line, read as it is: a name with a space stays one completion,
+            # and one with `*` is never expanded as a pattern.
+            reply = (
+                'mapfile -t COMPREPLY < <(compgen -f -- "$cur"); compopt -o filenames 2>/dev/null'
+            )
         elif choices:
             reply = f'COMPREPLY=($(compgen -W {shlex.quote(" ".join(choices))} -- "$cur"))'
         else:  # free text (a name, an instant, a number): nothing to offer

@@ -44,9 +44,9 @@ def config_path(args: argparse.Namespace) -> Path:
     return path if path is not None else default_config_path()
 
 
-def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
-    """The config (with every password read if `passwords`), or the exit code after
-    saying why there is none."""
+def load(args: argparse.Namespace, *, passwords: bool, urls: bool = False) -> Config | int:
+    """The config (with every password read if `passwords`; every [[notify]] and ping URL
+    too if `urls`), or the exit code after saying why there is none."""
     from refreshd.config import ConfigError, load_config
 
     try:
@@ -55,19 +55,20 @@ def load(args: argparse.Namespace, *, passwords: bool) -> Config | int:
         say(f"refreshd: {err}")
         return EXIT_CONFIG
     if passwords:
-        return with_passwords(args, config)
+        return with_passwords(args, config, urls=urls)
     redactor.set_secrets(config.secrets())  # inline passwords and the proxy's, read or not
     return config
 
 
-def with_passwords(args: argparse.Namespace, config: Config) -> Config | int:
-    """`config` (loaded without) with every password read, or the exit code after saying
-    why one cannot be: for a command that checks its own arguments first."""
+def with_passwords(args: argparse.Namespace, config: Config, *, urls: bool = False) -> Config | int:
+    """`config` (loaded without) with every password read (and every URL, if `urls`), or
+    the exit code after saying why one cannot be: for a command that checks its own
+    arguments first."""
     from refreshd.config import ConfigError, resolve_passwords
 
     path = config_path(args)
     try:
-        config = resolve_passwords(config, path=path)
+        config = resolve_passwords(config, path=path, urls=urls)
     except ConfigError as err:
         say(f"refreshd: {err}")
         return EXIT_CONFIG

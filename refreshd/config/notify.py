@@ -3,7 +3,8 @@
 
 Both URLs are secrets, like a password: Slack and most webhooks carry their token in the
 URL, a ping URL is the check's only key. They are read as passwords are (`passwords.py`),
-only when a command needs them (the daemon: `resolve_passwords(..., urls=True)`), never
+only when a command needs them (the daemon, and `check`, which says whether the daemon
+could: `resolve_passwords(..., urls=True)`), never
 quoted in an error, and once read they join `Config.secrets()`, which the log and the
 VICIdial client mask.
 """
@@ -95,7 +96,8 @@ def read_url(
     except ValueError as error:
         # The password readers' words, said of a URL (their text never holds the value).
         text = str(error).replace(" or use password_file", "")
-        raise ValueError(text.replace("the password", "the URL")) from None
+        text = text.replace("the password", "the URL").replace("password_file", "url_file")
+        raise ValueError(text) from None
     return None
 
 

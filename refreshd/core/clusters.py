@@ -86,11 +86,17 @@ def _same(one: ClusterFacts, other: ClusterFacts) -> str | None:
 
 
 def same_clusters(
-    entries: Mapping[str, str], facts: Mapping[str, ClusterFacts]
+    entries: Mapping[str, str],
+    facts: Mapping[str, ClusterFacts],
+    server_ips: Mapping[str, str | None] | None = None,
 ) -> list[SameCluster]:
     """Groups of two or more entries that are one cluster. `entries`: server name -> the
     name of its `[databases]` table, in config order; `facts`: what each table's database
-    showed (a table missing there could not be read: its entries stay apart)."""
+    showed (a table missing there could not be read: its entries stay apart); `server_ips`:
+    server name -> its `server_ip`, if any. An entry naming a box its database does not
+    list stays apart: its `database` (copied from another entry, say) or its server_ip is
+    wrong, and grouped it could go unrefreshed while verifying on the other cluster's
+    database said "applied"."""
     names = list(dict.fromkeys(entries.values()))
     # Each readable database joins the first earlier one it is the same as.
     leader: dict[str, tuple[str, str | None]] = {}  # database -> (leading database, why)
@@ -108,6 +114,9 @@ def same_clusters(
     reasons: dict[str, str] = {}
     for server, database in entries.items():
         if database not in leader:
+            continue
+        server_ip = (server_ips or {}).get(server)
+        if server_ip is not None and server_ip not in {ip for _, ip in facts[database].servers}:
             continue
         head, why = leader[database]
         groups.setdefault(head, []).append(server)
@@ -164,7 +173,11 @@ _PATH_OUTCOMES = frozenset(
 )
 
 
-def counts_for_mate(outcome: Outcome, *, same_web_server: bool) -> bool:
+def counts_for_mate(outcome: Outcome, *, same_web_server: bool, same_server_ip: bool) -> bool:
     """Whether a grouped call's `outcome` counts for an entry of its group (else that entry
-    calls on its own, through the login gate like any call, so lock-out rules hold)."""
+    calls on its own, through the login gate like any call, so lock-out rules hold).
+    `not_found` may be VICIdial's SERVER IP NOT FOUND, about the server_ip the call named
+    (an old entry's box since removed): it never counts for a mate that names another."""
+    if outcome is Outcome.NOT_FOUND and not same_server_ip:
+        return False
     return same_web_server or outcome not in _PATH_OUTCOMES

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
-import functools
-import html.entities
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+
+from refreshd.core.secrets import mask
 
 __all__ = [
     "MAX_DETAIL",
@@ -316,44 +316,13 @@ def parse_version(body: str | None) -> str | None:
 
 _QUERY_SECRET = re.compile(r"((?:^|[?&;\s])pass(?:word)?=)[^&\s]*", re.IGNORECASE)
 _ECHOED_PASSWORD = re.compile(r"(\|[^|\r\n]*\|)[^|\r\n]*(\|\s*BAD\s*\|)", re.IGNORECASE)
-_FILTERED = re.compile(r"[^0-9A-Za-z_-]")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Text with every secret we know of, and every place VICIdial puts one, masked."""
-    out = text
-    for secret in secrets:
-        if secret:
-            out = _secret_pattern(secret).sub("***", out)
+    out = mask(text, secrets)  # core/secrets.py: every form, cheaply among thousands
     out = _ECHOED_PASSWORD.sub(r"\1***\2", out)
     return _QUERY_SECRET.sub(r"\1***", out)
-
-
-@functools.lru_cache(maxsize=256)
-def _secret_pattern(secret: str) -> re.Pattern[str]:
-    """Every form in which a secret may come back: in any letter case (a proxy or a PHP
-    page may upper-case it), each character as itself, an HTML entity (`&#97;`, `&#x61;`,
-    `&amp;`) or URL-encoded (`%61`, `+`), mixed freely (VICIdial or a web page may echo
-    it escaped); and the *filtered* password VICIdial echoes on a failed login (the config
-    refuses such passwords, but this is the last line of defence). Whatever its length: a
-    short password masks innocent text too, which `check` warns about; it never leaks."""
-    forms = [secret]
-    filtered = _FILTERED.sub("", secret)
-    if filtered != secret and len(filtered) >= 3:
-        forms.append(filtered)
-    alternatives = ["".join(_char_forms(char) for char in form) for form in forms]
-    return re.compile("|".join(alternatives), re.IGNORECASE)
-
-
-def _char_forms(char: str) -> str:
-    code = ord(char)
-    forms = [re.escape(char), f"&#0*{code};?", f"&#x0*{code:x};?"]
-    if code in html.entities.codepoint2name:
-        forms.append(f"&{html.entities.codepoint2name[code]};")
-    forms.append("".join(f"%{byte:02x}" for byte in char.encode()))
-    if char == " ":
-        forms.append(r"\+")
-    return f"(?:{'|'.join(forms)})"
 
 
 def _snippet(text: str, secrets: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from refreshd.core.secrets import Secrets
 from refreshd.core.vicidial import redact
 
 __all__ = ["body", "slack_text"]
@@ -45,10 +46,12 @@ def body(
     secrets: Iterable[str],
 ) -> bytes:
     """The POST body of `event` (with its log `level` and `fields`) in format `fmt`."""
-    masked = tuple(secrets)
+    masked = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
     clean = {key: _plain(value, masked) for key, value in fields.items()}
     if fmt == "slack":
-        return json.dumps({"text": redact(slack_text(event, clean), masked)}).encode()
+        return json.dumps(
+            {"text": _slack_escaped(redact(slack_text(event, clean), masked))}
+        ).encode()
     line = {"timestamp": _iso(now), "level": level, "event": event, **clean}
     return json.dumps(line, ensure_ascii=False).encode()
 
@@ -95,13 +98,20 @@ def slack_text(event: str, fields: Mapping[str, object]) -> str:
     return f"{who}: {event}" + (f" ({details})" if details else "") + "."
 
 
+def _slack_escaped(text: str) -> str:
+    """Slack's own escaping of message text: `<...>` is markup there (`<!channel>` mentions
+    everyone, `<url|words>` disguises a link), and a detail is text from outside (a web
+    server's answer), which must reach the channel as the text it is."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _with_advice(text: str, advice: str | None, fields: Mapping[str, object]) -> str:
     # The config's own advice, where the event carries one, comes first.
     told = fields.get("config_error") or advice
     return f"{text} What to do: {told}." if told else text
 
 
-def _plain(value: object, secrets: tuple[str, ...]) -> object:
+def _plain(value: object, secrets: Secrets) -> object:
     """A field as JSON holds it, as the log writes it: times in ISO UTC, strings masked."""
     if isinstance(value, datetime):
         return _iso(value)

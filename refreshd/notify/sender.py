@@ -18,9 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from refreshd.client import transport_failure
 from refreshd.clock import Clock
+from refreshd.deadline import DeadlineHTTPPool, DeadlineHTTPSPool, Reaper
 from refreshd.metrics import Metrics
 
 __all__ = ["Delivery", "Failed", "Sender", "shown_url"]
@@ -96,6 +98,16 @@ class Sender:
         self._session = requests.Session()
         # No HTTP(S)_PROXY, no .netrc: what the config says is all that is used.
         self._session.trust_env = False
+        # The time-out bounds the whole exchange, as a VICIdial call's does (deadline.py):
+        # requests' own bounds each read, which a webhook trickling its answer never trips.
+        adapter = HTTPAdapter(max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {
+            "http": DeadlineHTTPPool,
+            "https": DeadlineHTTPSPool,
+        }
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._reaper = Reaper(clock.monotonic)
         self._send = send or self._http
         self._cond = threading.Condition()
         self._queue: deque[Delivery] = deque()
@@ -143,6 +155,7 @@ class Sender:
         drained = not self._thread.is_alive()
         if drained:
             self._session.close()
+        self._reaper.close()
         return drained
 
     # --- the worker --------------------------------------------------------------------
@@ -188,27 +201,34 @@ class Sender:
         )
 
     def _http(self, delivery: Delivery, timeout: float) -> None:
-        """The real exchange: POST the body or GET, answer read and dropped."""
+        """The real exchange: POST the body or GET, over within `timeout` (the reaper cuts
+        a server trickling its headers), the answer's status kept."""
         method = "GET" if delivery.body is None else "POST"
         headers = {"User-Agent": "refreshd"}
         if delivery.body is not None:
             headers["Content-Type"] = "application/json"
-        try:
-            with self._session.request(
-                method,
-                delivery.url,
-                data=delivery.body,
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-            ) as response:
-                status = response.status_code
-                response.raw.read(64 * 1024, decode_content=False)
-        except requests.RequestException as exc:
-            raise Failed(str(transport_failure(exc))) from None
-        except (OSError, ValueError):
-            raise Failed("connection_failed") from None
+        with self._reaper.watching(self._clock.monotonic() + timeout) as watch:
+            try:
+                with self._session.request(
+                    method,
+                    delivery.url,
+                    data=delivery.body,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                ) as response:
+                    # The status is the answer; its body is not read: once the headers are
+                    # in, the reaper no longer sees the socket (http.client hands it to the
+                    # response), and a body trickled a byte at a time would hold the thread.
+                    status = response.status_code
+            except requests.RequestException as exc:
+                kind = str(transport_failure(exc))
+                raise Failed("timeout" if watch.expired else kind) from None
+            except (OSError, ValueError):
+                raise Failed("timeout" if watch.expired else "connection_failed") from None
+        if watch.expired:
+            raise Failed("timeout")  # cut at the deadline: what came is not an answer
         if not 200 <= status < 300:
             raise Failed(f"http_{status}", passing=status >= 500 or status in _PASSING)
 

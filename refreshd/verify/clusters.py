@@ -49,7 +49,8 @@ def learn_clusters(config: Config) -> tuple[list[SameCluster], dict[str, str]]:
                 unread[name] = found
             else:
                 facts[name] = found
-    return same_clusters(entries, facts), unread
+    server_ips = {s.name: s.server_ip for s in config.servers}
+    return same_clusters(entries, facts, server_ips), unread
 
 
 class ClusterWatch:

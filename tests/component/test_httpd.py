@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from refreshd.httpd import MetricsServer
+from refreshd.httpd import EndpointAnswer, MetricsServer
 from refreshd.metrics import Metrics
 from tests.support.sockets import closed_by_peer, has_ipv6_loopback
 from tests.support.waiting import eventually
@@ -260,3 +260,40 @@ def test_no_thread_to_answer_with_is_a_503_not_a_traceback(
         monkeypatch.undo()
         assert (status, body) == (503, b"busy: try again\n")
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_page_requests_at_once_share_one_rendering_and_never_hold_healthz_back() -> None:
+    # The status page of 10,000 servers takes about a second to build. A few browser tabs
+    # (or anyone who can reach the port) asking for it at once must not occupy every answer
+    # thread: /healthz (Docker's health check) and /metrics must still answer.
+    release = threading.Event()
+    renderings: list[int] = []
+
+    def page() -> EndpointAnswer:
+        renderings.append(1)
+        release.wait(5)
+        return EndpointAnswer(200, b"the page", "text/html; charset=utf-8")
+
+    with serving(page=page) as server:
+        readers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+        try:
+            for sock in readers:
+                sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            eventually(lambda: len(renderings) == 1, timeout=5, what="the page being built")
+            started = time.monotonic()
+            assert get(server.port, "/healthz") == (200, b"ok\n")
+            assert get(server.port, "/metrics")[0] == 200
+            assert time.monotonic() - started < 2  # not after the page
+            release.set()
+            for sock in readers:
+                sock.settimeout(5)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 ")
+                assert answer.endswith(b"\r\n\r\nthe page")
+            assert len(renderings) == 1  # built once for the five
+        finally:
+            release.set()
+            for sock in readers:
+                sock.close()

@@ -189,3 +189,28 @@ def test_a_webhook_that_does_not_answer_is_cut_at_the_time_out() -> None:
         sender.submit(_delivery(url=f"{listener.url}/hook/{TOKEN}"))
         assert sender.stop(5)  # well before the listener would have answered
     assert log.matching("notify.failed", error="timeout", attempts=1)
+
+
+def test_a_webhook_that_trickles_its_headers_is_cut_at_the_time_out_too() -> None:
+    # A byte every 0.1 s never trips a per-read time-out: without a total deadline one
+    # delivery would hold the sender's only thread for 100 s, and every ping behind it.
+    with listening() as listener:
+        listener.trickle = 0.1
+        sender, log, _ = _real_sender(attempts=1, timeout=0.5)
+        sender.submit(_delivery(url=f"{listener.url}/hook/{TOKEN}"))
+        sender.submit(Delivery("ping", "east", "start", f"{listener.url}/ping/uuid/start"))
+        assert sender.stop(5)  # both tried, each within its time-out
+    assert log.matching("notify.failed", error="timeout", notify_event="server.suspended")
+    assert log.matching("notify.failed", error="timeout", notify_event="start")
+
+
+def test_a_webhook_that_trickles_its_body_has_answered_with_its_status() -> None:
+    with listening() as listener:
+        listener.trickle, listener.trickled = 0.1, "body"
+        sender, log, metrics = _real_sender(attempts=1, timeout=0.5)
+        sender.submit(_delivery(url=f"{listener.url}/hook/{TOKEN}"))
+        sender.submit(Delivery("ping", "east", "start", f"{listener.url}/ping/uuid/start"))
+        assert sender.stop(2)
+    assert log.lines == []
+    assert _value(metrics, "sent") == 1
+    assert _value(metrics, "sent", "ping") == 1

@@ -214,3 +214,28 @@ def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: 
 
         assert [c.kind for c in loop.calls] == ["login_incorrect"]
         assert vicidial.failed_login_count(USER) == 1
+
+
+def test_a_server_ip_the_cluster_does_not_know_never_suspends_a_mate_that_names_a_known_one(
+    tmp_path: Path,
+) -> None:
+    # An old entry and a new one of one cluster: the old one still names a box since
+    # removed, which VICIdial (the tutorial's PHP) answers with SERVER IP NOT FOUND. That
+    # answer is about the old entry's server_ip, not the cluster: the new entry, which names
+    # a box VICIdial knows, makes its own call in the same slot and is refreshed.
+    servers = [
+        {"name": "old", "server_ip": "10.0.0.99", "windows": ["00:00-24:00"], "every": "1h"},
+        {"name": "new", "server_ip": "10.0.0.11", "windows": ["00:00-24:00"], "every": "1h"},
+    ]
+    vicidial = Vicidial(users(), check_server_ip=True)
+    with running(fleet(servers), tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"old": "east", "new": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [(c.server_ip, c.kind) for c in loop.calls] == [
+            ("10.0.0.99", "server_ip_not_found"),
+            ("10.0.0.11", "success"),
+        ]
+        assert loop.log.matching("server.suspended", server="new") == []
+        assert len(loop.log.matching("refresh.succeeded", server="new")) == 1
+        assert len(loop.log.matching("server.suspended", server="old")) == 1

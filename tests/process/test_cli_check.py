@@ -334,3 +334,49 @@ def test_a_credentials_table_name_with_a_control_character_is_a_config_error(
     assert "credentials." in err
     assert "use only letters, digits, '.', '_' and '-'" in err
     assert not CONTROL.search(err.replace("\n", "")), repr(err)
+
+
+UNREADABLE_URLS = """\
+[daemon]
+state_path = "state.db"
+
+[credentials.east]
+user = "refreshd"
+password = "demo-pass-123"
+
+[[notify]]
+name = "ops"
+url_file = "ops.url"
+
+[[servers]]
+name = "east-1"
+api_url = "https://dialer.example.com/vicidial/non_agent_api.php"
+credentials = "east"
+windows = ["02:00-04:00"]
+ping_url_env = "EAST_PING_URL"
+"""
+
+
+def test_a_webhook_or_ping_url_the_daemon_could_not_read_fails_check_without_quoting_it(
+    tmp_path: Path, run_cli: RunRefreshd
+) -> None:
+    # `check` before a start or a reload says what the daemon would refuse: a URL file
+    # holding no URL, a ping_url_env variable that is not set.
+    secret = "hooks.example.com/services/T0KEN-s3cr3t 42"
+    (tmp_path / "ops.url").write_text(secret)
+    config = tmp_path / "refreshd.toml"
+    config.write_text(UNREADABLE_URLS)
+
+    code, out, err = run_cli(["check", "-c", config])
+
+    assert code == EXIT_CONFIG
+    assert "notify[0].url_file" in err
+    assert "servers[0].ping_url_env" in err
+    assert "T0KEN" not in out + err
+
+    (tmp_path / "ops.url").write_text("https://hooks.example.com/services/T0KEN-s3cr3t-42\n")
+    code, out, err = run_cli(
+        ["check", "-c", config], env={"EAST_PING_URL": "https://hc-ping.com/T0KEN-uuid"}
+    )
+    assert code == 0, err
+    assert "T0KEN" not in out + err

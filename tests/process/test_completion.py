@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from refreshd.cli.main import build_parser
+from refreshd.logs import LOG_FORMATS, LOG_LEVELS
 from tests.support.daemon import clean_env
 
 REFRESHD = Path(sys.executable).parent / "refreshd"  # the console script pip installed
@@ -116,3 +117,31 @@ def test_an_unknown_shell_is_a_usage_error(bash: str) -> None:
     assert done.returncode == 2
     assert "invalid choice: 'tcsh'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_log_format_and_log_level_complete_their_values(bash: str) -> None:
+    offered = complete(
+        bash,
+        ["refreshd", "run", "--log-format", ""],
+        ["refreshd", "run", "--log-level", ""],
+        ["refreshd", "refresh", "--log-format", "j"],
+        ["refreshd", "refresh", "--log-level", "w"],
+    )
+    assert offered == [set(LOG_FORMATS), set(LOG_LEVELS), {"json"}, {"warning"}]
+
+
+def test_a_file_name_with_a_space_or_a_glob_character_is_one_completion(
+    bash: str, tmp_path: Path
+) -> None:
+    for name in ("my conf.toml", "a*b.toml", "ab.toml"):
+        (tmp_path / name).write_text("")
+    script = (
+        "source <(refreshd completion bash)\n"
+        "COMP_WORDS=(refreshd check -c my); COMP_CWORD=3; _refreshd\n"
+        "printf '<%s>\\n' \"${COMPREPLY[@]}\"\n"
+        "COMP_WORDS=(refreshd check -c a); COMP_CWORD=3; _refreshd\n"
+        "printf '<%s>\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    lines = run_bash(bash, script, tmp_path).splitlines()
+    assert lines[0] == "<my conf.toml>"
+    assert sorted(lines[1:]) == ["<a*b.toml>", "<ab.toml>"]

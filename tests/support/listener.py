@@ -25,11 +25,17 @@ class Received:
 
 class Listener:
     """Records requests in `received`; answers `status` after `delay` seconds (both
-    settable while it runs)."""
+    settable while it runs). With `trickle` (seconds), the answer comes one byte per
+    `trickle`, never idle long enough for a per-read time-out to trip: a header of
+    TRICKLED bytes when `trickled` is "head", the body when it is "body"."""
+
+    TRICKLED = 1000
 
     def __init__(self) -> None:
         self.status = 200
         self.delay = 0.0
+        self.trickle = 0.0
+        self.trickled = "head"
         self._answering = threading.Event()  # set at stop: a delayed answer goes at once
         self._lock = threading.Lock()
         self._received: list[Received] = []
@@ -44,10 +50,27 @@ class Listener:
                         Received(self.command, self.path, dict(self.headers), body)
                     )
                 listener._answering.wait(listener.delay)
+                if listener.trickle:
+                    self._trickle(listener.trickle, listener.trickled)
+                    return
                 self.send_response(listener.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def _trickle(self, every: float, part: str) -> None:
+                head = part == "head"
+                self.wfile.write(f"HTTP/1.0 {listener.status} OK\r\n".encode())
+                self.wfile.write(
+                    b"X-Slow: " if head else b"Content-Length: %d\r\n\r\n" % (Listener.TRICKLED)
+                )
+                for _ in range(Listener.TRICKLED):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    if listener._answering.wait(every):
+                        return
+                if head:
+                    self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
 
             do_GET = _record
             do_POST = _record

@@ -52,6 +52,18 @@ def test_entries_sharing_one_table_are_one_cluster() -> None:
     assert [g.servers for g in found] == [("a", "b")]
 
 
+def test_an_entry_naming_a_box_its_database_does_not_list_stays_apart() -> None:
+    # west-1 copied east-1's `database = "east"` by mistake: grouped, its refresh would be
+    # east's call, west would never be refreshed, and verifying on east's database would
+    # even say "applied". Its server_ip, no box of that database, gives the mistake away.
+    entries = {"east-1": "east", "east-2": "east", "west-1": "east", "any": "east"}
+    ips = {"east-1": "10.0.0.11", "east-2": "10.0.0.12", "west-1": "10.9.0.11", "any": None}
+
+    found = same_clusters(entries, {"east": facts()}, server_ips=ips)
+
+    assert [g.servers for g in found] == [("east-1", "east-2", "any")]
+
+
 def test_another_host_with_the_same_rows_version_and_last_reload_is_the_same_cluster() -> None:
     reordered = facts(host="10.1.0.5", rows=tuple(reversed(ROWS)))
 
@@ -123,8 +135,18 @@ def test_only_an_answer_about_the_web_server_leaves_a_mate_elsewhere_to_call(
         Outcome.TRANSIENT,
         Outcome.UNEXPECTED,
     }
-    assert counts_for_mate(outcome, same_web_server=True)
-    assert counts_for_mate(outcome, same_web_server=False) is (outcome not in about_the_path)
+    assert counts_for_mate(outcome, same_web_server=True, same_server_ip=True)
+    assert counts_for_mate(outcome, same_web_server=False, same_server_ip=True) is (
+        outcome not in about_the_path
+    )
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_only_server_ip_not_found_leaves_a_mate_naming_another_server_ip_to_call(
+    outcome: Outcome,
+) -> None:
+    counts = counts_for_mate(outcome, same_web_server=True, same_server_ip=False)
+    assert counts is (outcome is not Outcome.NOT_FOUND)
 
 
 # -- refresh_taken: settling a call whose answer was lost ------------------------------------

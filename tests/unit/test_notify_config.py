@@ -222,3 +222,29 @@ def test_no_secret_leaves_in_a_body(fmt: str) -> None:
 )
 def test_ping_urls(base: str, suffix: str, expected: str) -> None:
     assert ping_url(base, suffix) == expected
+
+
+def test_text_from_outside_cannot_mention_or_link_in_a_slack_message() -> None:
+    # A hostile or broken web server's answer is the detail of refresh.failed: Slack reads
+    # <!channel> as a mention of everyone and <url|text> as a disguised link; its docs ask
+    # senders to escape &, < and > in text.
+    fields = {
+        "server": "east",
+        "outcome": "unexpected",
+        "detail": "<!channel> log in at <https://evil.example|your VICIdial> & <@U123>",
+    }
+    text = json.loads(body("slack", "refresh.failed", "error", fields, NOW, ()))["text"]
+    assert "<" not in text
+    assert ">" not in text
+    assert "&lt;!channel&gt; log in at &lt;https://evil.example|your VICIdial&gt; &amp;" in text
+
+
+def test_a_missing_url_file_is_explained_in_terms_of_url_file(tmp_path: Path) -> None:
+    document = _document([{"name": "ops", "url_file": "ops.webhook"}])
+    config = validate_config(document, environ={})
+    with pytest.raises(ConfigError) as caught:
+        resolve_passwords(config, environ={}, path=tmp_path / "refreshd.toml", urls=True)
+    message = str(caught.value)
+    assert "notify[0].url_file: cannot read the file it names" in message
+    assert "a relative url_file is read from" in message
+    assert "password" not in message

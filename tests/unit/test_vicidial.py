@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import string
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refreshd.core.secrets import Secrets, secret_pattern
 from refreshd.core.vicidial import (
     MAX_DETAIL,
     Outcome,
@@ -294,3 +298,76 @@ def test_classification_never_raises_and_yields_one_outcome(
     assert isinstance(answer.outcome, Outcome)
     assert len(answer.detail) <= MAX_DETAIL
     assert isinstance(classify_probe(status, body, transport, secrets=secrets).ok, bool)
+
+
+# Every server's ping URL is a secret: a fleet has thousands, and every string of every log
+# line, answer, status page and notification is masked with all of them.
+MANY = [f"https://hc-ping.com/{n:08x}-7d1c-4b7e-9a3e-{n * 7919:012x}" for n in range(2000)]
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    ["s3cretPass_9", "S3CRETPASS_9", "&#115;&#51;cretPass_9", "%73%33cretPass%5f9"],
+)
+def test_among_thousands_of_secrets_each_is_still_masked_in_every_form(echoed: str) -> None:
+    secrets = [*MANY, PASSWORD]
+    assert redact(f"ERROR: echoed [{echoed}] here", secrets) == "ERROR: echoed [***] here"
+    ping = MANY[1234]
+    assert redact(f"GET {ping}/start failed", secrets) == "GET ***/start failed"
+    assert redact(f"GET {ping.upper()}", secrets) == "GET ***"
+    assert redact("GET " + ping.replace("/", "%2F"), secrets) == "GET ***"
+
+
+def test_masking_with_thousands_of_secrets_takes_microseconds_a_string() -> None:
+    # Beyond 256 secrets each one's pattern was compiled again for every string: with
+    # 1,000 ping URLs a single log field took six seconds, the status page hours.
+    secrets = tuple(MANY)
+    texts = [
+        "refresh.succeeded east-1 ok 2026-11-30T01:01:01Z",
+        "Mon 02:00 UTC+00:00, in 4h",
+        "ERROR: server_refresh USER DOES NOT HAVE PERMISSION &amp; 100% sure",
+    ]
+    redact(texts[0], secrets)  # whatever is prepared once per set of secrets
+    started = time.perf_counter()
+    for _ in range(20):
+        for text in texts:
+            redact(text, secrets)
+    assert time.perf_counter() - started < 1.0
+
+
+PLAIN_LETTERS = string.ascii_letters + string.digits + "!$'(),./:=?@_~-"
+POOL = [f"https://hooks.example/{n:05d}/{'k' * (n % 7)}Tok-{n * 31:x}" for n in range(200)]
+
+
+def _written(secret: str, ways: list[int], case: list[bool]) -> str:
+    """`secret` as a text might echo it: each letter as itself, in the other case,
+    URL-encoded, or as a numeric entity with or without its `;`."""
+    out = []
+    for index, letter in enumerate(secret):
+        way = ways[index % len(ways)]
+        code = ord(letter)
+        shown = letter.swapcase() if case[index % len(case)] else letter
+        out.append(
+            [shown, f"%{code:02X}", f"&#{code};", f"&#{code}", f"&#x{code:x};", f"&#X0{code:x}"][
+                way
+            ]
+        )
+    return "".join(out)
+
+
+@given(
+    which=st.integers(0, len(POOL) - 1),
+    ways=st.lists(st.integers(0, 5), min_size=1, max_size=6),
+    case=st.lists(st.booleans(), min_size=1, max_size=4),
+    before=st.text(alphabet=PLAIN_LETTERS + "%&#;+ 0123456789", max_size=6),
+    after=st.text(alphabet=PLAIN_LETTERS + "%&#;+ 0123456789", max_size=6),
+)
+def test_a_secret_among_many_is_masked_however_it_is_written(
+    which: int, ways: list[int], case: list[bool], before: str, after: str
+) -> None:
+    # The quick search for the secrets a text may hold never misses one that every
+    # secret's own pattern would have found.
+    secrets = Secrets(POOL)
+    text = before + _written(POOL[which], ways, case) + after
+    out = redact(text, secrets)
+    assert not any(secret_pattern(secret).search(out) for secret in POOL), (text, out)
