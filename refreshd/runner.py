@@ -201,6 +201,7 @@ class Runner(LoginGate):
             self.learn(call, attempt.answer.outcome)
             self.events.called(call.server, attempt)
             return FENCED_OUT
+        self._catch_up()
         with self._lock:
             done = settle(
                 self._ledger,
@@ -214,18 +215,7 @@ class Runner(LoginGate):
             # success, a suspension or a wait.
             previous, self._ledger = self._ledger, done.ledger
             answer = attempt.answer
-            record = NewCall(
-                server=call.server,
-                slot_start=call.slot.start if call.slot else None,
-                due=call.due,
-                attempt=call.attempt,
-                outcome=answer.outcome,
-                at=attempt.started_at,
-                duration_ms=attempt.duration_ms,
-                http_status=answer.http_status,
-                servers_flagged=answer.servers_flagged,
-                detail=answer.detail,
-            )
+            record = _history_row(call, attempt)
             due = (call.server, call.due) if done.run_done and call.due is not None else None
             within = None if ticket is None else partial(ticket.commit, decision=done.decision)
             try:
@@ -272,6 +262,7 @@ class Runner(LoginGate):
 
     def learn(self, call: Call, outcome: Outcome) -> None:
         """Take in what a login probe's answer says of its login (never of a server)."""
+        self._catch_up()
         with self._lock:
             self._ledger, logins, events = learn(
                 self._ledger,
@@ -343,6 +334,16 @@ class Runner(LoginGate):
 
     # --- other processes ---------------------------------------------------------------
 
+    def _catch_up(self) -> None:
+        """Before deciding on an answer: what other processes journaled since the last look
+        (one read when nothing changed). The journal writes whole entries, so a decision
+        made on a stale ledger would write back another instance's suspension or
+        credentials wait as if it had never been (its heartbeat's sync is 10 s away)."""
+        try:
+            self.sync()
+        except StateError as err:  # the write that follows will say it too, once
+            self.events.store_failed(str(err))
+
     def store_beat(self) -> None:
         """The daemon's heartbeat in the store, for `refreshd status` ("last heartbeat").
         Raises StateError."""
@@ -366,6 +367,22 @@ class Runner(LoginGate):
             self._ledger = merged.ledger
         self.events.emit(merged.events)
         return merged
+
+
+def _history_row(call: Call, attempt: Attempt) -> NewCall:
+    answer = attempt.answer
+    return NewCall(
+        server=call.server,
+        slot_start=call.slot.start if call.slot else None,
+        due=call.due,
+        attempt=call.attempt,
+        outcome=answer.outcome,
+        at=attempt.started_at,
+        duration_ms=attempt.duration_ms,
+        http_status=answer.http_status,
+        servers_flagged=answer.servers_flagged,
+        detail=answer.detail,
+    )
 
 
 def runner_for(config: Config, *, store: StateStore | None, clock: Clock, log: Any) -> Runner:

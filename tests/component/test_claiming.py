@@ -270,3 +270,31 @@ def test_a_run_taken_over_after_the_early_look_is_refused_inside_the_journal_wri
     assert runner.ledger.server("east").last_done is None
     assert mine.log.matching("claim.lost", server="east")
     store.close()
+
+
+def test_an_answer_is_decided_on_what_other_instances_journaled_not_on_a_stale_ledger(
+    tmp_path: Path,
+) -> None:
+    # web-1 meets a refused login: a credentials wait, journaled. web-2 has not synced yet
+    # (its heartbeat is seconds away) when its own call on the same login ends unreadable:
+    # deciding on its stale ledger would write the login back without the wait, and the
+    # fleet would try the refused password again at once.
+    clock = FakeClock(START)
+    config = fleet(
+        [{"name": "east", "windows": ["00:00-01:00"]}, {"name": "west", "windows": ["00:00-01:00"]}]
+    )
+    first, second = StateStore(tmp_path / "state.db"), StateStore(tmp_path / "state.db")
+    web1 = Runner(config, store=first, clock=clock, log=Log())
+    web2 = Runner(config, store=second, clock=clock, log=Log())
+    for runner in (web1, web2):
+        runner.configure(config, [], changed_logins=[])
+    refused = Attempt(Answer(Outcome.AUTH_FAILED, "ERROR: Login incorrect", 200), START, 20)
+    web1.settle(web1.call_for(config.servers[0], attempt=1, due=START), refused)
+    lost = Attempt(Answer(Outcome.TRANSIENT, "no answer", None), START, 2000)
+    web2.settle(web2.call_for(config.servers[1], attempt=1, due=START), lost)
+    with StateStore(tmp_path / "state.db") as store:
+        (login,) = store.load().logins.values()
+    assert login.wait_until is not None  # the refused login's wait holds for the fleet
+    assert web2.ledger.login(next(iter(web2.ledger.logins))).wait_until == login.wait_until
+    first.close()
+    second.close()
