@@ -123,7 +123,24 @@ def assert_each_run_once(fleet: SharedFleet, every: timedelta, *, in_flight: int
     calls = fleet.calls_per_server()
     logged = Counter({server: len(dues) for server, dues in runs.items()})
     extra = calls - logged
-    assert sum(extra.values()) <= in_flight, f"calls the daemons did not log as refreshed: {extra}"
+    claims = {
+        name: [
+            (
+                line["event"],
+                line["server"],
+                line["due"],
+                line.get("maybe_called"),
+                line.get("reason"),
+            )
+            for line in daemon.events
+            if line["event"] in ("claim.lost", "claim.taken_over")
+        ]
+        for name, daemon in fleet.instances.items()
+    }
+    assert sum(extra.values()) <= in_flight, (
+        f"calls the daemons did not log as refreshed: {extra}; at most {in_flight} may be "
+        f"calls in flight at a kill or a freeze; the claims said: {claims}"
+    )
     for server, dues in runs.items():
         instants = sorted({instant(due) for due in dues})
         gaps = [b - a for a, b in itertools.pairwise(instants)]
