@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import string
-import time
 
 import pytest
 from hypothesis import given
@@ -318,21 +317,23 @@ def test_among_thousands_of_secrets_each_is_still_masked_in_every_form(echoed: s
     assert redact("GET " + ping.replace("/", "%2F"), secrets) == "GET ***"
 
 
-def test_masking_with_thousands_of_secrets_takes_microseconds_a_string() -> None:
+def test_masking_with_thousands_of_secrets_searches_only_the_few_that_may_be_there() -> None:
     # Beyond 256 secrets each one's pattern was compiled again for every string: with
-    # 1,000 ping URLs a single log field took six seconds, the status page hours.
-    secrets = tuple(MANY)
+    # 1,000 ping URLs a single log field took six seconds, the status page hours. Counted,
+    # not timed (make bench measures speed): a text is searched only for the secrets whose
+    # last letters it holds, and a text naming one secret is masked all the same.
+    secrets = Secrets(MANY)
     texts = [
         "refresh.succeeded east-1 ok 2026-11-30T01:01:01Z",
         "Mon 02:00 UTC+00:00, in 4h",
         "ERROR: server_refresh USER DOES NOT HAVE PERMISSION &amp; 100% sure",
     ]
-    redact(texts[0], secrets)  # whatever is prepared once per set of secrets
-    started = time.perf_counter()
-    for _ in range(20):
-        for text in texts:
-            redact(text, secrets)
-    assert time.perf_counter() - started < 1.0
+    for text in texts:
+        assert len(secrets.candidates(text)) <= 1, text
+        assert redact(text, tuple(MANY)) == text
+    named = f"GET {MANY[1234]} failed"
+    assert MANY[1234] in secrets.candidates(named)
+    assert redact(named, tuple(MANY)) == "GET *** failed"
 
 
 PLAIN_LETTERS = string.ascii_letters + string.digits + "!$'(),./:=?@_~-"
