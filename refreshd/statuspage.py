@@ -104,10 +104,28 @@ def render_status(document: dict[str, Any], now: datetime) -> str:
     head = "".join(f"<th>{name}</th>" for name in _COLUMNS)
     body = (
         f'<p class="summary">{_daemon_line(document["daemon"], now)}<br>'
-        f"{_counts(servers)}</p>\n"
+        f"{_counts(servers)}</p>\n{_instances(document.get('instances', []), now)}"
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
     )
     return _page(now, body)
+
+
+def _instances(instances: list[dict[str, Any]], now: datetime) -> str:
+    """The instances sharing the store (live by their heartbeat) and the runs each holds."""
+    if not instances:
+        return ""
+    items = []
+    for each in instances:
+        holds = ", ".join(
+            f"{_text(held['server'])} (due {_time(datetime.fromisoformat(held['due']), now)})"
+            for held in each["holds"]
+        )
+        beat = _time(datetime.fromisoformat(each["last_heartbeat"]), now)
+        items.append(
+            f"<li>{_text(each['instance'])}: {_text(each['host'])} pid {int(each['pid'])}, "
+            f"heartbeat {beat}, holds {holds or 'nothing'}</li>"
+        )
+    return f'<p class="summary">Instances sharing the store:</p>\n<ul>{"".join(items)}</ul>\n'
 
 
 def html_answer(status: int, page: str) -> EndpointAnswer:

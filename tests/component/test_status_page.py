@@ -229,3 +229,34 @@ def test_without_a_page_slash_is_not_found_as_before() -> None:
     with serving(None) as port:
         assert request(port, "GET")[0] == 404
         assert request(port, "GET", "/healthz")[0] == 200
+
+
+def test_the_instances_sharing_the_store_are_listed_with_what_each_holds() -> None:
+    page_document = document(entry("east-1"))
+    page_document["instances"] = [
+        {
+            "instance": "web-1",
+            "host": "host-a",
+            "pid": 101,
+            "started": iso(NOW - timedelta(hours=1)),
+            "last_heartbeat": iso(NOW - timedelta(seconds=2)),
+            "holds": [{"server": "east-1", "due": iso(NOW)}],
+        },
+        {
+            "instance": HOSTILE,
+            "host": "host-b",
+            "pid": 202,
+            "started": iso(NOW - timedelta(hours=1)),
+            "last_heartbeat": iso(NOW - timedelta(seconds=4)),
+            "holds": [],
+        },
+    ]
+    page = render_status(page_document, NOW)
+    assert "Instances sharing the store" in page
+    assert "web-1: host-a pid 101" in page
+    assert "holds east-1 (due " in page
+    assert "host-b pid 202" in page
+    assert "holds nothing" in page
+    assert "<img" not in page
+    # A single daemon (no instance row yet) shows no list.
+    assert "Instances sharing" not in render_status(document(entry("east-1")), NOW)
