@@ -12,24 +12,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from refreshd.simulator import API_PATH, Simulator, SimUser
+from refreshd.simulator import API_PATH, Simulator
 from refreshd.verify import DatabaseUrl
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
-from tests.support.databases import telephony_boxes, verified_cluster
+from tests.support.databases import DB_PASSWORD, good_cluster
 
-DB_PASSWORD = "ro-Pass_4567"
 SLOTS = 4
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    with verified_cluster(
-        telephony_boxes(),
-        DB_PASSWORD,
-        users=[SimUser(GOOD_USER, GOOD_PASSWORD)],
-        keepalive_interval=1.0,
-    ) as found:
+    with good_cluster() as found:
         # An administrator's refresh some time ago: the last reload that tells this cluster
         # from a clone with the same servers rows (core/clusters.py).
         sim, _ = found

@@ -17,48 +17,15 @@ import pytest
 
 from refreshd.simulator import API_PATH, Simulator
 from refreshd.verify import DatabaseUrl
-from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
-from tests.support.databases import telephony_boxes, verified_cluster
+from tests.support.databases import DB_ENV, DB_PASSWORD, good_cluster, verified_config
 from tests.support.waiting import eventually, holds_for
-
-DB_PASSWORD = "ro-Pass_4567"
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    from refreshd.simulator import SimUser
-
-    with verified_cluster(
-        telephony_boxes(),
-        DB_PASSWORD,
-        users=[SimUser(GOOD_USER, GOOD_PASSWORD)],
-        keepalive_interval=1.0,
-    ) as found:
+    with good_cluster() as found:
         yield found
-
-
-def _config(tmp_path: Path, sim: Simulator, database: DatabaseUrl) -> Path:
-    return write_daemon_config(
-        tmp_path / "refreshd.toml",
-        servers=[
-            {
-                "name": "east",
-                "api_url": sim.url + API_PATH,
-                "credentials": "main",
-                "windows": [window_from_now(0, 600)],  # open now: the daemon refreshes at once
-                "database": "east",
-                "verify_timeout": "10s",
-            }
-        ],
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-        databases={"east": {"url": str(database), "password_env": "EAST_DB_PASSWORD"}},
-        daemon={
-            "state_path": str(tmp_path / "state.db"),
-            "metrics_listen": "127.0.0.1:0",
-            "shutdown_grace": "1s",
-        },
-    )
 
 
 def _refreshes(sim: Simulator) -> list[dict[str, Any]]:
@@ -76,8 +43,8 @@ def _killed_in_flight(
     """A daemon killed -9 while its call is out (after the simulator counted `taken` refreshes),
     then a second one started on the same state file: the config and the second daemon."""
     sim, database = cluster
-    config = _config(tmp_path, sim, database)
-    env = {"EAST_DB_PASSWORD": DB_PASSWORD}
+    config = verified_config(tmp_path, sim, database)
+    env = DB_ENV
     first = start(config, env=env)
     eventually(lambda: sim.stats()["in_flight"] >= 1, what="the call on the wire")
     eventually(lambda: len(_refreshes(sim)) == taken, what=f"{taken} refresh(es) taken")

@@ -13,48 +13,28 @@ from typing import Any
 
 import pytest
 
-from refreshd.simulator import API_PATH, Simulator, SimUser
+from refreshd.simulator import Simulator
 from refreshd.verify import DatabaseUrl
 from tests.support.alerts import alert, expect, input_series, promtool, run_promtool, scrape
-from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
-from tests.support.databases import database_user, telephony_boxes, verified_cluster
+from tests.support.databases import (
+    DB_ENV,
+    DB_PASSWORD,
+    database_user,
+    good_cluster,
+    telephony_boxes,
+    verified_config,
+)
 from tests.support.waiting import eventually
 
-DB_PASSWORD = "ro-Pass_4567"
 VERIFY_TIMEOUT = 10.0  # seconds: the least verify_timeout allows
 BOXES = telephony_boxes()
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    with verified_cluster(
-        BOXES, DB_PASSWORD, users=[SimUser(GOOD_USER, GOOD_PASSWORD)], keepalive_interval=1.0
-    ) as found:
+    with good_cluster() as found:
         yield found
-
-
-def _config(tmp_path: Path, sim: Simulator, database: DatabaseUrl) -> Path:
-    return write_daemon_config(
-        tmp_path / "refreshd.toml",
-        servers=[
-            {
-                "name": "east",
-                "api_url": sim.url + API_PATH,
-                "credentials": "main",
-                "windows": [window_from_now(0, 600)],  # open now: the daemon refreshes at once
-                "database": "east",
-                "verify_timeout": f"{VERIFY_TIMEOUT:.0f}s",
-            }
-        ],
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
-        databases={"east": {"url": str(database), "password_env": "EAST_DB_PASSWORD"}},
-        daemon={
-            "state_path": str(tmp_path / "state.db"),
-            "metrics_listen": "127.0.0.1:0",
-            "shutdown_grace": "1s",
-        },
-    )
 
 
 def _metric(port: int, name: str, **labels: str) -> float | None:
@@ -64,7 +44,8 @@ def _metric(port: int, name: str, **labels: str) -> float | None:
 
 def _start(tmp_path: Path, cluster: tuple[Simulator, DatabaseUrl], start: StartDaemon) -> Any:
     sim, database = cluster
-    return start(_config(tmp_path, sim, database), env={"EAST_DB_PASSWORD": DB_PASSWORD})
+    config = verified_config(tmp_path, sim, database, verify_timeout=f"{VERIFY_TIMEOUT:.0f}s")
+    return start(config, env=DB_ENV)
 
 
 def _shown(tmp_path: Path, run: RunRefreshd) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -164,7 +145,7 @@ def test_a_refresh_every_box_applies_is_logged_with_its_seconds_and_counted(
 def _check_online(
     tmp_path: Path, sim: Simulator, database: DatabaseUrl, password: str, run: RunRefreshd
 ) -> tuple[int, str, str]:
-    config = _config(tmp_path, sim, database)
+    config = verified_config(tmp_path, sim, database, verify_timeout=f"{VERIFY_TIMEOUT:.0f}s")
     return run(["check", "--online", "-c", config], env={"EAST_DB_PASSWORD": password})
 
 

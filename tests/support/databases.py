@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +115,56 @@ def verified_cluster(
                 yield sim, DatabaseUrl(user, url.host, url.port, url.database)
         finally:
             mirror.close()
+
+
+# The read-only database user's password in the tests' verified clusters, and the variable
+# their configs read it from.
+DB_PASSWORD = "ro-Pass_4567"
+DB_ENV = {"EAST_DB_PASSWORD": DB_PASSWORD}
+
+
+@contextmanager
+def good_cluster() -> Iterator[tuple[Any, DatabaseUrl]]:
+    """`verified_cluster` of `telephony_boxes()`, the simulator's good user logging in, the
+    keepalives running every second."""
+    from refreshd.simulator import SimUser
+    from tests.support.config import GOOD_PASSWORD, GOOD_USER
+
+    with verified_cluster(
+        telephony_boxes(),
+        DB_PASSWORD,
+        users=[SimUser(GOOD_USER, GOOD_PASSWORD)],
+        keepalive_interval=1.0,
+    ) as found:
+        yield found
+
+
+def verified_config(
+    tmp_path: Path, sim: Any, database: DatabaseUrl, *, verify_timeout: str = "10s"
+) -> Path:
+    """A daemon's config: one server, east, in a window open now (the daemon refreshes at
+    once) and verified on `database` (its password from EAST_DB_PASSWORD); metrics on a
+    port of the daemon's choosing."""
+    from refreshd.simulator import API_PATH
+    from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
+
+    return write_daemon_config(
+        tmp_path / "refreshd.toml",
+        servers=[
+            {
+                "name": "east",
+                "api_url": sim.url + API_PATH,
+                "credentials": "main",
+                "windows": [window_from_now(0, 600)],
+                "database": "east",
+                "verify_timeout": verify_timeout,
+            }
+        ],
+        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+        databases={"east": {"url": str(database), "password_env": "EAST_DB_PASSWORD"}},
+        daemon={
+            "state_path": str(tmp_path / "state.db"),
+            "metrics_listen": "127.0.0.1:0",
+            "shutdown_grace": "1s",
+        },
+    )
