@@ -80,6 +80,9 @@ class Claiming:
         self._clock = clock
         self._events = events
         self._lock = threading.Lock()
+        # Which process this is, beside its name: two live processes under one name are
+        # two daemons given one `[state].instance` (instances.beat refuses the second).
+        self.host, self.pid = socket.gethostname(), os.getpid()
         # claim key -> (claim, monotonic instant until which it surely holds)
         self._held: dict[tuple[str, str, str, int], tuple[Claim, float]] = {}
         self._logins: dict[str, Claim] = {}
@@ -236,8 +239,8 @@ class Claiming:
             claims = [claim for claim, _ in self._held.values()]
         try:
             self._ready()
+            self._beat()
             kept = {claim.key() for claim in self.store.renew(claims)}
-            instances.beat(self.engine, self.instance, socket.gethostname(), os.getpid())
             live = instances.live(self.engine, self._lease_ms)
             self._prune(started)
         except Exception as error:
@@ -304,7 +307,13 @@ class Claiming:
             instances.create(self.engine)
             if self.exclusive:
                 self.store.expire_others()
+            self._beat()  # before the first claim: a twin under this name claims nothing
             self._created = True
+
+    def _beat(self) -> None:
+        # A state file's lock proves any other process under this name dead (exclusive).
+        lease_ms = None if self.exclusive else self._lease_ms
+        instances.beat(self.engine, self.instance, self.host, self.pid, lease_ms)
 
     def _prune(self, now: float) -> None:
         """Hourly: the claims of runs older than the history's retention, and the rows of

@@ -41,20 +41,41 @@ def create(engine: Engine) -> None:
         tx.execute(SCHEMA)
 
 
-def beat(engine: Engine, name: str, host: str, pid: int) -> None:
-    """This instance's heartbeat, by the database's clock (its first one is its start)."""
+class DuplicateInstance(Exception):
+    """Another live process has this instance's name: two daemons given one
+    `[state].instance`. The claims tell instances apart by name only, so each would take
+    the other's live claims over as its own (and call a run twice)."""
+
+
+def beat(engine: Engine, name: str, host: str, pid: int, lease_ms: int | None = None) -> None:
+    """This instance's heartbeat, by the database's clock (its first one is its start).
+    Given `lease_ms`, refused (DuplicateInstance) while another process (host, pid) under
+    this name beat less than a lease ago; a restart under a fixed name waits that long."""
     with engine.transaction() as tx:
         now = engine.now_ms(tx)
-        changed = tx.execute(
-            f"UPDATE {TABLE} SET beat_ms = %s, host = %s, pid = %s WHERE instance = %s",
-            (now, host, pid, name),
+        tx.execute(
+            f"SELECT host, pid, beat_ms FROM {TABLE} WHERE instance = %s{engine.for_update()}",
+            (name,),
         )
-        if changed == 0:
+        found = tx.fetchone()
+        if found is None:
             tx.execute(
                 f"INSERT INTO {TABLE} (instance, host, pid, started_ms, beat_ms) "
                 "VALUES (%s, %s, %s, %s, %s)",
                 (name, host, pid, now, now),
             )
+            return
+        other = (str(found[0]), int(found[1]))
+        if lease_ms is not None and other != (host, pid) and int(found[2]) > now - lease_ms:
+            raise DuplicateInstance(
+                f"another live instance is named {name!r} (host {other[0]}, pid {other[1]}): "
+                "give each instance its own [state].instance; this one claims nothing "
+                "until that one has been silent for a lease"
+            )
+        tx.execute(
+            f"UPDATE {TABLE} SET beat_ms = %s, host = %s, pid = %s WHERE instance = %s",
+            (now, host, pid, name),
+        )
 
 
 _LIVE = (

@@ -270,3 +270,79 @@ def test_a_run_taken_over_after_the_early_look_is_refused_inside_the_journal_wri
     assert runner.ledger.server("east").last_done is None
     assert mine.log.matching("claim.lost", server="east")
     store.close()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_second_live_daemon_with_the_same_instance_name_gets_no_claim_and_says_why(
+    kind: str, tmp_path: Path
+) -> None:
+    """Two daemons configured with one `[state].instance` (a copied config): the second
+    must not take the first's live claim over as if it were its own (its call in flight
+    would be made twice); it claims nothing, says why, and starts once the first is gone."""
+    clock = FakeClock(START)
+    lease = LEASE if kind == "sqlite" else timedelta(seconds=1)
+    with claims_engine(kind, tmp_path) as engine:
+        first = One(engine(clock), "web-1", clock, lease)
+        twin = One(engine(clock), "web-1", clock, lease)
+        twin.claims.pid = first.claims.pid + 1  # another process, same host, same name
+        try:
+            assert first.claims.renew() is not None
+            claim = first.claims.take("east", START)
+            assert not isinstance(claim, Refused)
+            assert first.claims.calling(claim)  # the request is out
+
+            assert twin.claims.take("east", START) is Refused.UNAVAILABLE
+            assert twin.claims.renew() is None
+            (said,) = twin.log.matching("state.error")
+            assert "another live instance is named 'web-1'" in said["error"]
+            assert f"pid {first.claims.pid}" in said["error"]
+            assert first.claims.finish(claim, "ok") is True  # the first's fence held
+            assert first.claims.renew() is not None  # the first keeps working
+
+            # The first stopped (its heartbeat a lease old): the twin starts.
+            if kind == "sqlite":
+                clock.advance(lease)
+            eventually(
+                lambda: twin.claims.renew() is not None,
+                timeout=10,
+                what="the twin to start once the first's heartbeat is a lease old",
+            )
+            assert not isinstance(twin.claims.take("west", START), Refused)
+        finally:
+            first.claims.engine.close()
+            twin.claims.engine.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_lock_held_by_another_client_on_the_claims_fails_a_renewal_in_bounded_time(
+    kind: str,
+) -> None:
+    """Another client (a DBA's open transaction, a backup) holds a lock on the claims
+    table: the renewal must fail within the store's time-out, said, rather than wait (and
+    hold the engine, so every worker's claim waits behind it) until the lock goes."""
+    import threading
+
+    from tests.support.databases import admin_connection
+
+    with scratch_database(kind) as url:
+        one = One(connect(url, None, timeout=1), "web-1", system_clock, timedelta(seconds=5))
+        held = one.claims.take("east", START)
+        assert not isinstance(held, Refused)
+        with admin_connection(kind, url.database) as locker:
+            locker.cursor().execute(
+                "LOCK TABLE refreshd_claims IN ACCESS EXCLUSIVE MODE"
+                if kind == "postgresql"
+                else "LOCK TABLES refreshd_claims WRITE"
+            )
+            answers: list[object] = []
+            renewal = threading.Thread(target=lambda: answers.append(one.claims.renew()))
+            renewal.start()
+            renewal.join(8)  # the time-out is 1 s; the test never waits on the lock
+            blocked = renewal.is_alive()
+            locker.rollback()
+        renewal.join(10)
+        one.claims.engine.close()
+    assert not blocked, "the renewal waited on another client's lock"
+    assert answers == [None]
+    (said,) = one.log.matching("state.error")
+    assert "claims in the shared store" in said["error"]
