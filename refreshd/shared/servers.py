@@ -34,8 +34,23 @@ class _Postgresql(_Server):
         "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s"
     )
     _tables_sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-    # A session lock on a fixed number ("refresh" on a phone keypad).
-    _lock_sql = ("SELECT pg_advisory_lock(7337374)", "SELECT pg_advisory_unlock(7337374)")
+
+    @property
+    def _lock_sql(self) -> tuple[str, str]:  # type: ignore[override]
+        # A session lock on a fixed number ("refresh" on a phone keypad). The connection's
+        # lock_timeout applies to it too: it waits 60 s, as MariaDB's GET_LOCK does (the
+        # setting made before the lock is asked: the CTE's row comes first), then the
+        # connection's own again.
+        return (
+            "WITH s AS MATERIALIZED (SELECT set_config('lock_timeout', '60s', false)) "
+            "SELECT pg_advisory_lock(7337374) FROM s",
+            "SELECT pg_advisory_unlock(7337374), "
+            f"set_config('lock_timeout', '{self._lock_timeout_ms}', false)",
+        )
+
+    @property
+    def _lock_timeout_ms(self) -> int:
+        return max(1, round(self._timeout * 1000))
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -58,6 +73,10 @@ class _Postgresql(_Server):
             keepalives_idle=max(1, round(self._timeout)),
             keepalives_interval=1,
             keepalives_count=3,
+            # Another client's lock (a DBA's open transaction, a backup) fails a statement
+            # after the time-out, as MariaDB's read_timeout does, rather than holding the
+            # engine (and every claim and renewal behind it) until the lock goes.
+            options=f"-c lock_timeout={self._lock_timeout_ms}",
         )
 
     def _is_driver_error(self, error: BaseException) -> bool:
