@@ -4,11 +4,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refreshd.dburl import DatabaseUrl
 from refreshd.shared.engines import Engine
+
+# A PostgreSQL transaction that has taken this many of the store's time-outs is hung (each of
+# its statements waits for a lock at most one: lock_timeout): its connection is cut.
+HUNG_AFTER = 3
 
 
 class _Server(Engine):
@@ -84,12 +92,29 @@ class _Postgresql(_Server):
 
         return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
 
+    def _watchdog(self, conn: Any, patience: float | None) -> threading.Timer | None:
+        # psycopg has no read time-out, and a peer that hangs (or a middlebox that still
+        # acknowledges) passes every keepalive: without this a transaction would wait for
+        # ever, holding the engine and every claim behind it, with nothing said. Cut, the
+        # wait fails as a lost connection: said, retried, connected again.
+        timer = threading.Timer(patience or self._timeout * HUNG_AFTER, _cut, (conn,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def retryable(self, error: BaseException) -> bool:
         from psycopg import errors
 
         return isinstance(
             error, errors.DeadlockDetected | errors.SerializationFailure | errors.LockNotAvailable
         )
+
+
+def _cut(conn: Any) -> None:
+    """Shut the connection's socket down under a blocked wait (which then fails at once)."""
+    # Closed already, or closing: nothing to cut.
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Mysql(_Server):

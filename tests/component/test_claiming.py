@@ -346,3 +346,39 @@ def test_a_lock_held_by_another_client_on_the_claims_fails_a_renewal_in_bounded_
     assert answers == [None]
     (said,) = one.log.matching("state.error")
     assert "claims in the shared store" in said["error"]
+
+
+def test_postgresql_that_hangs_mid_statement_fails_the_renewal_in_bounded_time_and_recovers(
+    postgresql: DatabaseUrl,
+) -> None:
+    """The connection stays open but no answer comes (a hung peer or middlebox: TCP still
+    acknowledges, so keepalives see nothing wrong, and psycopg has no read time-out): the
+    renewal fails after about the store's time-out, said, instead of waiting for ever
+    with the engine (every claim) held; then it recovers without a restart."""
+    import threading
+
+    lease = timedelta(seconds=3)
+    with tcp_proxy(postgresql.port) as proxy:
+        url = DatabaseUrl(
+            postgresql.user, "127.0.0.1", proxy.port, postgresql.database, "postgresql"
+        )
+        one = One(connect(url, None, timeout=1), "web-1", system_clock, lease)
+        try:
+            assert one.claims.renew() is not None
+            proxy.stall()
+            answers: list[object] = []
+            renewal = threading.Thread(target=lambda: answers.append(one.claims.renew()))
+            renewal.start()
+            renewal.join(8)  # the time-out is 1 s
+            hung = renewal.is_alive()
+            proxy.restore()
+            renewal.join(30)
+            assert not hung, "the renewal waited for ever on a connection that answers nothing"
+            assert answers == [None]
+            (said,) = one.log.matching("state.error")
+            assert "claims in the shared store: OperationalError" in said["error"]
+            eventually(lambda: one.claims.renew() is not None, timeout=10, what="recovery")
+            assert not isinstance(one.claims.take("east", START), Refused)
+        finally:
+            proxy.restore()
+            one.claims.engine.close()
