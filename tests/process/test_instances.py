@@ -255,3 +255,28 @@ def test_the_store_unreachable_for_30s_stops_the_calls_and_the_daemons_recover_a
             calls_during_outage=during,
             recovered_after_s=round(recovered_after, 1),
         )
+
+
+def test_two_daemons_given_one_instance_name_refresh_each_run_once_and_the_second_says_why(
+    tmp_path: Path,
+) -> None:
+    """A copied config: two hosts both `instance = "web-1"`. The claims know instances by
+    name, so the second must not take the first's live claims over as its own (calls in
+    flight on a slow VICIdial would be made twice): it claims nothing and says why."""
+    with shared_fleet(tmp_path, "postgresql") as fleet:
+        fleet.sim.set_fault("latency", latency=2.0)  # calls stay in flight
+        first = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        first.wait_for("refresh.succeeded", timeout=30)
+        twin = fleet.start("web-1", label="twin", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        (said, *_) = twin.wait_for("state.error", timeout=30)
+        assert "another live instance is named 'web-1'" in said["error"]
+        assert f"pid {first.pid}" in said["error"]
+        holds_for(
+            lambda: _no_double(runs_by_server(fleet.refreshed())),
+            seconds=2 * EVERY.total_seconds(),
+            what="no run refreshed by both daemons named web-1",
+        )
+        fleet.daemons.stop_all()
+        assert not twin.matching("refresh.succeeded")
+        assert not first.matching("claim.lost")  # its claims were never taken
+        assert_each_run_once(fleet, EVERY)
