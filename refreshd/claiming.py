@@ -352,4 +352,4 @@ class Claiming:
             self._outage_since = None
             self._failures = 0
             self._last_renewal = at
-        self._events.store_answered()
+        self._events.store_answered(store="claims")

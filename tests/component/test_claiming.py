@@ -37,12 +37,13 @@ class One:
 
     def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
         self.log, self.metrics = Log(), Metrics()
+        self.events = Events(self.log, self.metrics, clock)  # type: ignore[arg-type]
         self.claims = Claiming(
             engine,  # type: ignore[arg-type]
             name,
             lease,
             clock=clock,  # type: ignore[arg-type]
-            events=Events(self.log, self.metrics, clock),  # type: ignore[arg-type]
+            events=self.events,
         )
 
     def sample(self, name: str, **labels: str) -> float | None:
@@ -168,6 +169,35 @@ def test_a_state_files_only_daemon_takes_a_dead_ones_claims_over_at_once(
     assert not isinstance(taken, Refused)
     assert (taken.taken_over_from, taken.maybe_called) == ("host:100", True)
     assert restarted.log.matching("claim.taken_over", from_instance="host:100")
+
+
+def test_a_claims_outage_is_not_ended_by_the_journal_answering(tmp_path: Path) -> None:
+    """Only the claims fail (another live instance under this name, a lock on the claims
+    table): the journal's writes and the daemon's heartbeat still answer. The outage is
+    said once and recovered once, when the claims answer, not flapped at each heartbeat."""
+    clock = FakeClock(START)
+    engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
+    one = One(engine, "web-1", clock, LEASE)
+    engine.broken = True
+    for _ in range(3):
+        assert one.claims.renew() is None
+        one.events.store_answered()  # the journal's write or heartbeat, at the same time
+        clock.advance(timedelta(seconds=one.claims.delay()))
+    assert len(one.log.matching("state.error")) == 1
+    assert one.log.matching("state.recovered") == []
+    engine.broken = False
+    assert one.claims.renew() is not None
+    assert len(one.log.matching("state.recovered")) == 1
+    # A whole outage (the journal failing too) is still said once and recovered once.
+    engine.broken = True
+    one.events.store_failed("journal: unreachable")
+    assert one.claims.renew() is None
+    engine.broken = False
+    one.events.store_answered()
+    assert len(one.log.matching("state.recovered")) == 1  # the claims still fail
+    assert one.claims.renew() is not None
+    assert len(one.log.matching("state.error")) == 2
+    assert len(one.log.matching("state.recovered")) == 2
 
 
 def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:
