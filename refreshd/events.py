@@ -173,6 +173,22 @@ class Events:
         for name in {me, *live}:
             self.metrics.instance_up.labels(name).set(1)
 
+    def schedules_compared(self, me: str, differing: list[str]) -> None:
+        """The live instances whose configs plan other runs than this one's, as it changed:
+        each run is claimed by its due instant, so theirs and ours never collide and the
+        fleet refreshes both schedules."""
+        if differing:
+            self.log.warning(
+                "instances.schedules_differ",
+                instance=me,
+                others=differing,
+                advice="give every instance the same servers' windows, every, time zone, "
+                "spread and blackouts (and reload each): until then each plans its own runs, "
+                "and the cluster is refreshed on both schedules",
+            )
+        else:
+            self.log.info("instances.schedules_agree", instance=me)
+
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:
             self.metrics.slots_missed.labels(str(event.fields["server"])).inc()

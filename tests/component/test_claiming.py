@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Claiming
+from refreshd.claiming import Claiming, schedule_fingerprint
 from refreshd.clock import FakeClock, system_clock
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dburl import DatabaseUrl
@@ -24,7 +24,7 @@ from refreshd.store import StateStore
 from refreshd.tickets import FENCED_OUT, Refused, Ticket, claim_run
 from tests.support.databases import scratch_database
 from tests.support.instances import ENGINES, Breakable, claims_engine
-from tests.support.loop import Log, at, fleet
+from tests.support.loop import Log, at, fleet, numbered
 from tests.support.proxy import tcp_proxy
 from tests.support.waiting import eventually
 
@@ -198,6 +198,39 @@ def test_a_claims_outage_is_not_ended_by_the_journal_answering(tmp_path: Path) -
     assert one.claims.renew() is not None
     assert len(one.log.matching("state.error")) == 2
     assert len(one.log.matching("state.recovered")) == 2
+
+
+def test_instances_whose_schedules_differ_are_told_once_each_change(tmp_path: Path) -> None:
+    """Two instances whose configs plan different runs (`every`, windows, spread: a copied
+    config edited on one host, a SIGHUP sent to one only): their runs have different due
+    instants, so no claim ever collides and the fleet refreshes the union of both
+    schedules. Each instance says so, naming the others, once per change."""
+    clock = FakeClock(START)
+    state = tmp_path / "state.db"
+    web1 = One(sqlite_engine(state, clock), "web-1", clock, LEASE)
+    web2 = One(sqlite_engine(state, clock), "web-2", clock, LEASE)
+    web1.claims.schedule = schedule_fingerprint(fleet(numbered(2)))
+    web2.claims.schedule = schedule_fingerprint(fleet(numbered(2)))
+    assert web1.claims.renew() is not None
+    assert web2.claims.renew() is not None
+    assert web2.log.matching("instances.schedules_differ") == []
+
+    web2.claims.schedule = schedule_fingerprint(
+        fleet([{**server, "every": "15m"} for server in numbered(2)])
+    )
+    for _ in range(3):
+        assert web2.claims.renew() is not None
+        assert web1.claims.renew() is not None
+    (said,) = web2.log.matching("instances.schedules_differ")
+    assert said["others"] == ["web-1"]
+    (said,) = web1.log.matching("instances.schedules_differ")
+    assert said["others"] == ["web-2"]
+
+    web2.claims.schedule = web1.claims.schedule  # the other host reloaded too
+    assert web2.claims.renew() is not None
+    assert web1.claims.renew() is not None
+    assert web1.log.matching("instances.schedules_agree")
+    assert len(web1.log.matching("instances.schedules_differ")) == 1
 
 
 def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:

@@ -277,6 +277,7 @@ def test_two_daemons_given_one_instance_name_refresh_each_run_once_and_the_secon
             what="no run refreshed by both daemons named web-1",
         )
         fleet.daemons.stop_all()
+        assert len(twin.matching("state.error")) == 1  # not again at each heartbeat
         assert not twin.matching("refresh.succeeded")
         assert not first.matching("claim.lost")  # its claims were never taken
         assert_each_run_once(fleet, EVERY)
