@@ -15,7 +15,7 @@ from refreshd.dburl import DatabaseUrl
 from refreshd.shared.engines import Engine
 
 # A PostgreSQL transaction that has taken this many of the store's time-outs is hung (each of
-# its statements waits for a lock at most one: lock_timeout): its connection is cut.
+# its statements waits for a lock at most two: lock_timeout): its connection is cut.
 HUNG_AFTER = 3
 
 
@@ -58,7 +58,7 @@ class _Postgresql(_Server):
 
     @property
     def _lock_timeout_ms(self) -> int:
-        return max(1, round(self._timeout * 1000))
+        return max(1, round(self._timeout * 2000))
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -82,8 +82,10 @@ class _Postgresql(_Server):
             keepalives_interval=1,
             keepalives_count=3,
             # Another client's lock (a DBA's open transaction, a backup) fails a statement
-            # after the time-out, as MariaDB's read_timeout does, rather than holding the
-            # engine (and every claim and renewal behind it) until the lock goes.
+            # after two time-outs, rather than holding the engine (and every claim and
+            # renewal behind it) until the lock goes. Two: the journal queues every
+            # instance's writers on one row, a wait that must not fail under load (a
+            # lock_timeout is retried by the journal, LockNotAvailable).
             options=f"-c lock_timeout={self._lock_timeout_ms}",
         )
 
