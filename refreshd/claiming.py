@@ -206,7 +206,7 @@ class Claiming:
             self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
             return False
         if not done:
-            self.store.release(claim, decision.at, tx)
+            self.store.release(claim, decision.at, tx, self._clock.now())
         return True
 
     def ended(self, claim: Claim) -> None:
@@ -219,7 +219,7 @@ class Claiming:
         with self._lock:
             self._held.pop(claim.key(), None)
         try:
-            self.store.release(claim, until)
+            self.store.release(claim, until, local_now=self._clock.now())
         except Exception as error:
             self._failed(error)
 

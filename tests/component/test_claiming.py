@@ -233,6 +233,29 @@ def test_instances_whose_schedules_differ_are_told_once_each_change(tmp_path: Pa
     assert len(web1.log.matching("instances.schedules_differ")) == 1
 
 
+def test_a_run_given_back_until_later_binds_the_others_for_that_long_whatever_the_skew(
+    tmp_path: Path,
+) -> None:
+    """A run given back until its retry (a back-off) is held for that long by the store's
+    clock: an instance whose clock runs an hour ahead must neither hold it from the others
+    for an hour more (its death would cost the run that hour) nor, an hour behind, free it
+    at once (the others would retry at once, the back-off ignored)."""
+    for skew in (timedelta(hours=1), -timedelta(hours=1)):
+        store_clock = FakeClock(START)
+        local = FakeClock(START + skew)
+        state = tmp_path / f"state-{skew.total_seconds():.0f}.db"
+        skewed = One(sqlite_engine(state, store_clock), "web-1", local, LEASE)
+        other = One(sqlite_engine(state, store_clock), "web-2", store_clock, LEASE)
+        claim = skewed.claims.take("east", START)
+        assert not isinstance(claim, Refused)
+        skewed.claims.give_back(claim, until=local.now() + timedelta(seconds=30))
+
+        store_clock.advance(timedelta(seconds=29))
+        assert other.claims.take("east", START) is Refused.HELD, skew  # the back-off binds
+        store_clock.advance(timedelta(seconds=2))
+        assert not isinstance(other.claims.take("east", START), Refused), skew
+
+
 def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:
     clock = FakeClock(START)
     one = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
