@@ -281,3 +281,28 @@ def test_two_daemons_given_one_instance_name_refresh_each_run_once_and_the_secon
         assert not twin.matching("refresh.succeeded")
         assert not first.matching("claim.lost")  # its claims were never taken
         assert_each_run_once(fleet, EVERY)
+
+
+def test_a_reload_sent_to_one_instance_only_is_told_by_both_until_the_other_reloads(
+    tmp_path: Path,
+) -> None:
+    """`every` edited and SIGHUP sent on one host only: the two plan different runs, which
+    never collide on a claim, so the cluster is refreshed on both schedules. Both say so;
+    once the other host reloads the same config, both say they agree again."""
+    with shared_fleet(tmp_path, "mysql") as fleet:
+        web1 = fleet.start("web-1", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        web2 = fleet.start("web-2", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        for daemon in (web1, web2):
+            daemon.wait_for("daemon.started", timeout=60)
+        fleet.write("web-2", servers=2, every="15s", lease=f"{LEASE:.0f}s")
+        web2.signal(signal.SIGHUP)
+        web2.wait_for("config.reloaded", timeout=15)
+        (told,) = web1.wait_for("instances.schedules_differ", timeout=3 * LEASE)
+        assert told["others"] == ["web-2"]
+        (told,) = web2.wait_for("instances.schedules_differ", timeout=3 * LEASE)
+        assert told["others"] == ["web-1"]
+        fleet.write("web-1", servers=2, every="15s", lease=f"{LEASE:.0f}s")
+        web1.signal(signal.SIGHUP)
+        for daemon in (web1, web2):
+            daemon.wait_for("instances.schedules_agree", timeout=3 * LEASE)
+        assert len(web1.matching("instances.schedules_differ")) == 1
