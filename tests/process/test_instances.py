@@ -306,3 +306,42 @@ def test_a_reload_sent_to_one_instance_only_is_told_by_both_until_the_other_relo
         for daemon in (web1, web2):
             daemon.wait_for("instances.schedules_agree", timeout=3 * LEASE)
         assert len(web1.matching("instances.schedules_differ")) == 1
+
+
+def test_a_store_that_hangs_without_a_word_is_said_fails_healthz_and_is_recovered(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL behind a relay that keeps its connections open but passes nothing (a hung
+    server or middlebox: TCP acknowledges, keepalives pass, psycopg has no read time-out):
+    the daemon says `state.error`, /healthz turns 503 after a lease, no call starts, and
+    it recovers without a restart once the relay passes data again."""
+    with shared_fleet(tmp_path, "postgresql", relayed=True) as fleet:
+        assert fleet.relay is not None
+        daemon = fleet.start("web-1", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        daemon.wait_for("refresh.succeeded", timeout=30)
+        port = daemon.metrics_port()
+        fleet.relay.stall()
+        stalled_at = time.time()
+        daemon.wait_for("state.error", timeout=6 * LEASE)
+        said_after = time.time() - stalled_at
+        eventually(
+            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503,
+            timeout=3 * LEASE,
+            what="/healthz 503 while the store hangs",
+        )
+        calls = len(fleet.sim.calls())
+        holds_for(
+            lambda: len(fleet.sim.calls()) <= calls + 2,  # a call out at the stall
+            seconds=EVERY.total_seconds(),
+            what="no call while the store hangs",
+        )
+        fleet.relay.restore()
+        daemon.wait_for("state.recovered", timeout=30)
+        eventually(
+            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+            timeout=30,
+            what="/healthz 200 again",
+        )
+        fleet.daemons.stop_all()
+        assert said_after <= 4 * LEASE, f"state.error {said_after:.1f}s after the stall"
+        report("store-hangs", lease_s=LEASE, state_error_after_s=round(said_after, 1))
