@@ -282,7 +282,10 @@ class Claiming:
         return live
 
     def _compare(self, live: list[Instance]) -> None:
-        """Say (once per change) which live instances plan other runs than this one."""
+        """Say (once per change) which live instances plan other runs than this one. Not
+        on a state file: any other instance in it is a dead process (`exclusive`)."""
+        if self.exclusive:
+            return
         differing = tuple(
             each.name
             for each in live

@@ -233,6 +233,23 @@ def test_instances_whose_schedules_differ_are_told_once_each_change(tmp_path: Pa
     assert len(web1.log.matching("instances.schedules_differ")) == 1
 
 
+def test_a_state_files_only_daemon_compares_no_schedule_with_a_dead_ones(
+    tmp_path: Path,
+) -> None:
+    """A daemon restarted on its state file with a new config: the previous process's row
+    is less than a lease old, but that process is dead (the file's lock): no warning."""
+    clock = FakeClock(START)
+    state = tmp_path / "state.db"
+    dead = One(sqlite_engine(state, clock), "host:100", clock, LEASE)
+    dead.claims.schedule = "before"
+    assert dead.claims.renew() is not None
+    restarted = One(sqlite_engine(state, clock), "host:200", clock, LEASE)
+    restarted.claims.exclusive = True
+    restarted.claims.schedule = "after"
+    assert restarted.claims.renew() is not None
+    assert restarted.log.matching("instances.schedules_differ") == []
+
+
 def test_a_run_given_back_until_later_binds_the_others_for_that_long_whatever_the_skew(
     tmp_path: Path,
 ) -> None:
