@@ -6,6 +6,8 @@ is in flight. One path for every engine: on SQLite the tables live in the state 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import threading
@@ -25,7 +27,7 @@ from refreshd.shared.engines import Engine, Tx, sqlite_engine
 from refreshd.shared.instances import Instance
 from refreshd.tickets import Refused
 
-__all__ = ["Claiming", "claims_for", "instance_name", "lease_of"]
+__all__ = ["Claiming", "claims_for", "instance_name", "lease_of", "schedule_fingerprint"]
 
 # How often old claims and instances are forgotten (older than the history's retention).
 PRUNE_EVERY = 3600.0
@@ -41,6 +43,23 @@ _LOGIN_DUE = datetime(1970, 1, 1, tzinfo=UTC)
 def instance_name(config: Config) -> str:
     """How this instance is named in the claims: `[state].instance`, else hostname:pid."""
     return default_instance() if config.state is None else config.state.instance_name
+
+
+def schedule_fingerprint(config: Config) -> str:
+    """A digest of the runs `config` plans: each server's name, windows, `every` and time
+    zone, the spread and the blackouts. Instances of one fleet plan the same runs only when
+    theirs are equal (claims are keyed by a run's due instant); api_url, credentials and
+    the rest may differ from host to host."""
+    planned = {
+        "spread": config.daemon.spread,
+        "servers": sorted(
+            (s.name, s.windows, s.every, s.timezone or config.daemon.timezone)
+            for s in config.servers
+        ),
+        "blackouts": [b.model_dump() for b in config.blackouts],
+    }
+    text = json.dumps(planned, default=str, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def lease_of(config: Config) -> timedelta:
@@ -62,6 +81,7 @@ def claims_for(
     claims.exclusive = engine.kind == "sqlite"
     claims.retention = config.daemon.history_retention
     claims.where = str(getattr(store, "where", None) or f"state file {config.daemon.state_path}")
+    claims.schedule = schedule_fingerprint(config)  # again at each reload (Runner.reconfigure)
     claims.start(stop)
     return claims
 
@@ -80,6 +100,9 @@ class Claiming:
         self._clock = clock
         self._events = events
         self._lock = threading.Lock()
+        # Which process this is, beside its name: two live processes under one name are
+        # two daemons given one `[state].instance` (instances.beat refuses the second).
+        self.host, self.pid = socket.gethostname(), os.getpid()
         # claim key -> (claim, monotonic instant until which it surely holds)
         self._held: dict[tuple[str, str, str, int], tuple[Claim, float]] = {}
         self._logins: dict[str, Claim] = {}
@@ -87,6 +110,8 @@ class Claiming:
         self.exclusive = False  # no other instance can be alive on this store
         self.where = "the shared store"  # for messages: the state file, or the URL
         self.retention: timedelta | None = None  # forget claims older (None: keep them)
+        self.schedule: str | None = None  # schedule_fingerprint of this instance's config
+        self._differing: tuple[str, ...] = ()  # the live instances planning other runs
         # A lost call's run, asked of the cluster's database (verify/watch.py): a settled
         # run's answer when its refresh was taken since the call's start, else None.
         self.lost: Callable[[str, datetime], Attempt | None] | None = None
@@ -181,7 +206,7 @@ class Claiming:
             self._events.claim_lost(claim.server, claim.due, str(Refused.FENCED))
             return False
         if not done:
-            self.store.release(claim, decision.at, tx)
+            self.store.release(claim, decision.at, tx, self._clock.now())
         return True
 
     def ended(self, claim: Claim) -> None:
@@ -194,7 +219,7 @@ class Claiming:
         with self._lock:
             self._held.pop(claim.key(), None)
         try:
-            self.store.release(claim, until)
+            self.store.release(claim, until, local_now=self._clock.now())
         except Exception as error:
             self._failed(error)
 
@@ -236,8 +261,8 @@ class Claiming:
             claims = [claim for claim, _ in self._held.values()]
         try:
             self._ready()
+            self._beat()
             kept = {claim.key() for claim in self.store.renew(claims)}
-            instances.beat(self.engine, self.instance, socket.gethostname(), os.getpid())
             live = instances.live(self.engine, self._lease_ms)
             self._prune(started)
         except Exception as error:
@@ -253,7 +278,24 @@ class Claiming:
                 self._lose(claim, "the lease lapsed: another instance took the run over")
         self._recovered(started)
         self._events.instances(self.instance, [each.name for each in live])
+        self._compare(live)
         return live
+
+    def _compare(self, live: list[Instance]) -> None:
+        """Say (once per change) which live instances plan other runs than this one. Not
+        on a state file: any other instance in it is a dead process (`exclusive`)."""
+        if self.exclusive:
+            return
+        differing = tuple(
+            each.name
+            for each in live
+            if each.name != self.instance
+            and None not in (each.schedule, self.schedule)
+            and each.schedule != self.schedule
+        )
+        if differing != self._differing:
+            self._differing = differing
+            self._events.schedules_compared(self.instance, list(differing))
 
     def delay(self) -> float:
         """Seconds until the next renewal: a third of a lease, or the back-off."""
@@ -304,7 +346,13 @@ class Claiming:
             instances.create(self.engine)
             if self.exclusive:
                 self.store.expire_others()
+            self._beat()  # before the first claim: a twin under this name claims nothing
             self._created = True
+
+    def _beat(self) -> None:
+        # A state file's lock proves any other process under this name dead (exclusive).
+        lease_ms = None if self.exclusive else self._lease_ms
+        instances.beat(self.engine, self.instance, self.host, self.pid, lease_ms, self.schedule)
 
     def _prune(self, now: float) -> None:
         """Hourly: the claims of runs older than the history's retention, and the rows of
@@ -343,4 +391,4 @@ class Claiming:
             self._outage_since = None
             self._failures = 0
             self._last_renewal = at
-        self._events.store_answered()
+        self._events.store_answered(store="claims")

@@ -51,6 +51,10 @@ class Events:
         self._clock = clock or system_clock
         self._outage_lock = threading.Lock()
         self._outage_since: float | None = None  # monotonic, while the store fails
+        # Which of the store's parts fail ("journal", "claims"): the outage ends when all
+        # answer again. The journal's heartbeat answering must not end (and so flap) an
+        # outage of the claims alone (a lock on their table, a twin instance's name).
+        self._failing: set[str] = set()
 
     def configure(self, config: Config) -> None:
         if self.notifications is not None:
@@ -142,16 +146,21 @@ class Events:
         outage, as it starts. What fails again in the same outage is not said again: every
         heartbeat, renewal and call would each say it, and bury the one line that matters."""
         with self._outage_lock:
+            self._failing.add(str(fields.get("store", "journal")))
             first = self._outage_since is None
             if first:
                 self._outage_since = self._clock.monotonic()
         if first:
             self.log.error("state.error", error=error, **fields)
 
-    def store_answered(self) -> None:
-        """The store answered: an outage under way ends, said once (`state.recovered`)."""
+    def store_answered(self, store: str = "journal") -> None:
+        """That part of the store answered: an outage under way ends once every failing
+        part has, said once (`state.recovered`)."""
         with self._outage_lock:
-            since, self._outage_since = self._outage_since, None
+            self._failing.discard(store)
+            since = None if self._failing else self._outage_since
+            if since is not None:
+                self._outage_since = None
         if since is not None:
             seconds = round(self._clock.monotonic() - since, 3)
             self.log.info("state.recovered", outage_s=seconds)
@@ -163,6 +172,22 @@ class Events:
         self.metrics.instance_up.clear()
         for name in {me, *live}:
             self.metrics.instance_up.labels(name).set(1)
+
+    def schedules_compared(self, me: str, differing: list[str]) -> None:
+        """The live instances whose configs plan other runs than this one's, as it changed:
+        each run is claimed by its due instant, so theirs and ours never collide and the
+        fleet refreshes both schedules."""
+        if differing:
+            self.log.warning(
+                "instances.schedules_differ",
+                instance=me,
+                others=differing,
+                advice="give every instance the same servers' windows, every, time zone, "
+                "spread and blackouts (and reload each): until then each plans its own runs, "
+                "and the cluster is refreshed on both schedules",
+            )
+        else:
+            self.log.info("instances.schedules_agree", instance=me)
 
     def _count(self, event: Event) -> None:
         if self.metrics is not None and event.kind is Kind.SLOT_MISSED:

@@ -21,7 +21,7 @@ from typing import Any
 
 from refreshd.attempt import credentials_fingerprint
 from refreshd.binding import backoff_of, logins_of, server_fingerprint
-from refreshd.claiming import Claiming
+from refreshd.claiming import Claiming, schedule_fingerprint
 from refreshd.clock import Clock
 from refreshd.config import Config, ServerConfig
 from refreshd.core.ledger import (
@@ -99,6 +99,8 @@ class Runner(LoginGate):
         resolved = config.resolved_credentials()
         table_fps = {name: credentials_fingerprint(creds) for name, creds in resolved.items()}
         logins = logins_of(config, table_fps)
+        if self.claims is not None:  # a reload changes the runs this instance plans
+            self.claims.schedule = schedule_fingerprint(config)
         with self._lock:
             self.config = config
             self.backoff = backoff_of(config.backoff)

@@ -158,12 +158,21 @@ class ClaimStore:
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
             for claim in claims:
-                changed = tx.execute(
-                    f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND lease_until > %s",
-                    (now + self._lease_ms, *claim.key(), now),
+                # Found by a locking read, not by the UPDATE's row count: a renewal in the
+                # claim's (or the last renewal's) millisecond changes no value, which
+                # MariaDB counts as 0 rows, and the claim would be dropped as lost.
+                tx.execute(
+                    f"SELECT state FROM {TABLE} WHERE {_MINE} AND lease_until > %s"
+                    f"{self.engine.for_update()}",
+                    (*claim.key(), now),
                 )
-                if changed == 1:
-                    held.append(claim)
+                if tx.fetchone() is None:
+                    continue
+                tx.execute(
+                    f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE}",
+                    (now + self._lease_ms, *claim.key()),
+                )
+                held.append(claim)
         return held
 
     def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
@@ -193,16 +202,27 @@ class ClaimStore:
         )
         return tx.fetchone() is not None
 
-    def release(self, claim: Claim, until: datetime | None = None, tx: Tx | None = None) -> None:
+    def release(
+        self,
+        claim: Claim,
+        until: datetime | None = None,
+        tx: Tx | None = None,
+        local_now: datetime | None = None,
+    ) -> None:
         """Give the run back (no call was made, or the result was not `ok` and a retry may
         come from anyone): its lease ends now, or at `until`, when the retry may come (a
         back-off, a suspension or a login's wait binds the other instances too; this one
-        may claim it again before). Given `tx`, inside that transaction."""
+        may claim it again before). `until` is on this instance's clock, `local_now` its
+        now: the lease ends as far ahead by the database's, whatever the clocks' skew.
+        Given `tx`, inside that transaction."""
         if tx is None:
             with self.engine.transaction() as own:
-                self.release(claim, until, own)
+                self.release(claim, until, own, local_now)
             return
-        ends = 0 if until is None else int(until.timestamp() * 1000)
+        ends = 0
+        if until is not None:
+            ahead = until - (local_now or until)
+            ends = self.engine.now_ms(tx) + max(0, int(ahead.total_seconds() * 1000))
         tx.execute(
             f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE} AND state <> %s",
             (ends, *claim.key(), DONE),

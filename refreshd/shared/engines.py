@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from refreshd.clock import Clock, system_clock
 from refreshd.dburl import DatabaseUrl
 
+# How long an instance waits for another's schema upgrade (the servers' lock statements).
+_SCHEMA_LOCK_WAIT = 65.0
 SCHEMA_TABLE = "refreshd_schema"
 """Where a server database keeps the store's schema version (SQLite: PRAGMA user_version)."""
 
@@ -52,13 +54,16 @@ class Engine:
         raise NotImplementedError
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, patience: float | None = None) -> Iterator[Tx]:
         """Commit on leaving, roll back on an exception (and drop the connection when the
         driver failed: the next transaction connects again). `write=False`: a reader's
-        transaction, which takes no write lock."""
+        transaction, which takes no write lock. `patience`: seconds the transaction may
+        take before a driver without a read time-out has its connection cut (None: the
+        engine's own)."""
         with self._lock:
             if self._conn is None:
                 self._conn = self._connect()
+            watchdog = self._watchdog(self._conn, patience)
             try:
                 tx = _DriverTx(self._conn.cursor(), self._placeholder)
                 self._begin(tx, write)
@@ -67,6 +72,9 @@ class Engine:
             except BaseException as error:
                 self._abandon(error)
                 raise
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
 
     def open(self) -> None:
         """Connect now rather than at the first transaction (a failure at start, said
@@ -109,6 +117,11 @@ class Engine:
 
     def _begin(self, tx: Tx, write: bool) -> None:
         """Drivers open a transaction implicitly with the first statement."""
+
+    def _watchdog(self, conn: Any, patience: float | None) -> threading.Timer | None:
+        """A timer that cuts `conn` if the transaction outlives its patience, started; None
+        for a driver whose own read time-out bounds every wait."""
+        return None
 
     def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
         """INSERT that does nothing (changes 0 rows) when the primary key exists; it waits
@@ -166,7 +179,7 @@ class Engine:
     def schema_lock(self) -> Iterator[None]:
         """Held while migrating, so two instances starting at once migrate one after the
         other (a server's session lock: MariaDB commits each DDL statement by itself)."""
-        with self.transaction() as tx:
+        with self.transaction(patience=_SCHEMA_LOCK_WAIT) as tx:
             tx.execute(self._lock_sql[0])
             got = tx.fetchone()
         if got is not None and got[0] == 0:  # GET_LOCK timed out (pg_advisory_lock waits)

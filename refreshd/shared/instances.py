@@ -20,8 +20,12 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     host VARCHAR(200) NOT NULL,
     pid BIGINT NOT NULL,
     started_ms BIGINT NOT NULL,
-    beat_ms BIGINT NOT NULL
+    beat_ms BIGINT NOT NULL,
+    schedule VARCHAR(64)
 )"""
+# Added after the table first shipped: a digest of the runs the instance's config plans
+# (claiming.schedule_fingerprint), so that instances planning different runs are told.
+_SCHEDULE = f"ALTER TABLE {TABLE} ADD COLUMN schedule VARCHAR(64)"
 
 
 @dataclass(frozen=True)
@@ -34,31 +38,78 @@ class Instance:
     started: datetime
     last_beat: datetime
     holds: tuple[tuple[str, datetime], ...] = ()
+    schedule: str | None = None  # None: an instance too old to say
 
 
 def create(engine: Engine) -> None:
     with engine.transaction() as tx:
         tx.execute(SCHEMA)
+    if not _has_schedule(engine):
+        try:
+            with engine.transaction() as tx:
+                tx.execute(_SCHEDULE)
+        except engine.driver_errors():
+            if not _has_schedule(engine):  # not added by another instance meanwhile
+                raise
 
 
-def beat(engine: Engine, name: str, host: str, pid: int) -> None:
-    """This instance's heartbeat, by the database's clock (its first one is its start)."""
+def _has_schedule(engine: Engine) -> bool:
+    try:
+        with engine.transaction(write=False) as tx:
+            tx.execute(f"SELECT schedule FROM {TABLE} WHERE 1 = 0")
+            tx.fetchall()
+    except engine.driver_errors():
+        return False
+    return True
+
+
+class DuplicateInstance(Exception):
+    """Another live process has this instance's name: two daemons given one
+    `[state].instance`. The claims tell instances apart by name only, so each would take
+    the other's live claims over as its own (and call a run twice)."""
+
+
+def beat(
+    engine: Engine,
+    name: str,
+    host: str,
+    pid: int,
+    lease_ms: int | None = None,
+    schedule: str | None = None,
+) -> None:
+    """This instance's heartbeat, by the database's clock (its first one is its start).
+    Given `lease_ms`, refused (DuplicateInstance) while another process (host, pid) under
+    this name beat less than a lease ago; a restart under a fixed name waits that long."""
     with engine.transaction() as tx:
         now = engine.now_ms(tx)
-        changed = tx.execute(
-            f"UPDATE {TABLE} SET beat_ms = %s, host = %s, pid = %s WHERE instance = %s",
-            (now, host, pid, name),
+        tx.execute(
+            f"SELECT host, pid, beat_ms FROM {TABLE} WHERE instance = %s{engine.for_update()}",
+            (name,),
         )
-        if changed == 0:
+        found = tx.fetchone()
+        if found is None:
             tx.execute(
-                f"INSERT INTO {TABLE} (instance, host, pid, started_ms, beat_ms) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (name, host, pid, now, now),
+                f"INSERT INTO {TABLE} (instance, host, pid, started_ms, beat_ms, schedule) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, host, pid, now, now, schedule),
             )
+            return
+        other = (str(found[0]), int(found[1]))
+        if lease_ms is not None and other != (host, pid) and int(found[2]) > now - lease_ms:
+            raise DuplicateInstance(
+                f"another live instance is named {name!r} (host {other[0]}, pid {other[1]}): "
+                "give each instance its own [state].instance; this one claims nothing "
+                "until that one has been silent for a lease"
+            )
+        tx.execute(
+            f"UPDATE {TABLE} SET beat_ms = %s, host = %s, pid = %s, schedule = %s "
+            "WHERE instance = %s",
+            (now, host, pid, schedule, name),
+        )
 
 
 _LIVE = (
-    f"SELECT instance, host, pid, started_ms, beat_ms FROM {TABLE} "
+    f"SELECT instance, host, pid, started_ms, beat_ms, schedule FROM {TABLE} "
     "WHERE beat_ms > %s ORDER BY instance"
 )
 _HELD = (
@@ -102,8 +153,9 @@ def _instances(rows: list[Any], held: list[Any]) -> list[Instance]:
             _instant(int(started)),
             _instant(int(last)),
             tuple(holds.get(str(name), ())),
+            None if schedule is None else str(schedule),
         )
-        for name, host, pid, started, last in rows
+        for name, host, pid, started, last, schedule in rows
     ]
 
 

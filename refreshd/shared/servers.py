@@ -4,11 +4,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refreshd.dburl import DatabaseUrl
 from refreshd.shared.engines import Engine
+
+# A PostgreSQL transaction that has taken this many of the store's time-outs is hung (each of
+# its statements waits for a lock at most two: lock_timeout): its connection is cut.
+HUNG_AFTER = 3
 
 
 class _Server(Engine):
@@ -34,8 +42,23 @@ class _Postgresql(_Server):
         "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s"
     )
     _tables_sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-    # A session lock on a fixed number ("refresh" on a phone keypad).
-    _lock_sql = ("SELECT pg_advisory_lock(7337374)", "SELECT pg_advisory_unlock(7337374)")
+
+    @property
+    def _lock_sql(self) -> tuple[str, str]:  # type: ignore[override]
+        # A session lock on a fixed number ("refresh" on a phone keypad). The connection's
+        # lock_timeout applies to it too: it waits 60 s, as MariaDB's GET_LOCK does (the
+        # setting made before the lock is asked: the CTE's row comes first), then the
+        # connection's own again.
+        return (
+            "WITH s AS MATERIALIZED (SELECT set_config('lock_timeout', '60s', false)) "
+            "SELECT pg_advisory_lock(7337374) FROM s",
+            "SELECT pg_advisory_unlock(7337374), "
+            f"set_config('lock_timeout', '{self._lock_timeout_ms}', false)",
+        )
+
+    @property
+    def _lock_timeout_ms(self) -> int:
+        return max(1, round(self._timeout * 2000))
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -58,6 +81,12 @@ class _Postgresql(_Server):
             keepalives_idle=max(1, round(self._timeout)),
             keepalives_interval=1,
             keepalives_count=3,
+            # Another client's lock (a DBA's open transaction, a backup) fails a statement
+            # after two time-outs, rather than holding the engine (and every claim and
+            # renewal behind it) until the lock goes. Two: the journal queues every
+            # instance's writers on one row, a wait that must not fail under load (a
+            # lock_timeout is retried by the journal, LockNotAvailable).
+            options=f"-c lock_timeout={self._lock_timeout_ms}",
         )
 
     def _is_driver_error(self, error: BaseException) -> bool:
@@ -65,12 +94,29 @@ class _Postgresql(_Server):
 
         return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
 
+    def _watchdog(self, conn: Any, patience: float | None) -> threading.Timer | None:
+        # psycopg has no read time-out, and a peer that hangs (or a middlebox that still
+        # acknowledges) passes every keepalive: without this a transaction would wait for
+        # ever, holding the engine and every claim behind it, with nothing said. Cut, the
+        # wait fails as a lost connection: said, retried, connected again.
+        timer = threading.Timer(patience or self._timeout * HUNG_AFTER, _cut, (conn,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def retryable(self, error: BaseException) -> bool:
         from psycopg import errors
 
         return isinstance(
             error, errors.DeadlockDetected | errors.SerializationFailure | errors.LockNotAvailable
         )
+
+
+def _cut(conn: Any) -> None:
+    """Shut the connection's socket down under a blocked wait (which then fails at once)."""
+    # Closed already, or closing: nothing to cut.
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Mysql(_Server):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Claiming
+from refreshd.claiming import Claiming, schedule_fingerprint
 from refreshd.clock import FakeClock, system_clock
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dburl import DatabaseUrl
@@ -24,7 +24,7 @@ from refreshd.store import StateStore
 from refreshd.tickets import FENCED_OUT, Refused, Ticket, claim_run
 from tests.support.databases import scratch_database
 from tests.support.instances import ENGINES, Breakable, claims_engine
-from tests.support.loop import Log, at, fleet
+from tests.support.loop import Log, at, fleet, numbered
 from tests.support.proxy import tcp_proxy
 from tests.support.waiting import eventually
 
@@ -37,12 +37,13 @@ class One:
 
     def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
         self.log, self.metrics = Log(), Metrics()
+        self.events = Events(self.log, self.metrics, clock)  # type: ignore[arg-type]
         self.claims = Claiming(
             engine,  # type: ignore[arg-type]
             name,
             lease,
             clock=clock,  # type: ignore[arg-type]
-            events=Events(self.log, self.metrics, clock),  # type: ignore[arg-type]
+            events=self.events,
         )
 
     def sample(self, name: str, **labels: str) -> float | None:
@@ -168,6 +169,108 @@ def test_a_state_files_only_daemon_takes_a_dead_ones_claims_over_at_once(
     assert not isinstance(taken, Refused)
     assert (taken.taken_over_from, taken.maybe_called) == ("host:100", True)
     assert restarted.log.matching("claim.taken_over", from_instance="host:100")
+
+
+def test_a_claims_outage_is_not_ended_by_the_journal_answering(tmp_path: Path) -> None:
+    """Only the claims fail (another live instance under this name, a lock on the claims
+    table): the journal's writes and the daemon's heartbeat still answer. The outage is
+    said once and recovered once, when the claims answer, not flapped at each heartbeat."""
+    clock = FakeClock(START)
+    engine = Breakable(sqlite_engine(tmp_path / "state.db", clock))
+    one = One(engine, "web-1", clock, LEASE)
+    engine.broken = True
+    for _ in range(3):
+        assert one.claims.renew() is None
+        one.events.store_answered()  # the journal's write or heartbeat, at the same time
+        clock.advance(timedelta(seconds=one.claims.delay()))
+    assert len(one.log.matching("state.error")) == 1
+    assert one.log.matching("state.recovered") == []
+    engine.broken = False
+    assert one.claims.renew() is not None
+    assert len(one.log.matching("state.recovered")) == 1
+    # A whole outage (the journal failing too) is still said once and recovered once.
+    engine.broken = True
+    one.events.store_failed("journal: unreachable")
+    assert one.claims.renew() is None
+    engine.broken = False
+    one.events.store_answered()
+    assert len(one.log.matching("state.recovered")) == 1  # the claims still fail
+    assert one.claims.renew() is not None
+    assert len(one.log.matching("state.error")) == 2
+    assert len(one.log.matching("state.recovered")) == 2
+
+
+def test_instances_whose_schedules_differ_are_told_once_each_change(tmp_path: Path) -> None:
+    """Two instances whose configs plan different runs (`every`, windows, spread: a copied
+    config edited on one host, a SIGHUP sent to one only): their runs have different due
+    instants, so no claim ever collides and the fleet refreshes the union of both
+    schedules. Each instance says so, naming the others, once per change."""
+    clock = FakeClock(START)
+    state = tmp_path / "state.db"
+    web1 = One(sqlite_engine(state, clock), "web-1", clock, LEASE)
+    web2 = One(sqlite_engine(state, clock), "web-2", clock, LEASE)
+    web1.claims.schedule = schedule_fingerprint(fleet(numbered(2)))
+    web2.claims.schedule = schedule_fingerprint(fleet(numbered(2)))
+    assert web1.claims.renew() is not None
+    assert web2.claims.renew() is not None
+    assert web2.log.matching("instances.schedules_differ") == []
+
+    web2.claims.schedule = schedule_fingerprint(
+        fleet([{**server, "every": "15m"} for server in numbered(2)])
+    )
+    for _ in range(3):
+        assert web2.claims.renew() is not None
+        assert web1.claims.renew() is not None
+    (said,) = web2.log.matching("instances.schedules_differ")
+    assert said["others"] == ["web-1"]
+    (said,) = web1.log.matching("instances.schedules_differ")
+    assert said["others"] == ["web-2"]
+
+    web2.claims.schedule = web1.claims.schedule  # the other host reloaded too
+    assert web2.claims.renew() is not None
+    assert web1.claims.renew() is not None
+    assert web1.log.matching("instances.schedules_agree")
+    assert len(web1.log.matching("instances.schedules_differ")) == 1
+
+
+def test_a_state_files_only_daemon_compares_no_schedule_with_a_dead_ones(
+    tmp_path: Path,
+) -> None:
+    """A daemon restarted on its state file with a new config: the previous process's row
+    is less than a lease old, but that process is dead (the file's lock): no warning."""
+    clock = FakeClock(START)
+    state = tmp_path / "state.db"
+    dead = One(sqlite_engine(state, clock), "host:100", clock, LEASE)
+    dead.claims.schedule = "before"
+    assert dead.claims.renew() is not None
+    restarted = One(sqlite_engine(state, clock), "host:200", clock, LEASE)
+    restarted.claims.exclusive = True
+    restarted.claims.schedule = "after"
+    assert restarted.claims.renew() is not None
+    assert restarted.log.matching("instances.schedules_differ") == []
+
+
+def test_a_run_given_back_until_later_binds_the_others_for_that_long_whatever_the_skew(
+    tmp_path: Path,
+) -> None:
+    """A run given back until its retry (a back-off) is held for that long by the store's
+    clock: an instance whose clock runs an hour ahead must neither hold it from the others
+    for an hour more (its death would cost the run that hour) nor, an hour behind, free it
+    at once (the others would retry at once, the back-off ignored)."""
+    for skew in (timedelta(hours=1), -timedelta(hours=1)):
+        store_clock = FakeClock(START)
+        local = FakeClock(START + skew)
+        state = tmp_path / f"state-{skew.total_seconds():.0f}.db"
+        skewed = One(sqlite_engine(state, store_clock), "web-1", local, LEASE)
+        other = One(sqlite_engine(state, store_clock), "web-2", store_clock, LEASE)
+        claim = skewed.claims.take("east", START)
+        assert not isinstance(claim, Refused)
+        skewed.claims.give_back(claim, until=local.now() + timedelta(seconds=30))
+
+        store_clock.advance(timedelta(seconds=29))
+        assert other.claims.take("east", START) is Refused.HELD, skew  # the back-off binds
+        store_clock.advance(timedelta(seconds=2))
+        assert not isinstance(other.claims.take("east", START), Refused), skew
 
 
 def test_claims_older_than_the_history_are_forgotten_at_a_renewal(tmp_path: Path) -> None:
@@ -298,3 +401,115 @@ def test_an_answer_is_decided_on_what_other_instances_journaled_not_on_a_stale_l
     assert web2.ledger.login(next(iter(web2.ledger.logins))).wait_until == login.wait_until
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_second_live_daemon_with_the_same_instance_name_gets_no_claim_and_says_why(
+    kind: str, tmp_path: Path
+) -> None:
+    """Two daemons configured with one `[state].instance` (a copied config): the second
+    must not take the first's live claim over as if it were its own (its call in flight
+    would be made twice); it claims nothing, says why, and starts once the first is gone."""
+    clock = FakeClock(START)
+    lease = LEASE if kind == "sqlite" else timedelta(seconds=1)
+    with claims_engine(kind, tmp_path) as engine:
+        first = One(engine(clock), "web-1", clock, lease)
+        twin = One(engine(clock), "web-1", clock, lease)
+        twin.claims.pid = first.claims.pid + 1  # another process, same host, same name
+        try:
+            assert first.claims.renew() is not None
+            claim = first.claims.take("east", START)
+            assert not isinstance(claim, Refused)
+            assert first.claims.calling(claim)  # the request is out
+
+            assert twin.claims.take("east", START) is Refused.UNAVAILABLE
+            assert twin.claims.renew() is None
+            (said,) = twin.log.matching("state.error")
+            assert "another live instance is named 'web-1'" in said["error"]
+            assert f"pid {first.claims.pid}" in said["error"]
+            assert first.claims.finish(claim, "ok") is True  # the first's fence held
+            assert first.claims.renew() is not None  # the first keeps working
+
+            # The first stopped (its heartbeat a lease old): the twin starts.
+            if kind == "sqlite":
+                clock.advance(lease)
+            eventually(
+                lambda: twin.claims.renew() is not None,
+                timeout=10,
+                what="the twin to start once the first's heartbeat is a lease old",
+            )
+            assert not isinstance(twin.claims.take("west", START), Refused)
+        finally:
+            first.claims.engine.close()
+            twin.claims.engine.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_lock_held_by_another_client_on_the_claims_fails_a_renewal_in_bounded_time(
+    kind: str,
+) -> None:
+    """Another client (a DBA's open transaction, a backup) holds a lock on the claims
+    table: the renewal must fail within the store's time-out, said, rather than wait (and
+    hold the engine, so every worker's claim waits behind it) until the lock goes."""
+    import threading
+
+    from tests.support.databases import admin_connection
+
+    with scratch_database(kind) as url:
+        one = One(connect(url, None, timeout=1), "web-1", system_clock, timedelta(seconds=5))
+        held = one.claims.take("east", START)
+        assert not isinstance(held, Refused)
+        with admin_connection(kind, url.database) as locker:
+            locker.cursor().execute(
+                "LOCK TABLE refreshd_claims IN ACCESS EXCLUSIVE MODE"
+                if kind == "postgresql"
+                else "LOCK TABLES refreshd_claims WRITE"
+            )
+            answers: list[object] = []
+            renewal = threading.Thread(target=lambda: answers.append(one.claims.renew()))
+            renewal.start()
+            renewal.join(8)  # the time-out is 1 s; the test never waits on the lock
+            blocked = renewal.is_alive()
+            locker.rollback()
+        renewal.join(10)
+        one.claims.engine.close()
+    assert not blocked, "the renewal waited on another client's lock"
+    assert answers == [None]
+    (said,) = one.log.matching("state.error")
+    assert "claims in the shared store" in said["error"]
+
+
+def test_postgresql_that_hangs_mid_statement_fails_the_renewal_in_bounded_time_and_recovers(
+    postgresql: DatabaseUrl,
+) -> None:
+    """The connection stays open but no answer comes (a hung peer or middlebox: TCP still
+    acknowledges, so keepalives see nothing wrong, and psycopg has no read time-out): the
+    renewal fails after about the store's time-out, said, instead of waiting for ever
+    with the engine (every claim) held; then it recovers without a restart."""
+    import threading
+
+    lease = timedelta(seconds=3)
+    with tcp_proxy(postgresql.port) as proxy:
+        url = DatabaseUrl(
+            postgresql.user, "127.0.0.1", proxy.port, postgresql.database, "postgresql"
+        )
+        one = One(connect(url, None, timeout=1), "web-1", system_clock, lease)
+        try:
+            assert one.claims.renew() is not None
+            proxy.stall()
+            answers: list[object] = []
+            renewal = threading.Thread(target=lambda: answers.append(one.claims.renew()))
+            renewal.start()
+            renewal.join(8)  # the time-out is 1 s
+            hung = renewal.is_alive()
+            proxy.restore()
+            renewal.join(30)
+            assert not hung, "the renewal waited for ever on a connection that answers nothing"
+            assert answers == [None]
+            (said,) = one.log.matching("state.error")
+            assert "claims in the shared store: OperationalError" in said["error"]
+            eventually(lambda: one.claims.renew() is not None, timeout=10, what="recovery")
+            assert not isinstance(one.claims.take("east", START), Refused)
+        finally:
+            proxy.restore()
+            one.claims.engine.close()

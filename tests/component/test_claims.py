@@ -215,3 +215,14 @@ def test_a_claims_table_from_before_the_call_start_gains_its_column(cluster: Clu
 
     assert store.calling(mine) is True
     assert store.state("east", DUE) == ("called", "web-1", 1)
+
+
+def test_renewals_in_the_same_millisecond_keep_the_claim(cluster: Cluster) -> None:
+    """A renewal right after the claim (or another renewal) may fall in the same
+    millisecond of the database's clock: its lease is then set to the value it has, which
+    MariaDB counts as 0 rows changed. The claim is still held: not lost, not refused."""
+    first = cluster.instance("web-1")
+    mine = first.claim("east", DUE)
+    assert mine is not None
+    for _ in range(200):  # back to back: many fall in one millisecond
+        assert first.renew([mine]) == [mine]

@@ -257,3 +257,93 @@ def test_the_store_unreachable_for_30s_stops_the_calls_and_the_daemons_recover_a
             calls_during_outage=during,
             recovered_after_s=round(recovered_after, 1),
         )
+
+
+def test_two_daemons_given_one_instance_name_refresh_each_run_once_and_the_second_says_why(
+    tmp_path: Path,
+) -> None:
+    """A copied config: two hosts both `instance = "web-1"`. The claims know instances by
+    name, so the second must not take the first's live claims over as its own (calls in
+    flight on a slow VICIdial would be made twice): it claims nothing and says why."""
+    with shared_fleet(tmp_path, "postgresql") as fleet:
+        fleet.sim.set_fault("latency", latency=2.0)  # calls stay in flight
+        first = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        first.wait_for("refresh.succeeded", timeout=30)
+        twin = fleet.start("web-1", label="twin", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        (said, *_) = twin.wait_for("state.error", timeout=30)
+        assert "another live instance is named 'web-1'" in said["error"]
+        assert f"pid {first.pid}" in said["error"]
+        holds_for(
+            lambda: _no_double(runs_by_server(fleet.refreshed())),
+            seconds=2 * EVERY.total_seconds(),
+            what="no run refreshed by both daemons named web-1",
+        )
+        fleet.daemons.stop_all()
+        assert len(twin.matching("state.error")) == 1  # not again at each heartbeat
+        assert not twin.matching("refresh.succeeded")
+        assert not first.matching("claim.lost")  # its claims were never taken
+        assert_each_run_once(fleet, EVERY)
+
+
+def test_a_reload_sent_to_one_instance_only_is_told_by_both_until_the_other_reloads(
+    tmp_path: Path,
+) -> None:
+    """`every` edited and SIGHUP sent on one host only: the two plan different runs, which
+    never collide on a claim, so the cluster is refreshed on both schedules. Both say so;
+    once the other host reloads the same config, both say they agree again."""
+    with shared_fleet(tmp_path, "mysql") as fleet:
+        web1 = fleet.start("web-1", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        web2 = fleet.start("web-2", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        for daemon in (web1, web2):
+            daemon.wait_for("daemon.started", timeout=60)
+        fleet.write("web-2", servers=2, every="15s", lease=f"{LEASE:.0f}s")
+        web2.signal(signal.SIGHUP)
+        web2.wait_for("config.reloaded", timeout=15)
+        (told,) = web1.wait_for("instances.schedules_differ", timeout=3 * LEASE)
+        assert told["others"] == ["web-2"]
+        (told,) = web2.wait_for("instances.schedules_differ", timeout=3 * LEASE)
+        assert told["others"] == ["web-1"]
+        fleet.write("web-1", servers=2, every="15s", lease=f"{LEASE:.0f}s")
+        web1.signal(signal.SIGHUP)
+        for daemon in (web1, web2):
+            daemon.wait_for("instances.schedules_agree", timeout=3 * LEASE)
+        assert len(web1.matching("instances.schedules_differ")) == 1
+
+
+def test_a_store_that_hangs_without_a_word_is_said_fails_healthz_and_is_recovered(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL behind a relay that keeps its connections open but passes nothing (a hung
+    server or middlebox: TCP acknowledges, keepalives pass, psycopg has no read time-out):
+    the daemon says `state.error`, /healthz turns 503 after a lease, no call starts, and
+    it recovers without a restart once the relay passes data again."""
+    with shared_fleet(tmp_path, "postgresql", relayed=True) as fleet:
+        assert fleet.relay is not None
+        daemon = fleet.start("web-1", servers=2, every="10s", lease=f"{LEASE:.0f}s")
+        daemon.wait_for("refresh.succeeded", timeout=30)
+        port = daemon.metrics_port()
+        fleet.relay.stall()
+        stalled_at = time.time()
+        daemon.wait_for("state.error", timeout=6 * LEASE)
+        said_after = time.time() - stalled_at
+        eventually(
+            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503,
+            timeout=3 * LEASE,
+            what="/healthz 503 while the store hangs",
+        )
+        calls = len(fleet.sim.calls())
+        holds_for(
+            lambda: len(fleet.sim.calls()) <= calls + 2,  # a call out at the stall
+            seconds=EVERY.total_seconds(),
+            what="no call while the store hangs",
+        )
+        fleet.relay.restore()
+        daemon.wait_for("state.recovered", timeout=30)
+        eventually(
+            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+            timeout=30,
+            what="/healthz 200 again",
+        )
+        fleet.daemons.stop_all()
+        assert said_after <= 4 * LEASE, f"state.error {said_after:.1f}s after the stall"
+        report("store-hangs", lease_s=LEASE, state_error_after_s=round(said_after, 1))

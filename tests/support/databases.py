@@ -64,6 +64,25 @@ def scratch_database(engine: str = "mysql", prefix: str = "refreshd_test") -> It
 
 
 @contextmanager
+def admin_connection(engine: str, database: str) -> Iterator[Any]:
+    """The administrator's own connection to a scratch database, outside autocommit (a
+    transaction a test holds open: another client's locks); closed on leaving."""
+    port, user = SERVERS[engine]
+    if engine == "postgresql":
+        import psycopg
+
+        conn: Any = psycopg.connect(host=HOST, port=port, user=user, dbname=database)
+    else:
+        import pymysql
+
+        conn = pymysql.connect(host=HOST, port=port, user=user, password="", database=database)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
 def database_user(grants: list[str], password: str) -> Iterator[str]:
     """A new MariaDB user with `password` and these GRANTs ('SELECT ON db.table'); dropped
     on leaving. The user name is returned."""

@@ -153,11 +153,11 @@ class Breakable(Engine):
         self.tries = 0
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, patience: float | None = None) -> Iterator[Tx]:
         self.tries += 1
         if self.broken:
             raise sqlite3.OperationalError("unable to open database file (cut by the test)")
-        with self.engine.transaction(write=write) as tx:
+        with self.engine.transaction(write=write, patience=patience) as tx:
             yield tx
 
     def now_ms(self, tx: Tx) -> int:

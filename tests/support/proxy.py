@@ -125,13 +125,16 @@ def running_proxy(refuse: int | None = None) -> Iterator[LoopbackProxy]:
 class TcpProxy:
     """A TCP relay on loopback to `port` (a database) that a test can cut and restore, as
     a network outage would: `cut()` closes every relayed connection and refuses new ones;
-    `restore()` lets them through again. The database service itself is never touched."""
+    `restore()` lets them through again. `stall()`: the connections stay open but nothing
+    is relayed any more (a hung peer or middlebox: TCP still acknowledges, no answer ever
+    comes), until `restore()`. The database service itself is never touched."""
 
     def __init__(self, port: int) -> None:
         self._target = port
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._cut = False
+        self._stalled = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         self.port = int(self._listener.getsockname()[1])
@@ -148,9 +151,13 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def stall(self) -> None:
+        self._stalled.set()
+
     def restore(self) -> None:
         with self._lock:
             self._cut = False
+        self._stalled.clear()
 
     def close(self) -> None:
         self._stopping.set()
@@ -185,13 +192,14 @@ class TcpProxy:
                 continue
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
-    @staticmethod
-    def _pipe(client: socket.socket, upstream: socket.socket) -> None:
+    def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
         client.settimeout(None)
         upstream.settimeout(None)
         peers = {client: upstream, upstream: client}
         try:
             while True:
+                if self._stalled.wait(0) and not self._stopping.wait(0.05):
+                    continue  # nothing read, nothing relayed: the peer hangs
                 ready, _, _ = select.select(list(peers), [], [], _TIMEOUT)
                 for sock in ready:
                     data = sock.recv(65536)

@@ -49,9 +49,21 @@ class SharedFleet:
             DatabaseUrl(self.url.user, self.url.host, port, self.url.database, self.url.engine)
         )
 
-    def write(self, instance: str, *, servers: int, every: str, lease: str, **daemon: Any) -> Path:
+    def write(
+        self,
+        instance: str,
+        *,
+        servers: int,
+        every: str,
+        lease: str,
+        label: str | None = None,
+        **daemon: Any,
+    ) -> Path:
+        """`label`: the config's (and its daemon's) own name where two daemons are given
+        one `instance` by mistake; the instance's name by default."""
         window = self.window
-        path = self.tmp_path / f"{instance}.toml"
+        label = label or instance
+        path = self.tmp_path / f"{label}.toml"
         write_daemon_config(
             path,
             servers=[
@@ -66,7 +78,7 @@ class SharedFleet:
             ],
             credentials=MAIN,
             daemon={
-                "state_path": str(self.tmp_path / f"{instance}.db"),
+                "state_path": str(self.tmp_path / f"{label}.db"),
                 "metrics_listen": "127.0.0.1:0",
                 **daemon,
             },
@@ -77,7 +89,7 @@ class SharedFleet:
 
     def start(self, instance: str, **config: Any) -> DaemonProcess:
         daemon = self.daemons.start(self.write(instance, **config), env=PASSWORD_ENV)
-        self.instances[instance] = daemon
+        self.instances[config.get("label") or instance] = daemon
         return daemon
 
     def refreshed(self) -> dict[str, list[tuple[str, str]]]:
