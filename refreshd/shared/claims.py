@@ -135,15 +135,8 @@ class ClaimStore:
         takeover knows the call may have been sent); False: the claim is lost, do not call."""
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
-            # Found by a locking read, not by the UPDATE's row count: MariaDB counts only
-            # rows whose values change, and a claim taken over from a `called` one is
-            # `called` already.
-            tx.execute(
-                f"SELECT state FROM {TABLE} WHERE {_MINE} AND lease_until > %s"
-                f"{self.engine.for_update()}",
-                (*claim.key(), now),
-            )
-            if tx.fetchone() is None:
+            # A claim taken over from a `called` one is `called` already.
+            if not self._live(tx, claim, now):
                 return False
             tx.execute(
                 f"UPDATE {TABLE} SET state = %s, called_at = %s WHERE {_MINE}",
@@ -158,15 +151,9 @@ class ClaimStore:
         with self.engine.transaction() as tx:
             now = self.engine.now_ms(tx)
             for claim in claims:
-                # Found by a locking read, not by the UPDATE's row count: a renewal in the
-                # claim's (or the last renewal's) millisecond changes no value, which
-                # MariaDB counts as 0 rows, and the claim would be dropped as lost.
-                tx.execute(
-                    f"SELECT state FROM {TABLE} WHERE {_MINE} AND lease_until > %s"
-                    f"{self.engine.for_update()}",
-                    (*claim.key(), now),
-                )
-                if tx.fetchone() is None:
+                # A renewal in the claim's (or the last renewal's) millisecond changes no
+                # value: by its row count it would be dropped as lost.
+                if not self._live(tx, claim, now):
                     continue
                 tx.execute(
                     f"UPDATE {TABLE} SET lease_until = %s WHERE {_MINE}",
@@ -175,6 +162,17 @@ class ClaimStore:
                 held.append(claim)
         return held
 
+    def _live(self, tx: Tx, claim: Claim, now: int) -> bool:
+        """Whether `claim` is still this instance's with its lease running at `now`, its row
+        locked until `tx` ends. Asked by a locking read, never by an UPDATE's row count:
+        MariaDB counts only the rows whose values change."""
+        tx.execute(
+            f"SELECT state FROM {TABLE} WHERE {_MINE} AND lease_until > %s"
+            f"{self.engine.for_update()}",
+            (*claim.key(), now),
+        )
+        return tx.fetchone() is not None
+
     def finish(self, claim: Claim, outcome: str, tx: Tx | None = None) -> bool:
         """Record the run's result: True when the fencing number still holds (the result
         counts), False when another instance took the run over (the result is refused).
@@ -182,7 +180,7 @@ class ClaimStore:
         if tx is None:
             with self.engine.transaction() as own:
                 return self.finish(claim, outcome, own)
-        if not self.holding(claim, tx):  # a locking read: see `calling`
+        if not self.holding(claim, tx):  # a locking read: see `_live`
             return False
         tx.execute(
             f"UPDATE {TABLE} SET state = %s, outcome = %s WHERE {_MINE}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from refreshd.core.clusters import ClusterFacts
 from refreshd.dburl import DatabaseUrl
@@ -70,19 +71,24 @@ class ClusterDatabase:
         self._password = password
         self._engine = connect(url, password, timeout=timeout)
 
-    def read(self) -> Reading:
-        """One reading; DatabaseProblem when the database cannot give one."""
+    def _rows_and_row(self, many: str, one: str) -> tuple[list[tuple[Any, ...]], Any]:
+        """`many`'s rows and `one`'s row, read in one transaction ended at once (the next
+        reading sees new flags); DatabaseProblem when the database cannot give them."""
         import pymysql
 
         try:
-            # One transaction, ended at once: the next reading sees new flags.
             with self._engine.transaction() as tx:
-                tx.execute(_BOXES)
+                tx.execute(many)
                 rows = tx.fetchall()
-                tx.execute(_RELOADED)
-                stamp = tx.fetchone()
+                tx.execute(one)
+                row = tx.fetchone()
         except pymysql.MySQLError as error:
             raise self._problem(error) from None
+        return rows, row
+
+    def read(self) -> Reading:
+        """One reading; DatabaseProblem when the database cannot give one."""
+        rows, stamp = self._rows_and_row(_BOXES, _RELOADED)
         boxes = tuple(Box(str(ip), str(sid)) for sid, ip, _ in rows)
         flagged = tuple(Box(str(ip), str(sid)) for sid, ip, flag in rows if flag == "Y")
         reloaded = _instant(stamp[0]) if stamp else None
@@ -90,16 +96,7 @@ class ClusterDatabase:
 
     def identify(self) -> ClusterFacts:
         """What tells this cluster from another; DatabaseProblem when it cannot be read."""
-        import pymysql
-
-        try:
-            with self._engine.transaction() as tx:
-                tx.execute(_IDENTITY)
-                rows = tx.fetchall()
-                tx.execute(_SETTINGS)
-                settings = tx.fetchone()
-        except pymysql.MySQLError as error:
-            raise self._problem(error) from None
+        rows, settings = self._rows_and_row(_IDENTITY, _SETTINGS)
         version, stamp = settings if settings else (None, None)
         return ClusterFacts(
             (self.url.host, self.url.port, self.url.database),
