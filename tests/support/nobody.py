@@ -21,10 +21,12 @@ NOBODY = 65534
 _AS_USER = """
 import os, sys
 import refreshd.cli
-# Imported lazily (by the cli, and by the daemon); the standard library becomes unreadable
-# after the switch.
-import refreshd.daemon, refreshd.manual
-import apscheduler.triggers.date, concurrent.futures.thread, encodings.idna
+# Imported lazily (the cli imports each command's module when it runs, the logs structlog
+# when they are set up, the daemon the rest): a checkout the user cannot read (a clone in
+# a 0700 directory, as mktemp makes it) and the standard library become unreadable after
+# the switch.
+import refreshd.cli.calls, refreshd.cli.reading, refreshd.daemon, refreshd.manual
+import apscheduler.triggers.date, concurrent.futures.thread, encodings.idna, structlog
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([])
 os.setgid(gid)
