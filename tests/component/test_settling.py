@@ -27,6 +27,7 @@ from refreshd.shared import ClaimStore, sqlite_engine
 from refreshd.simulator import API_PATH, Simulator, SimUser
 from refreshd.simulator.rules import Vicidial
 from refreshd.verify import ClusterDatabase, DatabaseUrl
+from refreshd.verify.database import Reading
 from refreshd.verify.settling import settle_lost
 from tests.support.databases import telephony_boxes, verified_cluster
 from tests.support.loop import Loop, at, fleet, numbered, timeout_answer, users
@@ -255,3 +256,55 @@ def test_a_retry_after_a_time_out_is_settled_when_the_php_ran(
     assert len([c for c in loop.calls if c.server_ip == "10.0.0.0"]) == 1  # no second call
     assert loop.log.matching("refresh.settled", server="s0")
     assert loop.runner.ledger.server("s0").last_done == _due(loop.config, "s0")
+
+
+_URL = DatabaseUrl("ro", "127.0.0.1", 3306, "asterisk")
+
+
+@dataclass
+class _SlowFirstReading:
+    """A cluster's database whose first `slow` readings take `slowly` on the clock (the first
+    opens the connection) and whose later ones are a query's round trip; the PHP stamped
+    `stamp`."""
+
+    clock: FakeClock
+    stamp: datetime
+    slowly: timedelta
+    slow: int = 1
+    readings: int = 0
+    url = _URL
+
+    def read(self) -> Reading:
+        self.readings += 1
+        took = self.slowly if self.readings <= self.slow else timedelta(milliseconds=2)
+        self.clock.advance(took)
+        # The database's clock is read at the end, once the connection is up; same host.
+        return Reading((), (), self.stamp, database_now=self.clock.now())
+
+
+def test_a_slow_first_reading_is_read_again_on_the_open_connection_before_calling_again() -> None:
+    # A call started late in its second, stamped by the PHP in that same second: the first
+    # reading's round trip (connection set-up) is too wide to tell, the second one settles it.
+    started = at("2026-11-30T08:00:29.900")
+    clock = FakeClock(started + timedelta(seconds=2))
+    database = _SlowFirstReading(clock, started.replace(microsecond=0), timedelta(seconds=0.3))
+
+    settled = settle_lost(database, clock, started)  # type: ignore[arg-type]
+
+    assert isinstance(settled, Attempt), settled
+    assert settled.answer.outcome is Outcome.SETTLED
+    assert database.readings == 2
+
+
+def test_a_stamp_that_stays_too_close_to_tell_calls_again_after_two_readings() -> None:
+    # Both readings slow (a database far away): still too close, so the call is made again.
+    started = at("2026-11-30T08:00:29.900")
+    clock = FakeClock(started + timedelta(seconds=2))
+    stamp = started.replace(microsecond=0)
+    database = _SlowFirstReading(clock, stamp, timedelta(seconds=0.3), slow=5)
+
+    settled = settle_lost(database, clock, started)  # type: ignore[arg-type]
+
+    assert isinstance(settled, str)
+    assert settled.startswith("too close to tell")
+    assert database.readings == 2
