@@ -37,10 +37,23 @@ settings.load_profile("refreshd")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/process/ runs the real command: marked `process`, so that
-    `pytest -m "not process"` runs the fast rest."""
+    `pytest -m "not process"` runs the fast rest. Then the order the workers take tests in
+    (`make test` hands them out one at a time, in this order): the `long` ones first, then
+    the other real-process tests, which mostly wait, then the CPU-bound rest, which fills the
+    gaps at the end. A long test handed out last would end a minute after everything else.
+    Each module's tests stay together, so a module's fixtures are set up once per worker."""
     for item in items:
         if item.path.is_relative_to(PROCESS_TESTS):
             item.add_marker(pytest.mark.process)
+    items.sort(key=_hand_out_rank)
+
+
+def _hand_out_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("long") is not None:
+        return 0
+    if item.get_closest_marker("process") is not None:
+        return 1
+    return 2
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -907,6 +907,7 @@ def _dues(daemon: DaemonProcess, server: str) -> list[datetime]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("clock_steps")  # one stepping daemon per run, not one per worker
 def test_the_daemon_replans_after_the_wall_clock_steps_and_refreshes_no_run_twice(
     clock_steps: dict[str, Any],
 ) -> None:
@@ -932,6 +933,7 @@ def test_the_daemon_replans_after_the_wall_clock_steps_and_refreshes_no_run_twic
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("clock_steps")  # one stepping daemon per run, not one per worker
 def test_a_run_superseded_by_catch_up_does_not_fire_after_the_clock_steps_back(
     clock_steps: dict[str, Any],
 ) -> None:

@@ -19,7 +19,7 @@ from tests.support.fleet import http_get, report
 from tests.support.shared_fleet import assert_each_run_once, runs_by_server, shared_fleet, spread
 from tests.support.waiting import eventually, holds_for
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.long]
 
 EVERY = timedelta(seconds=10)
 # Seconds: short, so that takeovers come quickly, yet long enough that a renewal thread

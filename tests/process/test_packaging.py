@@ -27,7 +27,7 @@ import pytest
 import refreshd
 from tests.support.repo import EXAMPLE_CONFIG, REPO
 
-pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.packaging, pytest.mark.long, pytest.mark.timeout(900)]
 
 # Beside the package, what an operator needs from the sdist (MANIFEST.in declares them).
 SDIST_FILES = (
