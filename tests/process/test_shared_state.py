@@ -99,12 +99,24 @@ def test_two_daemons_share_a_store_and_see_a_manual_refresh(
     assert GOOD_PASSWORD not in done.stdout + done.stderr + history.stdout + status.stdout
 
 
-@pytest.mark.parametrize("held", ["login lease", "run called"])
-def test_a_manual_refresh_waits_while_another_instance_tries_the_login_or_calls_the_run(
-    tmp_path: Path, simulator: Simulator, run_cli: RunRefreshd, database: DatabaseUrl, held: str
+@pytest.mark.parametrize(
+    ("command", "held"),
+    [
+        ("refresh s00", "login lease"),
+        ("refresh s00", "run called"),
+        ("check --online", "login lease"),
+    ],
+)
+def test_a_manual_command_waits_while_another_instance_tries_the_login_or_calls_the_run(
+    tmp_path: Path,
+    simulator: Simulator,
+    run_cli: RunRefreshd,
+    database: DatabaseUrl,
+    command: str,
+    held: str,
 ) -> None:
     # Another instance (web-2) is trying the unproven login, or has its call for s00's run
-    # out: the manual refresh sends nothing until that has ended, then refreshes.
+    # out: the manual command sends nothing until that has ended, then goes on.
     config = shared_config(tmp_path, simulator, database, lease="5s")
     other = Claiming(
         connect(database, None),
@@ -129,15 +141,16 @@ def test_a_manual_refresh_waits_while_another_instance_tries_the_login_or_calls_
 
     answer = threading.Timer(0.5, ended)
     answer.start()
+    verb, argument = command.split()
     try:
-        code, _, err = run_cli(["refresh", "-c", config, "s00"])
+        code, out, err = run_cli([verb, "-c", config, argument])
     finally:
         answer.join()
         other.engine.close()
 
     assert sent_meanwhile == [0]
-    assert code == 0, err
-    assert total_requests(simulator) == 1
+    assert code == 0, out + err
+    assert total_requests(simulator) == (1 if verb == "refresh" else 2)  # check: and reach
 
 
 def test_concurrent_manual_refreshes_with_a_wrong_password_cost_one_failed_login(
