@@ -21,9 +21,11 @@ from refreshd.runner import Runner, runner_for
 from refreshd.shared import sqlite_engine
 from refreshd.store import StateStore
 from refreshd.tickets import Refused, Ticket, claim_run
-from tests.component.test_claiming import LEASE, START, One
-from tests.support.loop import Log, fleet
+from tests.support.instances import One
+from tests.support.loop import Log, at, fleet
 
+START = at("2027-01-04T00:00:00")
+LEASE = timedelta(seconds=15)
 PATIENCE = timedelta(seconds=10)  # shorter than a lease: a live holder is still holding
 LOGIN = "refreshd"  # the ledger's key of tests.support.loop's user
 

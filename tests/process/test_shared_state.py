@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Claiming
 from refreshd.clock import system_clock
 from refreshd.core.ledger import login_key
 from refreshd.dburl import DatabaseUrl
-from refreshd.events import Events
 from refreshd.shared import connect
 from refreshd.simulator import Simulator
 from refreshd.tickets import Ticket, claim_run
@@ -26,7 +24,7 @@ from tests.support.config import GOOD_PASSWORD, GOOD_USER, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon, run_refreshd
 from tests.support.databases import scratch_database
 from tests.support.fleet import WRONG_PASSWORD
-from tests.support.loop import Log
+from tests.support.instances import One
 from tests.support.simulator import api_path, total_requests
 
 
@@ -118,13 +116,7 @@ def test_a_manual_command_waits_while_another_instance_tries_the_login_or_calls_
     # Another instance (web-2) is trying the unproven login, or has its call for s00's run
     # out: the manual command sends nothing until that has ended, then goes on.
     config = shared_config(tmp_path, simulator, database, lease="5s")
-    other = Claiming(
-        connect(database, None),
-        "web-2",
-        timedelta(seconds=5),
-        clock=system_clock,
-        events=Events(Log()),
-    )
+    other = One(connect(database, None), "web-2", system_clock, timedelta(seconds=5)).claims
     ticket = Ticket("s00", datetime(2026, 11, 30, 3, tzinfo=UTC), other)
     if held == "login lease":
         assert other.hold_login(login_key(GOOD_USER)) is None
