@@ -225,8 +225,9 @@ class Claiming:
 
     # --- logins -------------------------------------------------------------------------
 
-    def hold_login(self, login: str) -> Refused | None:
-        """The shared lease on a login, for one unproven call (None), or why not."""
+    def hold_login(self, login: str) -> str | None:
+        """The shared lease on a login, for one unproven call (None), or why not (a
+        `Refused`: the scheduler looks again later)."""
         got = self.take(LOGIN_PREFIX + login, _LOGIN_DUE)
         if isinstance(got, Refused):
             return Refused.LOGIN_HELD if got in (Refused.HELD, Refused.DONE) else got
@@ -263,7 +264,7 @@ class Claiming:
             self._ready()
             self._beat()
             kept = {claim.key() for claim in self.store.renew(claims)}
-            live = instances.live(self.engine, self._lease_ms)
+            live = self.live()
             self._prune(started)
         except Exception as error:
             self._failed(error)

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from urllib.parse import urlsplit
 
 from refreshd.attempt import Attempt, probe, reach, target_of
@@ -16,6 +17,7 @@ from refreshd.core.ledger import Event, Kind
 from refreshd.core.policy import REFUSED_LOGIN
 from refreshd.core.vicidial import Outcome
 from refreshd.dispatch import Dispatcher, Job
+from refreshd.oneshot import OneShotClaims
 from refreshd.runner import Runner
 
 __all__ = ["ProbeLine", "online_check", "refresh_now"]
@@ -25,7 +27,9 @@ def refresh_now(runner: Runner, names: Sequence[str]) -> dict[str, Outcome | Non
     """Refresh the named servers once, now, outside windows and ignoring suspensions (the
     operator asked). Logins go through the runner's gate like the daemon's: none during a
     credentials wait (the caller may set waits aside for --force), one call at a time
-    until a login works, so a wrong password costs one failed login, not one per server.
+    until a login works (on a shared store, one in the fleet: the login's lease), so a wrong
+    password costs one failed login, not one per server. Beside a fleet, a server whose run
+    an instance is calling is called once that call has ended (`OneShotClaims.quiet`).
     Returns each server's outcome; None where no call was made."""
     config = runner.config
     client = client_for(config)
@@ -53,11 +57,14 @@ def refresh_now(runner: Runner, names: Sequence[str]) -> dict[str, Outcome | Non
             finished.release()
 
         password = call.login_fingerprint or ""
-        return Job(server.name, call.login, password, target_of(config, server), done, skipped)
+        job = Job(server.name, call.login, password, target_of(config, server), done, skipped)
+        if isinstance(runner.claims, OneShotClaims):  # beside a fleet: after its call, if out
+            job.before_send = partial(runner.claims.quiet, server.name)
+        return job
 
     try:
-        for name in names:
-            dispatcher.submit(job_for(config.server(name)))
+        # In one step: a server whose request another's repeats rides along with it.
+        dispatcher.submit_all([job_for(config.server(name)) for name in names])
         for _ in names:
             finished.acquire()
     finally:
@@ -185,8 +192,8 @@ def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
         elif (until := runner.waiting(call.login, now)) is not None:
             reason = runner.why_waiting(call.login, now)
             not_tried = f"not tried: credentials wait until {_iso(until)} ({reason})"
-        elif not runner.try_start(call.login, call.login_fingerprint or "", now):
-            not_tried = "not tried: another call is logging in with these credentials"
+        elif (why := runner.admit(call.login, call.login_fingerprint or "")) is not None:
+            not_tried = f"not tried: {why}"
         if not_tried is not None:
             lines.append(ProbeLine("login", subject, server.api_url, False, not_tried, 0))
             continue

@@ -41,6 +41,7 @@ from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
 from refreshd.gate import LoginGate
 from refreshd.metrics import Metrics
+from refreshd.oneshot import one_shot_claims
 from refreshd.shared.engines import Tx
 from refreshd.store import NewCall, StateError, StateStore, Verification
 from refreshd.tickets import FENCED_OUT, Fenced, Refused, Ticket
@@ -158,6 +159,16 @@ class Runner(LoginGate):
         with self._lock:
             self._leased.add(login)
         return None
+
+    def admit(self, login: str, password: str) -> str | None:
+        """The whole gate for a login tried outside the dispatcher (a `check --online`
+        probe): counted in flight, then confirmed. None: go, then `finished`; else why not."""
+        if not self.try_start(login, password, self.clock.now()):
+            return "another call is logging in with these credentials"
+        refused = self.confirm(login, password)
+        if refused is not None:
+            self.finished(login)
+        return refused
 
     def waits_before(self, servers: Iterable[ServerConfig]) -> list[str]:
         """Why these servers' logins may not be tried now: one line per waiting login,
@@ -388,8 +399,11 @@ def _history_row(call: Call, attempt: Attempt) -> NewCall:
 
 
 def runner_for(config: Config, *, store: StateStore | None, clock: Clock, log: Any) -> Runner:
-    """The runner of a one-shot command: the ledger as journaled, the config applied.
+    """The runner of a one-shot command: the ledger as journaled, the config applied, and
+    on a shared store the fleet's login leases (`oneshot.py`: the command renews them,
+    `claims.start()`, until it ends, `claims.stop()`).
     Raises StateError when the store cannot be read."""
     runner = Runner(config, store=store, clock=clock, log=log)
+    runner.claims = one_shot_claims(config, store, clock, runner.events)
     runner.configure(config, [], changed_logins=[])
     return runner

@@ -151,8 +151,12 @@ def _login_runner(
         runner = runner_for(config, store=None, clock=system_clock, log=log)
     if force:
         runner.set_aside_waits()
+    if runner.claims is not None:  # a shared store: the fleet's login leases, renewed
+        runner.claims.start()
     try:
         yield runner
     finally:
+        if runner.claims is not None:
+            runner.claims.stop()
         if store is not None:
             store.close()

@@ -244,6 +244,19 @@ class ClaimStore:
                 (text(before), LOGIN_PREFIX + "%"),
             )
 
+    def live_on(self, server: str) -> list[tuple[str, str]]:
+        """(instance, state) of each live claim on `server`'s runs, whatever their due (or
+        on a login's lease, `LOGIN_PREFIX` + login): who holds them now, and whether the
+        call may be out (`called`)."""
+        with self.engine.transaction(write=False) as tx:
+            now = self.engine.now_ms(tx)
+            tx.execute(
+                f"SELECT instance, state FROM {TABLE} "
+                "WHERE server = %s AND lease_until > %s AND state <> %s ORDER BY instance",
+                (server, now, DONE),
+            )
+            return [(str(row[0]), str(row[1])) for row in tx.fetchall()]
+
     def state(self, server: str, due: datetime) -> tuple[str, str, int] | None:
         """(state, instance, fence) of a run's claim, None when nobody claimed it."""
         with self.engine.transaction() as tx:

@@ -12,42 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.claiming import Claiming, schedule_fingerprint
+from refreshd.claiming import schedule_fingerprint
 from refreshd.clock import FakeClock, system_clock
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dburl import DatabaseUrl
-from refreshd.events import Events
-from refreshd.metrics import Metrics
 from refreshd.runner import Runner
 from refreshd.shared import connect, instances, sqlite_engine
 from refreshd.store import StateStore
 from refreshd.tickets import FENCED_OUT, Refused, Ticket, claim_run
 from tests.support.databases import scratch_database
-from tests.support.instances import ENGINES, Breakable, claims_engine
+from tests.support.instances import ENGINES, Breakable, One, claims_engine
 from tests.support.loop import Log, at, fleet, numbered
 from tests.support.proxy import tcp_proxy
 from tests.support.waiting import eventually
 
 START = at("2027-01-04T00:00:00")
 LEASE = timedelta(seconds=15)
-
-
-class One:
-    """One instance's claims with its log and metrics."""
-
-    def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
-        self.log, self.metrics = Log(), Metrics()
-        self.events = Events(self.log, self.metrics, clock)  # type: ignore[arg-type]
-        self.claims = Claiming(
-            engine,  # type: ignore[arg-type]
-            name,
-            lease,
-            clock=clock,  # type: ignore[arg-type]
-            events=self.events,
-        )
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels)
 
 
 @pytest.mark.parametrize("kind", ENGINES)

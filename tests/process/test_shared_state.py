@@ -5,17 +5,26 @@ lock is made, `refresh` journals into the database, `history` and `status` read 
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from refreshd.clock import system_clock
+from refreshd.core.ledger import login_key
 from refreshd.dburl import DatabaseUrl
+from refreshd.shared import connect
 from refreshd.simulator import Simulator
+from refreshd.tickets import Ticket, claim_run
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, write_daemon_config
-from tests.support.daemon import StartDaemon, run_refreshd
+from tests.support.daemon import RunRefreshd, StartDaemon, run_refreshd
 from tests.support.databases import scratch_database
+from tests.support.fleet import WRONG_PASSWORD
+from tests.support.instances import One
 from tests.support.simulator import api_path, total_requests
 
 
@@ -30,10 +39,17 @@ def database(request: pytest.FixtureRequest) -> Iterator[DatabaseUrl]:
         yield url
 
 
-def test_two_daemons_share_a_store_and_see_a_manual_refresh(
-    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon, database: DatabaseUrl
-) -> None:
-    config = write_daemon_config(
+def shared_config(
+    tmp_path: Path,
+    simulator: Simulator,
+    database: DatabaseUrl,
+    *,
+    password: dict[str, str] | None = None,
+    **state: str,
+) -> Path:
+    """One server, s00, on the simulator (never due while a test lasts), its store the
+    shared `database`; the good login, unless `password` says where another is."""
+    return write_daemon_config(
         tmp_path / "refreshd.toml",
         servers=[
             {
@@ -43,11 +59,17 @@ def test_two_daemons_share_a_store_and_see_a_manual_refresh(
                 "windows": [f"{quiet_day()} 03:00-03:01"],  # no run while the test lasts
             }
         ],
-        credentials={"main": {"user": GOOD_USER, "password": GOOD_PASSWORD}},
+        credentials={"main": {"user": GOOD_USER, **(password or {"password": GOOD_PASSWORD})}},
         daemon={"state_path": str(tmp_path / "unused" / "state.db"), "metrics_listen": ""},
         client={"timeout": "3s"},
-        state={"url": str(database), "instance": "web-1"},
+        state={"url": str(database), "instance": "web-1", **state},
     )
+
+
+def test_two_daemons_share_a_store_and_see_a_manual_refresh(
+    tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon, database: DatabaseUrl
+) -> None:
+    config = shared_config(tmp_path, simulator, database)
     first = start_daemon(config)
     first.wait_for("daemon.started", timeout=20)
     second = start_daemon(config)
@@ -73,3 +95,72 @@ def test_two_daemons_share_a_store_and_see_a_manual_refresh(
     assert entry["last_outcome"] == "ok"
     assert document["daemon"]["heartbeat"] is not None  # the daemons beat into the database
     assert GOOD_PASSWORD not in done.stdout + done.stderr + history.stdout + status.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "held"),
+    [
+        ("refresh s00", "login lease"),
+        ("refresh s00", "run called"),
+        ("check --online", "login lease"),
+    ],
+)
+def test_a_manual_command_waits_while_another_instance_tries_the_login_or_calls_the_run(
+    tmp_path: Path,
+    simulator: Simulator,
+    run_cli: RunRefreshd,
+    database: DatabaseUrl,
+    command: str,
+    held: str,
+) -> None:
+    # Another instance (web-2) is trying the unproven login, or has its call for s00's run
+    # out: the manual command sends nothing until that has ended, then goes on.
+    config = shared_config(tmp_path, simulator, database, lease="5s")
+    other = One(connect(database, None), "web-2", system_clock, timedelta(seconds=5)).claims
+    ticket = Ticket("s00", datetime(2026, 11, 30, 3, tzinfo=UTC), other)
+    if held == "login lease":
+        assert other.hold_login(login_key(GOOD_USER)) is None
+    else:
+        assert claim_run(ticket) is None
+    sent_meanwhile: list[int] = []
+
+    def ended() -> None:
+        sent_meanwhile.append(total_requests(simulator))
+        if ticket.claim is None:
+            other.free_login(login_key(GOOD_USER))
+        else:
+            other.finish(ticket.claim, "ok")
+
+    answer = threading.Timer(0.5, ended)
+    answer.start()
+    verb, argument = command.split()
+    try:
+        code, out, err = run_cli([verb, "-c", config, argument])
+    finally:
+        answer.join()
+        other.engine.close()
+
+    assert sent_meanwhile == [0]
+    assert code == 0, out + err
+    assert total_requests(simulator) == (1 if verb == "refresh" else 2)  # check: and reach
+
+
+def test_concurrent_manual_refreshes_with_a_wrong_password_cost_one_failed_login(
+    tmp_path: Path, simulator: Simulator, database: DatabaseUrl
+) -> None:
+    # Each answer takes a second: the four runs overlap, and each read the journal before
+    # any refusal was in it. One tries the login under the fleet's lease; the others wait
+    # for it, then read its refusal.
+    config = shared_config(tmp_path, simulator, database, password={"password_env": "PW"})
+    simulator.set_fault("latency", latency=1.0)
+
+    def manual(_: int) -> subprocess.CompletedProcess[str]:
+        return run_refreshd("refresh", "-c", config, "s00", env=wrong, cwd=tmp_path)
+
+    wrong = {"PW": WRONG_PASSWORD}
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(manual, range(4)))
+
+    assert simulator.stats()["logins"]["failed"] == 1
+    assert [run.returncode for run in runs] == [1] * 4
+    assert all(WRONG_PASSWORD not in run.stdout + run.stderr for run in runs)

@@ -18,10 +18,11 @@ from refreshd.claiming import Claiming
 from refreshd.clock import FakeClock
 from refreshd.config import Config
 from refreshd.events import Events
+from refreshd.metrics import Metrics
 from refreshd.shared import Engine, Tx, connect, sqlite_engine
 from refreshd.simulator.rules import Vicidial
 from tests.support.databases import scratch_database
-from tests.support.loop import MAX_STEPS, Loop, users
+from tests.support.loop import MAX_STEPS, Log, Loop, users
 
 ENGINES = ["sqlite", "postgresql", "mysql"]
 
@@ -128,6 +129,24 @@ class Instances:
             loop.close()
         for engine in self.engines:
             engine.close()
+
+
+class One:
+    """One instance's claims with its log and metrics."""
+
+    def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
+        self.log, self.metrics = Log(), Metrics()
+        self.events = Events(self.log, self.metrics, clock)  # type: ignore[arg-type]
+        self.claims = Claiming(
+            engine,  # type: ignore[arg-type]
+            name,
+            lease,
+            clock=clock,  # type: ignore[arg-type]
+            events=self.events,
+        )
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
 
 
 @contextmanager
