@@ -346,7 +346,7 @@ class Claiming:
             self.store.create()
             instances.create(self.engine)
             if self.exclusive:
-                self.store.expire_others()
+                instances.expire_others(self.engine, self.instance)
             self._beat()  # before the first claim: a twin under this name claims nothing
             self._created = True
 

@@ -5,8 +5,9 @@ other way round; and the runs' claims looked at, so that a manual refresh is not
 an instance's call for that server is out. Where a daemon skips and looks again later (it
 has a schedule to come back with), a one-shot waits, up to its patience, then says why not.
 
-On a state file (SQLite) there is none: one daemon per file (instance.py), and a one-shot
-beside it shares its waits through the file's journal, as before."""
+On a state file (SQLite) the same, in the file: one daemon per file (instance.py), but any
+number of one-shots beside it and beside each other, whose logins would otherwise overlap
+before the first refusal is journaled (four at once cost four failed logins)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def patience_of(config: Config) -> timedelta:
 def one_shot_claims(
     config: Config, store: object, clock: Clock, events: Events
 ) -> OneShotClaims | None:
-    """The claims of a one-shot command's runner on the shared store `store` (its engine);
-    None on a state file."""
+    """The claims of a one-shot command's runner on `store`'s engine (a shared database or
+    the state file); None without a store."""
     engine = getattr(store, "engine", None)
-    if config.state is None or engine is None:
+    if engine is None:
         return None
     # A name of its own: on a host whose daemon has a fixed `[state].instance`, the daemon's
     # name would make its live leases this process's (claims know instances by name).

@@ -226,15 +226,6 @@ class ClaimStore:
             (ends, *claim.key(), DONE),
         )
 
-    def expire_others(self) -> int:
-        """End every other instance's lease now (not their fences): for a store only this
-        instance can be using, where any other holder is a dead process. How many."""
-        with self.engine.transaction() as tx:
-            return tx.execute(
-                f"UPDATE {TABLE} SET lease_until = 0 WHERE instance <> %s AND state <> %s",
-                (self.instance, DONE),
-            )
-
     def prune(self, before: datetime) -> int:
         """Forget the claims of runs due before `before` (the history's retention: those
         runs are long over); how many."""

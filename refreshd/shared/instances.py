@@ -161,3 +161,16 @@ def _instances(rows: list[Any], held: list[Any]) -> list[Instance]:
 
 def _instant(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def expire_others(engine: Engine, instance: str) -> int:
+    """End every other daemon's leases now (not their fences): for a store only `instance`
+    can be using (a state file under its lock), where any other daemon is a dead process.
+    How many. A one-shot command's login lease (oneshot.py: it writes no heartbeat row) is
+    left to run out: the command may be alive beside this daemon, logging in."""
+    with engine.transaction() as tx:
+        return tx.execute(
+            f"UPDATE {CLAIMS} SET lease_until = 0 WHERE instance <> %s AND state <> %s"
+            f" AND instance IN (SELECT instance FROM {TABLE})",
+            (instance, DONE),
+        )

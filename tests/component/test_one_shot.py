@@ -148,13 +148,29 @@ def test_a_one_shots_unproven_login_waits_for_the_fleets_and_takes_in_its_refusa
         runner.store.close()
 
 
-def test_a_one_shot_on_a_state_file_takes_no_lease(tmp_path: Path) -> None:
-    # One daemon per file: a one-shot beside it shares its waits through the journal.
-    with StateStore(tmp_path / "state.db") as store:
-        made = runner_for(
-            fleet([{"name": "east", "windows": ["00:00-01:00"]}]),
-            store=store,
-            clock=FakeClock(START),
-            log=Log(),
-        )
-        assert made.claims is None
+def test_one_shots_on_a_state_file_share_the_login_lease_and_a_starting_daemon_keeps_it(
+    tmp_path: Path,
+) -> None:
+    # Several `refresh` commands at once on one state file: the second waits for the first's
+    # unproven login. A daemon starting meanwhile ends its dead predecessors' leases (the
+    # file's lock proves them dead), never a live command's.
+    clock = FakeClock(START)
+    config = fleet([{"name": "east", "windows": ["00:00-01:00"]}])
+    with StateStore(tmp_path / "state.db") as first, StateStore(tmp_path / "state.db") as second:
+        manual = runner_for(config, store=first, clock=clock, log=Log())
+        other = runner_for(config, store=second, clock=clock, log=Log())
+        assert isinstance(manual.claims, OneShotClaims)
+        assert isinstance(other.claims, OneShotClaims)
+        assert manual.claims.hold_login(LOGIN) is None
+        # The journals' engines measure leases by the host's clock, as in a real process:
+        # the daemon's engine here too.
+        daemon = One(sqlite_engine(tmp_path / "state.db"), "web-1", clock, LEASE)
+        daemon.claims.exclusive = True
+        daemon.claims.renew()  # its start: other daemons' leases in the file end here
+        other.claims.patience = timedelta(0)
+
+        why = other.claims.hold_login(LOGIN)
+
+        assert why is not None
+        assert why.startswith(str(Refused.LOGIN_HELD))
+        assert daemon.claims.hold_login(LOGIN) == Refused.LOGIN_HELD

@@ -4,6 +4,7 @@ lock is made, `refresh` journals into the database, `history` and `status` read 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -42,13 +43,19 @@ def database(request: pytest.FixtureRequest) -> Iterator[DatabaseUrl]:
 def shared_config(
     tmp_path: Path,
     simulator: Simulator,
-    database: DatabaseUrl,
+    database: DatabaseUrl | None,
     *,
     password: dict[str, str] | None = None,
     **state: str,
 ) -> Path:
     """One server, s00, on the simulator (never due while a test lasts), its store the
-    shared `database`; the good login, unless `password` says where another is."""
+    shared `database` (None: a state file, tmp_path/state.db); the good login, unless
+    `password` says where another is."""
+    if database is None:
+        state_path, shared = tmp_path / "state.db", None
+    else:
+        state_path = tmp_path / "unused" / "state.db"
+        shared = {"url": str(database), "instance": "web-1", **state}
     return write_daemon_config(
         tmp_path / "refreshd.toml",
         servers=[
@@ -60,9 +67,9 @@ def shared_config(
             }
         ],
         credentials={"main": {"user": GOOD_USER, **(password or {"password": GOOD_PASSWORD})}},
-        daemon={"state_path": str(tmp_path / "unused" / "state.db"), "metrics_listen": ""},
+        daemon={"state_path": str(state_path), "metrics_listen": ""},
         client={"timeout": "3s"},
-        state={"url": str(database), "instance": "web-1", **state},
+        state=shared,
     )
 
 
@@ -145,12 +152,23 @@ def test_a_manual_command_waits_while_another_instance_tries_the_login_or_calls_
     assert total_requests(simulator) == (1 if verb == "refresh" else 2)  # check: and reach
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
 def test_concurrent_manual_refreshes_with_a_wrong_password_cost_one_failed_login(
-    tmp_path: Path, simulator: Simulator, database: DatabaseUrl
+    tmp_path: Path, simulator: Simulator, engine: str
 ) -> None:
     # Each answer takes a second: the four runs overlap, and each read the journal before
-    # any refusal was in it. One tries the login under the fleet's lease; the others wait
-    # for it, then read its refusal.
+    # any refusal was in it. One tries the login under the login's lease (in the shared
+    # database, or in the state file); the others wait for it, then read its refusal.
+    with contextlib.ExitStack() as stack:
+        database = None
+        if engine != "sqlite":
+            database = stack.enter_context(scratch_database(engine, prefix="refreshd_shared"))
+        _four_manual_refreshes_with_a_wrong_password(tmp_path, simulator, database)
+
+
+def _four_manual_refreshes_with_a_wrong_password(
+    tmp_path: Path, simulator: Simulator, database: DatabaseUrl | None
+) -> None:
     config = shared_config(tmp_path, simulator, database, password={"password_env": "PW"})
     simulator.set_fault("latency", latency=1.0)
 
