@@ -400,7 +400,7 @@ def _history_row(call: Call, attempt: Attempt) -> NewCall:
 
 def runner_for(config: Config, *, store: StateStore | None, clock: Clock, log: Any) -> Runner:
     """The runner of a one-shot command: the ledger as journaled, the config applied, and
-    on a shared store the fleet's login leases (`oneshot.py`: the command renews them,
+    the login leases in its store (`oneshot.py`: the command renews them,
     `claims.start()`, until it ends, `claims.stop()`).
     Raises StateError when the store cannot be read."""
     runner = Runner(config, store=store, clock=clock, log=log)

@@ -151,7 +151,7 @@ def _login_runner(
         runner = runner_for(config, store=None, clock=system_clock, log=log)
     if force:
         runner.set_aside_waits()
-    if runner.claims is not None:  # a shared store: the fleet's login leases, renewed
+    if runner.claims is not None:  # the login leases in the store, renewed while it runs
         runner.claims.start()
     try:
         yield runner
