@@ -50,7 +50,13 @@ from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimUser
 from refreshd.views import plan_document
 from tests.support.cli import run_cli
 from tests.support.config import instant, window_from_now
-from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
+from tests.support.daemon import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    DaemonProcess,
+    beating_every_second,
+    run_refreshd,
+)
 from tests.support.fleet import (
     FIGURES,
     MAIN,
@@ -845,10 +851,8 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # Only the wall clock steps, as with NTP: the monotonic clock (and every wait on it)
         # stays real, which is how the daemon tells a step from time passing.
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        # A watchdog of 2 s makes the heartbeat (which notices steps) beat every second
-        # instead of every 10 s; nobody listens on the socket.
-        "NOTIFY_SOCKET": f"@refreshd-test-{os.getpid()}-{time.monotonic_ns()}",
-        "WATCHDOG_USEC": "2000000",
+        # The heartbeat, which notices steps, beats every second instead of every 10 s.
+        **beating_every_second(),
     }
     with open_fleet(tmp_path) as fleet:
         window_open = window_from_now(-6, 120)
