@@ -68,7 +68,8 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     fleet: Fleet,
 ) -> None:
     sim = fleet.sim
-    sim.set_fault("latency", path=api_path(0), latency=3.0, count=1)
+    # Long enough for the kill to land while the call is on the wire (seen at once below).
+    sim.set_fault("latency", path=api_path(0), latency=1.5, count=1)
     fleet.write([fleet.server(0, window_from_now(-2, 600))])
     first = fleet.start()
     first.wait_for("daemon.started", timeout=15)
