@@ -331,12 +331,9 @@ class Scheduler:
         server.attempts += 1
         server.in_flight = True
         generation = server.generation
+        until = retry_until(server.schedule, run, now)
         call = self.runner.call_for(
-            server.config,
-            attempt=server.attempts,
-            slot=run.slot,
-            due=run.due,
-            retry_until=retry_until(server.schedule, run, now),
+            server.config, attempt=server.attempts, slot=run.slot, due=run.due, retry_until=until
         )
         self.runner.events.starting(call)  # only queues: a ping's /start
         name = server.name
@@ -350,6 +347,7 @@ class Scheduler:
             on_skipped=lambda reason: self._skipped(name, ticket, reason),
             before_send=None if ticket.claims is None else lambda: claim_run(ticket),
             group=group,
+            not_after=until,  # held back in the queue past it: skipped, and planned again
         )
 
     def _done(self, name: str, gen: int, call: Call, attempt: Attempt, ticket: Ticket) -> None:
