@@ -105,8 +105,8 @@ def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
             _server(simulator, 0, "main", window),  # succeeds
             _server(simulator, 1, "noapi", window),  # permission denied: suspended
             _server(simulator, 2, "ghost", window),  # login refused: credentials wait
-            # Refused: missed. Not a 500: an answer unread unproves main, and s5's call in
-            # flight would then hold s3's retries (one unproven call at a time) to its end.
+            # Refused: missed. Not a 500: an answer unread unproves main, and s3's retries
+            # would then queue behind s5's call in flight (one unproven call at a time).
             {
                 **_server(simulator, 3, "main", window_from_now(-2, SHORT_WINDOW)),
                 "api_url": f"http://127.0.0.1:{refused_port}{api_path(3)}",
