@@ -60,9 +60,9 @@ class Job:
     """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
     gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
     not_after: datetime | None = None
-    """The first instant at which the call may no longer start (a scheduled run: its slot's
-    end, the next blackout or the next run); a job held back until then (its login one call
-    at a time, behind a slow one) is skipped, never sent outside its window. None: any time
+    """The first instant at which the call may no longer start (a scheduled run: its
+    window's end or the next blackout); a job held back until then (its login one call at
+    a time, behind a slow one) is skipped, never sent outside its window. None: any time
     (a manual refresh)."""
 
     @property
@@ -79,7 +79,7 @@ class Dispatcher:
     twice at once only doubles the load.
     A job whose credentials may not log in now is held back (unproven credentials: one
     call at a time) or, during a credentials wait, skipped with a reason; so is a job held
-    back until its run may no longer start (`Job.not_after`: never a call outside a window).
+    back until its window ends (`Job.not_after`: never a call outside a window).
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class Dispatcher:
                 self._pending.remove(job)
                 self._by_key.pop(job.key, None)
                 closed = job.not_after.isoformat().replace("+00:00", "Z")
-                skipped.append((job, f"held back past {closed}, when its run may no longer start"))
+                skipped.append((job, f"held back past {closed}, when its window closed"))
                 continue
             if job.login in full:
                 continue

@@ -331,9 +331,12 @@ class Scheduler:
         server.attempts += 1
         server.in_flight = True
         generation = server.generation
-        until = retry_until(server.schedule, run, now)
         call = self.runner.call_for(
-            server.config, attempt=server.attempts, slot=run.slot, due=run.due, retry_until=until
+            server.config,
+            attempt=server.attempts,
+            slot=run.slot,
+            due=run.due,
+            retry_until=retry_until(server.schedule, run, now),
         )
         self.runner.events.starting(call)  # only queues: a ping's /start
         name = server.name
@@ -347,7 +350,9 @@ class Scheduler:
             on_skipped=lambda reason: self._skipped(name, ticket, reason),
             before_send=None if ticket.claims is None else lambda: claim_run(ticket),
             group=group,
-            not_after=until,  # held back in the queue past it: skipped, and planned again
+            # Held back in the queue until its window ends (or a blackout starts): skipped
+            # then, and planned again. Within the window a late call still goes.
+            not_after=open_until(server.schedule, now),
         )
 
     def _done(self, name: str, gen: int, call: Call, attempt: Attempt, ticket: Ticket) -> None:

@@ -256,7 +256,7 @@ def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent
     (skipped,) = collector.skipped
     assert skipped == (
         "s1",
-        "held back past 2027-01-05T02:00:05Z, when its run may no longer start",
+        "held back past 2027-01-05T02:00:05Z, when its window closed",
     )
 
 
