@@ -59,6 +59,11 @@ class Job:
     group: Hashable | None = None
     """What makes two jobs one call; None: the request itself (`target.key`). The scheduler
     gives the entries of one cluster the same group (scheduler.Scheduler.use_clusters)."""
+    not_after: datetime | None = None
+    """The first instant at which the call may no longer start (a scheduled run: its
+    window's end or the next blackout); a job held back until then (its login one call at
+    a time, behind a slow one) is skipped, never sent outside its window. None: any time
+    (a manual refresh)."""
 
     @property
     def key(self) -> Hashable:
@@ -73,7 +78,8 @@ class Dispatcher:
     the same answer: VICIdial's refresh flags every server of the cluster, so sending it
     twice at once only doubles the load.
     A job whose credentials may not log in now is held back (unproven credentials: one
-    call at a time) or, during a credentials wait, skipped with a reason.
+    call at a time) or, during a credentials wait, skipped with a reason; so is a job held
+    back until its window ends (`Job.not_after`: never a call outside a window).
     """
 
     def __init__(
@@ -184,6 +190,12 @@ class Dispatcher:
         # login, asking the gate once per login, not once per job, keeps a scan cheap.
         full: set[str] = set()
         for job in list(self._pending):
+            if job.not_after is not None and now >= job.not_after:
+                self._pending.remove(job)
+                self._by_key.pop(job.key, None)
+                closed = job.not_after.isoformat().replace("+00:00", "Z")
+                skipped.append((job, f"held back past {closed}, when its window closed"))
+                continue
             if job.login in full:
                 continue
             until = self._gate.waiting(job.login, now)
@@ -209,6 +221,13 @@ class Dispatcher:
             self._started[id(chosen)] = self._clock.monotonic()
         self._skipping += len(skipped)  # until their callbacks have run: not idle yet
         return chosen, skipped
+
+    def _until_expiry(self) -> float | None:
+        """Seconds until the first pending job may no longer start (None: no such job), so
+        that a worker wakes to skip it then, and its slot is told missed then, not when
+        the call it waited behind ends; under the lock."""
+        ends = [job.not_after for job in self._pending if job.not_after is not None]
+        return None if not ends else max(0.0, (min(ends) - self._clock.now()).total_seconds())
 
     def _idle_now(self) -> bool:
         return not self._pending and not self._in_flight and not self._skipping
@@ -271,7 +290,7 @@ class Dispatcher:
                     job, skipped = self._next()
                     if job is not None or skipped or self._stopping:
                         break
-                    self._cond.wait()
+                    self._cond.wait(self._until_expiry())
             for each_job, reason in skipped:
                 for each in (each_job, *each_job.followers):
                     each.on_skipped(reason)

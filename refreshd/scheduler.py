@@ -350,6 +350,9 @@ class Scheduler:
             on_skipped=lambda reason: self._skipped(name, ticket, reason),
             before_send=None if ticket.claims is None else lambda: claim_run(ticket),
             group=group,
+            # Held back in the queue until its window ends (or a blackout starts): skipped
+            # then, and planned again. Within the window a late call still goes.
+            not_after=open_until(server.schedule, now),
         )
 
     def _done(self, name: str, gen: int, call: Call, attempt: Attempt, ticket: Ticket) -> None:

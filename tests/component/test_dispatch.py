@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -221,6 +221,43 @@ def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
     assert send.sent == ["10.0.0.0"]
     assert len(collector.skipped) == 4
     assert all("login refused" in reason for _, reason in collector.skipped)
+
+
+def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent() -> None:
+    # An unproven login goes one call at a time: s1's call waits behind s0's slow one (a
+    # 25 s answer in the process test that found it), until after its slot has ended. It
+    # must not go out then (SPEC: never a refresh outside a window); s2, whose run may still
+    # start, goes.
+    gate = _gate()
+    clock = gate.clock
+    assert isinstance(clock, FakeClock)
+    answered = threading.Event()
+
+    class Slow(FakeSend):
+        def __call__(self, client: Client, target: Target) -> Attempt:
+            if target.server_ip == "10.0.0.0":
+                assert answered.wait(5)
+            return super().__call__(client, target)
+
+    send = Slow(outcome=Outcome.TRANSIENT)
+    dispatcher = _dispatcher(send, gate, 4)
+    collector = Collector(3)
+    dispatcher.submit(collector.job("s0", _target("10.0.0.0")))
+    for name, ip, seconds in (("s1", "10.0.0.1", 5), ("s2", "10.0.0.2", 60)):
+        job = collector.job(name, _target(ip))
+        job.not_after = NOW + timedelta(seconds=seconds)
+        dispatcher.submit(job)
+    clock.advance(timedelta(seconds=10))
+    answered.set()
+    collector.wait()
+    dispatcher.stop(1)
+
+    assert send.sent == ["10.0.0.0", "10.0.0.2"]
+    (skipped,) = collector.skipped
+    assert skipped == (
+        "s1",
+        "held back past 2027-01-05T02:00:05Z, when its window closed",
+    )
 
 
 def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:

@@ -50,7 +50,13 @@ from refreshd.simulator import API_PATH, LOGIN_PAGE_PATH, SimUser
 from refreshd.views import plan_document
 from tests.support.cli import run_cli
 from tests.support.config import instant, window_from_now
-from tests.support.daemon import EXIT_CONFIG, EXIT_OK, DaemonProcess, run_refreshd
+from tests.support.daemon import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    DaemonProcess,
+    beating_every_second,
+    run_refreshd,
+)
 from tests.support.fleet import (
     FIGURES,
     MAIN,
@@ -832,7 +838,7 @@ def test_an_unreadable_config_is_refused_at_start_and_on_reload_as_a_non_root_us
 @pytest.fixture(scope="module")
 def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One daemon under libfaketime whose wall clock steps back 12 s, then forward an hour;
-    what it logged and what the simulator saw, for the tests below."""
+    what it logged and what the simulator saw, for the test below."""
     if not LIBFAKETIME.exists():
         pytest.skip(f"libfaketime is not installed ({LIBFAKETIME}; apt-get install faketime)")
     tmp_path = tmp_path_factory.mktemp("clock")
@@ -845,10 +851,8 @@ def clock_steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # Only the wall clock steps, as with NTP: the monotonic clock (and every wait on it)
         # stays real, which is how the daemon tells a step from time passing.
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        # A watchdog of 2 s makes the heartbeat (which notices steps) beat every second
-        # instead of every 10 s; nobody listens on the socket.
-        "NOTIFY_SOCKET": f"@refreshd-test-{os.getpid()}-{time.monotonic_ns()}",
-        "WATCHDOG_USEC": "2000000",
+        # The heartbeat, which notices steps, beats every second instead of every 10 s.
+        **beating_every_second(),
     }
     with open_fleet(tmp_path) as fleet:
         window_open = window_from_now(-6, 120)
@@ -907,7 +911,6 @@ def _dues(daemon: DaemonProcess, server: str) -> list[datetime]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("clock_steps")  # one stepping daemon per run, not one per worker
 def test_the_daemon_replans_after_the_wall_clock_steps_and_refreshes_no_run_twice(
     clock_steps: dict[str, Any],
 ) -> None:
@@ -923,6 +926,11 @@ def test_the_daemon_replans_after_the_wall_clock_steps_and_refreshes_no_run_twic
     assert len(calls[1]) == 1  # its slot was done before the step: not again
     dues = _dues(daemon, "s0002")
     assert len(dues) == len(set(dues)) == len(calls[2]), dues  # no run refreshed twice
+    # Bug 6: the runs the start-up catch-up superseded stay skipped when the back step brings
+    # them round again (asserted here, not in a test of its own: under xdist a second test
+    # could run the 15 s fixture again in another worker).
+    before, after = dues[: clock_steps["runs_before_back"]], dues[clock_steps["runs_before_back"] :]
+    assert all(due > max(before) for due in after), dues
     report(
         "clock steps",
         back_s=back["seconds"],
@@ -930,17 +938,6 @@ def test_the_daemon_replans_after_the_wall_clock_steps_and_refreshes_no_run_twic
         forward_noticed_to_refresh_s=noticed_to_refresh.total_seconds(),
         every_runs=len(dues),
     )
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("clock_steps")  # one stepping daemon per run, not one per worker
-def test_a_run_superseded_by_catch_up_does_not_fire_after_the_clock_steps_back(
-    clock_steps: dict[str, Any],
-) -> None:
-    daemon: DaemonProcess = clock_steps["daemon"]
-    dues = _dues(daemon, "s0002")
-    before, after = dues[: clock_steps["runs_before_back"]], dues[clock_steps["runs_before_back"] :]
-    assert all(due > max(before) for due in after), dues
 
 
 # Fifty zones, picked for their quirks: DST at 00:00 or 24:00 (Havana, Santiago, Asuncion),

@@ -25,7 +25,12 @@ from tests.support.config import (
     window_from_now,
     write_daemon_config,
 )
-from tests.support.daemon import StartDaemon, assert_json_lines_only, run_refreshd
+from tests.support.daemon import (
+    StartDaemon,
+    assert_json_lines_only,
+    beating_every_second,
+    run_refreshd,
+)
 from tests.support.simulator import api_path, total_requests
 from tests.support.waiting import holds_for
 
@@ -109,7 +114,8 @@ def test_a_manual_refresh_refused_a_login_makes_the_running_daemon_wait_too(
         [server(simulator, 0, window_from_now(3600, 600))],  # not due for an hour
         backoff={"auth_retry": "1h"},
     )
-    daemon = start_daemon(config)
+    # It takes in the wait the command wrote at its next heartbeat: one a second here.
+    daemon = start_daemon(config, beating_every_second())
     daemon.wait_for("daemon.started")
     simulator.update_user(GOOD_USER, password="changed-on-the-dialer")
 
@@ -169,10 +175,11 @@ def test_an_idle_daemon_makes_no_request_and_status_shows_its_next_run(
     hours = 3
     expected = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours, seconds=1)
     config = write_config(tmp_path, [server(simulator, 0, window_from_now(hours * 3600, 600))])
-    daemon = start_daemon(config)
+    # A heartbeat a second: the watch sees the daemon's periodic work run, not only its start.
+    daemon = start_daemon(config, beating_every_second())
     daemon.wait_for("daemon.started", timeout=15)
 
-    holds_for(lambda: total_requests(simulator) == 0, seconds=3, what="an idle daemon calls no one")
+    holds_for(lambda: total_requests(simulator) == 0, seconds=2, what="an idle daemon calls no one")
     status = run_cli(config, "status", "--json")
 
     assert total_requests(simulator) == 0
@@ -306,7 +313,7 @@ def test_a_state_file_deleted_under_the_daemon_is_written_again_and_a_restart_re
     tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
 ) -> None:
     config = write_config(tmp_path, [server(simulator, 0, window_from_now(-1, 600))])
-    first = start_daemon(config)
+    first = start_daemon(config, beating_every_second())  # the heartbeat sees the deletion
     first.wait_for("refresh.succeeded", timeout=15)
     state = state_dir(tmp_path) / "state.db"
     for suffix in ("", "-wal", "-shm"):

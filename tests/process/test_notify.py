@@ -87,8 +87,8 @@ def test_one_post_per_event_and_the_ping_protocol_per_slot(
                     simulator,
                     0,
                     "main",
-                    window_from_now(-1, 7),
-                    window_from_now(9, 5),
+                    window_from_now(-1, 5),
+                    window_from_now(6, 3),
                     ping_url=f"{listener.url}/ping/{PING_TOKEN}-s0",
                 ),
                 # Permission denied: suspended once (an hour), whatever else happens.

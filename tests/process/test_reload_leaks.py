@@ -18,7 +18,9 @@ from tests.support.fleet import report
 from tests.support.simulator import api_path, total_requests
 from tests.support.waiting import eventually
 
-RELOADS = 100
+# Before the fix each reload kept a socket and a thread: thirty leave thirty of each, far
+# past the slack below (the count is not the claim; every reload must leave nothing).
+RELOADS = 30
 SERVERS = 5
 # Room for what comes and goes between two counts (a call's socket on its way out).
 FD_SLACK = 3
@@ -55,7 +57,7 @@ def reload(daemon: DaemonProcess, sim: Simulator, times_before: int) -> None:
     eventually(lambda: total_requests(sim) > sent, timeout=5, what="a call after the reload")
 
 
-def test_a_hundred_reloads_changing_the_client_leave_no_socket_or_thread_behind(
+def test_thirty_reloads_changing_the_client_leave_no_socket_or_thread_behind(
     tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon(write_config(tmp_path, simulator, "5s"))

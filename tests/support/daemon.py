@@ -37,6 +37,18 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **(extra or {})}
 
 
+def beating_every_second() -> dict[str, str]:
+    """The environment systemd gives a Type=notify service with WatchdogSec=2s (nobody
+    listens on the socket): the daemon's heartbeat, which takes in what another process
+    wrote to the state file, notices a deleted state file or a clock step, comes every
+    second (half the watchdog) instead of every daemon.HEARTBEAT (10 s). For tests that
+    wait on a heartbeat; not for tests of /healthz, which allows the loop 3 heartbeats."""
+    return {
+        "NOTIFY_SOCKET": f"@refreshd-test-{os.getpid()}-{time.monotonic_ns()}",
+        "WATCHDOG_USEC": "2000000",
+    }
+
+
 def run_refreshd(
     *args: str | os.PathLike[str],
     env: Mapping[str, str] | None = None,
