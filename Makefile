@@ -36,9 +36,8 @@ PYTEST_WORKERS ?= 8
 # One collection first fills that cache (in a fresh clone each worker would otherwise rewrite
 # every module itself: ~4 s of CPU each). loadgroup without reordering hands tests out one at
 # a time in the order tests/conftest.py gives (long ones first), so no worker is left with a
-# queue of long tests while the others idle; tests marked with one xdist_group would stay on
-# one worker (none needs it now: a module fixture that runs a daemon for a while serves one
-# test).
+# queue of long tests while the others idle (and tests marked with one xdist_group, if a
+# costly module fixture ever serves several, stay on one worker).
 pytest: $(STAMP) test-tools
 	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1 || true
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
