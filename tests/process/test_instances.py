@@ -25,6 +25,10 @@ EVERY = timedelta(seconds=10)
 # Seconds: short, so that takeovers come quickly, yet long enough that a renewal thread
 # starved by a loaded test machine (every third of a lease) does not lose its claims.
 LEASE = 8.0
+# The killed instance's runs come every 15 s: the takeover (up to a lease and a look again
+# after its last renewal) must fall before the next run, or that run supersedes the one
+# taken over, and every 10 s left a second of margin (a 12-worker run on 2 cores lost it).
+KILL_EVERY = timedelta(seconds=15)
 
 
 def _wait_until(moment: float) -> None:
@@ -89,16 +93,20 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
     latency = 3.0  # calls stay in flight, so the victim holds claims when it dies
     with shared_fleet(tmp_path, "postgresql") as fleet:
         fleet.sim.set_fault("latency", latency=latency)
-        victim = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        victim = fleet.start(
+            "web-1", servers=4, every=f"{KILL_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+        )
         victim.wait_for("refresh.succeeded", timeout=30)
         # Alone, it holds every claim of the next run; killed a second into it, its four
         # calls wait on the slow VICIdial. The survivor starts at once, as a standby would
         # be running: it is up well before the victim's lease runs out.
         due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
-        _wait_until((due + EVERY).timestamp() + 1)
+        _wait_until((due + KILL_EVERY).timestamp() + 1)
         killed_at = time.time()
         victim.kill()
-        survivor = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        survivor = fleet.start(
+            "web-2", servers=4, every=f"{KILL_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+        )
         taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
         first = min(instant(line["timestamp"]).timestamp() for line in taken)
         for line in taken:
@@ -109,7 +117,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
             )
         # The run after the taken-over one, refreshed by the survivor on every server: the
         # victim's runs are all settled, and no call of the survivor's is cut by the stop.
-        after = max(instant(line["due"]) for line in taken) + EVERY
+        after = max(instant(line["due"]) for line in taken) + KILL_EVERY
         for index in range(4):
             server = f"s{index:04d}"
             eventually(
@@ -121,7 +129,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         taken = survivor.matching("claim.taken_over")
         assert {line["from_instance"] for line in taken} == {"web-1"}  # named by its config
         maybe_called = sum(1 for line in taken if line.get("maybe_called"))
-        assert_each_run_once(fleet, EVERY, in_flight=maybe_called)
+        assert_each_run_once(fleet, KILL_EVERY, in_flight=maybe_called)
         failover = first - killed_at
         assert failover <= LEASE + 1, f"taken over {failover:.1f}s after the kill"
         report(
