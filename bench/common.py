@@ -27,8 +27,8 @@ RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
 PYTHON = sys.executable
 
 # The harness the daemon tests use: one way to write configs and windows.
-sys.path.insert(0, str(ROOT / "tests"))
-from daemon_process import window_from_now, write_daemon_config  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.support.config import window_from_now, write_daemon_config  # noqa: E402
 
 __all__ = [
     "PASSWORD",
