@@ -22,7 +22,7 @@ from refreshd.core.policy import Action, Decision
 from refreshd.core.vicidial import Attempt
 from refreshd.events import Events
 from refreshd.shared import instances
-from refreshd.shared.claims import LOGIN_PREFIX, Claim, ClaimStore
+from refreshd.shared.claims import CALLED, DONE, LOGIN_PREFIX, Claim, ClaimStore
 from refreshd.shared.engines import Engine, Tx, sqlite_engine
 from refreshd.shared.instances import Instance
 from refreshd.tickets import Refused
@@ -142,6 +142,19 @@ class Claiming:
         if claim.taken_over_from is not None and not server.startswith(LOGIN_PREFIX):
             self._events.claim_taken_over(server, due, claim.taken_over_from, claim.maybe_called)
         return claim
+
+    def abandoned(self, server: str, due: datetime) -> None:
+        """A run this instance last saw held by another and then moved past (the server's
+        next run came before the holder's lease lapsed): said and counted unless its holder
+        finished it (`done`), since nobody will take it over. One read, on the worker of the
+        server's next call; each instance that moved past the run says it."""
+        try:
+            found = self.store.state(server, due)
+        except Exception as error:
+            self._failed(error)
+            return
+        if found is not None and found[0] != DONE and found[1] != self.instance:
+            self._events.claim_abandoned(server, due, found[1], found[0], found[0] == CALLED)
 
     def settle_lost(self, claim: Claim) -> Attempt | None:
         """A run called before (a lost answer: a takeover from `called`; or a retry, after

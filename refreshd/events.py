@@ -136,6 +136,23 @@ class Events:
         if self.metrics is not None:
             self.metrics.claims_taken_over.labels(str(maybe_called).lower()).inc()
 
+    def claim_abandoned(
+        self, server: str, due: datetime, holder: str, state: str, maybe_called: bool
+    ) -> None:
+        """A run held by another instance, never finished and now superseded by the
+        server's next run: nobody takes it over. `maybe_called`: its call may have gone out
+        and nothing records whether it was answered."""
+        self.log.warning(
+            "claim.abandoned",
+            server=server,
+            due=due,
+            holder=holder,
+            state=state,
+            maybe_called=maybe_called,
+        )
+        if self.metrics is not None:
+            self.metrics.claims_abandoned.labels(str(maybe_called).lower()).inc()
+
     def claim_lost(self, server: str, due: datetime, reason: str) -> None:
         self.log.warning("claim.lost", server=server, due=due, reason=reason)
         if self.metrics is not None:

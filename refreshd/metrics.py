@@ -143,6 +143,13 @@ class Metrics:
             ["maybe_called"],
             registry=r,
         )
+        self.claims_abandoned = Counter(
+            "refreshd_claims_abandoned",
+            "Runs held by another instance, never finished, that this instance moved past "
+            "(the next run came first); maybe_called: that instance may have sent the call.",
+            ["maybe_called"],
+            registry=r,
+        )
         self.claims_lost = Counter(
             "refreshd_claims_lost",
             "Claims this instance lost (lease lapsed, or its result refused by fencing).",

@@ -257,6 +257,9 @@ class Scheduler:
             memo[key] = chosen
         server.run_next = chosen
         if chosen is None or chosen.run != previous:
+            if previous is not None and previous.due == server.held:
+                server.abandoned = previous.due  # never taken over here: was it finished?
+            server.held = None
             if previous is not None and server.attempts:
                 entry = self.runner.ledger.server(server.name)
                 done, outcome = self._last_done(server), entry.last_outcome
@@ -340,7 +343,8 @@ class Scheduler:
         )
         self.runner.events.starting(call)  # only queues: a ping's /start
         name = server.name
-        ticket = Ticket(name, run.due, self.runner.claims)
+        ticket = Ticket(name, run.due, self.runner.claims, abandoned=server.abandoned)
+        server.abandoned = None
         return Job(
             name,
             call.login,
@@ -361,7 +365,7 @@ class Scheduler:
             server = self._servers.get(name)
             if server is None:
                 return
-            server.in_flight = False
+            server.in_flight, server.held = False, None  # claimed here: not held elsewhere
             if ticket.refused is not None:  # fenced out: another instance has the run
                 self._not_here(server, ticket)
             elif server.generation != gen:
@@ -389,6 +393,7 @@ class Scheduler:
             if server is None:
                 return
             server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
+            server.abandoned = server.abandoned or ticket.abandoned  # if not read: next call's
             if ticket.refused is not None and not self._stopping:
                 server.attempts = max(0, server.attempts - 1)  # no call was made here
                 self._not_here(server, ticket)
@@ -398,7 +403,8 @@ class Scheduler:
     def _not_here(self, server: _Server, ticket: Ticket) -> None:
         """Not called (for the record) here: done elsewhere, so past it; else look again."""
         if ticket.refused is Refused.DONE:
-            server.taken = max(ticket.due, server.taken or ticket.due)
+            server.taken, server.held = max(ticket.due, server.taken or ticket.due), None
             self._plan(server, self._clock.now())
         elif ticket.claims is not None:  # the run, later, or the next if it is over by then
+            server.held = ticket.due if ticket.refused is Refused.HELD else server.held
             self._plan(server, self._clock.now() + ticket.claims.look_again())

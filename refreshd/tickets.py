@@ -49,6 +49,7 @@ class Ticket:
     claims: Claiming | None = None
     claim: Claim | None = None
     refused: Refused | None = None
+    abandoned: datetime | None = None  # an earlier run passed by while held elsewhere
 
     committed: bool = False  # the claim's end was written with the journal's write
 
@@ -102,6 +103,9 @@ def claim_run(ticket: Ticket) -> str | Attempt | None:
     a settled run's answer: its lost call's refresh was taken (`Claiming.lost`), no call."""
     claims = ticket.claims
     assert claims is not None
+    if ticket.abandoned is not None:  # read here, once: never under the schedule's lock
+        claims.abandoned(ticket.server, ticket.abandoned)
+        ticket.abandoned = None
     got = claims.take(ticket.server, ticket.due)
     if isinstance(got, Refused):
         ticket.refused = got

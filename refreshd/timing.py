@@ -33,6 +33,10 @@ class Server:
     generation: int = 0  # bumped whenever it is (re)queued: an older entry or answer is stale
     in_flight: bool = False
     taken: datetime | None = None  # the latest run found done by another instance (its due)
+    held: datetime | None = None  # the due of a run last refused here as held elsewhere
+    # The due of a run passed by while held elsewhere (held, then superseded): its claim is
+    # read once, on the worker of this server's next call (tickets.claim_run).
+    abandoned: datetime | None = None
 
     @property
     def name(self) -> str:

@@ -493,3 +493,35 @@ def test_postgresql_that_hangs_mid_statement_fails_the_renewal_in_bounded_time_a
         finally:
             proxy.restore()
             one.claims.engine.close()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_run_passed_by_while_held_is_said_abandoned_unless_its_holder_finished_it(
+    kind: str, tmp_path: Path
+) -> None:
+    clock = FakeClock(START)
+    with claims_engine(kind, tmp_path) as engine:
+        holder, other = (
+            One(engine(clock), "web-1", clock, LEASE),
+            One(engine(clock), "web-2", clock, LEASE),
+        )
+        called, finished = holder.claims.take("east", START), holder.claims.take("west", START)
+        assert not isinstance(called, Refused)
+        assert not isinstance(finished, Refused)
+        assert holder.claims.calling(called)
+        assert holder.claims.calling(finished)
+        assert holder.claims.finish(finished, "ok")
+        # The next run's ticket carries the run passed by: read once, on the worker.
+        for server in ("east", "west"):
+            ticket = Ticket(server, START + LEASE, other.claims, abandoned=START)
+            assert claim_run(ticket) is None
+            assert ticket.abandoned is None
+    (said,) = other.log.matching("claim.abandoned")
+    assert {k: said[k] for k in ("server", "due", "holder", "state", "maybe_called")} == {
+        "server": "east",
+        "due": START,
+        "holder": "web-1",
+        "state": "called",
+        "maybe_called": True,
+    }
+    assert other.sample("refreshd_claims_abandoned_total", maybe_called="true") == 1

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from refreshd.claiming import Claiming
 from refreshd.clock import FakeClock
 from refreshd.core.vicidial import Answer
 from refreshd.shared import Engine, sqlite_engine
@@ -231,3 +232,59 @@ def test_no_call_starts_while_the_claims_store_is_down_and_calls_resume_after(
     assert len(loop.log.matching("state.recovered")) == 1
     assert len(loop.calls) - before >= 3 * 2
     assert set(one.calls_per_run().values()) == {1}
+
+
+def spy_on_abandoned(claims: Claiming) -> list[datetime]:
+    """The dues of the runs `claims` reads as moved past (Claiming.abandoned), in order."""
+    reads: list[datetime] = []
+    read = claims.abandoned
+
+    def counted(server: str, due: datetime) -> None:
+        reads.append(due)
+        read(server, due)
+
+    claims.abandoned = counted  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["holder_dies", "holder_finishes"])
+def test_a_held_run_superseded_before_its_holders_lease_lapses_is_said_once(
+    tmp_path: Path, finished: bool
+) -> None:
+    # A lease longer than `every`: the next run falls due before the dead holder's lease
+    # lapses, so the survivor moves past the held run and never takes it over.
+    config = fleet([{**server, "every": "1m"} for server in numbered(1)])
+    lease = timedelta(seconds=90)
+    with claims_engine("sqlite", tmp_path) as engine:
+        pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=lease)
+        try:
+            holder = pair.claims("web-0")
+            claim = holder.take("s0", START)
+            assert not isinstance(claim, Refused)
+            assert holder.calling(claim)  # its request went out, then it died (or not)
+            pair.stalled.add("web-0")
+            reads = spy_on_abandoned(pair.claims("web-1"))
+            pair.run_for(MINUTE / 2)
+            if finished:  # a live holder's result, written within its lease
+                assert holder.finish(claim, "ok")
+            pair.run_for(3 * MINUTE)
+        finally:
+            pair.close()
+    survivor = pair.loops["web-1"]
+    said = survivor.log.matching("claim.abandoned")
+    # The survivor went on to the next runs either way, and never called the held one.
+    assert [call.at for call in survivor.calls] == [START + n * MINUTE for n in (1, 2, 3)]
+    if finished:  # found done by its holder: nothing said, nothing read again
+        assert (said, reads) == ([], [])
+        return
+    assert reads == [START]  # one read of the claim, as the survivor moved past it
+    (abandoned,) = said
+    assert {k: abandoned[k] for k in ("server", "due", "holder", "state", "maybe_called")} == {
+        "server": "s0",
+        "due": START,
+        "holder": "web-0",
+        "state": "called",
+        "maybe_called": True,
+    }
+    assert survivor.sample("refreshd_claims_abandoned_total", maybe_called="true") == 1
+    assert survivor.log.matching("claim.taken_over") == []
