@@ -209,6 +209,7 @@ class Scheduler:
                 if current is not None:
                     fresh.generation = current.generation + 1
                     fresh.in_flight = current.in_flight
+                    fresh.held, fresh.abandoned = current.held, current.abandoned
                     changes["changed"].append(name)
                 else:
                     changes["added"].append(name)
