@@ -107,6 +107,16 @@ class OneShotClaims(Claiming):
             )
         return why
 
+    def stop(self) -> None:
+        """Stop renewing, and give back the logins' leases still held: the command ends
+        (done, or Ctrl-C with its call out) and will journal no answer, so a lease left to
+        lapse would hold a daemon's or the next command's login back for nothing."""
+        Claiming.stop(self)
+        with self._lock:
+            logins = list(self._logins)
+        for login in logins:
+            self.free_login(login)
+
     # --- not an instance ------------------------------------------------------------------
 
     def live(self) -> list[Instance]:

@@ -201,3 +201,18 @@ def test_a_one_shot_stopped_while_waiting_says_so_not_that_its_patience_ran_out(
     assert "still after" not in why
     assert why.endswith("; not waited for: the command is stopping")
     assert "web-1" in why
+
+
+def test_a_one_shot_gives_its_login_lease_back_when_it_stops_mid_call(tmp_path: Path) -> None:
+    # Ctrl-C while its unproven call is out: the command ends (cli/calls.py stops its
+    # claims) and records nothing; the lease would only hold a daemon's or the next
+    # command's login back a whole lease, protecting nothing (no answer will be journaled).
+    clock = FakeClock(START)
+    manual = one_shot(tmp_path / "state.db", clock)
+    assert manual.hold_login(LOGIN) is None
+
+    manual.stop()
+
+    assert manual.store.live_on("login/" + LOGIN) == []
+    daemon = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    assert daemon.claims.hold_login(LOGIN) is None
