@@ -191,8 +191,7 @@ class Dispatcher:
         full: set[str] = set()
         for job in list(self._pending):
             if job.not_after is not None and now >= job.not_after:
-                self._pending.remove(job)
-                self._by_key.pop(job.key, None)
+                self._expire(job, now)
                 closed = job.not_after.isoformat().replace("+00:00", "Z")
                 skipped.append((job, f"held back past {closed}, when its window closed"))
                 continue
@@ -221,6 +220,20 @@ class Dispatcher:
             self._started[id(chosen)] = self._clock.monotonic()
         self._skipping += len(skipped)  # until their callbacks have run: not idle yet
         return chosen, skipped
+
+    def _expire(self, job: Job, now: datetime) -> None:
+        """Take `job` out of the queue at `now`, past its `not_after`; under the lock. Its
+        riders whose runs may still start (another server of the cluster, its window
+        open) stay queued, the first of them in its place, and are not skipped with it."""
+        index = self._pending.index(job)
+        del self._pending[index]
+        self._by_key.pop(job.key, None)
+        open_ = [each for each in job.followers if each.not_after is None or now < each.not_after]
+        if open_:
+            job.followers = [each for each in job.followers if all(each is not o for o in open_)]
+            leader, leader.followers = open_[0], open_[1:]
+            self._pending.insert(index, leader)
+            self._by_key[leader.key] = leader
 
     def _until_expiry(self) -> float | None:
         """Seconds until the first pending job may no longer start (None: no such job), so

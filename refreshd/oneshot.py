@@ -77,11 +77,10 @@ class OneShotClaims(Claiming):
             return f"{Refused.LOGIN_HELD} ({self._holders(LOGIN_PREFIX + login)})"
 
         if not self._patiently(free, what):
-            holders = self._holders(LOGIN_PREFIX + login)
-            return (
-                f"{Refused.LOGIN_HELD} ({holders}), still after {self._patience_s} s: retry "
-                "once its login is answered (a refused one shows as a credentials wait in "
-                "`refreshd status`)"
+            return self._gave_up(
+                f"{Refused.LOGIN_HELD} ({self._holders(LOGIN_PREFIX + login)})",
+                "retry once its login is answered (a refused one shows as a credentials wait "
+                "in `refreshd status`)",
             )
         return got
 
@@ -103,11 +102,20 @@ class OneShotClaims(Claiming):
             return why is None
 
         if not self._patiently(free, lambda: f"{why} ({server})"):
-            why = (
-                f"{why}, still after {self._patience_s} s: retry once it has answered "
-                f"(`refreshd history {server}` shows it)"
+            why = self._gave_up(
+                str(why), f"retry once it has answered (`refreshd history {server}` shows it)"
             )
         return why
+
+    def stop(self) -> None:
+        """Stop renewing, and give back the logins' leases still held: the command ends
+        (done, or Ctrl-C with its call out) and will journal no answer, so a lease left to
+        lapse would hold a daemon's or the next command's login back for nothing."""
+        Claiming.stop(self)
+        with self._lock:
+            logins = list(self._logins)
+        for login in logins:
+            self.free_login(login)
 
     # --- not an instance ------------------------------------------------------------------
 
@@ -140,6 +148,13 @@ class OneShotClaims(Claiming):
             if left <= 0 or self._clock.wait(self._stop, min(WAIT_LOOK, left)):
                 return False
         return True
+
+    def _gave_up(self, what: str, retry: str) -> str:
+        """Why a wait ended without its lease or quiet: the command is stopping (`stop`,
+        Ctrl-C: it waited less than its patience, and says so), or its patience ran out."""
+        if self._stop.is_set():
+            return f"{what}; not waited for: the command is stopping"
+        return f"{what}, still after {self._patience_s} s: {retry}"
 
     def _holders(self, key: str) -> str:
         try:

@@ -260,6 +260,42 @@ def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent
     )
 
 
+def test_a_rider_whose_window_is_still_open_goes_when_its_leaders_has_closed() -> None:
+    # Two servers of one cluster (one request) queued behind a slow unproven call: the
+    # first's window closes while they wait, the second's does not. The second is not
+    # skipped for the first's window ("held back past ..."): it takes the first's place.
+    gate = _gate()
+    clock = gate.clock
+    assert isinstance(clock, FakeClock)
+    answered = threading.Event()
+
+    class Slow(FakeSend):
+        def __call__(self, client: Client, target: Target) -> Attempt:
+            if target.server_ip == "10.0.0.0":
+                assert answered.wait(5)
+            return super().__call__(client, target)
+
+    send = Slow(outcome=Outcome.TRANSIENT)
+    dispatcher = _dispatcher(send, gate, 4)
+    collector = Collector(3)
+    dispatcher.submit(collector.job("s0", _target("10.0.0.0")))
+    jobs = []
+    for name, seconds in (("a", 5), ("b", 60)):
+        jobs.append(collector.job(name, _target("10.0.0.1")))
+        jobs[-1].not_after = NOW + timedelta(seconds=seconds)
+    dispatcher.submit_all(jobs)
+    clock.advance(timedelta(seconds=10))
+    answered.set()
+    collector.wait()
+    dispatcher.stop(1)
+
+    assert send.sent == ["10.0.0.0", "10.0.0.1"]
+    assert collector.skipped == [
+        ("a", "held back past 2027-01-05T02:00:05Z, when its window closed")
+    ]
+    assert sorted(name for name, _ in collector.done) == ["b", "s0"]
+
+
 def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:
     send = FakeSend(delay=0.3)
     gate = _proven_gate(*(f"c{i}" for i in range(3)))

@@ -174,3 +174,45 @@ def test_one_shots_on_a_state_file_share_the_login_lease_and_a_starting_daemon_k
         assert why is not None
         assert why.startswith(str(Refused.LOGIN_HELD))
         assert daemon.claims.hold_login(LOGIN) == Refused.LOGIN_HELD
+
+
+@pytest.mark.parametrize("waiting_for", ["login", "call"])
+def test_a_one_shot_stopped_while_waiting_says_so_not_that_its_patience_ran_out(
+    tmp_path: Path, waiting_for: str
+) -> None:
+    # Ctrl-C during the wait: the command stops its claims (cli/calls.py), the wait ends at
+    # once, and the reason journaled and logged says it stopped, not "still after 10 s"
+    # (it waited one look).
+    clock = Meanwhile(START)
+    daemon = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    ticket = Ticket("east", START, daemon.claims)
+    if waiting_for == "login":
+        assert daemon.claims.hold_login(LOGIN) is None
+    else:
+        assert claim_run(ticket) is None
+    manual = one_shot(tmp_path / "state.db", clock)
+    clock.then = manual.stop
+    started = clock.monotonic()
+
+    why = manual.hold_login(LOGIN) if waiting_for == "login" else manual.quiet("east")
+
+    assert why is not None
+    assert clock.monotonic() - started <= WAIT_LOOK
+    assert "still after" not in why
+    assert why.endswith("; not waited for: the command is stopping")
+    assert "web-1" in why
+
+
+def test_a_one_shot_gives_its_login_lease_back_when_it_stops_mid_call(tmp_path: Path) -> None:
+    # Ctrl-C while its unproven call is out: the command ends (cli/calls.py stops its
+    # claims) and records nothing; the lease would only hold a daemon's or the next
+    # command's login back a whole lease, protecting nothing (no answer will be journaled).
+    clock = FakeClock(START)
+    manual = one_shot(tmp_path / "state.db", clock)
+    assert manual.hold_login(LOGIN) is None
+
+    manual.stop()
+
+    assert manual.store.live_on("login/" + LOGIN) == []
+    daemon = One(sqlite_engine(tmp_path / "state.db", clock), "web-1", clock, LEASE)
+    assert daemon.claims.hold_login(LOGIN) is None
