@@ -34,13 +34,12 @@ PYTEST_WORKERS ?= 8
 # Bytecode and pytest's rewritten test modules are cached even where the shell sets
 # PYTHONDONTWRITEBYTECODE: without the cache every worker compiles every test module again.
 # One collection first fills that cache (in a fresh clone each worker would otherwise rewrite
-# every module itself: ~4 s of CPU each). loadgroup without reordering hands tests out one at
-# a time in the order tests/conftest.py gives (long ones first), so no worker is left with a
-# queue of long tests while the others idle (and tests marked with one xdist_group, if a
-# costly module fixture ever serves several, stay on one worker).
+# every module itself: ~4 s of CPU each). pyproject's addopts hand tests out one at a time
+# (loadgroup, not reordered) in the order tests/conftest.py gives, long ones first, so no
+# worker is left with a queue of long tests while the others idle.
 pytest: $(STAMP) test-tools
 	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1 || true
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 # libfaketime lets the clock-step tests move a real daemon's wall clock; promtool (Debian's
 # `prometheus` package) tests the shipped alert rules; Debian's `chromium` is the browser

@@ -261,12 +261,13 @@ class Scheduler:
             if previous is not None and previous.due == server.held:
                 server.abandoned = previous.due  # never taken over here: was it finished?
             server.held = None
-            if previous is not None and server.attempts:
+            if previous is not None and (server.attempts or server.unserved):
                 entry = self.runner.ledger.server(server.name)
-                done, outcome = self._last_done(server), entry.last_outcome
+                done = self._last_done(server)
+                outcome = entry.last_outcome if server.attempts else server.unserved
                 missed = slot_missed(server.name, previous, chosen, done, outcome, server.attempts)
                 self.runner.tell([] if missed is None else [missed])
-            server.attempts = 0
+            server.attempts, server.unserved = 0, None
         if chosen is None:
             # Nothing within the search's horizon (a blackout covers every window): look
             # again when it has passed, or the server would never run again.
@@ -395,6 +396,8 @@ class Scheduler:
                 return
             server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
             server.abandoned = server.abandoned or ticket.abandoned  # if not read: next call's
+            if ticket.refused is Refused.LOGIN_HELD:  # nobody may have the run: say a miss
+                server.unserved = str(ticket.refused)
             if ticket.refused is not None and not self._stopping:
                 server.attempts = max(0, server.attempts - 1)  # no call was made here
                 self._not_here(server, ticket)

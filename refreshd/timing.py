@@ -37,6 +37,10 @@ class Server:
     # The due of a run passed by while held elsewhere (held, then superseded): its claim is
     # read once, on the worker of this server's next call (tickets.claim_run).
     abandoned: datetime | None = None
+    # Why the current run was not called here where no other instance is known to have it
+    # (another holds the login's lease: a command killed mid-login, say): `slot.missed`
+    # with this as its outcome if the run passes undone, not silence.
+    unserved: str | None = None
 
     @property
     def name(self) -> str:

@@ -288,3 +288,27 @@ def test_a_held_run_superseded_before_its_holders_lease_lapses_is_said_once(
     }
     assert survivor.sample("refreshd_claims_abandoned_total", maybe_called="true") == 1
     assert survivor.log.matching("claim.taken_over") == []
+
+
+def test_a_run_never_called_because_a_dead_process_holds_its_login_is_said_missed(
+    tmp_path: Path,
+) -> None:
+    # A `refreshd refresh` killed mid-login leaves the login's lease in the state file; a
+    # daemon whose window closes before that lease lapses cannot try the login: the slot
+    # is told missed, naming why, instead of passing in silence.
+    config = fleet(numbered(1, window="00:00-00:01"))
+    lease = timedelta(seconds=90)
+    with claims_engine("sqlite", tmp_path) as engine:
+        pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=lease)
+        try:
+            assert pair.claims("web-0").hold_login(USER) is None
+            pair.stalled.add("web-0")
+            pair.run_for(3 * MINUTE)
+        finally:
+            pair.close()
+    daemon = pair.loops["web-1"]
+    assert daemon.calls == []
+    (missed,) = daemon.log.matching("slot.missed")
+    assert missed["server"] == "s0"
+    assert missed["outcome"] == str(Refused.LOGIN_HELD)
+    assert missed["attempts"] == 0
