@@ -69,6 +69,10 @@ class Job:
     def key(self) -> Hashable:
         return self.target.key if self.group is None else self.group
 
+    def closed(self, now: datetime) -> bool:
+        """Whether its run may no longer start at `now` (`not_after` has come)."""
+        return self.not_after is not None and now >= self.not_after
+
 
 class Dispatcher:
     """At most `max_concurrency` calls in flight, started in submission order.
@@ -190,8 +194,9 @@ class Dispatcher:
         # login, asking the gate once per login, not once per job, keeps a scan cheap.
         full: set[str] = set()
         for job in list(self._pending):
-            if job.not_after is not None and now >= job.not_after:
+            if job.closed(now):
                 self._expire(job, now)
+                assert job.not_after is not None  # closed: it has one
                 closed = job.not_after.isoformat().replace("+00:00", "Z")
                 skipped.append((job, f"held back past {closed}, when its window closed"))
                 continue
@@ -228,9 +233,9 @@ class Dispatcher:
         index = self._pending.index(job)
         del self._pending[index]
         self._by_key.pop(job.key, None)
-        open_ = [each for each in job.followers if each.not_after is None or now < each.not_after]
+        open_ = [each for each in job.followers if not each.closed(now)]
         if open_:
-            job.followers = [each for each in job.followers if all(each is not o for o in open_)]
+            job.followers = [each for each in job.followers if each.closed(now)]
             leader, leader.followers = open_[0], open_[1:]
             self._pending.insert(index, leader)
             self._by_key[leader.key] = leader

@@ -78,7 +78,7 @@ class OneShotClaims(Claiming):
 
         if not self._patiently(free, what):
             return self._gave_up(
-                f"{Refused.LOGIN_HELD} ({self._holders(LOGIN_PREFIX + login)})",
+                what(),
                 "retry once its login is answered (a refused one shows as a credentials wait "
                 "in `refreshd status`)",
             )
