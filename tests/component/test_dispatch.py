@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -223,11 +224,26 @@ def test_a_refused_login_skips_the_queued_calls_of_those_credentials() -> None:
     assert all("login refused" in reason for _, reason in collector.skipped)
 
 
-def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent() -> None:
-    # An unproven login goes one call at a time: s1's call waits behind s0's slow one (a
-    # 25 s answer in the process test that found it), until after its slot has ended. It
-    # must not go out then (SPEC: never a refresh outside a window); s2, whose run may still
-    # start, goes.
+@dataclass
+class BehindASlowCall:
+    """A dispatcher (4 workers, an unproven login: one call at a time) whose first call, to
+    10.0.0.0, is out until `answered` is set: what is submitted next waits behind it."""
+
+    clock: FakeClock
+    answered: threading.Event
+    send: FakeSend
+    dispatcher: Dispatcher
+    collector: Collector
+
+    def answer_after(self, span: timedelta) -> None:
+        """`span` passes on the clock, then the slow call is answered; every job ends."""
+        self.clock.advance(span)
+        self.answered.set()
+        self.collector.wait()
+        self.dispatcher.stop(1)
+
+
+def behind_a_slow_call(jobs: int) -> BehindASlowCall:
     gate = _gate()
     clock = gate.clock
     assert isinstance(clock, FakeClock)
@@ -241,19 +257,25 @@ def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent
 
     send = Slow(outcome=Outcome.TRANSIENT)
     dispatcher = _dispatcher(send, gate, 4)
-    collector = Collector(3)
+    collector = Collector(jobs)
     dispatcher.submit(collector.job("s0", _target("10.0.0.0")))
-    for name, ip, seconds in (("s1", "10.0.0.1", 5), ("s2", "10.0.0.2", 60)):
-        job = collector.job(name, _target(ip))
-        job.not_after = NOW + timedelta(seconds=seconds)
-        dispatcher.submit(job)
-    clock.advance(timedelta(seconds=10))
-    answered.set()
-    collector.wait()
-    dispatcher.stop(1)
+    return BehindASlowCall(clock, answered, send, dispatcher, collector)
 
-    assert send.sent == ["10.0.0.0", "10.0.0.2"]
-    (skipped,) = collector.skipped
+
+def test_a_call_held_back_past_the_instant_its_run_may_start_is_skipped_not_sent() -> None:
+    # An unproven login goes one call at a time: s1's call waits behind s0's slow one (a
+    # 25 s answer in the process test that found it), until after its slot has ended. It
+    # must not go out then (SPEC: never a refresh outside a window); s2, whose run may still
+    # start, goes.
+    queue = behind_a_slow_call(3)
+    for name, ip, seconds in (("s1", "10.0.0.1", 5), ("s2", "10.0.0.2", 60)):
+        job = queue.collector.job(name, _target(ip))
+        job.not_after = NOW + timedelta(seconds=seconds)
+        queue.dispatcher.submit(job)
+    queue.answer_after(timedelta(seconds=10))
+
+    assert queue.send.sent == ["10.0.0.0", "10.0.0.2"]
+    (skipped,) = queue.collector.skipped
     assert skipped == (
         "s1",
         "held back past 2027-01-05T02:00:05Z, when its window closed",
@@ -264,36 +286,19 @@ def test_a_rider_whose_window_is_still_open_goes_when_its_leaders_has_closed() -
     # Two servers of one cluster (one request) queued behind a slow unproven call: the
     # first's window closes while they wait, the second's does not. The second is not
     # skipped for the first's window ("held back past ..."): it takes the first's place.
-    gate = _gate()
-    clock = gate.clock
-    assert isinstance(clock, FakeClock)
-    answered = threading.Event()
-
-    class Slow(FakeSend):
-        def __call__(self, client: Client, target: Target) -> Attempt:
-            if target.server_ip == "10.0.0.0":
-                assert answered.wait(5)
-            return super().__call__(client, target)
-
-    send = Slow(outcome=Outcome.TRANSIENT)
-    dispatcher = _dispatcher(send, gate, 4)
-    collector = Collector(3)
-    dispatcher.submit(collector.job("s0", _target("10.0.0.0")))
+    queue = behind_a_slow_call(3)
     jobs = []
     for name, seconds in (("a", 5), ("b", 60)):
-        jobs.append(collector.job(name, _target("10.0.0.1")))
+        jobs.append(queue.collector.job(name, _target("10.0.0.1")))
         jobs[-1].not_after = NOW + timedelta(seconds=seconds)
-    dispatcher.submit_all(jobs)
-    clock.advance(timedelta(seconds=10))
-    answered.set()
-    collector.wait()
-    dispatcher.stop(1)
+    queue.dispatcher.submit_all(jobs)
+    queue.answer_after(timedelta(seconds=10))
 
-    assert send.sent == ["10.0.0.0", "10.0.0.1"]
-    assert collector.skipped == [
+    assert queue.send.sent == ["10.0.0.0", "10.0.0.1"]
+    assert queue.collector.skipped == [
         ("a", "held back past 2027-01-05T02:00:05Z, when its window closed")
     ]
-    assert sorted(name for name, _ in collector.done) == ["b", "s0"]
+    assert sorted(name for name, _ in queue.collector.done) == ["b", "s0"]
 
 
 def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:

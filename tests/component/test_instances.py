@@ -80,11 +80,7 @@ def test_a_dead_instances_run_is_taken_over_after_its_lease_and_counted(tmp_path
         pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=lease)
         try:
             # web-0 claimed the first run and marked the call as sent, then died.
-            dead = pair.claims("web-0")
-            claim = dead.take("s0", START)
-            assert not isinstance(claim, Refused)
-            assert dead.calling(claim)
-            pair.stalled.add("web-0")
+            pair.dies_calling("web-0", "s0", START)
 
             pair.run_for(lease + 2 * lease / 3)
         finally:
@@ -259,10 +255,7 @@ def test_a_held_run_superseded_before_its_holders_lease_lapses_is_said_once(
         pair = Instances(config, tmp_path, count=2, start=START, engine=engine, lease=lease)
         try:
             holder = pair.claims("web-0")
-            claim = holder.take("s0", START)
-            assert not isinstance(claim, Refused)
-            assert holder.calling(claim)  # its request went out, then it died (or not)
-            pair.stalled.add("web-0")
+            claim = pair.dies_calling("web-0", "s0", START)  # or, below, only froze a while
             reads = spy_on_abandoned(pair.claims("web-1"))
             pair.run_for(MINUTE / 2)
             if finished:  # a live holder's result, written within its lease

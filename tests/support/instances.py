@@ -19,8 +19,9 @@ from refreshd.clock import FakeClock
 from refreshd.config import Config
 from refreshd.events import Events
 from refreshd.metrics import Metrics
-from refreshd.shared import Engine, Tx, connect, sqlite_engine
+from refreshd.shared import Claim, Engine, Tx, connect, sqlite_engine
 from refreshd.simulator.rules import Vicidial
+from refreshd.tickets import Refused
 from tests.support.databases import scratch_database
 from tests.support.loop import MAX_STEPS, Log, Loop, users
 
@@ -87,6 +88,16 @@ class Instances:
         claims = self.loops[name].runner.claims
         assert claims is not None
         return claims
+
+    def dies_calling(self, name: str, server: str, due: datetime) -> Claim:
+        """`name` claims `server`'s run due at `due`, marks its call sent, then stalls (dies,
+        or freezes): its claim is left `called`, its lease running out."""
+        holder = self.claims(name)
+        claim = holder.take(server, due)
+        assert not isinstance(claim, Refused)
+        assert holder.calling(claim)
+        self.stalled.add(name)
+        return claim
 
     def running(self) -> list[Loop]:
         return [loop for name, loop in self.loops.items() if name not in self.stalled]
