@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from refreshd.dburl import DatabaseUrl
 from refreshd.simulator import Simulator
 from tests.support.cli import run_cli as run_in_process
 from tests.support.config import WriteConfig, write_login_config
@@ -21,10 +22,12 @@ from tests.support.daemon import (
     StartDaemon,
 )
 from tests.support.daemon import run_refreshd as run_command
+from tests.support.databases import good_cluster
 from tests.support.fleet import FIGURES, Fleet, open_fleet, report
 from tests.support.nobody import shared_directory
 from tests.support.ports import refused_port as refusing_port
 from tests.support.simulator import running_simulator
+from tests.support.stores import Databases
 
 PROCESS_TESTS = Path(__file__).parent / "process"
 
@@ -160,3 +163,21 @@ def refused_port() -> Iterator[int]:
     so no other process can take it meanwhile)."""
     with refusing_port() as port:
         yield port
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
+    """The simulator mirroring its boxes into a real MariaDB database, and the URL of a
+    read-only user of it (tests.support.databases.good_cluster). A module that needs
+    another cluster defines its own `cluster`."""
+    with good_cluster() as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[Databases]:
+    """One migrated scratch database per server engine for a module's stores, emptied for
+    each test that asks, dropped after the module (tests.support.stores.Databases)."""
+    found = Databases()
+    yield found
+    found.close()

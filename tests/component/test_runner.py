@@ -75,13 +75,6 @@ CONFIG = validate_config(
 )
 
 
-@pytest.fixture(scope="module")
-def databases() -> Iterator[Databases]:
-    found = Databases()
-    yield found
-    found.close()
-
-
 @pytest.fixture(params=ENGINES)
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, databases: Databases

@@ -54,13 +54,6 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "state.db"
 
 
-@pytest.fixture(scope="module")
-def databases() -> Iterator[Databases]:
-    found = Databases()
-    yield found
-    found.close()
-
-
 @pytest.fixture(params=ENGINES)
 def place(request: pytest.FixtureRequest, tmp_path: Path, databases: Databases) -> Iterator[Place]:
     """The store's data on each engine: a new SQLite file, an emptied PostgreSQL and MariaDB

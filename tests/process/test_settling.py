@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from refreshd.simulator import API_PATH, Simulator
 from refreshd.verify import DatabaseUrl
 from tests.support.daemon import RunRefreshd, StartDaemon
-from tests.support.databases import DB_ENV, DB_PASSWORD, good_cluster, verified_config
+from tests.support.databases import DB_ENV, DB_PASSWORD, verified_config
 from tests.support.waiting import eventually, holds_for
-
-
-@pytest.fixture
-def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    with good_cluster() as found:
-        yield found
 
 
 def _refreshes(sim: Simulator) -> list[dict[str, Any]]:

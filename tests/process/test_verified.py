@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from tests.support.databases import (
     DB_ENV,
     DB_PASSWORD,
     database_user,
-    good_cluster,
     telephony_boxes,
     verified_config,
 )
@@ -29,12 +27,6 @@ from tests.support.waiting import eventually
 
 VERIFY_TIMEOUT = 10.0  # seconds: the least verify_timeout allows
 BOXES = telephony_boxes()
-
-
-@pytest.fixture
-def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
-    with good_cluster() as found:
-        yield found
 
 
 def _metric(port: int, name: str, **labels: str) -> float | None:
