@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "system_clock"]
+__all__ = ["Clock", "FakeClock", "StepWatch", "SystemClock", "system_clock"]
 
 
 class Clock(Protocol):
@@ -97,3 +97,32 @@ class FakeClock:
         """The wall clock alone jumps (either way); the monotonic clock does not."""
         with self._lock:
             self._wall += by
+
+
+class StepWatch:
+    """Notices the wall clock stepping (NTP, an operator) against the monotonic clock.
+
+    Each `look()` reads the wall clock between two monotonic readings, so the offset
+    between the clocks is known within half that gap: a thread descheduled between two
+    reads (a loaded host) widens the gap instead of passing for a step, and the reading
+    after it does not pass for a step back either.
+    """
+
+    def __init__(self, clock: Clock, threshold: float) -> None:
+        self.clock = clock
+        self.threshold = threshold
+        self._offset, self._error = self._read()
+
+    def _read(self) -> tuple[float, float]:
+        before = self.clock.monotonic()
+        wall = self.clock.now().timestamp()
+        after = self.clock.monotonic()
+        return wall - (before + after) / 2, (after - before) / 2
+
+    def look(self) -> float | None:
+        """The step since the last look, in seconds (+ ahead), or None if there was none."""
+        offset, error = self._read()
+        step = offset - self._offset
+        uncertain = error + self._error
+        self._offset, self._error = offset, error
+        return step if abs(step) > self.threshold + uncertain else None

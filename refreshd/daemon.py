@@ -16,7 +16,7 @@ from types import FrameType
 
 from refreshd import __version__
 from refreshd.claiming import claims_for
-from refreshd.clock import Clock, system_clock
+from refreshd.clock import Clock, StepWatch, system_clock
 from refreshd.config import (
     Config,
     ConfigError,
@@ -292,7 +292,7 @@ class Daemon(Reloading):
         assert self.scheduler is not None
         scheduler = self.scheduler
         clock = self.clock
-        last_wall, last_mono = clock.now(), clock.monotonic()
+        steps = StepWatch(clock, CLOCK_JUMP)
         last_prune = 0.0
         scheduler.loop_beat()
         with contextlib.suppress(StateError):  # said by the first beat in the loop
@@ -301,11 +301,9 @@ class Daemon(Reloading):
             if scheduler.loop_alive(2 * self.heartbeat):
                 self.notifier.watchdog()
             scheduler.loop_beat()
-            wall, mono = clock.now(), clock.monotonic()
-            drift = (wall - last_wall).total_seconds() - (mono - last_mono)
-            last_wall, last_mono = wall, mono
-            if abs(drift) > CLOCK_JUMP:
-                self.log.warning("clock.jumped", seconds=round(drift, 3))
+            step = steps.look()
+            if step is not None:
+                self.log.warning("clock.jumped", seconds=round(step, 3))
                 scheduler.replan_all()
             try:
                 scheduler.runner.check_store()  # deleted or replaced under us?
@@ -315,8 +313,8 @@ class Daemon(Reloading):
                 scheduler.runner.events.store_failed(str(err))  # once per outage
             else:
                 scheduler.runner.events.store_answered()
-            if mono - last_prune > 3600:
-                last_prune = mono
+            if clock.monotonic() - last_prune > 3600:
+                last_prune = clock.monotonic()
                 self._prune(scheduler)
 
     def _prune(self, scheduler: Scheduler) -> None:
