@@ -27,9 +27,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict refreshd
 
 # Most tests wait on real processes and real time, not the CPU: several at once. On two
-# cores 8 workers ended the suite in 101 s where 4 took 152 s, for the same CPU (127 s);
-# docs/PERFORMANCE.md, section F.
-PYTEST_WORKERS ?= 8
+# cores (2026-11-30, 2,139 tests) 8 workers took 140 s, 10 took 121 s (twice), 12 took 120
+# to 126 s with both cores saturated and a timing test failing once; docs/PERFORMANCE.md,
+# section F.
+PYTEST_WORKERS ?= 10
+# More pytest options, e.g. bench/first_release.py's plugin.
+PYTEST_ARGS ?=
 
 # Bytecode and pytest's rewritten test modules are cached even where the shell sets
 # PYTHONDONTWRITEBYTECODE: without the cache every worker compiles every test module again.
@@ -39,7 +42,7 @@ PYTEST_WORKERS ?= 8
 # worker is left with a queue of long tests while the others idle.
 pytest: $(STAMP) test-tools
 	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1 || true
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # libfaketime lets the clock-step tests move a real daemon's wall clock; promtool (Debian's
 # `prometheus` package) tests the shipped alert rules; Debian's `chromium` is the browser
