@@ -82,13 +82,15 @@ def test_one_post_per_event_and_the_ping_protocol_per_slot(
         config = _write(
             tmp_path,
             [
-                # Two slots, each refreshed once: /start, success, /start, success.
+                # Two slots, each refreshed once: /start, success, /start, success. The first
+                # is open 7 s or more after the config is written: a loaded machine (both
+                # cores busy) can take seconds to start the daemon.
                 _server(
                     simulator,
                     0,
                     "main",
-                    window_from_now(-1, 5),
-                    window_from_now(6, 3),
+                    window_from_now(-1, 8),
+                    window_from_now(8, 3),
                     ping_url=f"{listener.url}/ping/{PING_TOKEN}-s0",
                 ),
                 # Permission denied: suspended once (an hour), whatever else happens.
