@@ -150,9 +150,16 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
         frozen = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
         frozen.wait_for("refresh.succeeded", timeout=30)
         due = max(instant(_due(line)) for line in frozen.matching("refresh.succeeded"))
-        # Alone, it holds every claim of the next run; frozen half a second into it, its
-        # ten calls wait on the slow VICIdial, and so do their answers.
-        _wait_until((due + EVERY).timestamp() + 0.5)
+        # Alone, it holds every claim of the next run; frozen once a call of that run is on
+        # the wire (not at an instant: a loaded machine may not have claimed by then, and a
+        # run never claimed is no takeover), its calls wait on the slow VICIdial, and so do
+        # their answers.
+        _wait_until((due + EVERY).timestamp())
+        eventually(
+            lambda: fleet.sim.stats()["in_flight"] > 0,
+            timeout=10,
+            what="a call of web-1's next run on the wire",
+        )
         frozen.signal(signal.SIGSTOP)
         try:
             other = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
