@@ -327,17 +327,29 @@ def test_reload_with_a_new_password_ends_the_credentials_wait(
     assert refreshes_of(setup.sim, 0) == 1
 
 
+MAIN_AND_OPS = {
+    "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
+    "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},  # logs in, API access off
+}
+
+
+def _s0_suspended(
+    setup: Setup, start_daemon: StartDaemon, credentials: Mapping[str, Mapping[str, Any]]
+) -> DaemonProcess:
+    """A daemon whose s0 logs in as `ops` (no API access), once s0 is suspended for it."""
+    daemon = start_daemon(
+        setup.write([setup.server(0, credentials="ops")], credentials=credentials)
+    )
+    daemon.wait_for("server.suspended", server="s0")
+    return daemon
+
+
 def test_reload_keeps_the_suspension_of_an_unchanged_server(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    both = {
-        "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-        "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-    }
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=both))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, MAIN_AND_OPS)
 
-    setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=both)
+    setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=MAIN_AND_OPS)
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("refresh.succeeded", server="s1")
     holds_for(
@@ -353,14 +365,9 @@ def test_reload_keeps_the_suspension_of_an_unchanged_server(
 def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    both = {
-        "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-        "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-    }
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=both))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, MAIN_AND_OPS)
 
-    setup.write([setup.server(0, credentials="main")], credentials=both)
+    setup.write([setup.server(0, credentials="main")], credentials=MAIN_AND_OPS)
     daemon.signal(signal.SIGHUP)
 
     daemon.wait_for("refresh.succeeded", server="s0", timeout=10)
@@ -370,9 +377,7 @@ def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
 def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    noapi = {"ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD}}
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=noapi))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, {"ops": MAIN_AND_OPS["ops"]})
 
     fixed = {"ops": {"user": GOOD_USER, "password": GOOD_PASSWORD}}
     setup.write([setup.server(0, credentials="ops")], credentials=fixed)
