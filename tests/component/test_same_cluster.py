@@ -216,9 +216,10 @@ def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: 
     servers = [{**s, "every": "1h"} for s in numbered(2)]
     servers[1]["api_url"] = API_URL.replace("vicidial.test", "vicidial2.test")
     config = fleet(servers, credentials=WRONG_LOGIN)
-    # The helper's checks are the claim: one call, one failed login, for both servers.
-    with refused_once_for_the_cluster(config, tmp_path):
-        pass
+    with refused_once_for_the_cluster(config, tmp_path) as loop:
+        # The helper saw one call in all: the mate took its answer without a call of its own.
+        (mates,) = loop.log.matching("refresh.failed", server="s1")
+        assert mates["outcome"] == "auth_failed"
 
 
 def test_a_server_ip_the_cluster_does_not_know_never_suspends_a_mate_that_names_a_known_one(
