@@ -16,10 +16,11 @@ from refreshd.clock import FakeClock
 from refreshd.shared import Claim, ClaimStore, Engine, connect, sqlite_engine
 from refreshd.shared.claims import SCHEMA
 from tests.support.databases import scratch_database
-from tests.support.waiting import eventually
+from tests.support.waiting import all_at_once, eventually
 
 DUE = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 ENGINES = ["sqlite", "postgresql", "mysql"]
+LEASE = timedelta(milliseconds=300)  # short, for a test that waits for a lease to run out
 
 
 class Cluster:
@@ -49,6 +50,10 @@ class Cluster:
         store.create()
         return store
 
+    def pair(self) -> tuple[ClaimStore, ClaimStore]:
+        """web-1 and web-2, whose claims each last LEASE unless renewed."""
+        return self.instance("web-1", LEASE), self.instance("web-2", LEASE)
+
     def take_over(self, store: ClaimStore, server: str, lease: timedelta) -> Claim:
         """`store`'s claim on `server`'s run once `lease` has passed: at once on a FakeClock,
         else as soon as the database's clock says so."""
@@ -65,6 +70,14 @@ class Cluster:
         else:
             eventually(claimed, timeout=10, what="the lease to run out")
         return taken[0]
+
+
+def called_claim(store: ClaimStore) -> Claim:
+    """`store`'s claim on east's run, marked called (its call may have gone out)."""
+    mine = store.claim("east", DUE)
+    assert mine is not None
+    assert store.calling(mine) is True
+    return mine
 
 
 @pytest.fixture(params=ENGINES)
@@ -85,33 +98,27 @@ def test_eight_instances_racing_for_thirty_runs_give_each_run_one_claim(cluster:
     instances = [cluster.instance(f"web-{n}") for n in range(8)]
     won: Counter[tuple[str, int]] = Counter()
     lock = threading.Lock()
-    start = threading.Barrier(len(instances))
 
-    def race(store: ClaimStore) -> None:
-        start.wait()
+    def race(n: int) -> None:
+        store = instances[n]
         for server in range(10):
             for run in range(3):
                 if store.claim(f"s{server}", DUE + timedelta(minutes=run)) is not None:
                     with lock:
                         won[(f"s{server}", run)] += 1
 
-    threads = [threading.Thread(target=race, args=(store,)) for store in instances]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    all_at_once(race, len(instances), timeout=60)
     assert len(won) == 30
     assert set(won.values()) == {1}
 
 
 def test_a_lapsed_claim_is_taken_over_and_its_holder_fenced_out(cluster: Cluster) -> None:
-    lease = timedelta(milliseconds=300)
-    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    first, second = cluster.pair()
     mine = first.claim("east", DUE)
     assert mine == Claim("east", DUE, "web-1", 1)
     assert second.claim("east", DUE) is None  # a live lease
 
-    theirs = cluster.take_over(second, "east", lease)
+    theirs = cluster.take_over(second, "east", LEASE)
     assert (theirs.fence, theirs.taken_over_from, theirs.maybe_called) == (2, "web-1", False)
 
     assert first.calling(mine) is False  # stalled past its lease: it must not call
@@ -125,12 +132,9 @@ def test_a_lapsed_claim_is_taken_over_and_its_holder_fenced_out(cluster: Cluster
 def test_a_claim_whose_call_may_have_gone_out_is_taken_over_as_maybe_called(
     cluster: Cluster,
 ) -> None:
-    lease = timedelta(milliseconds=300)
-    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
-    mine = first.claim("east", DUE)
-    assert mine is not None
-    assert first.calling(mine) is True
-    assert cluster.take_over(second, "east", lease).maybe_called is True  # at-least-once
+    first, second = cluster.pair()
+    called_claim(first)
+    assert cluster.take_over(second, "east", LEASE).maybe_called is True  # at-least-once
 
 
 def test_renewal_keeps_a_claim_and_release_gives_it_back_at_once(cluster: Cluster) -> None:
@@ -162,12 +166,9 @@ def test_a_claim_taken_over_from_a_called_one_may_call_and_finish(cluster: Clust
     # The taken-over row is `called` already: marking it `called` again changes no value,
     # which MariaDB's row count reports as 0 rows. The instance that took it over must
     # still be allowed to call, and its result must still count.
-    lease = timedelta(milliseconds=300)
-    old, new = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
-    first = old.claim("east", DUE)
-    assert first is not None
-    assert old.calling(first)
-    taken = cluster.take_over(new, "east", lease)
+    old, new = cluster.pair()
+    called_claim(old)
+    taken = cluster.take_over(new, "east", LEASE)
     assert taken.maybe_called
     assert new.calling(taken)
     assert new.finish(taken, "ok")
@@ -177,15 +178,14 @@ def test_a_claim_taken_over_from_a_called_one_may_call_and_finish(cluster: Clust
 def test_a_takeover_of_a_called_claim_says_when_the_call_started_on_its_clock(
     cluster: Cluster,
 ) -> None:
-    lease = timedelta(milliseconds=300)
-    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    first, second = cluster.pair()
     mine = first.claim("east", DUE)
     assert mine is not None
     before = cluster.now()
     assert first.calling(mine) is True
     after = cluster.now()
 
-    theirs = cluster.take_over(second, "east", lease)
+    theirs = cluster.take_over(second, "east", LEASE)
 
     assert theirs.maybe_called
     assert theirs.called_at is not None
@@ -196,10 +196,9 @@ def test_a_takeover_of_a_called_claim_says_when_the_call_started_on_its_clock(
 
 
 def test_a_claim_never_called_carries_no_call_start(cluster: Cluster) -> None:
-    lease = timedelta(milliseconds=300)
-    first, second = cluster.instance("web-1", lease), cluster.instance("web-2", lease)
+    first, second = cluster.pair()
     assert first.claim("east", DUE) is not None
-    theirs = cluster.take_over(second, "east", lease)
+    theirs = cluster.take_over(second, "east", LEASE)
     assert (theirs.maybe_called, theirs.called_at) == (False, None)
 
 

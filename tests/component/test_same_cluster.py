@@ -4,7 +4,8 @@ make one call per slot, whose answer counts for each; never across two logins.""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.support.loop import (
     API_URL,
     PASSWORD,
     USER,
+    Loop,
     at,
     fleet,
     numbered,
@@ -29,6 +31,22 @@ from tests.support.loop import (
 from tests.support.waiting import eventually
 
 START = at("2026-11-30T08:00:00")
+WRONG_LOGIN = {"main": {"user": USER, "password": "wrong-pass-789"}}
+
+
+@contextmanager
+def refused_once_for_the_cluster(config: Config, tmp_path: Path) -> Iterator[Loop]:
+    """s0 and s1 in one cluster, their password wrong: a minute from START makes one call,
+    refused, which VICIdial counts as one failed login. The loop, still running, for more
+    checks."""
+    vicidial = Vicidial(users())
+    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        loop.run_for(timedelta(minutes=1))
+
+        assert [c.kind for c in loop.calls] == ["login_incorrect"]
+        assert vicidial.failed_login_count(USER) == 1
+        yield loop
 
 
 def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
@@ -87,17 +105,8 @@ def test_a_refused_login_of_the_group_is_one_failed_login_for_the_user(tmp_path:
     # The password in the config is wrong: one call for both entries, so VICIdial counts
     # one failed login; refreshd's budget never counts fewer than VICIdial does (each entry
     # records the shared answer, as identical requests always have: it may count more).
-    config = fleet(
-        [{**s, "every": "1h"} for s in numbered(2)],
-        credentials={"main": {"user": USER, "password": "wrong-pass-789"}},
-    )
-    vicidial = Vicidial(users())
-    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
-        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
-        loop.run_for(timedelta(minutes=1))
-
-        assert [c.kind for c in loop.calls] == ["login_incorrect"]
-        assert vicidial.failed_login_count(USER) == 1
+    config = fleet([{**s, "every": "1h"} for s in numbered(2)], credentials=WRONG_LOGIN)
+    with refused_once_for_the_cluster(config, tmp_path) as loop:
         assert len(loop.runner.ledger.login(login_key(USER)).failed_logins) >= 1
         for name in ("s0", "s1"):
             assert len(loop.log.matching("refresh.failed", server=name)) == 1
@@ -206,14 +215,11 @@ def test_a_refused_login_counts_for_a_mate_through_another_web_server(tmp_path: 
     # A refused login is the cluster's answer about the login: the mate does not try it.
     servers = [{**s, "every": "1h"} for s in numbered(2)]
     servers[1]["api_url"] = API_URL.replace("vicidial.test", "vicidial2.test")
-    config = fleet(servers, credentials={"main": {"user": USER, "password": "wrong-pass-789"}})
-    vicidial = Vicidial(users())
-    with running(config, tmp_path, start=START, vicidial=vicidial) as loop:
-        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
-        loop.run_for(timedelta(minutes=1))
-
-        assert [c.kind for c in loop.calls] == ["login_incorrect"]
-        assert vicidial.failed_login_count(USER) == 1
+    config = fleet(servers, credentials=WRONG_LOGIN)
+    with refused_once_for_the_cluster(config, tmp_path) as loop:
+        # The helper saw one call in all: the mate took its answer without a call of its own.
+        (mates,) = loop.log.matching("refresh.failed", server="s1")
+        assert mates["outcome"] == "auth_failed"
 
 
 def test_a_server_ip_the_cluster_does_not_know_never_suspends_a_mate_that_names_a_known_one(

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 
 from refreshd.binding import schedule_of
 from refreshd.claiming import Claiming
@@ -24,7 +23,7 @@ from refreshd.core.planning import next_fire
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.events import Events
 from refreshd.shared import ClaimStore, sqlite_engine
-from refreshd.simulator import API_PATH, Simulator, SimUser
+from refreshd.simulator import Simulator, SimUser
 from refreshd.simulator.rules import Vicidial
 from refreshd.verify import ClusterDatabase, DatabaseUrl
 from refreshd.verify.database import Reading
@@ -32,6 +31,7 @@ from refreshd.verify.settling import settle_lost
 from tests.support.databases import telephony_boxes, verified_cluster
 from tests.support.loop import Loop, at, fleet, numbered, timeout_answer, users
 from tests.support.ports import refused_port
+from tests.support.simulator import refresh_directly
 
 START = at("2026-11-30T08:00:00")
 LEASE = timedelta(seconds=15)
@@ -186,11 +186,7 @@ def cluster() -> Iterator[tuple[Simulator, ClusterDatabase]]:
 
 
 def _refresh(sim: Simulator) -> None:
-    fields = {"function": "server_refresh", "user": "api", "pass": API_PASSWORD}
-    answer = requests.post(
-        sim.url + API_PATH, data={**fields, "source": "test", "stage": "REFRESH"}, timeout=5
-    )
-    assert answer.text.startswith("SUCCESS"), answer.text
+    refresh_directly(sim, "api", API_PASSWORD)
 
 
 def test_a_refresh_taken_after_the_lost_call_started_settles_it(

@@ -24,6 +24,7 @@ from refreshd.store.opening import open_store, store_name
 from tests.support.databases import scratch_database
 from tests.support.proxy import TcpProxy
 from tests.support.stores import ENGINES, Place, place
+from tests.support.waiting import all_at_once
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -257,36 +258,23 @@ def test_without_state_the_store_is_the_sqlite_file(tmp_path: Path) -> None:
 def test_two_stores_journaling_at_once_lose_nothing(shared: Place) -> None:
     """Two processes' connections, four threads each, the same servers and logins: every
     write lands (each journal write queues on the change counter first: no deadlock)."""
-    import threading
-
     stores = [shared.open(), shared.open()]
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
     per_thread = 15
 
     def worker(n: int) -> None:
         store = stores[n % 2]
-        try:
-            start.wait()
-            for i in range(per_thread):
-                at = SLOT + timedelta(seconds=n * 100 + i)
-                name = SERVERS[i % 2]
-                failed = LoginEntry(failed_logins=(at,))
-                store.journal(
-                    servers={name: ServerEntry(last_outcome=Outcome.OK, last_done=at)},
-                    logins={"u_east": failed},
-                    call=NewCall(name, SLOT, at, 1, Outcome.OK, at, 100),
-                    done=(name, at),
-                )
-                store.beat(at)
-        except BaseException as err:  # checked in the main thread
-            errors.append(err)
+        for i in range(per_thread):
+            at = SLOT + timedelta(seconds=n * 100 + i)
+            name = SERVERS[i % 2]
+            failed = LoginEntry(failed_logins=(at,))
+            store.journal(
+                servers={name: ServerEntry(last_outcome=Outcome.OK, last_done=at)},
+                logins={"u_east": failed},
+                call=NewCall(name, SLOT, at, 1, Outcome.OK, at, 100),
+                done=(name, at),
+            )
+            store.beat(at)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    all_at_once(worker, 8)
     assert len(stores[0].history(limit=1000)) == 8 * per_thread
     assert len(stores[1].load().login("u_east").failed_logins) == 8 * per_thread

@@ -12,11 +12,11 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +44,7 @@ from refreshd.store.schema import MIGRATIONS
 from tests.support.repo import REPO
 from tests.support.store import integrity, query
 from tests.support.stores import ENGINES, Databases, Place
+from tests.support.waiting import all_at_once
 
 SLOT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -96,30 +97,23 @@ def new_call(
     )
 
 
-def record(
-    store: StateStore,
-    server: str = "east-1",
-    *,
-    outcome: Outcome = Outcome.OK,
-    due: datetime | None = SLOT,
-    at: datetime = SLOT,
-    attempt: int = 1,
-    detail: str | None = None,
-) -> None:
-    """Journal one call as the runner would for a server with nothing else to remember:
-    its entry, the history row and, for a scheduled success, its run done."""
-    ok = outcome is Outcome.OK
+def record(store: StateStore, server: str = "east-1", **call_fields: Any) -> None:
+    """Journal one call (`call_fields` as new_call takes them) as the runner would for a
+    server with nothing else to remember: its entry, the history row and, for a scheduled
+    success, its run done."""
+    call = new_call(server, **call_fields)
+    ok = call.outcome is Outcome.OK
     entry = ServerEntry(
-        last_done=due if ok else None,
-        last_success_at=at if ok else None,
-        last_outcome=outcome,
-        last_attempt_at=at,
+        last_done=call.due if ok else None,
+        last_success_at=call.at if ok else None,
+        last_outcome=call.outcome,
+        last_attempt_at=call.at,
     )
     store.journal(
         servers={server: entry},
         logins={},
-        call=new_call(server, outcome=outcome, due=due, at=at, attempt=attempt, detail=detail),
-        done=(server, due) if ok and due is not None else None,
+        call=call,
+        done=(server, call.due) if ok and call.due is not None else None,
     )
 
 
@@ -892,26 +886,15 @@ def test_a_write_that_fails_for_space_raises_and_leaves_no_partial_record(path: 
 
 def test_journal_from_eight_threads_loses_nothing(store: StateStore) -> None:
     per_thread = 40
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
 
     def worker(n: int) -> None:
-        try:
-            start.wait()
-            for i in range(per_thread):
-                due = SLOT + i * MIN
-                record(store, f"server-{n}", due=due, at=due)
-                record(store, "shared", outcome=Outcome.TRANSIENT, at=due)
-                assert store.load().server(f"server-{n}").last_done == due
-        except BaseException as err:  # checked in the main thread: threads swallow errors
-            errors.append(err)
+        for i in range(per_thread):
+            due = SLOT + i * MIN
+            record(store, f"server-{n}", due=due, at=due)
+            record(store, "shared", outcome=Outcome.TRANSIENT, at=due)
+            assert store.load().server(f"server-{n}").last_done == due
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    all_at_once(worker, 8)
     assert len(store.history(limit=10_000)) == 8 * per_thread * 2
     last = SLOT + (per_thread - 1) * MIN
     assert store.last_runs_done() == {f"server-{n}": last for n in range(8)}

@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 
 from refreshd.clock import FakeClock
 from refreshd.core.verification import Applied, NotApplied, Verdict
-from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser, load_simulator_config, serve
+from refreshd.simulator import SimServer, Simulator, SimUser, load_simulator_config, serve
 from refreshd.verify import ClusterDatabase, DatabaseProblem, DatabaseUrl
 from refreshd.verify.poller import Verifier
 from tests.support.databases import (
@@ -25,6 +24,7 @@ from tests.support.databases import (
     verified_cluster,
 )
 from tests.support.ports import refused_port
+from tests.support.simulator import refresh_directly
 
 PASSWORD = "api-pass-123"
 DB_PASSWORD = "ro-pass-4567"
@@ -47,11 +47,7 @@ def reader(cluster: tuple[Simulator, DatabaseUrl]) -> Iterator[ClusterDatabase]:
 
 
 def refresh(sim: Simulator) -> None:
-    fields = {"function": "server_refresh", "user": "api", "pass": PASSWORD}
-    answer = requests.post(
-        sim.url + API_PATH, data={**fields, "source": "test", "stage": "REFRESH"}, timeout=5
-    )
-    assert answer.text.startswith("SUCCESS"), answer.text
+    refresh_directly(sim, "api", PASSWORD)
 
 
 def test_a_refresh_flags_every_box_and_the_keepalives_clear_all_but_a_dead_one(

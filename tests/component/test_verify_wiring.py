@@ -9,17 +9,17 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-import requests
 
 from refreshd.clock import system_clock
 from refreshd.config import Config, resolve_passwords, validate_config
 from refreshd.core.ledger import Call
 from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Answer, Attempt, Outcome
-from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser
+from refreshd.simulator import SimServer, Simulator, SimUser
 from refreshd.verify import DatabaseUrl
 from refreshd.verify.watch import Verification
 from tests.support.databases import verified_cluster
+from tests.support.simulator import refresh_directly
 from tests.support.waiting import eventually
 
 PASSWORD = "api-pass-123"
@@ -67,9 +67,7 @@ class Verdicts:
 def refreshed(sim: Simulator, verification: Verification, server: str = "east") -> None:
     """A real refresh of the simulator, then the runner's report of it (an `ok`)."""
     started = system_clock.now()
-    fields = {"function": "server_refresh", "user": "api", "pass": PASSWORD, "source": "test"}
-    answer = requests.post(sim.url + API_PATH, data={**fields, "stage": "REFRESH"}, timeout=5)
-    assert answer.text.startswith("SUCCESS"), answer.text
+    refresh_directly(sim, "api", PASSWORD)
     attempt = Attempt(Answer(Outcome.OK, "SUCCESS"), started, 5)
     verification.after_call(Call(server=server, login="api", credentials="main"), attempt)
 

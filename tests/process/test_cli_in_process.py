@@ -64,12 +64,9 @@ def test_in_process_gives_the_child_s_exit_code_stdout_and_stderr(
     assert here == (child.returncode, child.stdout, child.stderr)
 
 
-def test_the_process_is_left_as_it_was(
-    tmp_path: Path, simulator: Simulator, write_config: WriteConfig
-) -> None:
-    # check --online sets up the log (on stderr) and the known secrets, as a child would.
-    config = write_config({"name": "east-1"})
-    before = (
+def _process_state() -> tuple[object, ...]:
+    """What a command run in-process could leave changed in the test's own process."""
+    return (
         dict(os.environ),
         os.getcwd(),
         sys.stdout,
@@ -78,6 +75,14 @@ def test_the_process_is_left_as_it_was(
         structlog.get_config(),
         redactor.secrets,
     )
+
+
+def test_the_process_is_left_as_it_was(
+    tmp_path: Path, simulator: Simulator, write_config: WriteConfig
+) -> None:
+    # check --online sets up the log (on stderr) and the known secrets, as a child would.
+    config = write_config({"name": "east-1"})
+    before = _process_state()
 
     code, out, err = run_cli(
         "check", "--online", "-c", config, env={"TZ": "Asia/Kolkata"}, cwd=tmp_path
@@ -85,13 +90,5 @@ def test_the_process_is_left_as_it_was(
 
     assert code == 0, err
     assert "2 passed, 0 failed" in out
-    after = (
-        dict(os.environ),
-        os.getcwd(),
-        sys.stdout,
-        sys.stderr,
-        time.tzname,
-        structlog.get_config(),
-        redactor.secrets,
-    )
+    after = _process_state()
     assert after == before

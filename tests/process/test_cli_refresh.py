@@ -54,6 +54,15 @@ def refresh(run: RunRefreshd, config: Path, *names: str, **env: str) -> tuple[in
     return run(["refresh", "-c", config, *(names or ["--all"])], env=env)
 
 
+def assert_refresh_fails_as(run: RunRefreshd, config: Path, outcome: str) -> str:
+    """`refresh east-1` logs `outcome` for east-1 and exits 1; its stdout, for more checks."""
+    code, out, _ = refresh(run, config, "east-1")
+
+    assert outcomes(out) == {"east-1": outcome}
+    assert code == 1
+    return out
+
+
 def api_requests(sim: Simulator) -> int:
     return sum(sim.stats()["requests"].values())
 
@@ -95,10 +104,7 @@ def test_every_stdout_line_is_json_with_timestamp_level_and_event(
 def test_a_wrong_password_is_auth_failed(write_config: WriteConfig, run_cli: RunRefreshd) -> None:
     config = write_config({"name": "east-1", "password": WRONG_PASSWORD})
 
-    code, out, _ = refresh(run_cli, config, "east-1")
-
-    assert outcomes(out) == {"east-1": "auth_failed"}
-    assert code == 1
+    assert_refresh_fails_as(run_cli, config, "auth_failed")
 
 
 @pytest.mark.parametrize("user", ["nolevel", "noapi", "noast", "nofunc"])
@@ -107,10 +113,7 @@ def test_each_missing_permission_is_permission_denied(
 ) -> None:
     config = write_config({"name": "east-1", "user": user, "password": f"{user}-pass"})
 
-    code, out, _ = refresh(run_cli, config, "east-1")
-
-    assert outcomes(out) == {"east-1": "permission_denied"}
-    assert code == 1
+    assert_refresh_fails_as(run_cli, config, "permission_denied")
 
 
 def test_a_refused_ip_address_is_ip_blocked(
@@ -118,10 +121,7 @@ def test_a_refused_ip_address_is_ip_blocked(
 ) -> None:
     config = write_config({"name": "east-1", "user": "ipblocked", "password": "ipblocked-pass"})
 
-    code, out, _ = refresh(run_cli, config, "east-1")
-
-    assert outcomes(out) == {"east-1": "ip_blocked"}
-    assert code == 1
+    assert_refresh_fails_as(run_cli, config, "ip_blocked")
 
 
 def test_an_http_500_is_transient(
@@ -130,11 +130,10 @@ def test_an_http_500_is_transient(
     config = write_config({"name": "east-1"})
     simulator.set_fault("http500")
 
-    code, out, _ = refresh(run_cli, config, "east-1")
+    out = assert_refresh_fails_as(run_cli, config, "transient")
 
     (line,) = [x for x in log_lines(out) if x["event"] == "refresh.failed"]
     assert (line["outcome"], line["http_status"]) == ("transient", 500)
-    assert code == 1
 
 
 def test_an_html_error_page_is_unexpected(
@@ -143,10 +142,7 @@ def test_an_html_error_page_is_unexpected(
     config = write_config({"name": "east-1"})
     simulator.set_fault("html")
 
-    code, out, _ = refresh(run_cli, config, "east-1")
-
-    assert outcomes(out) == {"east-1": "unexpected"}
-    assert code == 1
+    assert_refresh_fails_as(run_cli, config, "unexpected")
 
 
 # -- exit codes and names ----------------------------------------------------------------------

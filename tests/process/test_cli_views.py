@@ -20,6 +20,8 @@ from refreshd.store import NewCall, StateStore
 from tests.support.config import (
     GOOD_PASSWORD,
     GOOD_USER,
+    NOAPI_PASSWORD,
+    NOAPI_USER,
     WriteConfig,
     instant,
     one_server_config,
@@ -74,6 +76,24 @@ HISTORY_HEADERS = ["AT", "SERVER", "OUTCOME", "TRY", "MS", "APPLIED", "DETAIL"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def denied_server(name: str) -> dict[str, str]:
+    """A server whose login works but lacks API access: its refresh is permission_denied."""
+    return {
+        "name": name,
+        "user": NOAPI_USER,
+        "password": NOAPI_PASSWORD,
+        "path": "/w/x/non_agent_api.php",
+    }
+
+
+def _east_ok_then_denied(write_config: WriteConfig, run_cli: RunRefreshd, denied: str) -> Path:
+    """east-1 (ok) and `denied` (permission_denied), refreshed in that order."""
+    config = write_config({"name": "east-1"}, denied_server(denied))
+    run_cli(["refresh", "-c", config, "east-1"])
+    run_cli(["refresh", "-c", config, denied])
+    return config
 
 
 def plan_config(tmp_path: Path, *servers: tuple[str, str, str]) -> Path:
@@ -324,12 +344,7 @@ def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
 ) -> None:
     config = write_config(
         {"name": "east-1"},
-        {
-            "name": "west-1",
-            "user": "noapi",
-            "password": "noapi-pass",
-            "path": "/w/x/non_agent_api.php",
-        },
+        denied_server("west-1"),
         {"name": "south-1", "password": WRONG_PASSWORD, "path": "/s/x/non_agent_api.php"},
     )
     code, _, err = run_cli(["refresh", "-c", config, "--all"])
@@ -358,15 +373,7 @@ def test_status_json_shows_a_suspended_server_and_a_credentials_wait(
 def test_status_human_output_is_aligned_columns_under_a_header(
     simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
-    config = write_config(
-        {"name": "east-1"},
-        {
-            "name": "a-much-longer-name",
-            "user": "noapi",
-            "password": "noapi-pass",
-            "path": "/w/x/non_agent_api.php",
-        },
-    )
+    config = write_config({"name": "east-1"}, denied_server("a-much-longer-name"))
     run_cli(["refresh", "-c", config, "--all"])
 
     out = run_ok(run_cli, ["status", "-c", config])
@@ -386,17 +393,7 @@ def test_status_human_output_is_aligned_columns_under_a_header(
 def test_history_json_after_a_refresh_has_the_documented_keys_newest_first(
     simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
-    config = write_config(
-        {"name": "east-1"},
-        {
-            "name": "west-1",
-            "user": "noapi",
-            "password": "noapi-pass",
-            "path": "/w/x/non_agent_api.php",
-        },
-    )
-    run_cli(["refresh", "-c", config, "east-1"])
-    run_cli(["refresh", "-c", config, "west-1"])
+    config = _east_ok_then_denied(write_config, run_cli, "west-1")
 
     rows = history(run_cli, config)
 
@@ -483,17 +480,7 @@ def test_history_since_a_duration_leaves_out_older_calls(
 def test_history_human_output_is_aligned_columns_under_a_header(
     simulator: Simulator, write_config: WriteConfig, run_cli: RunRefreshd
 ) -> None:
-    config = write_config(
-        {"name": "east-1"},
-        {
-            "name": "a-much-longer-name",
-            "user": "noapi",
-            "password": "noapi-pass",
-            "path": "/w/x/non_agent_api.php",
-        },
-    )
-    run_cli(["refresh", "-c", config, "east-1"])
-    run_cli(["refresh", "-c", config, "a-much-longer-name"])
+    config = _east_ok_then_denied(write_config, run_cli, "a-much-longer-name")
 
     out = run_ok(run_cli, ["history", "-c", config])
 

@@ -895,15 +895,23 @@ def start_image_command(container: Container, runtime: list[Instruction]) -> Pid
     return daemon
 
 
-@pytest.mark.usefixtures("pid_namespaces")
-def test_image_command_as_pid_1_waits_on_an_invalid_config_then_starts_reloads_and_stops(
+def start_on_an_invalid_config(
     container: Container, runtime: list[Instruction], refused_port: int
-) -> None:
+) -> Pid1Daemon:
+    """The image's command as PID 1 on a config with no servers (invalid), east's password
+    already in its secrets file for the configs that follow."""
     container.secret(
         "east.password", "east-pass-1", owner=(container.uid, container.gid), mode=0o400
     )
     container.write_config(container_config(container, refused_port, servers=0))
-    daemon = start_image_command(container, runtime)
+    return start_image_command(container, runtime)
+
+
+@pytest.mark.usefixtures("pid_namespaces")
+def test_image_command_as_pid_1_waits_on_an_invalid_config_then_starts_reloads_and_stops(
+    container: Container, runtime: list[Instruction], refused_port: int
+) -> None:
+    daemon = start_on_an_invalid_config(container, runtime, refused_port)
     try:
         (rejected,) = daemon.wait_for("config.rejected", timeout=30)
         assert rejected["waiting"] == "for SIGHUP once the file is fixed"
@@ -939,11 +947,7 @@ def test_image_command_as_pid_1_waits_on_an_invalid_config_then_starts_reloads_a
 def test_image_command_as_pid_1_stops_on_sigterm_while_waiting_with_exit_78(
     container: Container, runtime: list[Instruction], refused_port: int
 ) -> None:
-    container.secret(
-        "east.password", "east-pass-1", owner=(container.uid, container.gid), mode=0o400
-    )
-    container.write_config(container_config(container, refused_port, servers=0))
-    daemon = start_image_command(container, runtime)
+    daemon = start_on_an_invalid_config(container, runtime, refused_port)
     try:
         daemon.wait_for("config.rejected", timeout=30)
     finally:

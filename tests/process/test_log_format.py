@@ -15,12 +15,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from refreshd.simulator import API_PATH, Simulator
+from refreshd.simulator import Simulator
 from tests.support.config import (
-    GOOD_PASSWORD,
-    GOOD_USER,
-    NOAPI_PASSWORD,
-    NOAPI_USER,
+    GOOD_AND_NOAPI,
+    sim_server,
     window_from_now,
     write_daemon_config,
 )
@@ -38,23 +36,10 @@ def write_config(tmp_path: Path, sim: Simulator, name: str = "refreshd") -> Path
     return write_daemon_config(
         tmp_path / f"{name}.toml",
         servers=[
-            {
-                "name": "east-1",
-                "api_url": f"{sim.url}/east{API_PATH}",
-                "credentials": "good",
-                "windows": [window],
-            },
-            {
-                "name": "lab-1",
-                "api_url": f"{sim.url}/lab{API_PATH}",
-                "credentials": "noapi",
-                "windows": [window],
-            },
+            sim_server(sim.url, "east-1", "east", "good", window),
+            sim_server(sim.url, "lab-1", "lab", "noapi", window),
         ],
-        credentials={
-            "good": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-            "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-        },
+        credentials=GOOD_AND_NOAPI,
         daemon={
             "state_path": str(tmp_path / f"{name}.db"),
             "metrics_listen": "",

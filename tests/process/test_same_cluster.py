@@ -10,13 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import requests
 
 from refreshd.simulator import API_PATH, Simulator
 from refreshd.verify import DatabaseUrl
 from tests.support.config import GOOD_PASSWORD, GOOD_USER, window_from_now, write_daemon_config
 from tests.support.daemon import RunRefreshd, StartDaemon
 from tests.support.databases import DB_PASSWORD, good_cluster
+from tests.support.simulator import refresh_directly
 
 SLOTS = 4
 
@@ -27,11 +27,7 @@ def cluster() -> Iterator[tuple[Simulator, DatabaseUrl]]:
         # An administrator's refresh some time ago: the last reload that tells this cluster
         # from a clone with the same servers rows (core/clusters.py).
         sim, _ = found
-        fields = {"user": GOOD_USER, "pass": GOOD_PASSWORD, "source": "admin", "stage": "REFRESH"}
-        answer = requests.post(
-            sim.url + API_PATH, data={"function": "server_refresh", **fields}, timeout=10
-        )
-        assert answer.text.startswith("SUCCESS"), answer.text
+        refresh_directly(sim, GOOD_USER, GOOD_PASSWORD, source="admin")
         yield found
 
 

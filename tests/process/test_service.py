@@ -327,17 +327,29 @@ def test_reload_with_a_new_password_ends_the_credentials_wait(
     assert refreshes_of(setup.sim, 0) == 1
 
 
+MAIN_AND_OPS = {
+    "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
+    "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},  # logs in, API access off
+}
+
+
+def _s0_suspended(
+    setup: Setup, start_daemon: StartDaemon, credentials: Mapping[str, Mapping[str, Any]]
+) -> DaemonProcess:
+    """A daemon whose s0 logs in as `ops` (no API access), once s0 is suspended for it."""
+    daemon = start_daemon(
+        setup.write([setup.server(0, credentials="ops")], credentials=credentials)
+    )
+    daemon.wait_for("server.suspended", server="s0")
+    return daemon
+
+
 def test_reload_keeps_the_suspension_of_an_unchanged_server(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    both = {
-        "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-        "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-    }
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=both))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, MAIN_AND_OPS)
 
-    setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=both)
+    setup.write([setup.server(0, credentials="ops"), setup.server(1)], credentials=MAIN_AND_OPS)
     daemon.signal(signal.SIGHUP)
     daemon.wait_for("refresh.succeeded", server="s1")
     holds_for(
@@ -353,14 +365,9 @@ def test_reload_keeps_the_suspension_of_an_unchanged_server(
 def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    both = {
-        "main": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-        "ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-    }
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=both))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, MAIN_AND_OPS)
 
-    setup.write([setup.server(0, credentials="main")], credentials=both)
+    setup.write([setup.server(0, credentials="main")], credentials=MAIN_AND_OPS)
     daemon.signal(signal.SIGHUP)
 
     daemon.wait_for("refresh.succeeded", server="s0", timeout=10)
@@ -370,9 +377,7 @@ def test_reload_pointing_a_suspended_server_at_other_credentials_resumes_it(
 def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    noapi = {"ops": {"user": NOAPI_USER, "password": NOAPI_PASSWORD}}
-    daemon = start_daemon(setup.write([setup.server(0, credentials="ops")], credentials=noapi))
-    daemon.wait_for("server.suspended", server="s0")
+    daemon = _s0_suspended(setup, start_daemon, {"ops": MAIN_AND_OPS["ops"]})
 
     fixed = {"ops": {"user": GOOD_USER, "password": GOOD_PASSWORD}}
     setup.write([setup.server(0, credentials="ops")], credentials=fixed)
@@ -430,20 +435,39 @@ def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: Sta
 # --- SIGTERM / SIGINT: clean stop -------------------------------------------------------
 
 
+def _start_with_a_slow_call(
+    setup: Setup,
+    start_daemon: StartDaemon,
+    *,
+    latency: float,
+    grace: str,
+    timeout: str,
+    fast: Mapping[str, Any] | None = None,
+) -> DaemonProcess:
+    """A daemon whose call to s0 takes `latency` seconds, returned once that call is on the
+    wire (`fast`: a second server beside it)."""
+    setup.sim.set_fault("latency", latency=latency, path=api_path(0))
+    servers = [setup.server(0), *([fast] if fast else [])]
+    config = setup.write(servers, daemon={"shutdown_grace": grace}, client={"timeout": timeout})
+    daemon = start_daemon(config)
+    eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
+    return daemon
+
+
+def _sigterm_and_time(daemon: DaemonProcess, *, timeout: float) -> tuple[int, float]:
+    """SIGTERM, then the exit code and the seconds from the signal to the exit."""
+    asked = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait(timeout=timeout)
+    return code, time.monotonic() - asked
+
+
 def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    setup.sim.set_fault("latency", latency=5.0, path=api_path(0))
-    config = setup.write(
-        [setup.server(0)], daemon={"shutdown_grace": "20s"}, client={"timeout": "10s"}
-    )
-    daemon = start_daemon(config)
-    eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
+    daemon = _start_with_a_slow_call(setup, start_daemon, latency=5.0, grace="20s", timeout="10s")
 
-    asked = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(timeout=15)
-    took = time.monotonic() - asked
+    code, took = _sigterm_and_time(daemon, timeout=15)
 
     assert code == EXIT_OK
     assert took < 10, f"took {took:.1f}s: well inside the 20 s grace"
@@ -456,17 +480,9 @@ def test_sigterm_lets_a_call_in_flight_finish_then_exits_0(
 def test_sigterm_waits_no_longer_than_shutdown_grace(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
-    config = setup.write(
-        [setup.server(0)], daemon={"shutdown_grace": "2s"}, client={"timeout": "30s"}
-    )
-    daemon = start_daemon(config)
-    eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
+    daemon = _start_with_a_slow_call(setup, start_daemon, latency=20.0, grace="2s", timeout="30s")
 
-    asked = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(timeout=15)
-    took = time.monotonic() - asked
+    code, took = _sigterm_and_time(daemon, timeout=15)
 
     assert code == EXIT_OK
     assert 1.5 < took < 5, f"took {took:.1f}s for a 2 s grace"
@@ -478,14 +494,14 @@ def test_sigterm_waits_no_longer_than_shutdown_grace(
 def test_sigterm_starts_no_new_call_during_the_graceful_wait(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    setup.sim.set_fault("latency", latency=4.0, path=api_path(0))
-    config = setup.write(
-        [setup.server(0), setup.server(1, every="1s")],
-        daemon={"shutdown_grace": "20s"},
-        client={"timeout": "10s"},
+    daemon = _start_with_a_slow_call(
+        setup,
+        start_daemon,
+        latency=4.0,
+        grace="20s",
+        timeout="10s",
+        fast=setup.server(1, every="1s"),
     )
-    daemon = start_daemon(config)
-    eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
     daemon.wait_for("refresh.succeeded", server="s1")
 
     daemon.signal(signal.SIGTERM)
@@ -502,22 +518,14 @@ def test_sigterm_starts_no_new_call_during_the_graceful_wait(
 def test_second_sigterm_during_the_graceful_wait_exits_at_once(
     setup: Setup, start_daemon: StartDaemon
 ) -> None:
-    setup.sim.set_fault("latency", latency=20.0, path=api_path(0))
-    config = setup.write(
-        [setup.server(0)], daemon={"shutdown_grace": "20s"}, client={"timeout": "30s"}
-    )
-    daemon = start_daemon(config)
-    eventually(lambda: requests_to(setup.sim, 0) == 1, what="the slow call on the wire")
+    daemon = _start_with_a_slow_call(setup, start_daemon, latency=20.0, grace="20s", timeout="30s")
     daemon.signal(signal.SIGTERM)
     daemon.wait_for("daemon.stopping")
     # daemon.stopping is logged just before the "second signal means now" handler is
     # installed (refreshd/daemon.py _stop): give it a moment.
     time.sleep(0.5)
 
-    asked = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(timeout=10)
-    took = time.monotonic() - asked
+    code, took = _sigterm_and_time(daemon, timeout=10)
 
     assert code == EXIT_FAILED  # README: "A second signal exits at once (exit 1)."
     assert took < 2, f"took {took:.1f}s after the second SIGTERM"

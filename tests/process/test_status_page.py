@@ -23,10 +23,11 @@ import pytest
 
 from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser
 from tests.support.config import (
+    GOOD_AND_NOAPI,
     GOOD_PASSWORD,
     GOOD_USER,
     NOAPI_PASSWORD,
-    NOAPI_USER,
+    sim_server,
     window_from_now,
     write_daemon_config,
 )
@@ -65,31 +66,19 @@ def write_config(tmp_path: Path, sim: Simulator, refused_port: int) -> Path:
     return write_daemon_config(
         tmp_path / "refreshd.toml",
         servers=[
-            {
-                "name": "east-1",
-                "api_url": f"{sim.url}/east{API_PATH}",
-                "credentials": "good",
-                "windows": [window],
-                "database": "east",
-                "verify_timeout": f"{VERIFY_TIMEOUT}s",
-            },
-            {
-                "name": "west-1",
-                "api_url": f"{sim.url}/west{API_PATH}",
-                "credentials": "good",
-                "windows": [window],
-            },
-            {
-                "name": "lab-1",
-                "api_url": f"{sim.url}/lab{API_PATH}",
-                "credentials": "noapi",
-                "windows": [window],
-            },
+            sim_server(
+                sim.url,
+                "east-1",
+                "east",
+                "good",
+                window,
+                database="east",
+                verify_timeout=f"{VERIFY_TIMEOUT}s",
+            ),
+            sim_server(sim.url, "west-1", "west", "good", window),
+            sim_server(sim.url, "lab-1", "lab", "noapi", window),
         ],
-        credentials={
-            "good": {"user": GOOD_USER, "password": GOOD_PASSWORD},
-            "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
-        },
+        credentials=GOOD_AND_NOAPI,
         # Nothing listens there: the verdict is "not applied", its detail naming the URL.
         databases={
             "east": {

@@ -15,6 +15,13 @@ from refreshd.simulator import API_PATH
 GOOD_USER, GOOD_PASSWORD = "refreshd", "demo-pass-123"  # may call server_refresh only
 NOAPI_USER, NOAPI_PASSWORD = "noapi", "noapi-pass"  # logs in, API access off
 
+# The two logins as [credentials.good] and [credentials.noapi] tables, the names the
+# daemon tests give them.
+GOOD_AND_NOAPI: dict[str, dict[str, str]] = {
+    "good": {"user": GOOD_USER, "password": GOOD_PASSWORD},
+    "noapi": {"user": NOAPI_USER, "password": NOAPI_PASSWORD},
+}
+
 # The shape of the conftest fixture `write_config`.
 WriteConfig = Callable[..., Path]
 
@@ -96,6 +103,20 @@ def one_server_config(
             {"name": "east-1", "api_url": api_url, "credentials": "main", "windows": [window]}
         ],
     )
+
+
+def sim_server(
+    sim_url: str, name: str, prefix: str, credentials: str, window: str, **extra: Any
+) -> dict[str, Any]:
+    """A [[servers]] table for the simulator at `sim_url`, its api_url below /`prefix`
+    (one path a server, so the simulator counts each one's calls apart)."""
+    return {
+        "name": name,
+        "api_url": f"{sim_url}/{prefix}{API_PATH}",
+        "credentials": credentials,
+        "windows": [window],
+        **extra,
+    }
 
 
 def _pairs(values: Mapping[str, Any]) -> str:

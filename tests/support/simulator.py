@@ -11,8 +11,18 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import requests
+
 from refreshd.simulator import API_PATH, SimServer, Simulator, SimUser, load_simulator_config
 from tests.support.repo import SIMULATOR_CONFIG
+
+
+def refresh_directly(sim: Simulator, user: str, password: str, *, source: str = "test") -> None:
+    """A server_refresh sent to the simulator by someone other than refreshd (an
+    administrator, another tool); it must succeed."""
+    fields = {"function": "server_refresh", "user": user, "pass": password, "source": source}
+    answer = requests.post(sim.url + API_PATH, data={**fields, "stage": "REFRESH"}, timeout=10)
+    assert answer.text.startswith("SUCCESS"), answer.text
 
 
 @contextmanager
