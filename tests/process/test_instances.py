@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from refreshd.simulator import Simulator
 from tests.support.config import instant
 from tests.support.daemon import DaemonProcess
 from tests.support.fleet import http_get, report
@@ -38,6 +39,12 @@ def _wait_until(moment: float) -> None:
         timeout=max(1.0, moment - time.time() + 2),
         what="the instant",
     )
+
+
+def _wait_for_a_call_on_the_wire(sim: Simulator, run: str) -> None:
+    """Until a request is in flight at the simulator: the run's claim is taken and called
+    (an instant after its due is not enough on a loaded machine)."""
+    eventually(lambda: sim.stats()["in_flight"] > 0, timeout=10, what=f"a call of {run}")
 
 
 def _due(line: dict[str, object]) -> str:
@@ -97,11 +104,13 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
             "web-1", servers=4, every=f"{KILL_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
         )
         victim.wait_for("refresh.succeeded", timeout=30)
-        # Alone, it holds every claim of the next run; killed a second into it, its four
-        # calls wait on the slow VICIdial. The survivor starts at once, as a standby would
-        # be running: it is up well before the victim's lease runs out.
+        # Alone, it holds every claim of the next run; killed once a call of that run is on
+        # the wire (as for the frozen instance below), its calls wait on the slow VICIdial.
+        # The survivor starts at once, as a standby would be running: it is up well before
+        # the victim's lease runs out.
         due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
-        _wait_until((due + KILL_EVERY).timestamp() + 1)
+        _wait_until((due + KILL_EVERY).timestamp())
+        _wait_for_a_call_on_the_wire(fleet.sim, "the victim's next run")
         killed_at = time.time()
         victim.kill()
         survivor = fleet.start(
@@ -155,11 +164,7 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
         # run never claimed is no takeover), its calls wait on the slow VICIdial, and so do
         # their answers.
         _wait_until((due + EVERY).timestamp())
-        eventually(
-            lambda: fleet.sim.stats()["in_flight"] > 0,
-            timeout=10,
-            what="a call of web-1's next run on the wire",
-        )
+        _wait_for_a_call_on_the_wire(fleet.sim, "web-1's next run")
         frozen.signal(signal.SIGSTOP)
         try:
             other = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
