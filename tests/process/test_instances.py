@@ -26,10 +26,12 @@ EVERY = timedelta(seconds=10)
 # Seconds: short, so that takeovers come quickly, yet long enough that a renewal thread
 # starved by a loaded test machine (every third of a lease) does not lose its claims.
 LEASE = 8.0
-# The killed instance's runs come every 15 s: the takeover (up to a lease and a look again
-# after its last renewal) must fall before the next run, or that run supersedes the one
-# taken over, and every 10 s left a second of margin (a 12-worker run on 2 cores lost it).
-KILL_EVERY = timedelta(seconds=15)
+# The runs of the instances a takeover is tested on (killed, frozen) come every 15 s: the
+# takeover (up to a lease and a look again after the holder's last renewal) must fall
+# before the next run, or that run supersedes the one taken over and no takeover happens;
+# every 10 s left a second of margin, which loaded runs lost (12 workers on 2 cores for the
+# kill, a fresh clone's first minute for the freeze).
+TAKEOVER_EVERY = timedelta(seconds=15)
 
 
 def _wait_until(moment: float) -> None:
@@ -101,7 +103,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
     with shared_fleet(tmp_path, "postgresql") as fleet:
         fleet.sim.set_fault("latency", latency=latency)
         victim = fleet.start(
-            "web-1", servers=4, every=f"{KILL_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+            "web-1", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
         )
         victim.wait_for("refresh.succeeded", timeout=30)
         # Alone, it holds every claim of the next run; killed once a call of that run is on
@@ -109,12 +111,12 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         # The survivor starts at once, as a standby would be running: it is up well before
         # the victim's lease runs out.
         due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
-        _wait_until((due + KILL_EVERY).timestamp())
+        _wait_until((due + TAKEOVER_EVERY).timestamp())
         _wait_for_a_call_on_the_wire(fleet.sim, "the victim's next run")
         killed_at = time.time()
         victim.kill()
         survivor = fleet.start(
-            "web-2", servers=4, every=f"{KILL_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+            "web-2", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
         )
         taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
         first = min(instant(line["timestamp"]).timestamp() for line in taken)
@@ -126,7 +128,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
             )
         # The run after the taken-over one, refreshed by the survivor on every server: the
         # victim's runs are all settled, and no call of the survivor's is cut by the stop.
-        after = max(instant(line["due"]) for line in taken) + KILL_EVERY
+        after = max(instant(line["due"]) for line in taken) + TAKEOVER_EVERY
         for index in range(4):
             server = f"s{index:04d}"
             eventually(
@@ -138,7 +140,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         taken = survivor.matching("claim.taken_over")
         assert {line["from_instance"] for line in taken} == {"web-1"}  # named by its config
         maybe_called = sum(1 for line in taken if line.get("maybe_called"))
-        assert_each_run_once(fleet, KILL_EVERY, in_flight=maybe_called)
+        assert_each_run_once(fleet, TAKEOVER_EVERY, in_flight=maybe_called)
         failover = first - killed_at
         assert failover <= LEASE + 1, f"taken over {failover:.1f}s after the kill"
         report(
@@ -156,18 +158,22 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
     latency = 2.0
     with shared_fleet(tmp_path, "mysql") as fleet:
         fleet.sim.set_fault("latency", latency=latency)
-        frozen = fleet.start("web-1", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+        frozen = fleet.start(
+            "web-1", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+        )
         frozen.wait_for("refresh.succeeded", timeout=30)
         due = max(instant(_due(line)) for line in frozen.matching("refresh.succeeded"))
         # Alone, it holds every claim of the next run; frozen once a call of that run is on
         # the wire (not at an instant: a loaded machine may not have claimed by then, and a
         # run never claimed is no takeover), its calls wait on the slow VICIdial, and so do
         # their answers.
-        _wait_until((due + EVERY).timestamp())
+        _wait_until((due + TAKEOVER_EVERY).timestamp())
         _wait_for_a_call_on_the_wire(fleet.sim, "web-1's next run")
         frozen.signal(signal.SIGSTOP)
         try:
-            other = fleet.start("web-2", servers=4, every="10s", lease=f"{LEASE:.0f}s")
+            other = fleet.start(
+                "web-2", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+            )
             holds_for(
                 lambda: _no_double(runs_by_server(fleet.refreshed())),
                 seconds=3 * LEASE,
@@ -202,7 +208,7 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
         assert len(lost) >= maybe_called, (lost, taken)
         # A late result is not recorded, and no call starts on a lost claim: besides the
         # calls out at the freeze (at-least-once, counted as maybe_called), each run once.
-        assert_each_run_once(fleet, EVERY, in_flight=maybe_called)
+        assert_each_run_once(fleet, TAKEOVER_EVERY, in_flight=maybe_called)
         report(
             "freeze-3-leases",
             lease_s=LEASE,
