@@ -105,7 +105,8 @@ class StepWatch:
     Each `look()` reads the wall clock between two monotonic readings, so the offset
     between the clocks is known within half that gap: a thread descheduled between two
     reads (a loaded host) widens the gap instead of passing for a step, and the reading
-    after it does not pass for a step back either.
+    after it does not pass for a step back either. A reading less sure than half the
+    threshold is not compared at all: a step made meanwhile is told by the next sure one.
     """
 
     def __init__(self, clock: Clock, threshold: float) -> None:
@@ -122,6 +123,8 @@ class StepWatch:
     def look(self) -> float | None:
         """The step since the last look, in seconds (+ ahead), or None if there was none."""
         offset, error = self._read()
+        if error > self.threshold / 2:
+            return None  # too unsure to compare, or to compare the next one with
         step = offset - self._offset
         uncertain = error + self._error
         self._offset, self._error = offset, error

@@ -60,11 +60,24 @@ def test_a_reader_descheduled_between_its_reads_sees_no_step_then_or_after() -> 
     assert watch.look() is None  # nor does the next, clean reading look like a step back
 
 
-def test_a_real_step_during_a_stall_is_still_seen() -> None:
+def test_a_real_step_during_a_stall_is_told_by_the_next_sure_reading() -> None:
     clock = StallingClock(START)
     watch = StepWatch(clock, THRESHOLD)
     clock.stall = 3.0
     clock.step_wall(timedelta(seconds=-60))
+    assert watch.look() is None  # unsure by 1.5 s: not compared, not kept
+    clock.advance(timedelta(seconds=10))
+    assert watch.look() == pytest.approx(-60)
+
+
+def test_a_small_stall_still_compares_within_its_uncertainty() -> None:
+    clock = StallingClock(START)
+    watch = StepWatch(clock, THRESHOLD)
+    clock.stall = 0.8  # unsure by 0.4 s: compared, and a step must pass 2.4 s
+    clock.step_wall(timedelta(seconds=-2.2))
+    assert watch.look() is None
+    clock.stall = 0.8
+    clock.step_wall(timedelta(seconds=-5))
     step = watch.look()
     assert step is not None
-    assert -61.6 < step < -58.4  # known within half the stall
+    assert -5.9 < step < -4.1
