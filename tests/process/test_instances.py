@@ -13,11 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from refreshd.simulator import Simulator
 from tests.support.config import instant
 from tests.support.daemon import DaemonProcess
 from tests.support.fleet import http_get, report
-from tests.support.shared_fleet import assert_each_run_once, runs_by_server, shared_fleet, spread
+from tests.support.shared_fleet import (
+    SharedFleet,
+    assert_each_run_once,
+    runs_by_server,
+    shared_fleet,
+    spread,
+)
 from tests.support.waiting import eventually, holds_for
 
 pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.long]
@@ -43,10 +48,27 @@ def _wait_until(moment: float) -> None:
     )
 
 
-def _wait_for_a_call_on_the_wire(sim: Simulator, run: str) -> None:
-    """Until a request is in flight at the simulator: the run's claim is taken and called
-    (an instant after its due is not enough on a loaded machine)."""
-    eventually(lambda: sim.stats()["in_flight"] > 0, timeout=10, what=f"a call of {run}")
+def _start_for_takeover(fleet: SharedFleet, instance: str) -> DaemonProcess:
+    return fleet.start(
+        instance, servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
+    )
+
+
+def _into_its_next_run_alone(fleet: SharedFleet, instance: str) -> DaemonProcess:
+    """The only instance, once a call of the run after its first success is on the wire:
+    it holds every claim of that run, and that call is out (an instant after the run's due
+    is not enough: a loaded machine may not have claimed by then, and a run never claimed
+    is no takeover). The simulator's latency fault keeps the calls in flight."""
+    daemon = _start_for_takeover(fleet, instance)
+    daemon.wait_for("refresh.succeeded", timeout=30)
+    due = max(instant(_due(line)) for line in daemon.matching("refresh.succeeded"))
+    _wait_until((due + TAKEOVER_EVERY).timestamp())
+    eventually(
+        lambda: fleet.sim.stats()["in_flight"] > 0,
+        timeout=10,
+        what=f"a call of {instance}'s next run on the wire",
+    )
+    return daemon
 
 
 def _due(line: dict[str, object]) -> str:
@@ -102,22 +124,12 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
     latency = 3.0  # calls stay in flight, so the victim holds claims when it dies
     with shared_fleet(tmp_path, "postgresql") as fleet:
         fleet.sim.set_fault("latency", latency=latency)
-        victim = fleet.start(
-            "web-1", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
-        )
-        victim.wait_for("refresh.succeeded", timeout=30)
-        # Alone, it holds every claim of the next run; killed once a call of that run is on
-        # the wire (as for the frozen instance below), its calls wait on the slow VICIdial.
-        # The survivor starts at once, as a standby would be running: it is up well before
-        # the victim's lease runs out.
-        due = max(instant(_due(line)) for line in victim.matching("refresh.succeeded"))
-        _wait_until((due + TAKEOVER_EVERY).timestamp())
-        _wait_for_a_call_on_the_wire(fleet.sim, "the victim's next run")
+        victim = _into_its_next_run_alone(fleet, "web-1")
+        # Killed, its calls wait on the slow VICIdial. The survivor starts at once, as a
+        # standby would be running: it is up well before the victim's lease runs out.
         killed_at = time.time()
         victim.kill()
-        survivor = fleet.start(
-            "web-2", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
-        )
+        survivor = _start_for_takeover(fleet, "web-2")
         taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
         first = min(instant(line["timestamp"]).timestamp() for line in taken)
         for line in taken:
@@ -158,22 +170,11 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
     latency = 2.0
     with shared_fleet(tmp_path, "mysql") as fleet:
         fleet.sim.set_fault("latency", latency=latency)
-        frozen = fleet.start(
-            "web-1", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
-        )
-        frozen.wait_for("refresh.succeeded", timeout=30)
-        due = max(instant(_due(line)) for line in frozen.matching("refresh.succeeded"))
-        # Alone, it holds every claim of the next run; frozen once a call of that run is on
-        # the wire (not at an instant: a loaded machine may not have claimed by then, and a
-        # run never claimed is no takeover), its calls wait on the slow VICIdial, and so do
-        # their answers.
-        _wait_until((due + TAKEOVER_EVERY).timestamp())
-        _wait_for_a_call_on_the_wire(fleet.sim, "web-1's next run")
+        frozen = _into_its_next_run_alone(fleet, "web-1")
+        # Frozen, its calls wait on the slow VICIdial, and so do their answers.
         frozen.signal(signal.SIGSTOP)
         try:
-            other = fleet.start(
-                "web-2", servers=4, every=f"{TAKEOVER_EVERY.seconds}s", lease=f"{LEASE:.0f}s"
-            )
+            other = _start_for_takeover(fleet, "web-2")
             holds_for(
                 lambda: _no_double(runs_by_server(fleet.refreshed())),
                 seconds=3 * LEASE,
