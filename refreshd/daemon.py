@@ -313,8 +313,8 @@ class Daemon(Reloading):
                 scheduler.runner.events.store_failed(str(err))  # once per outage
             else:
                 scheduler.runner.events.store_answered()
-            if clock.monotonic() - last_prune > 3600:
-                last_prune = clock.monotonic()
+            if (beat := clock.monotonic()) - last_prune > 3600:
+                last_prune = beat
                 self._prune(scheduler)
 
     def _prune(self, scheduler: Scheduler) -> None:

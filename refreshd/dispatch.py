@@ -15,7 +15,7 @@ from refreshd.clock import Clock
 from refreshd.core.clusters import counts_for_mate
 from refreshd.core.policy import LOGIN_PROVEN
 from refreshd.core.vicidial import Answer, Attempt, Outcome
-from refreshd.logs import get_logger
+from refreshd.logs import get_logger, utc_text
 
 __all__ = ["Dispatcher", "Job", "LoginGate"]
 
@@ -197,7 +197,7 @@ class Dispatcher:
             if job.closed(now):
                 self._expire(job, now)
                 assert job.not_after is not None  # closed: it has one
-                closed = job.not_after.isoformat().replace("+00:00", "Z")
+                closed = utc_text(job.not_after)
                 skipped.append((job, f"held back past {closed}, when its window closed"))
                 continue
             if job.login in full:

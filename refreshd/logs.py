@@ -64,12 +64,16 @@ class Redactor:
 redactor = Redactor()
 
 
+def utc_text(moment: datetime, timespec: str = "auto") -> str:
+    """An instant as refreshd writes it everywhere (log lines, messages, webhooks): ISO 8601
+    in UTC, "Z" for the zone."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def _timestamp(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    event_dict["timestamp"] = (
-        system_clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    event_dict["timestamp"] = utc_text(system_clock.now(), "milliseconds")
     return event_dict
 
 
@@ -78,7 +82,7 @@ def _iso_datetimes(
 ) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
         if isinstance(value, datetime):
-            event_dict[key] = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            event_dict[key] = utc_text(value)
     return event_dict
 
 

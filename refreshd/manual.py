@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ from refreshd.core.ledger import Event, Kind
 from refreshd.core.policy import REFUSED_LOGIN
 from refreshd.core.vicidial import Outcome
 from refreshd.dispatch import Dispatcher, Job
+from refreshd.logs import utc_text
 from refreshd.oneshot import OneShotClaims
 from refreshd.runner import Runner
 
@@ -191,7 +191,8 @@ def _login_lines(runner: Runner, client: Client) -> list[ProbeLine]:
             not_tried = f"not tried: the login was refused at {refused[call.login]}"
         elif (until := runner.waiting(call.login, now)) is not None:
             reason = runner.why_waiting(call.login, now)
-            not_tried = f"not tried: credentials wait until {_iso(until)} ({reason})"
+            when = utc_text(until, "seconds")
+            not_tried = f"not tried: credentials wait until {when} ({reason})"
         elif (why := runner.admit(call.login, call.login_fingerprint or "")) is not None:
             not_tried = f"not tried: {why}"
         if not_tried is not None:
@@ -224,7 +225,3 @@ def _reach_lines(config: Config, client: Client) -> list[ProbeLine]:
             ProbeLine("reach", subject, server.api_url, known.ok, known.detail, known.duration_ms)
         )
     return lines
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -40,6 +40,7 @@ from refreshd.core.verification import Applied, Verdict
 from refreshd.core.vicidial import Attempt, Outcome
 from refreshd.events import Events
 from refreshd.gate import LoginGate
+from refreshd.logs import utc_text
 from refreshd.metrics import Metrics
 from refreshd.oneshot import one_shot_claims
 from refreshd.shared.engines import Tx
@@ -180,7 +181,7 @@ class Runner(LoginGate):
             login = self.login_of(server)
             wait = self.wait_of(login, now)
             if wait is not None and login not in lines:
-                when = wait.until.isoformat(timespec="seconds").replace("+00:00", "Z")
+                when = utc_text(wait.until, "seconds")
                 force = (
                     "--force does not lift it"
                     if wait.kind is WaitKind.FAILED_LOGIN_BUDGET

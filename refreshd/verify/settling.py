@@ -10,6 +10,7 @@ from datetime import datetime
 from refreshd.clock import Clock
 from refreshd.core.verification import Taken, lost_call_taken
 from refreshd.core.vicidial import Answer, Attempt, Outcome
+from refreshd.logs import utc_text
 from refreshd.verify.database import ClusterDatabase, DatabaseProblem
 
 __all__ = ["settle_lost"]
@@ -39,7 +40,7 @@ def settle_lost(database: ClusterDatabase, clock: Clock, started: datetime) -> A
         )
         if taken is not Taken.UNKNOWN:
             break
-    shown = "none" if stamp is None else _iso(stamp)
+    shown = "none" if stamp is None else utc_text(stamp, "seconds")
     if taken is Taken.NO:
         return f"no refresh taken since the call started (reload_timestamp {shown})"
     if taken is Taken.UNKNOWN:
@@ -51,7 +52,3 @@ def settle_lost(database: ClusterDatabase, clock: Clock, started: datetime) -> A
     )
     answer = Answer(Outcome.SETTLED, detail, reached=False)
     return Attempt(answer, started, 0, reload_timestamp=stamp)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
