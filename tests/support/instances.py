@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from refreshd.claiming import Claiming
-from refreshd.clock import FakeClock
+from refreshd.clock import Clock, FakeClock
 from refreshd.config import Config
 from refreshd.events import Events
 from refreshd.metrics import Metrics
@@ -145,16 +145,10 @@ class Instances:
 class One:
     """One instance's claims with its log and metrics."""
 
-    def __init__(self, engine: object, name: str, clock: object, lease: timedelta) -> None:
+    def __init__(self, engine: Engine, name: str, clock: Clock, lease: timedelta) -> None:
         self.log, self.metrics = Log(), Metrics()
-        self.events = Events(self.log, self.metrics, clock)  # type: ignore[arg-type]
-        self.claims = Claiming(
-            engine,  # type: ignore[arg-type]
-            name,
-            lease,
-            clock=clock,  # type: ignore[arg-type]
-            events=self.events,
-        )
+        self.events = Events(self.log, self.metrics, clock)
+        self.claims = Claiming(engine, name, lease, clock=clock, events=self.events)
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
