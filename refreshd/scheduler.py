@@ -25,6 +25,7 @@ from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
 from refreshd.tickets import Refused, Ticket, claim_run
 from refreshd.timer import Timer
+from refreshd.timing import MateHold
 from refreshd.timing import PlanMemo as _PlanMemo
 from refreshd.timing import Server as _Server
 
@@ -70,6 +71,7 @@ class Scheduler:
         self._servers: dict[str, _Server] = {}
         self.clusters = CallGroups({})  # replaced whole when verify/clusters.py learns anew
         self._timer = Timer(clock, self._wake, self._generation_of)
+        self._mates = MateHold(self._queue_at)  # one cluster's entries fire together
         self._stopping = False
         self.gaps = SuccessGaps()
         if metrics is not None:
@@ -218,11 +220,11 @@ class Scheduler:
                 if not fresh.in_flight:
                     to_plan.append(fresh)
             self.runner.configure(config, configured, changed_logins=changed_logins)
-            now = self._clock.now()
-            memo: _PlanMemo = {}
+            now, memo = self._clock.now(), _PlanMemo()
             for server in to_plan:
                 self._plan(server, now, memo)
             self.gaps.configure({n: s.schedule for n, s in self._servers.items()}, now)
+            self._mates.release(self._servers, self.clusters)  # a mate gone, say
         if self.metrics is not None:
             self.metrics.servers_configured(self._servers)
         return changes
@@ -309,6 +311,8 @@ class Scheduler:
                 if server.run_next is None:  # the look again of an unplanned server
                     self._plan(server, now)
                     continue
+                if self._mates.hold(server, self._servers.values(), self.clusters):
+                    continue  # fired with its mates once their call is settled
                 mates = self.clusters.group_of(server.name, server.login, server.target.key[2])
                 groups.setdefault(mates or server.target.key, []).append(server)
             for key, group in groups.items():
@@ -365,16 +369,16 @@ class Scheduler:
         decision = self.runner.settle(call, attempt, ticket)  # durable before the next plan
         with self._lock:
             server = self._servers.get(name)
-            if server is None:
-                return
-            server.in_flight, server.held = False, None  # claimed here: not held elsewhere
-            if ticket.refused is not None:  # fenced out: another instance has the run
-                self._not_here(server, ticket)
-            elif server.generation != gen:
-                # Re-configured while the call was in flight: plan from the new config.
-                self._plan(server, self._clock.now())
-            else:
-                self._follow(server, decision, call)
+            if server is not None:
+                server.in_flight, server.held = False, None  # claimed here: not elsewhere
+                if ticket.refused is not None:  # fenced out: another instance has the run
+                    self._not_here(server, ticket)
+                elif server.generation != gen:
+                    # Re-configured while the call was in flight: plan from the new config.
+                    self._plan(server, self._clock.now())
+                else:
+                    self._follow(server, decision, call)
+            self._mates.release(self._servers, self.clusters)
 
     def _follow(self, server: _Server, decision: Decision, call: Call) -> None:
         now = self._clock.now()
@@ -392,17 +396,17 @@ class Scheduler:
     def _skipped(self, name: str, ticket: Ticket, reason: str) -> None:
         with self._lock:
             server = self._servers.get(name)
-            if server is None:
-                return
-            server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
-            server.abandoned = server.abandoned or ticket.abandoned  # if not read: next call's
-            if ticket.refused is Refused.LOGIN_HELD:  # nobody may have the run: say a miss
-                server.unserved = str(ticket.refused)
-            if ticket.refused is not None and not self._stopping:
-                server.attempts = max(0, server.attempts - 1)  # no call was made here
-                self._not_here(server, ticket)
-            elif not self._stopping:
-                self._plan(server, self._clock.now())
+            if server is not None:
+                server.in_flight, ticket.refused = False, ticket.refused or Refused.of(reason)
+                server.abandoned = server.abandoned or ticket.abandoned  # else the next call's
+                if ticket.refused is Refused.LOGIN_HELD:  # nobody may have the run: a miss
+                    server.unserved = str(ticket.refused)
+                if ticket.refused is not None and not self._stopping:
+                    server.attempts = max(0, server.attempts - 1)  # no call was made here
+                    self._not_here(server, ticket)
+                elif not self._stopping:
+                    self._plan(server, self._clock.now())
+            self._mates.release(self._servers, self.clusters)
 
     def _not_here(self, server: _Server, ticket: Ticket) -> None:
         """Not called (for the record) here: done elsewhere, so past it; else look again."""

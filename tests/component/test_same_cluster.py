@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from refreshd.binding import schedule_of
 from refreshd.clock import system_clock
@@ -66,6 +67,37 @@ def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
             assert len(loop.log.matching("refresh.succeeded", server=name)) == 4
             assert loop.runner.ledger.server(name).last_done == START + timedelta(hours=3)
             assert loop.sample("refreshd_refresh_total", server=name, outcome="ok") == 4
+
+
+def test_a_mate_due_again_while_the_group_s_answer_is_settled_waits_for_the_others(
+    tmp_path: Path,
+) -> None:
+    """The group's answer is settled entry by entry. When the first entry settled is already
+    due again (a catch-up, a loaded machine) and the engine wakes before the others are
+    settled, it waits for them: the group's next run is still one call."""
+    config = fleet([{**s, "every": "1h"} for s in numbered(2)])
+    with running(config, tmp_path, start=START) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        settle = loop.runner.settle
+        settled: list[str] = []
+
+        def settled_after_a_wake(call: Any, attempt: Any, ticket: Any = None) -> Any:
+            # The engine wakes as the second entry's answer is being settled, the first
+            # entry settled and due again: without waiting for its mate, it fires alone.
+            settled.append(call.server)
+            if len(settled) == 2:
+                loop.clock.set(START + timedelta(hours=1))
+                loop.scheduler.run_due()
+            return settle(call, attempt, ticket)
+
+        loop.runner.settle = settled_after_a_wake  # type: ignore[method-assign]
+        loop.run_for(timedelta(minutes=90))
+
+        assert sorted(settled[:2]) == ["s0", "s1"], settled  # the wake came mid-group
+        calls = loop.refreshes()
+        assert [c.at for c in calls] == [START, START + timedelta(hours=1)], calls
+        for name in ("s0", "s1"):
+            assert len(loop.log.matching("refresh.succeeded", server=name)) == 2
 
 
 def test_without_a_known_cluster_each_entry_calls(tmp_path: Path) -> None:

@@ -92,7 +92,15 @@ def test_two_entries_of_one_cluster_make_one_call_per_slot(
         name: daemon.matching("refresh.succeeded", server=name) for name in ("east-a", "east-b")
     }
     # One call per slot, and each entry's run done with it.
-    assert len(calls) == len(runs["east-a"]) == len(runs["east-b"])
+    told = (
+        [(call["t"], call["server_ip"]) for call in calls],
+        {
+            name: [(r["timestamp"], r.get("due", r["slot"])) for r in rs]
+            for name, rs in runs.items()
+        },
+        daemon.stdout[-6000:],
+    )
+    assert len(calls) == len(runs["east-a"]) == len(runs["east-b"]), told
     assert len(calls) >= SLOTS
     assert len({call["server_ip"] for call in calls}) == 1  # the first entry's request
     print(f"FIGURE {len(calls)} calls for {len(calls)} slots of 2 entries of one cluster")
