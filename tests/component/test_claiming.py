@@ -20,7 +20,7 @@ from refreshd.runner import Runner
 from refreshd.shared import connect, instances, sqlite_engine
 from refreshd.store import StateStore
 from refreshd.tickets import FENCED_OUT, Refused, Ticket, claim_run
-from tests.support.databases import scratch_database
+from tests.support.databases import REAL_LEASE, scratch_database
 from tests.support.instances import ENGINES, Breakable, One, claims_engine
 from tests.support.loop import Log, at, fleet, numbered
 from tests.support.proxy import tcp_proxy
@@ -35,7 +35,7 @@ def test_a_takeover_is_said_with_its_old_holder_and_counted_at_least_once(
     kind: str, tmp_path: Path
 ) -> None:
     clock = FakeClock(START)
-    lease = LEASE if kind == "sqlite" else timedelta(milliseconds=400)
+    lease = LEASE if kind == "sqlite" else REAL_LEASE
     with claims_engine(kind, tmp_path) as engine:
         old, new = (
             One(engine(clock), "web-1", clock, lease),

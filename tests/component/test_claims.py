@@ -15,12 +15,12 @@ import pytest
 from refreshd.clock import FakeClock
 from refreshd.shared import Claim, ClaimStore, Engine, connect, sqlite_engine
 from refreshd.shared.claims import SCHEMA
-from tests.support.databases import scratch_database
+from tests.support.databases import REAL_LEASE, scratch_database
 from tests.support.waiting import all_at_once, eventually
 
 DUE = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 ENGINES = ["sqlite", "postgresql", "mysql"]
-LEASE = timedelta(milliseconds=300)  # short, for a test that waits for a lease to run out
+LEASE = REAL_LEASE
 
 
 class Cluster:

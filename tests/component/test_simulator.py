@@ -735,14 +735,20 @@ def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mo
     assert outcome == ["cut off"]
 
 
-def test_keep_alive_session_serves_a_thousand_requests_quickly(sim: Simulator) -> None:
+def test_keep_alive_session_serves_a_thousand_requests_on_one_connection(sim: Simulator) -> None:
+    """One connection, kept open by the simulator for every answer, as refreshd's pooled
+    session expects (how fast it answers is `make bench`'s, not a test's)."""
     conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=TIMEOUT)
-    started = time.monotonic()
+    conn.connect()
+    sock = conn.sock
     for _ in range(1000):
         conn.request("GET", API_PATH + "?function=version")
-        conn.getresponse().read()
+        response = conn.getresponse()
+        assert response.status == 200
+        assert not response.will_close
+        response.read()
+        assert conn.sock is sock  # http.client would have connected again
     conn.close()
-    assert time.monotonic() - started < 3.0
 
 
 # -- config and the command --------------------------------------------------------------------

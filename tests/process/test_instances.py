@@ -31,12 +31,14 @@ EVERY = timedelta(seconds=10)
 # Seconds: short, so that takeovers come quickly, yet long enough that a renewal thread
 # starved by a loaded test machine (every third of a lease) does not lose its claims.
 LEASE = 8.0
-# The runs of the instances a takeover is tested on (killed, frozen) come every 15 s: the
-# takeover (up to a lease and a look again after the holder's last renewal) must fall
-# before the next run, or that run supersedes the one taken over and no takeover happens;
-# every 10 s left a second of margin, which loaded runs lost (12 workers on 2 cores for the
-# kill, a fresh clone's first minute for the freeze).
-TAKEOVER_EVERY = timedelta(seconds=15)
+# The runs of the instances a takeover is tested on (killed, frozen) come every 24 s: the
+# takeover (the survivor's start, up to a lease and a look again after the holder's last
+# renewal) must fall before the next run, or that run supersedes the one taken over (the
+# claim is abandoned, not taken over). 10 s and then 15 s left too little margin on loaded
+# machines: a slower 2-core host took over one of four runs in time and abandoned three.
+TAKEOVER_EVERY = timedelta(seconds=24)
+# Long enough for a run after a given instant to come and be refreshed.
+NEXT_RUN_S = TAKEOVER_EVERY.seconds + 15
 
 
 def _wait_until(moment: float) -> None:
@@ -145,7 +147,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
             server = f"s{index:04d}"
             eventually(
                 lambda server=server: _refreshed(survivor, server, after.isoformat()),
-                timeout=30,
+                timeout=NEXT_RUN_S,
                 what=f"the survivor refreshed {server} due {after}",
             )
         fleet.daemons.stop_all()
@@ -197,7 +199,7 @@ def test_a_frozen_instance_starts_no_call_on_a_lost_claim_and_its_late_results_a
                     for pairs in fleet.refreshed().values()
                     for s, due in pairs
                 ),
-                timeout=30,
+                timeout=NEXT_RUN_S,
                 what=f"{server} refreshed after the thaw",
             )
         fleet.daemons.stop_all()

@@ -7,7 +7,6 @@ output."""
 from __future__ import annotations
 
 import signal
-import statistics
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -151,14 +150,14 @@ def test_one_post_per_event_and_the_ping_protocol_per_slot(
     _no_token_in(daemon.stdout, daemon.stderr, metrics.decode(), out, err)
 
 
-def _lags(daemon: DaemonProcess, server: str) -> list[float]:
-    """Seconds from each run's due instant to its refresh.succeeded line (the first run, a
-    catch-up started with the daemon, aside)."""
-    return [
-        (instant(line["timestamp"]) - instant(line["due"])).total_seconds()
+def _lags(daemon: DaemonProcess, server: str) -> dict[str, float]:
+    """Seconds from each run's due instant to its refresh.succeeded line, by due (the first
+    run, a catch-up started with the daemon, aside)."""
+    return {
+        line["due"]: (instant(line["timestamp"]) - instant(line["due"])).total_seconds()
         for line in daemon.matching("refresh.succeeded", server=server)
         if "due" in line
-    ]
+    }
 
 
 def test_with_the_listener_down_refreshes_keep_their_time_and_each_failure_is_logged_once(
@@ -206,12 +205,12 @@ def test_with_the_listener_down_refreshes_keep_their_time_and_each_failure_is_lo
         ("connection_refused", 3, down)
     }
     pinged, control = _lags(daemon, "s0"), _lags(daemon, "s1")
-    assert len(pinged) >= 4, pinged
-    assert len(control) >= 4, control
-    # On time: the same lag as the server that pings nothing (a few milliseconds on an
-    # idle machine), where a sender in the way would add its three seconds of tries.
-    assert max(pinged + control) < 2.0, (pinged, control)
-    assert abs(statistics.median(pinged) - statistics.median(control)) < 0.25, (pinged, control)
+    both = sorted(pinged.keys() & control.keys())
+    assert len(both) >= 4, (pinged, control)
+    # On time: each run as late as the same run of the server that pings nothing (a few
+    # milliseconds on an idle machine, more on a loaded one, alike for both), where a
+    # sender in the way would add its three seconds of tries.
+    assert all(pinged[due] - control[due] < 1.0 for due in both), (pinged, control)
     _no_token_in(daemon.stdout, daemon.stderr)
 
 

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ import pytest
 from refreshd.dburl import DatabaseUrl
 
 HOST = "127.0.0.1"
+# A lease timed by a database server's clock, which a FakeClock cannot advance: a test that
+# waits for one to run out waits this long. Short, yet long enough that the few statements a
+# test runs while a lease must still hold are done in time on a loaded 2-core machine
+# (300 and 400 ms failed there: a holder's lease lapsed between two statements).
+REAL_LEASE = timedelta(seconds=2)
 SERVERS = {  # engine -> (port, administrator)
     "mysql": (3306, "root"),
     "postgresql": (5432, "postgres"),

@@ -145,7 +145,7 @@ def assert_each_run_once(fleet: SharedFleet, every: timedelta, *, in_flight: int
                 line.get("reason"),
             )
             for line in daemon.events
-            if line["event"] in ("claim.lost", "claim.taken_over")
+            if line["event"] in ("claim.lost", "claim.taken_over", "claim.abandoned")
         ]
         for name, daemon in fleet.instances.items()
     }
