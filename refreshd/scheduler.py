@@ -25,9 +25,9 @@ from refreshd.metrics import Metrics, StateGauges
 from refreshd.runner import Runner
 from refreshd.tickets import Refused, Ticket, claim_run
 from refreshd.timer import Timer
-from refreshd.timing import MateHold
 from refreshd.timing import PlanMemo as _PlanMemo
 from refreshd.timing import Server as _Server
+from refreshd.timing import fired_together, hold_for_mates, settled
 
 __all__ = ["Scheduler"]
 
@@ -71,7 +71,6 @@ class Scheduler:
         self._servers: dict[str, _Server] = {}
         self.clusters = CallGroups({})  # replaced whole when verify/clusters.py learns anew
         self._timer = Timer(clock, self._wake, self._generation_of)
-        self._mates = MateHold(self._queue_at)  # one cluster's entries fire together
         self._stopping = False
         self.gaps = SuccessGaps()
         if metrics is not None:
@@ -140,8 +139,7 @@ class Scheduler:
     def replan_all(self) -> None:
         """Re-plan every server not in flight (after a wall-clock jump, say)."""
         with self._lock:
-            now = self._clock.now()
-            memo: _PlanMemo = {}
+            now, memo = self._clock.now(), _PlanMemo()
             for server in self._servers.values():
                 if not server.in_flight:
                     self._plan(server, now, memo)
@@ -210,7 +208,7 @@ class Scheduler:
                 fresh = _Server(server_config, schedule, target, login)
                 if current is not None:
                     fresh.generation = current.generation + 1
-                    fresh.in_flight = current.in_flight
+                    fresh.in_flight, fresh.firing = current.in_flight, current.firing
                     fresh.held, fresh.abandoned = current.held, current.abandoned
                     changes["changed"].append(name)
                 else:
@@ -224,7 +222,6 @@ class Scheduler:
             for server in to_plan:
                 self._plan(server, now, memo)
             self.gaps.configure({n: s.schedule for n, s in self._servers.items()}, now)
-            self._mates.release(self._servers, self.clusters)  # a mate gone, say
         if self.metrics is not None:
             self.metrics.servers_configured(self._servers)
         return changes
@@ -232,6 +229,8 @@ class Scheduler:
     def _drop(self, name: str) -> None:
         server = self._servers.pop(name)
         server.generation += 1  # its queue entry, and any answer in flight, are now stale
+        for held, at in settled(name, server.firing, self._servers):
+            self._queue_at(held, at)
 
     # --- planning ----------------------------------------------------------------------
 
@@ -311,12 +310,13 @@ class Scheduler:
                 if server.run_next is None:  # the look again of an unplanned server
                     self._plan(server, now)
                     continue
-                if self._mates.hold(server, self._servers.values(), self.clusters):
-                    continue  # fired with its mates once their call is settled
+                if hold_for_mates(server):
+                    continue  # queued again once its mates have settled their shared answer
                 mates = self.clusters.group_of(server.name, server.login, server.target.key[2])
                 groups.setdefault(mates or server.target.key, []).append(server)
             for key, group in groups.items():
                 jobs = [job for s in group if (job := self._fire(s, now, key)) is not None]
+                fired_together([self._servers[job.server] for job in jobs])
                 if jobs and not self.dispatcher.submit_all(jobs):
                     for job in jobs:
                         self._servers[job.server].in_flight = False
@@ -378,7 +378,8 @@ class Scheduler:
                     self._plan(server, self._clock.now())
                 else:
                     self._follow(server, decision, call)
-            self._mates.release(self._servers, self.clusters)
+                for held, at in settled(name, server.firing, self._servers):
+                    self._queue_at(held, at)
 
     def _follow(self, server: _Server, decision: Decision, call: Call) -> None:
         now = self._clock.now()
@@ -406,7 +407,8 @@ class Scheduler:
                     self._not_here(server, ticket)
                 elif not self._stopping:
                     self._plan(server, self._clock.now())
-            self._mates.release(self._servers, self.clusters)
+                for held, at in settled(name, server.firing, self._servers):
+                    self._queue_at(held, at)
 
     def _not_here(self, server: _Server, ticket: Ticket) -> None:
         """Not called (for the record) here: done elsewhere, so past it; else look again."""

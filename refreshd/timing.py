@@ -1,19 +1,18 @@
 """One server's place in the daemon's timing (the scheduler's working state, not the ledger's),
-the memo of one planning pass, and the entries held for their cluster mates."""
+the memo of one planning pass, and one cluster's call while its entries settle it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from refreshd.attempt import Target
 from refreshd.config import ServerConfig
-from refreshd.core.clusters import CallGroups
 from refreshd.core.planning import Next
 from refreshd.core.slots import Schedule
 
-__all__ = ["MateHold", "PlanMemo", "Server"]
+__all__ = ["Firing", "PlanMemo", "Server", "fired_together", "hold_for_mates", "settled"]
 
 
 # (schedule, not before, last done) -> next_fire's answer, for one planning pass only: keyed
@@ -43,50 +42,60 @@ class Server:
     # (another holds the login's lease: a command killed mid-login, say): `slot.missed`
     # with this as its outcome if the run passes undone, not silence.
     unserved: str | None = None
+    firing: Firing | None = None  # its cluster's last call, while not every entry settled it
 
     @property
     def name(self) -> str:
         return self.config.name
 
 
-class MateHold:
-    """The entries of one cluster (core/clusters.CallGroups) make one call per run only if
-    they fire together. An entry whose next run is due while a mate's call is still out, or
-    its answer still being settled (the group's answer is settled entry by entry, and the
-    first one settled may already be due again), waits for that mate instead of firing
-    alone; both then fire in one wake, as one call. Guarded by the scheduler's lock."""
+@dataclass
+class Firing:
+    """The entries of one cluster fired as one call (core/clusters.CallGroups). Its answer is
+    settled entry by entry, and an entry settled first may already be due again (a
+    catch-up, a loaded host): it then waits (`held`) until every entry still `pending` has
+    settled, or has been dropped, and they fire together again, as one call, instead of
+    each alone. Guarded by the scheduler's lock."""
 
-    def __init__(self, queue: Callable[[Server, datetime], None]) -> None:
-        self._queue = queue  # the scheduler's: queue a server to fire at an instant
-        self._held: set[str] = set()
+    pending: set[str]
+    held: set[str] = field(default_factory=set)
 
-    def hold(self, server: Server, servers: Iterable[Server], groups: CallGroups) -> bool:
-        """Whether `server`, due now, waits for a mate (it is then kept here)."""
-        if _mate_out(server, servers, groups):
-            self._held.add(server.name)
-            return True
+
+# What a held entry's run, if it passes undone, is told missed for (`slot.missed`).
+WAITING_FOR_MATES = "waiting for its cluster mates to record their shared answer"
+
+
+def fired_together(servers: list[Server]) -> None:
+    """`servers` were fired in one wake as one call: a Firing when they are several."""
+    firing = Firing({server.name for server in servers}) if len(servers) > 1 else None
+    for server in servers:
+        server.firing = firing
+
+
+def hold_for_mates(server: Server) -> bool:
+    """Whether `server`, due now, waits for the mates of its last call to settle it."""
+    if server.firing is None or not server.firing.pending:
         return False
-
-    def release(self, servers: Mapping[str, Server], groups: CallGroups) -> None:
-        """Queue again, for their planned run, the held entries none of whose mates is out
-        any more (or that are gone, or whose mate is: forgotten)."""
-        gone = {name for name in self._held if name not in servers}
-        free = [
-            servers[name]
-            for name in sorted(self._held - gone)
-            if not _mate_out(servers[name], servers.values(), groups)
-        ]
-        self._held -= gone | {server.name for server in free}
-        for server in free:
-            if server.run_next is not None:
-                self._queue(server, server.run_next.at)
+    server.firing.held.add(server.name)
+    server.unserved = server.unserved or WAITING_FOR_MATES
+    return True
 
 
-def _mate_out(server: Server, servers: Iterable[Server], groups: CallGroups) -> bool:
-    group = groups.group_of(server.name, server.login, server.target.key[2])
-    return group is not None and any(
-        other.in_flight
-        and other is not server
-        and groups.group_of(other.name, other.login, other.target.key[2]) == group
-        for other in servers
-    )
+def settled(
+    name: str, firing: Firing | None, servers: Mapping[str, Server]
+) -> list[tuple[Server, datetime]]:
+    """`name` has settled its cluster's call (or is gone): once none is pending any more,
+    the held entries to queue again, each for its planned run."""
+    if firing is None:
+        return []
+    firing.pending.discard(name)
+    if firing.pending:
+        return []
+    held, firing.held = firing.held, set()
+    return [
+        (server, server.run_next.at)
+        for each in sorted(held)
+        if (server := servers.get(each)) is not None
+        and server.run_next is not None
+        and not server.in_flight
+    ]

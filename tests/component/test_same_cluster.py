@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,35 +69,87 @@ def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
             assert loop.sample("refreshd_refresh_total", server=name, outcome="ok") == 4
 
 
+def _woken_while_the_second_settles(loop: Loop, then: datetime | None = None) -> list[str]:
+    """Runs the loop for 90 minutes from START, where the engine wakes at START + 1 h as the
+    second entry's answer is being settled (the first entry settled and due again); `then`:
+    the clock has moved on to it when that settling ends. The entries in settling order."""
+    settle = loop.runner.settle
+    settled: list[str] = []
+
+    def settled_after_a_wake(call: Any, attempt: Any, ticket: Any = None) -> Any:
+        settled.append(call.server)
+        if len(settled) == 2:
+            loop.clock.set(START + timedelta(hours=1))
+            loop.scheduler.run_due()
+            loop.clock.set(then or loop.clock.now())
+        return settle(call, attempt, ticket)
+
+    loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+    loop.runner.settle = settled_after_a_wake  # type: ignore[method-assign]
+    loop.run_for(timedelta(minutes=90))
+    assert sorted(settled[:2]) == ["s0", "s1"], settled  # the wake came mid-group
+    return settled
+
+
 def test_a_mate_due_again_while_the_group_s_answer_is_settled_waits_for_the_others(
     tmp_path: Path,
 ) -> None:
     """The group's answer is settled entry by entry. When the first entry settled is already
     due again (a catch-up, a loaded machine) and the engine wakes before the others are
-    settled, it waits for them: the group's next run is still one call."""
+    settled, it waits for them (firing alone, its mate would then fire alone too): the
+    group's next run is still one call."""
     config = fleet([{**s, "every": "1h"} for s in numbered(2)])
     with running(config, tmp_path, start=START) as loop:
-        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
-        settle = loop.runner.settle
-        settled: list[str] = []
+        _woken_while_the_second_settles(loop)
 
-        def settled_after_a_wake(call: Any, attempt: Any, ticket: Any = None) -> Any:
-            # The engine wakes as the second entry's answer is being settled, the first
-            # entry settled and due again: without waiting for its mate, it fires alone.
-            settled.append(call.server)
-            if len(settled) == 2:
-                loop.clock.set(START + timedelta(hours=1))
-                loop.scheduler.run_due()
-            return settle(call, attempt, ticket)
-
-        loop.runner.settle = settled_after_a_wake  # type: ignore[method-assign]
-        loop.run_for(timedelta(minutes=90))
-
-        assert sorted(settled[:2]) == ["s0", "s1"], settled  # the wake came mid-group
         calls = loop.refreshes()
         assert [c.at for c in calls] == [START, START + timedelta(hours=1)], calls
         for name in ("s0", "s1"):
             assert len(loop.log.matching("refresh.succeeded", server=name)) == 2
+
+
+def test_a_run_whose_window_closes_while_it_waits_for_its_mates_is_told_missed(
+    tmp_path: Path,
+) -> None:
+    # A slot at 08:00, refreshed, and one at 09:00 that closes while an entry waits.
+    config = fleet([{**s, "windows": ["08:00-08:30", "09:00-09:05"]} for s in numbered(2)])
+    with running(config, tmp_path, start=START) as loop:
+        first, _ = _woken_while_the_second_settles(loop, then=START + timedelta(minutes=66))
+
+        assert [c.at for c in loop.refreshes()] == [START]
+        (missed,) = loop.log.matching("slot.missed")
+        assert missed["server"] == first
+        assert "waiting for its cluster mates" in str(missed), missed
+
+
+def test_a_mate_due_while_the_group_s_call_is_out_rides_it(tmp_path: Path) -> None:
+    """Waiting is only for mates settling an answer already back: an entry due while its
+    cluster's call is still out joins that call (and its answer), as before."""
+    servers = [
+        {"name": "s0", "server_ip": "10.0.0.0", "windows": ["00:00-24:00"], "every": "1h"},
+        {"name": "s1", "server_ip": "10.0.0.1", "windows": ["08:10-08:20"]},
+    ]
+    with running(fleet(servers), tmp_path, start=START) as loop:
+        loop.scheduler.clusters = CallGroups({"s0": "east", "s1": "east"})
+        out, answer = threading.Event(), threading.Event()
+
+        def slow_first_call() -> None:
+            if not out.is_set():
+                out.set()
+                assert answer.wait(10)
+
+        loop.hold = slow_first_call
+        loop.scheduler.run_due()  # s0's 08:00 call goes out and waits
+        assert out.wait(10)
+        loop.clock.set(START + timedelta(minutes=10))
+        loop.scheduler.run_due()  # s1 is due while that call is out
+        loop.clock.set(START + timedelta(minutes=25))  # its window has closed meanwhile
+        answer.set()
+        assert loop.scheduler.dispatcher.wait_idle(10)
+
+        assert [c.at for c in loop.calls] == [START + timedelta(minutes=25)]
+        assert len(loop.log.matching("refresh.succeeded", server="s1")) == 1
+        assert loop.log.matching("slot.missed") == []
 
 
 def test_without_a_known_cluster_each_entry_calls(tmp_path: Path) -> None:

@@ -82,20 +82,20 @@ def test_one_post_per_event_and_the_ping_protocol_per_slot(
             tmp_path,
             [
                 # Two slots, each refreshed once: /start, success, /start, success. The first
-                # is open 7 s or more after the config is written: a loaded machine (both
-                # cores busy) can take seconds to start the daemon.
+                # is open 14 s after the config is written: a loaded machine (both cores
+                # busy) took 8 s to start the daemon.
                 _server(
                     simulator,
                     0,
                     "main",
-                    window_from_now(-1, 8),
-                    window_from_now(8, 3),
+                    window_from_now(-1, 15),
+                    window_from_now(15, 3),
                     ping_url=f"{listener.url}/ping/{PING_TOKEN}-s0",
                 ),
                 # Permission denied: suspended once (an hour), whatever else happens.
                 _server(simulator, 1, "noapi", window_from_now(-1, 600)),
                 # 500s until its slot ends: /start, then /fail.
-                _server(simulator, 2, "outage", window_from_now(-1, 7), ping_url_env="S2_PING"),
+                _server(simulator, 2, "outage", window_from_now(-1, 15), ping_url_env="S2_PING"),
             ],
             [
                 {"name": "ops", "url_env": "OPS_HOOK"},
