@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from refreshd.simulator import Simulator
 from tests.support.alerts import Scrape, alert, expect, input_series, promtool, run_promtool, scrape
 from tests.support.config import (
@@ -90,6 +92,10 @@ def _only(server: str, credentials: str) -> Any:
     return keep
 
 
+# promtool evaluates the rules every minute over a week (~20 s of CPU): on a loaded 2-core
+# machine the test took over the default 120 s. Long: handed out to a worker first.
+@pytest.mark.long
+@pytest.mark.timeout(360)
 def test_the_shipped_alert_rules_fire_on_the_series_a_real_daemon_exports(
     tmp_path: Path, simulator: Simulator, start_daemon: StartDaemon, refused_port: int
 ) -> None:
