@@ -391,7 +391,7 @@ def test_a_second_live_daemon_with_the_same_instance_name_gets_no_claim_and_says
     must not take the first's live claim over as if it were its own (its call in flight
     would be made twice); it claims nothing, says why, and starts once the first is gone."""
     clock = FakeClock(START)
-    lease = LEASE if kind == "sqlite" else timedelta(seconds=1)
+    lease = LEASE if kind == "sqlite" else REAL_LEASE
     with claims_engine(kind, tmp_path) as engine:
         first = One(engine(clock), "web-1", clock, lease)
         twin = One(engine(clock), "web-1", clock, lease)

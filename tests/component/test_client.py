@@ -159,7 +159,7 @@ def test_a_reset_connection_is_a_connection_reset(simulator: Simulator) -> None:
 def test_a_server_that_never_answers_times_out_after_the_timeout(simulator: Simulator) -> None:
     simulator.set_fault("timeout")
 
-    assert_times_out(simulator, timeout=0.5, within=(0.4, 2.0))
+    assert_times_out(simulator, timeout=0.5, within=(0.4, 5.0))
 
 
 def test_a_trickling_body_times_out_on_the_total_deadline(simulator: Simulator) -> None:
@@ -167,7 +167,7 @@ def test_a_trickling_body_times_out_on_the_total_deadline(simulator: Simulator) 
     # time-out, so only a deadline on the whole call stops it (the full body takes ~35 s).
     simulator.set_fault("trickle")
 
-    assert_times_out(simulator, timeout=1.0, within=(0.9, 2.5))
+    assert_times_out(simulator, timeout=1.0, within=(0.9, 5.0))
 
 
 @pytest.mark.parametrize("mode", ["trickle_headers", "continue_forever"])
@@ -178,7 +178,7 @@ def test_a_server_that_never_finishes_its_head_times_out_on_the_total_deadline(
     # deadline on the whole call ends it (a trickled head takes ~40 s, 100s go on for 120 s).
     simulator.set_fault(mode, interval=0.2)
 
-    assert_times_out(simulator, timeout=1.0, within=(0.9, 2.5))
+    assert_times_out(simulator, timeout=1.0, within=(0.9, 5.0))
 
 
 @pytest.mark.parametrize("mode", ["gzip", "gzip_always"])
@@ -205,11 +205,11 @@ def test_a_closed_port_is_a_refused_connection(refused_port: int) -> None:
 def test_a_closed_port_fails_at_once_without_a_response(refused_port: int) -> None:
     started = time.monotonic()
 
-    answer = call_url(f"http://127.0.0.1:{refused_port}{API_PATH}")
+    answer = call_url(f"http://127.0.0.1:{refused_port}{API_PATH}", timeout=20)
 
     assert (answer.status, answer.body) == (None, None)
     assert answer.transport is not None
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # at once, not after the 20 s time-out
 
 
 @pytest.mark.parametrize("mode", ["http500", "http503", "http429", "empty", "reset", "timeout"])

@@ -17,6 +17,7 @@ from refreshd.core.ledger import Call
 from refreshd.core.vicidial import Answer, Attempt, Outcome
 from refreshd.dispatch import Dispatcher, Job
 from refreshd.runner import Runner
+from tests.support.waiting import eventually
 
 NOW = datetime(2027, 1, 5, 2, 0, tzinfo=UTC)
 # The runner is the dispatcher's login gate; its config only lends it the back-off.
@@ -162,7 +163,7 @@ def test_unproven_credentials_log_in_one_call_at_a_time() -> None:
 
 
 def test_proven_credentials_allow_a_few_calls_at_once() -> None:
-    send = FakeSend(delay=0.05)
+    send = FakeSend(delay=0.3)  # long enough for four workers to overlap on a loaded machine
     _send_each(send, _gate(), workers=8, jobs=9)
     # The first call proves the login; then up to MAX_LOGINS_IN_FLIGHT (4) at once.
     assert send.peak == 4
@@ -302,14 +303,14 @@ def test_a_rider_whose_window_is_still_open_goes_when_its_leaders_has_closed() -
 
 
 def test_stop_drops_pending_jobs_and_lets_calls_in_flight_finish() -> None:
-    send = FakeSend(delay=0.3)
+    send = FakeSend(delay=2.0)  # still out when stop() comes, however slow the machine
     gate = _proven_gate(*(f"c{i}" for i in range(3)))
     dispatcher = _dispatcher(send, gate, 1)
     collector = Collector(3)
     for i in range(3):
         dispatcher.submit(collector.job(f"s{i}", _target(f"10.0.0.{i}", f"u{i}"), f"c{i}"))
-    time.sleep(0.1)
-    assert dispatcher.stop(grace=5)
+    eventually(lambda: send.current == 1, what="s0's call out")
+    assert dispatcher.stop(grace=10)
     collector.wait()
     assert [name for name, _ in collector.done] == ["s0"]
     assert sorted(name for name, _ in collector.skipped) == ["s1", "s2"]

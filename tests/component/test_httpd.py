@@ -132,7 +132,7 @@ def test_a_trickling_client_is_cut_off_at_the_exchange_time_out() -> None:
     ):
         started = time.monotonic()
         cut = None
-        for byte in b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 40:
+        for byte in b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 200:  # 11 s at the pace below
             try:
                 sock.sendall(bytes([byte]))
             except OSError:
@@ -144,7 +144,7 @@ def test_a_trickling_client_is_cut_off_at_the_exchange_time_out() -> None:
             sock.setblocking(True)
             time.sleep(0.05)  # not a wait for a condition: the trickle's own pace
     assert cut is not None, "the trickle was never cut off"
-    assert 0.4 < cut < 1.5, cut
+    assert 0.4 < cut < 5.0, cut  # the 0.5 s time-out, with room for a loaded machine
 
 
 def test_an_idle_connection_is_closed_at_the_exchange_time_out() -> None:
@@ -154,8 +154,8 @@ def test_an_idle_connection_is_closed_at_the_exchange_time_out() -> None:
     ):
         started = time.monotonic()
         assert sock.recv(1) == b""  # blocks until the server closes it
-        assert 0.2 < time.monotonic() - started < 2.0
-        eventually(lambda: server.open_connections == 0, timeout=2, what="forgotten")
+        assert 0.2 < time.monotonic() - started < 4.0  # 0.3 s, not the socket's 5 s
+        eventually(lambda: server.open_connections == 0, what="forgotten")
 
 
 def test_at_the_bound_the_oldest_idle_connection_makes_room_for_healthz() -> None:
@@ -283,7 +283,7 @@ def test_page_requests_at_once_share_one_rendering_and_never_hold_healthz_back()
             started = time.monotonic()
             assert get(server.port, "/healthz") == (200, b"ok\n")
             assert get(server.port, "/metrics")[0] == 200
-            assert time.monotonic() - started < 2  # not after the page
+            assert time.monotonic() - started < 4  # not after the page (5 s)
             release.set()
             for sock in readers:
                 sock.settimeout(5)

@@ -210,7 +210,7 @@ def test_a_webhook_that_trickles_its_body_has_answered_with_its_status() -> None
         sender, log, metrics = _real_sender(attempts=1, timeout=0.5)
         sender.submit(_delivery(url=f"{listener.url}/hook/{TOKEN}"))
         sender.submit(Delivery("ping", "east", "start", f"{listener.url}/ping/uuid/start"))
-        assert sender.stop(2)
+        assert sender.stop(10)
     assert log.lines == []
     assert _value(metrics, "sent") == 1
     assert _value(metrics, "sent", "ping") == 1

@@ -402,7 +402,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def test_continue_forever_fault_sends_100_continue_and_nothing_else(sim: Simulator) -> None:
     sim.set_fault("continue_forever", interval=0.05)
     with send_raw(sim, REFRESH) as conn:
-        received = read_for(conn, 0.6)
+        received = read_for(conn, 2.0)
     assert received.count(CONTINUE) >= 3
     assert received == CONTINUE * received.count(CONTINUE)
     # The request never reached the PHP.
@@ -420,8 +420,8 @@ def wait_until_idle(sim: Simulator, seconds: float) -> bool:
 def test_continue_forever_fault_stops_when_the_client_hangs_up(sim: Simulator) -> None:
     sim.set_fault("continue_forever", interval=0.05)
     with send_raw(sim, REFRESH) as conn:
-        assert read_for(conn, 0.2).startswith(CONTINUE)
-    assert wait_until_idle(sim, 2.0)
+        assert read_for(conn, 2.0).startswith(CONTINUE)
+    assert wait_until_idle(sim, 5.0)
 
 
 def test_continue_forever_fault_gives_up_after_its_bound(
@@ -431,8 +431,8 @@ def test_continue_forever_fault_gives_up_after_its_bound(
     sim.set_fault("continue_forever", interval=0.05)
     started = time.monotonic()
     with send_raw(sim, REFRESH) as conn:
-        received = read_for(conn, 5.0)  # returns early: the simulator resets the connection
-    assert time.monotonic() - started < 3.0
+        received = read_for(conn, 15.0)  # returns early: the simulator resets the connection
+    assert time.monotonic() - started < 8.0  # its 0.3 s bound, not the 15 s of reading
     assert received == CONTINUE * received.count(CONTINUE)
     assert wait_until_idle(sim, 2.0)
 
@@ -719,7 +719,8 @@ def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mo
 
     def wait_for_answer() -> None:
         try:
-            call(sim, function="version")
+            # A client that would wait a minute: cut off, it was by the stop.
+            requests.get(sim.url + API_PATH, params={"function": "version"}, timeout=60)
             outcome.append("answered")
         except requests.RequestException:
             outcome.append("cut off")
@@ -730,8 +731,8 @@ def test_stop_is_quick_with_a_request_stuck_in_a_slow_fault(clock: FakeClock, mo
         time.sleep(0.01)
     started = time.monotonic()
     sim.stop()
-    assert time.monotonic() - started < 1.0
-    stuck.join(timeout=2)
+    assert time.monotonic() - started < 10.0  # not the fault's wait, nor the client's
+    stuck.join(timeout=20)
     assert outcome == ["cut off"]
 
 

@@ -296,7 +296,7 @@ def test_status_json_after_a_daemon_run_shows_the_outcome_and_the_next_slot(
     )  # open now
     daemon = DaemonProcess(config).start()
     try:
-        (line,) = daemon.wait_for("refresh.succeeded", timeout=15)
+        (line,) = daemon.wait_for("refresh.succeeded")
     finally:
         assert daemon.stop() == 0
 
@@ -322,7 +322,7 @@ def test_status_lists_the_running_daemon_as_a_live_instance(
     config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(-60, 3600))
     daemon = DaemonProcess(config).start()
     try:
-        daemon.wait_for("refresh.succeeded", timeout=15)
+        daemon.wait_for("refresh.succeeded")
         # Its first renewal wrote its heartbeat row (at start, then every lease / 3).
         eventually(
             lambda: status(run_refreshd, config)["instances"], timeout=10, what="the instance"
@@ -419,7 +419,7 @@ def test_history_after_a_daemon_run_shows_the_slot_and_due(
     config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(-60, 3600))
     daemon = DaemonProcess(config).start()
     try:
-        (line,) = daemon.wait_for("refresh.succeeded", timeout=15)
+        (line,) = daemon.wait_for("refresh.succeeded")
     finally:
         assert daemon.stop() == 0
 
@@ -588,7 +588,7 @@ def idle_daemon(tmp_path: Path, simulator: Simulator) -> Iterator[tuple[Path, Da
     config = one_server_config(tmp_path, simulator.api_url, window=window_from_now(7200, 60))
     daemon = DaemonProcess(config).start()
     try:
-        daemon.wait_for("daemon.started", timeout=15)
+        daemon.wait_for("daemon.started")
         yield config, daemon
     finally:
         daemon.stop()

@@ -69,10 +69,10 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
 ) -> None:
     sim = fleet.sim
     # Long enough for the kill to land while the call is on the wire (seen at once below).
-    sim.set_fault("latency", path=api_path(0), latency=1.5, count=1)
+    sim.set_fault("latency", path=api_path(0), latency=5.0, count=1)
     fleet.write([fleet.server(0, window_from_now(-2, 600))])
     first = fleet.start()
-    first.wait_for("daemon.started", timeout=15)
+    first.wait_for("daemon.started")
     # The call is on the wire: VICIdial (the simulator) will carry it out, the daemon will
     # never hear the answer.
     eventually(lambda: sim.stats()["in_flight"] >= 1, what="the call on the wire")
@@ -84,11 +84,11 @@ def test_kill_9_during_a_call_then_a_restart_repeats_the_killed_call_once_and_no
     )
 
     second = fleet.start()
-    (retried,) = second.wait_for("refresh.succeeded", timeout=15)
+    (retried,) = second.wait_for("refresh.succeeded")
     third_start = time.time()
     assert second.stop() == EXIT_OK
     third = fleet.start()
-    third.wait_for("daemon.started", timeout=15)
+    third.wait_for("daemon.started")
     holds_for(
         lambda: sim.stats()["requests"].get(api_path(0), 0) <= 2,
         seconds=1.5,  # a catch-up would fire at once
@@ -122,7 +122,7 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
     recorded_before: dict[int, float] = {}
     for round_number in range(5):
         daemon = fleet.start()
-        daemon.wait_for("daemon.started", timeout=15)
+        daemon.wait_for("daemon.started")
         if round_number < 4:
             # Every success is one fsynced SQLite transaction: the daemon spends most of
             # its time committing, so a kill in full flow lands in or between writes. The
@@ -130,10 +130,11 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
             # always left for the next round however fast the machine.
             daemon.wait_for("refresh.succeeded", count=rng.randint(10, 50), timeout=30)
             daemon.kill()
+            killed_at = time.time()  # the process has exited: it sends nothing more
             kills += 1
             assert integrity(fleet.state_path) == "ok"
-            for server, at in recorded_successes(fleet.state_path):
-                recorded_before.setdefault(int(server[1:]), instant(at).timestamp())
+            for server, _ in recorded_successes(fleet.state_path):
+                recorded_before.setdefault(int(server[1:]), killed_at)
         else:
             assert len(recorded_before) < count, "every kill must hit a daemon with work left"
             daemon.wait_for("refresh.succeeded", count=count - len(recorded_before), timeout=60)
@@ -152,13 +153,9 @@ def test_kill_9_during_state_writes_never_loses_a_recorded_slot_nor_refreshes_it
     assert max(refreshed) <= 2
     # Only calls in flight (unrecorded) at a kill are repeated: at most max_concurrency each.
     assert len(repeated) <= kills * 8, repeated
-    # And never a server whose success had been recorded before the kill.
-    late = [
-        i
-        for i, at in recorded_before.items()
-        for t in successes(sim, i)
-        if t > at + 1.0  # a recorded call is answered within milliseconds
-    ]
+    # And never a server whose success had been recorded before a kill: no call of it
+    # reached the simulator after that kill (from the daemons started after it).
+    late = [i for i, killed in recorded_before.items() for t in successes(sim, i) if t > killed]
     assert late == [], late
     assert integrity(fleet.state_path) == "ok"
     fleet.audit()
@@ -181,7 +178,7 @@ def _prepare_state(fleet: Fleet) -> None:
     """A real state file from one daemon run, checkpointed into the main file."""
     fleet.write([fleet.server(0, window_from_now(-2, 600))])
     daemon = fleet.start()
-    daemon.wait_for("refresh.succeeded", timeout=15)
+    daemon.wait_for("refresh.succeeded")
     assert daemon.stop() == EXIT_OK
     checkpoint(fleet.state_path)
 
@@ -208,7 +205,7 @@ def test_garbage_in_the_wal_is_ignored_and_a_done_slot_stays_done(fleet: Fleet) 
     wal.write_bytes(os.urandom(32 * 1024))  # a torn write after a power cut, say
 
     daemon = fleet.start()
-    daemon.wait_for("daemon.started", timeout=15)
+    daemon.wait_for("daemon.started")
     holds_for(
         lambda: len(calls_on(fleet.sim, api_path(0))) <= 1,
         seconds=1.5,  # a catch-up would fire at once
@@ -290,7 +287,7 @@ def test_a_full_disk_is_logged_and_never_turns_into_repeated_refreshes(fleet: Fl
     # log can take a few commits, then every write fails as on a full disk.
     fleet.write([fleet.server(0, window_from_now(3600, 600))])
     idle = fleet.start()
-    idle.wait_for("daemon.started", timeout=15)
+    idle.wait_for("daemon.started")
     assert idle.stop() == EXIT_OK
     checkpoint(fleet.state_path)
     fleet.write([fleet.server(0, window_from_now(-2, 600), every="1s")])

@@ -25,7 +25,8 @@ from tests.support.shared_fleet import (
 )
 from tests.support.waiting import eventually, holds_for
 
-pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.long]
+# Minutes of runs, leases and takeovers: more than the default 120 s on a loaded machine.
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(300)]
 
 EVERY = timedelta(seconds=10)
 # Seconds: short, so that takeovers come quickly, yet long enough that a renewal thread
@@ -132,7 +133,7 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         killed_at = time.time()
         victim.kill()
         survivor = _start_for_takeover(fleet, "web-2")
-        taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 10)
+        taken = survivor.wait_for("claim.taken_over", timeout=LEASE + 20)
         first = min(instant(line["timestamp"]).timestamp() for line in taken)
         for line in taken:
             eventually(
@@ -156,7 +157,11 @@ def test_a_killed_instance_s_runs_are_taken_over_within_its_lease(tmp_path: Path
         maybe_called = sum(1 for line in taken if line.get("maybe_called"))
         assert_each_run_once(fleet, TAKEOVER_EVERY, in_flight=maybe_called)
         failover = first - killed_at
-        assert failover <= LEASE + 1, f"taken over {failover:.1f}s after the kill"
+        # Within a lease of the kill, or at once if the survivor was not up by then (its
+        # start took seconds on a loaded machine); not a lease later, nor at the next run.
+        (up,) = survivor.matching("daemon.started")
+        due_by = max(killed_at + LEASE, instant(up["timestamp"]).timestamp())
+        assert first <= due_by + 2, f"taken over {failover:.1f}s after the kill"
         report(
             "failover-kill-9",
             lease_s=LEASE,

@@ -131,12 +131,12 @@ def test_a_trickling_client_is_cut_off_at_the_exchange_time_out(
             except OSError:
                 cut_after = time.monotonic() - started
                 break
-            if time.monotonic() - started > EXCHANGE_TIMEOUT + 5:
+            if time.monotonic() - started > EXCHANGE_TIMEOUT + 15:
                 break
             time.sleep(0.25)  # not a wait for a condition: the trickle's own pace
     report("metrics-slowloris", byte_every_s=0.25, cut_after_s=cut_after)
-    assert cut_after is not None, f"still connected {EXCHANGE_TIMEOUT + 5} s later"
-    assert EXCHANGE_TIMEOUT - 0.5 < cut_after < EXCHANGE_TIMEOUT + 2
+    assert cut_after is not None, f"still connected {EXCHANGE_TIMEOUT + 15} s later"
+    assert EXCHANGE_TIMEOUT - 0.5 < cut_after < EXCHANGE_TIMEOUT + 5  # room for a loaded host
     assert healthz(url)[0] == 200
 
 
@@ -176,7 +176,7 @@ def test_reaching_the_file_limit_at_accept_is_one_log_line_not_a_traceback(
             sock.close()
     # The connections it held are gone with their clients; it accepts again within its
     # retry delay (one second), and the loop never died.
-    eventually(lambda: _healthz_ok(url), timeout=5, what="/healthz answering again")
+    eventually(lambda: _healthz_ok(url), timeout=15, what="/healthz answering again")
     errors = daemon.matching("metrics.error")
     report("metrics-file-limit", flood=100, nofile=40, metrics_error_lines=len(errors))
     assert len(errors) == 1, errors  # at most one line a minute

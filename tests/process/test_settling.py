@@ -57,9 +57,9 @@ def test_a_call_killed_after_vicidial_took_it_is_settled_after_restart_without_a
     restarted = time.monotonic()
     stamped = _refreshes(sim)[0]["t"]
 
-    (line,) = second.wait_for("refresh.settled", server="east", timeout=15)
+    (line,) = second.wait_for("refresh.settled", server="east", timeout=30)
     settled_after = time.monotonic() - restarted
-    second.wait_for("refresh.applied", server="east", timeout=15)
+    second.wait_for("refresh.applied", server="east", timeout=30)
     holds_for(lambda: _requests(sim) == 1, seconds=1.5, what="no second call for the run")
 
     assert len(_refreshes(sim)) == 1
@@ -87,8 +87,8 @@ def test_a_call_killed_before_vicidial_took_it_is_made_again_after_restart(
     sim.set_fault("latency", path=API_PATH, latency=20.0, count=1)
     _, second = _killed_in_flight(tmp_path, cluster, start_daemon, taken=0)
 
-    (told,) = second.wait_for("refresh.not_settled", server="east", timeout=15)
-    second.wait_for("refresh.succeeded", server="east", timeout=15)
+    (told,) = second.wait_for("refresh.not_settled", server="east", timeout=30)
+    second.wait_for("refresh.succeeded", server="east", timeout=30)
 
     assert "no refresh taken since the call started" in told["why"]
     assert len(_refreshes(sim)) == 1  # the call made again: the one refresh

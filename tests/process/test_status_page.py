@@ -127,7 +127,7 @@ def test_the_status_page_shows_a_suspended_server_and_html_from_a_name_as_text(
     daemon = start_daemon(write_config(tmp_path, simulator, refused_port))
     daemon.wait_for("server.suspended", server="lab-1", timeout=20)
     daemon.wait_for("refresh.succeeded", server="west-1", timeout=20)
-    daemon.wait_for("refresh.not_applied", server="east-1", timeout=VERIFY_TIMEOUT + 15)
+    daemon.wait_for("refresh.not_applied", server="east-1", timeout=VERIFY_TIMEOUT + 30)
     url = page_url(daemon)
     with urllib.request.urlopen(url, timeout=10) as answer:
         policy = answer.headers["Content-Security-Policy"]
@@ -190,7 +190,7 @@ def test_html_in_a_telephony_servers_id_from_vicidials_database_is_shown_as_text
             daemon={"state_path": str(tmp_path / "state.db"), "metrics_listen": "127.0.0.1:0"},
         )
         daemon = start_daemon(config, env={"EAST_DB_PASSWORD": DB_PASSWORD})
-        daemon.wait_for("refresh.not_applied", server="east-1", timeout=VERIFY_TIMEOUT + 15)
+        daemon.wait_for("refresh.not_applied", server="east-1", timeout=VERIFY_TIMEOUT + 30)
         with browsing(page_url(daemon)) as (page, dialogs):
             shown = rows_by_server(page)["east-1"].inner_text()
             assert f"still flagged: {BOX_ID} (10.0.0.12)" in shown

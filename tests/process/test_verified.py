@@ -66,12 +66,12 @@ def test_a_box_whose_keepalive_is_dead_is_named_and_the_others_counted(
     daemon.wait_for("refresh.succeeded", server="east")
     succeeded_at = time.monotonic()
 
-    (line,) = daemon.wait_for("refresh.not_applied", server="east", timeout=VERIFY_TIMEOUT + 5)
+    (line,) = daemon.wait_for("refresh.not_applied", server="east", timeout=VERIFY_TIMEOUT + 20)
     waited = time.monotonic() - succeeded_at
 
     assert line["flagged"] == [{"server_ip": "10.0.0.12", "server_id": "dial2"}]
     assert (line["boxes"], line["applied"]) == (3, 2)
-    assert VERIFY_TIMEOUT <= line["seconds"] < VERIFY_TIMEOUT + 5
+    assert VERIFY_TIMEOUT <= line["seconds"] < VERIFY_TIMEOUT + 10  # polled, not at once
     scraped = scrape(port)
     assert scraped.value("refreshd_unapplied_servers", server="east") == 1
     assert daemon.matching("refresh.applied") == []

@@ -151,7 +151,7 @@ class DaemonProcess:
             ]
 
     def wait_for(
-        self, event: str, *, count: int = 1, timeout: float = 15.0, **fields: Any
+        self, event: str, *, count: int = 1, timeout: float = 30.0, **fields: Any
     ) -> list[dict[str, Any]]:
         """Block until `count` lines of `event` (with `fields`) were logged; fail loudly."""
         deadline = time.monotonic() + timeout
@@ -175,7 +175,7 @@ class DaemonProcess:
                     )
                 self._cond.wait(min(left, 0.2))
 
-    def metrics_port(self, timeout: float = 15.0) -> int:
+    def metrics_port(self, timeout: float = 30.0) -> int:
         """The port /metrics and /healthz are served on, from the `daemon.started` line
         (with `metrics_listen = "127.0.0.1:0"` the daemon picks a free one)."""
         (started,) = self.wait_for("daemon.started", timeout=timeout)[:1]

@@ -21,8 +21,8 @@ HOST = "127.0.0.1"
 # A lease timed by a database server's clock, which a FakeClock cannot advance: a test that
 # waits for one to run out waits this long. Short, yet long enough that the few statements a
 # test runs while a lease must still hold are done in time on a loaded 2-core machine
-# (300 and 400 ms failed there: a holder's lease lapsed between two statements).
-REAL_LEASE = timedelta(seconds=2)
+# (300 ms, 400 ms and 1 s failed there: a holder's lease lapsed between two statements).
+REAL_LEASE = timedelta(seconds=3)
 SERVERS = {  # engine -> (port, administrator)
     "mysql": (3306, "root"),
     "postgresql": (5432, "postgres"),

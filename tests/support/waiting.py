@@ -10,7 +10,7 @@ from collections.abc import Callable
 POLL = 0.05
 
 
-def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
+def eventually(check: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
     """Return as soon as `check()` holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not check():
