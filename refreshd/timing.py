@@ -66,10 +66,13 @@ WAITING_FOR_MATES = "waiting for its cluster mates to record their shared answer
 
 
 def fired_together(servers: list[Server]) -> None:
-    """`servers` were fired in one wake as one call: a Firing when they are several."""
+    """`servers` were fired in one wake as one call: a Firing when they are several. Fired,
+    a held one no longer waits: a miss of its run (its claim refused, say) is not for that."""
     firing = Firing({server.name for server in servers}) if len(servers) > 1 else None
     for server in servers:
         server.firing = firing
+        if server.unserved == WAITING_FOR_MATES:
+            server.unserved = None
 
 
 def hold_for_mates(server: Server) -> bool:

@@ -69,15 +69,20 @@ def test_entries_of_one_cluster_make_one_call_per_slot_and_each_records_it(
             assert loop.sample("refreshd_refresh_total", server=name, outcome="ok") == 4
 
 
-def _woken_while_the_second_settles(loop: Loop, then: datetime | None = None) -> list[str]:
+def _woken_while_the_second_settles(
+    loop: Loop, then: datetime | None = None
+) -> tuple[list[str], list[str | None]]:
     """Runs the loop for 90 minutes from START, where the engine wakes at START + 1 h as the
     second entry's answer is being settled (the first entry settled and due again); `then`:
-    the clock has moved on to it when that settling ends. The entries in settling order."""
+    the clock has moved on to it when that settling ends. The entries in settling order,
+    and why each one's run would be told missed as its answer was recorded."""
     settle = loop.runner.settle
     settled: list[str] = []
+    waiting: list[str | None] = []
 
     def settled_after_a_wake(call: Any, attempt: Any, ticket: Any = None) -> Any:
         settled.append(call.server)
+        waiting.append(loop.scheduler._servers[call.server].unserved)
         if len(settled) == 2:
             loop.clock.set(START + timedelta(hours=1))
             loop.scheduler.run_due()
@@ -88,7 +93,7 @@ def _woken_while_the_second_settles(loop: Loop, then: datetime | None = None) ->
     loop.runner.settle = settled_after_a_wake  # type: ignore[method-assign]
     loop.run_for(timedelta(minutes=90))
     assert sorted(settled[:2]) == ["s0", "s1"], settled  # the wake came mid-group
-    return settled
+    return settled, waiting
 
 
 def test_a_mate_due_again_while_the_group_s_answer_is_settled_waits_for_the_others(
@@ -100,12 +105,15 @@ def test_a_mate_due_again_while_the_group_s_answer_is_settled_waits_for_the_othe
     group's next run is still one call."""
     config = fleet([{**s, "every": "1h"} for s in numbered(2)])
     with running(config, tmp_path, start=START) as loop:
-        _woken_while_the_second_settles(loop)
+        _, waiting = _woken_while_the_second_settles(loop)
 
         calls = loop.refreshes()
         assert [c.at for c in calls] == [START, START + timedelta(hours=1)], calls
         for name in ("s0", "s1"):
             assert len(loop.log.matching("refresh.succeeded", server=name)) == 2
+        # Fired, the held entry no longer waits: a miss of that run (a refused claim, say)
+        # would not be told as waiting for its mates.
+        assert waiting == [None] * 4, waiting
 
 
 def test_a_run_whose_window_closes_while_it_waits_for_its_mates_is_told_missed(
@@ -114,7 +122,7 @@ def test_a_run_whose_window_closes_while_it_waits_for_its_mates_is_told_missed(
     # A slot at 08:00, refreshed, and one at 09:00 that closes while an entry waits.
     config = fleet([{**s, "windows": ["08:00-08:30", "09:00-09:05"]} for s in numbered(2)])
     with running(config, tmp_path, start=START) as loop:
-        first, _ = _woken_while_the_second_settles(loop, then=START + timedelta(minutes=66))
+        (first, _), _ = _woken_while_the_second_settles(loop, then=START + timedelta(minutes=66))
 
         assert [c.at for c in loop.refreshes()] == [START]
         (missed,) = loop.log.matching("slot.missed")
