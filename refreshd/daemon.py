@@ -9,7 +9,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -237,15 +237,22 @@ class Daemon(Reloading):
             in_flight=self.scheduler.dispatcher.in_flight,
             grace_s=grace,
         )
+        finished = _interruptible(partial(self._shut_down, grace))
+        # Every outcome was committed as it came; nothing is left to flush but the file.
+        self.log.info("daemon.stopped", clean=finished)
+        return EXIT_OK
+
+    def _shut_down(self, grace: float) -> bool:
+        """No new call, calls in flight given `grace` seconds; then the rest stops. True
+        when every call finished."""
+        assert self.scheduler is not None
         finished = self.scheduler.stop(grace)
         if self.verification is not None:
             self.verification.stop()  # waiting verifications end unsettled: nothing to keep
         self._stop_heartbeat.set()
         if self.metrics_server is not None:
             self.metrics_server.stop()
-        # Every outcome was committed as it came; nothing is left to flush but the file.
-        self.log.info("daemon.stopped", clean=finished)
-        return EXIT_OK
+        return finished
 
     def _exit_now(self, signum: int, frame: FrameType | None) -> None:
         self.log.warning("daemon.stopped", forced=True, signal=signal.Signals(signum).name)
@@ -328,6 +335,29 @@ class Daemon(Reloading):
             return
         if removed:
             self.log.info("state.pruned", calls_removed=removed)
+
+
+def _interruptible(work: Callable[[], bool]) -> bool:
+    """`work()` on a thread of its own, the main thread waiting for it in short slices. A
+    second SIGTERM during the graceful stop must exit at once, but Python runs a signal's
+    handler only on the main thread and between bytecodes: when the kernel delivers the
+    signal to another thread, a main thread blocked in one long join (the grace) would not
+    run it until the join ends (seen: a second SIGTERM waited out the whole grace)."""
+    outcome: list[bool | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:  # raised again on the main thread, as before
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, name="refreshd-stop")
+    worker.start()
+    while worker.is_alive():
+        worker.join(SIGNAL_POLL)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def run(
