@@ -229,7 +229,7 @@ class Daemon(Reloading):
         signal.signal(signal.SIGINT, self._exit_now)
         while not self._signals.empty():
             if self._signals.get_nowait() != signal.SIGHUP:
-                self._exit_now(signum, None)
+                self._forced_exit(signum)  # not in a handler: no lock can be held here
         self.notifier.stopping()
         self.log.info(
             "daemon.stopping",
@@ -255,6 +255,14 @@ class Daemon(Reloading):
         return finished
 
     def _exit_now(self, signum: int, frame: FrameType | None) -> None:
+        """The second signal's handler. It runs on the main thread, which the signal may
+        have interrupted inside a log call holding the log's lock: logging here would wait
+        for that lock for ever (seen: a second SIGTERM sent as `daemon.stopping` was read
+        hung the daemon). A thread of its own logs and exits; the handler returns at once,
+        and the main thread releases the lock."""
+        threading.Thread(target=self._forced_exit, args=(signum,), daemon=True).start()
+
+    def _forced_exit(self, signum: int) -> None:
         self.log.warning("daemon.stopped", forced=True, signal=signal.Signals(signum).name)
         os._exit(EXIT_FAILED)
 
