@@ -350,7 +350,7 @@ def _interruptible(work: Callable[[], bool]) -> bool:
     second SIGTERM during the graceful stop must exit at once, but Python runs a signal's
     handler only on the main thread and between bytecodes: when the kernel delivers the
     signal to another thread, a main thread blocked in one long join (the grace) would not
-    run it until the join ends (seen: a second SIGTERM waited out the whole grace)."""
+    run it until the join ends (the hole `_next_signal` names for the daemon's long wait)."""
     outcome: list[bool | BaseException] = []
 
     def run() -> None:
